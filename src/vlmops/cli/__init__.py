@@ -1,0 +1,25 @@
+"""The `vlmops` command: typer sub-apps composed here; each group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from vlmops.cli import data, demo, embed, models, train
+
+app = typer.Typer(
+    name="vlmops",
+    help="Run a vision-language model in production without flying blind.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(data.app, name="data")
+app.add_typer(models.app, name="models")
+app.command("train")(train.train)
+app.command("embed")(embed.embed)
+app.command("demo")(demo.demo)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,62 @@
+"""`vlmops demo`: the whole loop that exists today, end to end on the embedded defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from vlmops.cli._common import JsonOption, console, handle_errors, write_json
+
+
+@handle_errors
+def demo(
+    model: str = typer.Option("builtin:emoji-lit", "--model", "-m", help="Model URI to evaluate."),
+    store: str | None = typer.Option(
+        None, "--store", help="Embedding store URL or path (default under VLMOPS_HOME)."
+    ),
+    json_out: Path | None = JsonOption,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Fetch the emoji data, load the model, run a zero-shot evaluation and print a summary.
+
+    Exit code 1 when the built-in model misses its quality bar.
+    """
+    from vlmops.data.emoji import fetch_emoji, load_emoji_manifest
+    from vlmops.evaluate.emoji_bar import quality_report
+    from vlmops.models import load_model
+    from vlmops.store.cache import open_cache
+    from vlmops.store.embed import embed_images_cached
+
+    console.rule("[bold]vlmops demo")
+    console.print("1/3 data: fetching the emoji data set (npm, cached after the first run)")
+    fetch_emoji(progress=progress)
+    manifest = load_emoji_manifest()
+    console.print(f"    {len(manifest)} images from {manifest['vendor'].nunique()} vendors")
+    console.print(f"2/3 model: loading {model}")
+    vlm = load_model(model)
+    console.print(f"    version {vlm.info.version}, {vlm.info.dim}-d embeddings")
+    console.print("3/3 zero-shot evaluation (image embeddings cached in the store)")
+    with open_cache(store) as cache:
+
+        def embed_paths(paths):
+            return embed_images_cached(vlm, list(paths), cache, progress=progress)[0]
+
+        report = quality_report(vlm, manifest, embed_paths)
+    table = Table(
+        "slice", "images", "classes", "top-1", "top-5", title="zero-shot, prompt 'an emoji of {name}'"
+    )
+    for key, row in report.items():
+        if key != "bars":
+            table.add_row(
+                key, str(row["n"]), str(row["n_classes"]), f"{row['top1']:.3f}", f"{row['top5']:.3f}"
+            )
+    console.print(table)
+    failed = [k for k, bar in report["bars"].items() if not bar["passed"]]
+    for key, bar in report["bars"].items():
+        mark = "[green]pass[/]" if bar["passed"] else "[red]FAIL[/]"
+        console.print(f"quality bar {key}: {bar['value']:.3f} >= {bar['threshold']} {mark}")
+    write_json({"model": vlm.info.to_dict(), "report": report}, json_out)
+    if failed and model == "builtin:emoji-lit":
+        raise typer.Exit(1)

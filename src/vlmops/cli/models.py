@@ -1,0 +1,44 @@
+"""`vlmops models`: which models vlmops can load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from vlmops.cli._common import JsonOption, console, handle_errors, write_json
+
+app = typer.Typer(help="List and inspect models.", no_args_is_help=True)
+
+
+@app.command("list")
+@handle_errors
+def list_(json_out: Path | None = JsonOption) -> None:
+    """List built-in models and the URI schemes that load others."""
+    from vlmops.models import list_models
+
+    rows = list_models()
+    table = Table("uri", "description", "licence")
+    for row in rows:
+        table.add_row(row["uri"], row["description"], row["licence"])
+    console.print(table)
+    write_json(rows, json_out)
+
+
+@app.command("info")
+@handle_errors
+def info(
+    uri: str = typer.Argument(..., help="Model URI, e.g. builtin:emoji-lit."),
+    json_out: Path | None = JsonOption,
+) -> None:
+    """Load a model and print its identity (version, weights hash, dimensions, licence)."""
+    from vlmops.models import load_model
+
+    model = load_model(uri)
+    payload = {**model.info.to_dict(), "logit_scale": model.logit_scale, "transform_id": model.transform_id}
+    table = Table("field", "value")
+    for key, value in payload.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    write_json(payload, json_out)

@@ -1,0 +1,1 @@
+"""Evaluation of VLMs: zero-shot accuracy (more metrics arrive with the evaluate issue)."""

@@ -1,0 +1,69 @@
+"""Model adapters behind one entry point, `load_model(uri)`.
+
+A model's source is part of its name (as in open_clip): ``builtin:emoji-lit``, ``hf:/dir``,
+``open_clip:ViT-B-32@/path/ckpt.pt``. `parse_uri` is the only place that reads a URI; each scheme
+maps to the module that loads it, imported only when used so `import vlmops` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from vlmops.errors import ModelLoadError
+from vlmops.models.base import VLM, GenerativeVLM, ModelInfo
+
+# scheme -> (module, what the target after the colon is)
+SCHEMES: dict[str, tuple[str, str]] = {
+    "builtin": ("vlmops.models.builtin", "a built-in model name (see `vlmops models list`)"),
+    "hf": ("vlmops.models.hf", "a local directory saved by transformers' save_pretrained"),
+    "open_clip": ("vlmops.models.openclip", "ARCH@CHECKPOINT, e.g. ViT-B-32@/models/vit.pt"),
+}
+
+
+@dataclass(frozen=True)
+class ModelURI:
+    """A parsed model URI."""
+
+    scheme: str
+    target: str
+
+    def __str__(self) -> str:
+        return f"{self.scheme}:{self.target}"
+
+
+def parse_uri(uri: str) -> ModelURI:
+    """Split `scheme:target` and check the scheme is known."""
+    scheme, sep, target = uri.partition(":")
+    known = ", ".join(f"{s}:<{hint}>" for s, (_, hint) in SCHEMES.items())
+    if not sep or not target:
+        raise ModelLoadError(f"model URI {uri!r} has no scheme; use one of: {known}")
+    if scheme not in SCHEMES:
+        raise ModelLoadError(f"unknown model scheme {scheme!r} in {uri!r}; use one of: {known}")
+    return ModelURI(scheme, target)
+
+
+def load_model(uri: str, **options) -> VLM:
+    """Load the model named by `uri`; options (device, batch_size) go to the adapter."""
+    parsed = parse_uri(uri)
+    module = importlib.import_module(SCHEMES[parsed.scheme][0])
+    return module.load(parsed.target, **options)
+
+
+def list_models() -> list[dict]:
+    """Built-in models and the URI schemes that load external ones."""
+    from vlmops.models.builtin import BUILTIN_MODELS
+
+    rows = [
+        {"uri": f"builtin:{name}", "description": spec.description, "licence": spec.licence}
+        for name, spec in BUILTIN_MODELS.items()
+    ]
+    rows += [
+        {"uri": f"{scheme}:<target>", "description": hint, "licence": "depends on the weights"}
+        for scheme, (_, hint) in SCHEMES.items()
+        if scheme != "builtin"
+    ]
+    return rows
+
+
+__all__ = ["VLM", "GenerativeVLM", "ModelInfo", "ModelURI", "list_models", "load_model", "parse_uri"]

@@ -1,0 +1,92 @@
+"""The model protocol every adapter implements, and helpers shared by adapters."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Identity of a loaded model: what it is, which weights, which licence, which output size."""
+
+    name: str
+    version: str
+    dim: int
+    uri: str
+    weights_sha256: str | None = None
+    licence: str = "unknown"
+    image_size: int | None = None
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON output."""
+        return asdict(self)
+
+
+@runtime_checkable
+class VLM(Protocol):
+    """A dual-encoder vision-language model: images and texts to L2-normalised float32 vectors."""
+
+    info: ModelInfo
+    logit_scale: float
+
+    @property
+    def transform_id(self) -> str:
+        """Identifier of the image preprocessing; part of every embedding-cache key."""
+        ...
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(n, d) float32, rows L2-normalised."""
+        ...
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(m, d) float32, rows L2-normalised."""
+        ...
+
+
+@runtime_checkable
+class GenerativeVLM(Protocol):
+    """A model that answers prompts about images with text."""
+
+    info: ModelInfo
+
+    def generate(self, images: Sequence[Image.Image], prompts: Sequence[str], **kw) -> list[str]:
+        """One answer per (image, prompt) pair."""
+        ...
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, as float32 (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_files(paths: Sequence[str | Path]) -> str:
+    """One hex sha256 over several files (sorted by name), for multi-file checkpoints."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        digest.update(path.name.encode())
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def batched(items: Sequence, size: int):
+    """Yield consecutive slices of `items` of at most `size` elements."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,156 @@
+"""Built-in models shipped inside the package, addressed as `builtin:<name>`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlmops.errors import ModelLoadError
+from vlmops.models.base import ModelInfo, batched, sha256_file
+from vlmops.models.towers import ImageTower, ImageTowerConfig, TextTower, pixels_from_images
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class BuiltinSpec:
+    """A row of the built-in model table."""
+
+    description: str
+    licence: str
+    weights: str
+    card: str
+
+
+BUILTIN_MODELS: dict[str, BuiltinSpec] = {
+    "emoji-lit": BuiltinSpec(
+        description="LiT-style dual encoder: frozen all-MiniLM-L6-v2 text tower, 64-px CNN image tower "
+        "trained on google+twitter emoji (train split)",
+        licence="Apache-2.0 (code, weights); MiniLM: Apache-2.0; training images: Apache-2.0, CC-BY-4.0",
+        weights="emoji-lit.safetensors",
+        card="emoji-lit.json",
+    ),
+}
+
+
+class EmojiLit:
+    """The built-in LiT model: images through the trained CNN, texts through frozen MiniLM."""
+
+    def __init__(
+        self,
+        tower: ImageTower,
+        logit_scale: float,
+        info: ModelInfo,
+        text_tower: TextTower | None = None,
+        batch_size: int = 64,
+    ):
+        self.tower = tower.eval()
+        self.logit_scale = float(logit_scale)
+        self.info = info
+        self.text_tower = text_tower or TextTower()
+        self.batch_size = batch_size
+
+    @property
+    def transform_id(self) -> str:
+        """Preprocessing: RGB on white, bicubic resize to the tower's size, scaled to [-1, 1]."""
+        return f"rgb-white-bicubic{self.tower.config.image_size}-pm1"
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(n, 384) float32 unit vectors."""
+        out = [np.zeros((0, self.info.dim), dtype=np.float32)]
+        for chunk in batched(list(images), self.batch_size):
+            pixels = pixels_from_images(chunk, self.tower.config.image_size)
+            out.append(self.tower(pixels).numpy().astype(np.float32))
+        return np.concatenate(out)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(m, 384) float32 unit vectors from the frozen text tower."""
+        return self.text_tower.embed(list(texts))
+
+
+def load(target: str, device: str = "cpu", batch_size: int = 64) -> EmojiLit:
+    """Load a built-in model: `emoji-lit` (shipped weights) or `emoji-lit@FOLDER` (from `vlmops train`)."""
+    from safetensors.torch import load_file
+
+    name, _, folder_arg = target.partition("@")
+    spec = BUILTIN_MODELS.get(name)
+    if spec is None:
+        raise ModelLoadError(f"unknown built-in model {name!r}; available: {', '.join(BUILTIN_MODELS)}")
+    folder = Path(folder_arg).expanduser() if folder_arg else WEIGHTS_DIR
+    weights, card_path = folder / spec.weights, folder / spec.card
+    if not weights.exists() or not card_path.exists():
+        raise ModelLoadError(
+            f"weights of builtin:{target} are missing ({weights}); reinstall vlmops or run `vlmops train`"
+        )
+    card = json.loads(card_path.read_text())
+    tower = ImageTower(ImageTowerConfig.from_dict(card["tower"]))
+    tower.load_state_dict(load_file(weights))
+    digest = sha256_file(weights)
+    info = ModelInfo(
+        name=name,
+        version=f"{name}-{digest[:12]}",
+        dim=tower.config.out_dim,
+        uri=f"builtin:{target}",
+        weights_sha256=digest,
+        licence=spec.licence,
+        image_size=tower.config.image_size,
+    )
+    return EmojiLit(tower, card["logit_scale"], info, batch_size=batch_size)
+
+
+def save_emoji_lit(result, config, manifest, out: Path, evaluate: bool = True) -> dict:
+    """Write a trained emoji-lit (TrainResult) as safetensors plus its model card; returns the card."""
+    from safetensors.torch import save_file
+
+    from vlmops.data.version import dataset_version
+    from vlmops.models.training import training_licences
+
+    spec = BUILTIN_MODELS["emoji-lit"]
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / spec.weights
+    tmp = weights.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in result.tower.state_dict().items()}, str(tmp))
+    tmp.replace(weights)
+    trained_on = manifest[manifest["vendor"].isin(config.vendors) & (manifest["split"] == "train")]
+    card = {
+        "model": "builtin:emoji-lit",
+        "architecture": "LiT: frozen all-MiniLM-L6-v2 text tower (mean pooling) + CNN image tower",
+        "tower": result.tower.config.to_dict(),
+        "parameters": sum(p.numel() for p in result.tower.parameters()),
+        "logit_scale": result.logit_scale,
+        "weights_sha256": sha256_file(weights),
+        "data": {
+            "dataset_version": dataset_version(manifest),
+            "train_version": dataset_version(trained_on),
+            "n_train_images": result.n_train_images,
+            "vendors": list(config.vendors),
+            "training_image_licences": training_licences(manifest, config.vendors),
+        },
+        "hyperparameters": config.to_dict(),
+        "training": {
+            "best_epoch": result.best_epoch,
+            "best_val_top1": result.best_val_top1,
+            "minutes": result.seconds / 60,
+            "history": result.history,
+        },
+        "text_tower": {
+            "name": "sentence-transformers/all-MiniLM-L6-v2",
+            "licence": "Apache-2.0",
+            "frozen": True,
+        },
+    }
+    if evaluate:
+        from vlmops.evaluate.emoji_bar import quality_report
+
+        info = ModelInfo("emoji-lit", "candidate", result.tower.config.out_dim, f"builtin:emoji-lit@{out}")
+        model = EmojiLit(result.tower, result.logit_scale, info)
+        card["quality"] = quality_report(model, manifest)
+    (out / spec.card).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    return card

@@ -1,0 +1,202 @@
+"""Adapter for CLIP and SigLIP dual encoders saved locally with transformers' ``save_pretrained``.
+
+URI: ``hf:/path/to/dir``. Loading is offline (``local_files_only=True``); the directory must hold the
+weights, ``config.json``, an image processor and a tokenizer. Missing pieces are errors, never random
+defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlmops.data.images import to_rgb_on_white
+from vlmops.errors import ModelLoadError
+from vlmops.models.base import ModelInfo, batched, l2_normalise, sha256_files
+
+# model_type -> tokenizer outputs the text tower gets. SigLIP was trained without a text attention
+# mask (its own tokenizer returns input_ids only) and with text padded to max_length.
+SUPPORTED: dict[str, tuple[str, ...]] = {"clip": ("input_ids", "attention_mask"), "siglip": ("input_ids",)}
+WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
+IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model")
+SAVE_HINT = (
+    "save the model and its processor there with `model.save_pretrained(dir)` and "
+    "`processor.save_pretrained(dir)`"
+)
+
+
+def _features(output: Any) -> torch.Tensor:
+    """Projected features from get_*_features: a tensor (transformers 4) or a ModelOutput (5)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    pooled = getattr(output, "pooler_output", None)
+    if isinstance(pooled, torch.Tensor):
+        return pooled
+    raise TypeError(f"unexpected output from transformers feature call: {type(output).__name__}")
+
+
+def _read_licence(path: Path) -> str:
+    """Licence from README front-matter (`license: x`) or a LICENSE file's first line; else unknown."""
+    readme = path / "README.md"
+    if readme.is_file():
+        text = readme.read_text(encoding="utf-8", errors="replace")
+        front = re.match(r"---\s*\n(.*?)\n---", text, flags=re.S)
+        if front:
+            found = re.search(r"^licen[cs]e:\s*(\S.*?)\s*$", front.group(1), flags=re.M)
+            if found:
+                return found.group(1).strip("'\"")
+    for name in ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE"):
+        file = path / name
+        if file.is_file():
+            for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
+                if line.strip():
+                    return line.strip()[:80]
+    return "unknown"
+
+
+class HFModel:
+    """A transformers CLIP/SigLIP model behind the `VLM` protocol."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        image_processor: Any,
+        tokenizer: Any,
+        info: ModelInfo,
+        text_inputs: tuple[str, ...],
+        max_length: int,
+        device: str = "cpu",
+        batch_size: int = 64,
+    ) -> None:
+        self.model = model
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.info = info
+        self.text_inputs = text_inputs
+        self.max_length = max_length
+        self.device = device
+        self.batch_size = batch_size
+        self.logit_scale = float(model.logit_scale.detach().exp().reshape(-1)[0])
+        bias = getattr(model, "logit_bias", None)
+        self.logit_bias = None if bias is None else float(bias.detach().reshape(-1)[0])
+        config = json.dumps(image_processor.to_dict(), sort_keys=True, default=str)
+        digest = hashlib.sha256(config.encode()).hexdigest()[:12]
+        self._transform_id = f"hf-{type(image_processor).__name__}-{digest}"
+
+    @property
+    def transform_id(self) -> str:
+        """Image processor class and a hash of its configuration."""
+        return self._transform_id
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((0, self.info.dim), dtype=np.float32)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(n, d) float32 L2-normalised image embeddings."""
+        if len(images) == 0:
+            return self._empty()
+        chunks = []
+        with torch.inference_mode():
+            for batch in batched(list(images), self.batch_size):
+                rgb = [im if im.mode == "RGB" else to_rgb_on_white(im) for im in batch]
+                pixels = self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
+                out = self.model.get_image_features(pixel_values=pixels.to(self.device))
+                chunks.append(_features(out).float().cpu().numpy())
+        return l2_normalise(np.concatenate(chunks))
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(m, d) float32 L2-normalised text embeddings."""
+        if len(texts) == 0:
+            return self._empty()
+        chunks = []
+        with torch.inference_mode():
+            for batch in batched(list(texts), self.batch_size):
+                tokens = self.tokenizer(
+                    list(batch),
+                    padding="max_length",
+                    max_length=self.max_length,
+                    truncation=True,
+                    return_tensors="pt",
+                )
+                inputs = {k: v.to(self.device) for k, v in tokens.items() if k in self.text_inputs}
+                chunks.append(_features(self.model.get_text_features(**inputs)).float().cpu().numpy())
+        return l2_normalise(np.concatenate(chunks))
+
+
+def _check_dir(path: Path) -> tuple[list[Path], str]:
+    """Weight files and model_type of a save_pretrained directory, or a ModelLoadError naming the fix."""
+    if not path.is_dir():
+        raise ModelLoadError(f"hf model directory not found: {path}; {SAVE_HINT}")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"no config.json in {path}: not a transformers model directory; {SAVE_HINT}")
+    try:
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ModelLoadError(
+            f"unreadable {config_file}: {exc}; re-save the model with save_pretrained"
+        ) from exc
+    if model_type not in SUPPORTED:
+        raise ModelLoadError(
+            f"{path} holds a {model_type!r} model; the hf adapter supports {sorted(SUPPORTED)}: "
+            "use a CLIP or SigLIP checkpoint, or convert the model to ONNX and load it with onnx:"
+        )
+    weights = sorted(p for pattern in WEIGHT_GLOBS for p in path.glob(pattern))
+    if not weights:
+        raise ModelLoadError(f"no weights (*.safetensors or pytorch_model*.bin) in {path}; {SAVE_HINT}")
+    if not any((path / f).is_file() for f in IMAGE_PROCESSOR_FILES):
+        raise ModelLoadError(f"no image processor (preprocessor_config.json) in {path}; {SAVE_HINT}")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelLoadError(f"no tokenizer files (tokenizer.json or vocab.json) in {path}; {SAVE_HINT}")
+    return weights, model_type
+
+
+def load(target: str, device: str = "cpu", batch_size: int = 64) -> HFModel:
+    """Load a CLIP or SigLIP model, image processor and tokenizer from a local directory."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+
+    path = Path(target).expanduser().resolve()
+    weights, model_type = _check_dir(path)
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        model, report = AutoModel.from_pretrained(
+            path, config=config, local_files_only=True, output_loading_info=True
+        )
+        image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"cannot load hf model from {path}: {exc}; {SAVE_HINT}") from exc
+    if report.get("missing_keys") or report.get("mismatched_keys"):
+        missing = sorted(report.get("missing_keys") or []) + sorted(report.get("mismatched_keys") or [])
+        raise ModelLoadError(
+            f"weights in {path} do not cover the model ({', '.join(map(str, missing[:5]))}...): "
+            "these would be random; re-save the full model with save_pretrained"
+        )
+    model = model.to(device).eval()
+    vision = config.vision_config
+    dim = getattr(config, "projection_dim", None) if model_type == "clip" else vision.hidden_size
+    max_length = int(config.text_config.max_position_embeddings)
+    if 0 < getattr(tokenizer, "model_max_length", 0) < max_length:
+        max_length = int(tokenizer.model_max_length)
+    weights_sha = sha256_files(weights)
+    info = ModelInfo(
+        name=path.name,
+        version=f"hf-{weights_sha[:12]}",
+        dim=int(dim),
+        uri=f"hf:{path}",
+        weights_sha256=weights_sha,
+        licence=_read_licence(path),
+        image_size=int(vision.image_size),
+    )
+    return HFModel(
+        model, image_processor, tokenizer, info, SUPPORTED[model_type], max_length, device, batch_size
+    )

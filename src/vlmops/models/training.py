@@ -1,0 +1,226 @@
+"""Training recipe of the built-in emoji-lit model (LiT: frozen text tower, trained image tower).
+
+What the recipe does and why (measured in bench/RESULTS.md):
+- targets are frozen MiniLM embeddings of several captions per emoji (CLDR name, "an emoji of ...",
+  Unicode name, keywords), computed once;
+- two losses: softmax over the *whole* vocabulary of training prompts (a fixed text classifier, so
+  every step sees every negative) plus the symmetric in-batch contrastive loss over sampled captions,
+  where the same emoji drawn by the other vendor counts as a positive;
+- augmentation is geometric (scale/shift) plus blur, never flips or colour jitter, which would break
+  arrows and skin tones; dropout, weight decay and label smoothing fight memorisation;
+- each epoch samples images with weights 1/(variants of the concept) so the five skin-tone copies of
+  a person emoji do not drown out objects and symbols;
+- early stopping on top-1 over *unseen* val-split concepts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from vlmops.data.images import load_image
+from vlmops.models.towers import ImageTower, ImageTowerConfig, TextTower, pixels_from_images
+
+PROMPT = "an emoji of {}"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of `train_emoji_lit`; all of them go into the model card."""
+
+    vendors: tuple[str, ...] = ("google", "twitter")
+    epochs: int = 30
+    batch_size: int = 128
+    samples_per_epoch: int = 4096
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    vocab_loss_weight: float = 1.0
+    patience: int = 6
+    seed: int = 0
+    max_minutes: float = 14.0
+    tower: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+
+    def to_dict(self) -> dict:
+        """Plain dict for the model card."""
+        data = asdict(self)
+        data["tower"] = self.tower.to_dict()
+        return data
+
+
+@dataclass
+class TrainResult:
+    """What training produced: the tower, its learned scale, and the history of the run."""
+
+    tower: ImageTower
+    logit_scale: float
+    history: list[dict]
+    best_epoch: int
+    best_val_top1: float
+    seconds: float
+    n_train_images: int
+
+
+def load_pixels(paths: list[str], size: int) -> torch.Tensor:
+    """All images as one uint8 tensor (n, 3, size, size), composited on white."""
+    pixels = pixels_from_images([load_image(p) for p in paths], size)
+    return ((pixels + 1.0) * 127.5).round().to(torch.uint8)
+
+
+def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random scale (0.75-1.1), shift (±12 %) and occasional blur; white fill outside the image."""
+    n = batch.shape[0]
+    scale = torch.empty(n).uniform_(0.75, 1.1, generator=generator)
+    shift = torch.empty(n, 2).uniform_(-0.12, 0.12, generator=generator)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = 1.0 / scale
+    theta[:, 1, 1] = 1.0 / scale
+    theta[:, :, 2] = shift
+    grid = nn.functional.affine_grid(theta, list(batch.shape), align_corners=False)
+    out = nn.functional.grid_sample(batch + 1.0, grid, padding_mode="zeros", align_corners=False) - 1.0
+    blur = torch.rand(n, generator=generator) < 0.3
+    if blur.any():
+        small = nn.functional.interpolate(out[blur], scale_factor=0.5, mode="bilinear", antialias=True)
+        out[blur] = nn.functional.interpolate(small, size=batch.shape[-2:], mode="bilinear")
+    return out
+
+
+def _caption_table(frame: pd.DataFrame, text_tower: TextTower) -> tuple[torch.Tensor, list[list[int]]]:
+    """Embed each row's captions once; return the embedding table and row -> caption indices."""
+    captions: dict[str, int] = {}
+    per_row = []
+    for texts in frame["texts"]:
+        per_row.append([captions.setdefault(t, len(captions)) for t in texts])
+    table = torch.from_numpy(text_tower.embed(list(captions)))
+    return table, per_row
+
+
+def _val_top1(tower: ImageTower, pixels: torch.Tensor, targets: torch.Tensor, classes: torch.Tensor) -> float:
+    tower.eval()
+    with torch.inference_mode():
+        emb = torch.cat(
+            [tower(pixels[i : i + 256].float() / 127.5 - 1.0) for i in range(0, len(pixels), 256)]
+        )
+    tower.train()
+    return float(((emb @ classes.T).argmax(1) == targets).float().mean())
+
+
+def _prompt_classes(frame: pd.DataFrame, text_tower: TextTower) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt embeddings of the distinct names in `frame` and each row's index among them."""
+    names = sorted(frame["name"].unique())
+    index = {name: i for i, name in enumerate(names)}
+    classes = torch.from_numpy(text_tower.embed([PROMPT.format(n) for n in names]))
+    return classes, torch.tensor([index[n] for n in frame["name"]])
+
+
+def train_emoji_lit(
+    manifest: pd.DataFrame,
+    config: TrainConfig,
+    text_tower: TextTower | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train the image tower on the train split of `config.vendors`; early-stop on val top-1."""
+    started = time.monotonic()
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    text_tower = text_tower or TextTower()
+    data = manifest[manifest["vendor"].isin(config.vendors)]
+    train = data[data["split"] == "train"].reset_index(drop=True)
+    val = data[(data["split"] == "val") & (data["skin_tone"] == "none")].reset_index(drop=True)
+    if train.empty or val.empty:
+        raise ValueError(f"no train/val images for vendors {config.vendors}; check the manifest")
+
+    size = config.tower.image_size
+    train_pixels, val_pixels = load_pixels(list(train["image"]), size), load_pixels(list(val["image"]), size)
+    captions, row_captions = _caption_table(train, text_tower)
+    vocab, vocab_targets = _prompt_classes(train, text_tower)
+    val_classes, val_targets = _prompt_classes(val, text_tower)
+    keys = torch.from_numpy(pd.factorize(train["unified"])[0])
+    prompt_rows = torch.tensor([row[1] if len(row) > 1 else row[0] for row in row_captions])
+    variants = train.groupby(["vendor", "concept"])["id"].transform("count").to_numpy()
+    sampler_weights = torch.from_numpy(1.0 / variants)
+
+    tower = ImageTower(config.tower).to(memory_format=torch.channels_last)
+    log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+    optimiser = torch.optim.AdamW(
+        [{"params": tower.parameters()}, {"params": [log_scale], "weight_decay": 0.0}],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
+    steps_per_epoch = config.samples_per_epoch // config.batch_size
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1
+    )
+    history: list[dict] = []
+    best = (-1.0, 0, None, 0.0)  # (val top-1, epoch, state, scale)
+    for epoch in range(1, config.epochs + 1):
+        order = torch.multinomial(
+            sampler_weights, steps_per_epoch * config.batch_size, True, generator=generator
+        )
+        losses = []
+        for step in range(steps_per_epoch):
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+            images = augment(train_pixels[idx].float() / 127.5 - 1.0, generator)
+            emb = tower(images.contiguous(memory_format=torch.channels_last))
+            scale = log_scale.exp().clamp(max=100.0)
+            # caption per image: the prompt half of the time, else any of its captions
+            pick = [
+                row_captions[i][torch.randint(len(row_captions[i]), (1,), generator=generator)] for i in idx
+            ]
+            use_prompt = torch.rand(len(idx), generator=generator) < 0.5
+            text = captions[torch.where(use_prompt, prompt_rows[idx], torch.tensor(pick))]
+            logits = scale * emb @ text.T
+            positives = (keys[idx][:, None] == keys[idx][None, :]).float()
+            targets = positives / positives.sum(1, keepdim=True)
+            contrastive = 0.5 * (
+                nn.functional.cross_entropy(logits, targets) + nn.functional.cross_entropy(logits.T, targets)
+            )
+            vocab_loss = nn.functional.cross_entropy(
+                scale * emb @ vocab.T, vocab_targets[idx], label_smoothing=config.label_smoothing
+            )
+            loss = contrastive + config.vocab_loss_weight * vocab_loss
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            losses.append(float(loss))
+        val_top1 = _val_top1(tower, val_pixels, val_targets, val_classes)
+        record = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "val_top1": val_top1,
+            "logit_scale": float(log_scale.exp()),
+            "minutes": (time.monotonic() - started) / 60,
+        }
+        history.append(record)
+        if on_epoch:
+            on_epoch(record)
+        if val_top1 > best[0]:
+            state = {k: v.detach().clone() for k, v in tower.state_dict().items()}
+            best = (val_top1, epoch, state, float(log_scale.exp()))
+        if epoch - best[1] >= config.patience or record["minutes"] > config.max_minutes:
+            break
+    tower.load_state_dict(best[2])
+    tower.eval()
+    return TrainResult(
+        tower=tower,
+        logit_scale=best[3],
+        history=history,
+        best_epoch=best[1],
+        best_val_top1=best[0],
+        seconds=time.monotonic() - started,
+        n_train_images=len(train),
+    )
+
+
+def training_licences(manifest: pd.DataFrame, vendors: tuple[str, ...]) -> dict[str, str]:
+    """Artwork licence per training vendor, for the model card."""
+    rows = manifest[manifest["vendor"].isin(vendors)].drop_duplicates("vendor")
+    return {row.vendor: row.licence for row in rows.itertuples()}

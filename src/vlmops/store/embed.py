@@ -1,0 +1,140 @@
+"""Embed images and texts through the cache: hash inputs, look them all up, run the model on misses only.
+
+Both entry points return ``(vectors, stats)``: an ``(n, d)`` float32 array in input order and an
+`EmbedStats`. Identical inputs (same file bytes or same text) are embedded once. Misses are written
+to the cache after every batch, so an interrupted run keeps the batches it finished. `EmbedStats`
+counts distinct inputs: ``hits + misses == unique <= n``; ``seconds`` includes hashing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vlmops.data.images import load_image
+from vlmops.errors import DataError, VlmopsError
+from vlmops.models.base import VLM, batched, sha256_file
+from vlmops.store.cache import EmbeddingCache
+
+TEXT_TRANSFORM_ID = "text"
+
+
+@dataclass(frozen=True)
+class EmbedStats:
+    """Outcome of one cached embedding call; hits and misses count distinct inputs."""
+
+    n: int
+    unique: int
+    hits: int
+    misses: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON output (seconds rounded to 0.1 ms)."""
+        return {**asdict(self), "seconds": round(self.seconds, 4)}
+
+
+def content_sha256(source: bytes | str | Path) -> str:
+    """Hex sha256 of raw bytes, or of a file's bytes when given a path."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return hashlib.sha256(source).hexdigest()
+    try:
+        return sha256_file(source)
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {source}; check the data's image paths") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {source}: {exc}") from exc
+
+
+def text_sha256(text: str) -> str:
+    """Hex sha256 of a text's UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def embed_images_cached(
+    model: VLM,
+    paths: Sequence[str | Path],
+    cache: EmbeddingCache,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[np.ndarray, EmbedStats]:
+    """Embeddings of the image files in `paths` (input order), running the model only on cache misses."""
+    start = time.perf_counter()
+    keys = [content_sha256(p) for p in paths]
+    sources = dict(zip(keys, paths, strict=True))
+
+    def encode(batch: list[str]) -> np.ndarray:
+        return model.embed_images([load_image(sources[k]) for k in batch])
+
+    return _embed_cached(
+        model, keys, model.transform_id, cache, encode, batch_size, progress, "images", start
+    )
+
+
+def embed_texts_cached(
+    model: VLM,
+    texts: Sequence[str],
+    cache: EmbeddingCache,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> tuple[np.ndarray, EmbedStats]:
+    """Embeddings of `texts` (input order), running the model only on cache misses."""
+    start = time.perf_counter()
+    keys = [text_sha256(t) for t in texts]
+    sources = dict(zip(keys, texts, strict=True))
+
+    def encode(batch: list[str]) -> np.ndarray:
+        return model.embed_texts([sources[k] for k in batch])
+
+    return _embed_cached(model, keys, TEXT_TRANSFORM_ID, cache, encode, batch_size, progress, "texts", start)
+
+
+def _embed_cached(
+    model: VLM,
+    keys: list[str],
+    transform_id: str,
+    cache: EmbeddingCache,
+    encode: Callable[[list[str]], np.ndarray],
+    batch_size: int,
+    progress: bool,
+    what: str,
+    start: float,
+) -> tuple[np.ndarray, EmbedStats]:
+    """Shared body: look up distinct keys, encode misses batch by batch, store each batch, reassemble."""
+    if batch_size < 1:
+        raise VlmopsError(f"batch_size must be at least 1, got {batch_size}")
+    version = model.info.version
+    unique = list(dict.fromkeys(keys))
+    vectors = cache.get_many(version, transform_id, unique)
+    misses = [k for k in unique if k not in vectors]
+    if misses:
+        from vlmops.cli._common import progress_bar
+
+        with progress_bar(progress) as bar:
+            task = bar.add_task(f"embedding {what} ({model.info.name})", total=len(misses))
+            for batch in batched(misses, batch_size):
+                out = np.asarray(encode(batch), dtype=np.float32)
+                if out.ndim != 2 or out.shape[0] != len(batch):
+                    raise VlmopsError(
+                        f"model {model.info.uri} returned shape {out.shape} for {len(batch)} {what}; "
+                        "expected (n, d): the adapter is broken"
+                    )
+                fresh = dict(zip(batch, out, strict=True))
+                cache.put_many(version, transform_id, fresh)
+                vectors.update(fresh)
+                bar.advance(task, len(batch))
+    dim = next(iter(vectors.values())).shape[0] if vectors else model.info.dim
+    result = np.stack([vectors[k] for k in keys]) if keys else np.zeros((0, dim), dtype=np.float32)
+    stats = EmbedStats(
+        n=len(keys),
+        unique=len(unique),
+        hits=len(unique) - len(misses),
+        misses=len(misses),
+        seconds=time.perf_counter() - start,
+    )
+    return result.astype(np.float32, copy=False), stats

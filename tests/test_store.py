@@ -1,0 +1,179 @@
+"""Embedding cache: hits and misses, keys, dims, exact round trips, concurrent writers, interrupted runs."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vlmops.config import get_settings
+from vlmops.errors import StoreError
+from vlmops.store.cache import MAX_VARIABLES, EmbeddingCache, open_cache
+from vlmops.store.embed import (
+    TEXT_TRANSFORM_ID,
+    content_sha256,
+    embed_images_cached,
+    embed_texts_cached,
+    text_sha256,
+)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    with EmbeddingCache(tmp_path / "store.sqlite") as store:
+        yield store
+
+
+@pytest.fixture
+def paths(tmp_path, png_writer):
+    """Five image paths; the last is a byte-identical copy of the first."""
+    files = [png_writer(tmp_path / "img" / f"{i}.png", seed=i) for i in range(4)]
+    shutil.copy(files[0], tmp_path / "img" / "copy.png")
+    return [str(p) for p in [*files, tmp_path / "img" / "copy.png"]]
+
+
+def test_first_call_misses_second_hits(cache, paths, fake_model):
+    model = fake_model()
+    first, stats = embed_images_cached(model, paths, cache, batch_size=2, progress=False)
+    assert (stats.n, stats.unique, stats.hits, stats.misses) == (5, 4, 0, 4)
+    assert model.image_batches == [2, 2]
+    assert first.shape == (5, 8) and first.dtype == np.float32
+    assert np.array_equal(first[0], first[4])
+    again, stats = embed_images_cached(model, paths, cache, progress=False)
+    assert (stats.hits, stats.misses) == (4, 0)
+    assert model.image_batches == [2, 2]
+    assert np.array_equal(first, again)
+    assert cache.count() == 4 and cache.count("fake-1") == 4 and cache.count("other") == 0
+
+
+def test_only_new_inputs_are_embedded(cache, paths, fake_model):
+    model = fake_model()
+    embed_images_cached(model, paths[:2], cache, progress=False)
+    _, stats = embed_images_cached(model, paths, cache, progress=False)
+    assert (stats.hits, stats.misses) == (2, 2)
+    assert model.images_embedded == 4
+
+
+def test_model_version_or_transform_change_misses(cache, paths, fake_model):
+    embed_images_cached(fake_model(), paths, cache, progress=False)
+    for model in (fake_model(version="fake-2"), fake_model(transform_id="fake-8px")):
+        _, stats = embed_images_cached(model, paths, cache, progress=False)
+        assert (stats.hits, stats.misses) == (0, 4)
+        assert model.images_embedded == 4
+
+
+def test_texts_cached(cache, fake_model):
+    model = fake_model()
+    texts = ["a cat", "a dog", "a cat"]
+    first, stats = embed_texts_cached(model, texts, cache, progress=False)
+    assert (stats.unique, stats.misses) == (2, 2) and model.text_batches == [2]
+    second, stats = embed_texts_cached(model, [*texts, "a bird"], cache, progress=False)
+    assert (stats.hits, stats.misses) == (2, 1) and model.text_batches == [2, 1]
+    assert np.array_equal(first, second[:3])
+    assert set(cache.get_many("fake-1", TEXT_TRANSFORM_ID, [text_sha256("a dog")])) == {text_sha256("a dog")}
+    empty, stats = embed_texts_cached(model, [], cache, progress=False)
+    assert empty.shape == (0, 8) and stats.n == 0
+
+
+def test_vectors_round_trip_exactly_and_in_chunks(cache):
+    rng = np.random.default_rng(0)
+    n = MAX_VARIABLES * 2 + 5
+    keys = [f"{i:064x}" for i in range(n)]
+    vectors = rng.standard_normal((n, 16)).astype(np.float32)
+    vectors[0, :3] = [np.float32(1e-38), np.float32(-0.0), np.float32(3.4e38)]
+    cache.put_many("m", "t", dict(zip(keys, vectors, strict=True)))
+    got = cache.get_many("m", "t", [*keys, "absent"])
+    assert len(got) == n
+    assert all(
+        got[k].dtype == np.float32 and got[k].tobytes() == v.tobytes()
+        for k, v in zip(keys, vectors, strict=True)
+    )
+    cache.put_many("m", "t", {keys[0]: np.zeros(16, np.float32)})  # INSERT OR IGNORE: first write wins
+    assert np.array_equal(cache.get_many("m", "t", keys[:1])[keys[0]], vectors[0])
+
+
+def test_dim_mismatch_is_a_clear_error(cache):
+    cache.put_many("model-x", "t", {"a": np.ones(384, np.float32)})
+    with pytest.raises(StoreError, match=r"has 384-d vectors for model model-x but got 512-d.*new store"):
+        cache.put_many("model-x", "t2", {"b": np.ones(512, np.float32)})
+    cache.put_many("model-y", "t", {"b": np.ones(512, np.float32)})  # other model versions are independent
+    assert cache.delete_model("model-x") == 1 and cache.count() == 1
+
+
+def test_interrupted_run_keeps_finished_batches(cache, paths, fake_model):
+    failing = fake_model(fail_on_batch=2)
+    with pytest.raises(RuntimeError, match="batch 2"):
+        embed_images_cached(failing, paths, cache, batch_size=2, progress=False)
+    assert cache.count() == 2
+    model = fake_model()
+    _, stats = embed_images_cached(model, paths, cache, batch_size=2, progress=False)
+    assert (stats.hits, stats.misses) == (2, 2) and model.images_embedded == 2
+
+
+def _vector(key: int) -> np.ndarray:
+    return np.full(4, key, dtype=np.float32)
+
+
+def _writer(path: str, first: int, barrier) -> None:
+    """Open the store together with the others, then write keys first..first+99 in batches of 10."""
+    barrier.wait(timeout=60)
+    with EmbeddingCache(path) as store:
+        for start in range(first, first + 100, 10):
+            store.put_many("m", "t", {f"k{i}": _vector(i) for i in range(start, start + 10)})
+
+
+def test_concurrent_writers(tmp_path):
+    path = str(tmp_path / "shared.sqlite")
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_writer, args=(path, 50 * i, barrier)) for i in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=60)
+    assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
+    with EmbeddingCache(path) as store:
+        assert store.count() == 250
+        got = store.get_many("m", "t", [f"k{i}" for i in range(250)])
+        assert all(np.array_equal(got[f"k{i}"], _vector(i)) for i in range(250))
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT COUNT(DISTINCT content_sha256), COUNT(*) FROM embeddings").fetchone()
+    conn.close()
+    assert rows == (250, 250)
+
+
+def test_wal_mode_and_hashes(tmp_path, paths):
+    EmbeddingCache(tmp_path / "w.sqlite").close()
+    conn = sqlite3.connect(tmp_path / "w.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    data = Path(paths[0]).read_bytes()
+    assert content_sha256(paths[0]) == content_sha256(data) == content_sha256(paths[4])
+    assert text_sha256("a") != text_sha256("b")
+
+
+def test_open_cache_urls(tmp_path, monkeypatch):
+    with open_cache(f"sqlite:///{tmp_path}/a.sqlite") as store:
+        assert store.path == tmp_path / "a.sqlite"
+    with open_cache(str(tmp_path / "b.sqlite")) as store:
+        assert store.path.exists()
+    with pytest.raises(StoreError, match="Postgres support is not implemented yet"):
+        open_cache("postgresql://user@host/db")
+    with pytest.raises(StoreError, match="unknown scheme 'redis'"):
+        open_cache("redis://host")
+    (tmp_path / "junk.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="not a usable"):
+        EmbeddingCache(tmp_path / "junk.sqlite")
+    monkeypatch.setenv("VLMOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("VLMOPS_STORE_URL", raising=False)
+    try:
+        get_settings(fresh=True)
+        with open_cache() as store:
+            assert store.path == tmp_path / "home" / "store.sqlite"
+    finally:
+        monkeypatch.undo()
+        get_settings(fresh=True)
