@@ -88,8 +88,10 @@ def install_packages(target: Path) -> Path:
 
 
 def _installed_version(package_dir: Path) -> str | None:
-    meta = package_dir / "package.json"
-    return json.loads(meta.read_text())["version"] if meta.exists() else None
+    try:
+        return json.loads((package_dir / "package.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return None  # absent or corrupt: treat as not installed
 
 
 def render_svgs(svgs: list[Path], out_dir: Path, size: int = IMAGE_SIZE, progress=None) -> list[Path]:
@@ -160,14 +162,19 @@ def build_manifest(modules: Path, render_dir: Path, seed: int = DEFAULT_SEED, pr
     rows: list[dict] = []
     unmatched: list[str] = []
     for vendor in VENDORS.values():
-        version = PACKAGES[vendor.package]
-        package_licence = json.loads((modules / vendor.package / "package.json").read_text())["license"]
+        meta = json.loads((modules / vendor.package / "package.json").read_text())
+        version, package_licence = meta["version"], meta.get("license", "unknown")
         if vendor.name == "openmoji":
             pairs = openmoji_svgs(modules, labels)
             pngs = render_svgs([svg for _, svg in pairs], render_dir, progress=progress)
             images = [(hexcode, png, svg) for (hexcode, svg), png in zip(pairs, pngs, strict=True)]
         else:
             images = [(hexcode, png, png) for hexcode, png in datasource_images(modules, vendor)]
+        if not images:
+            raise DataError(
+                f"no {vendor.name} images found under {modules / vendor.package}; the package layout "
+                "changed: delete the emoji data directory and fetch again, or update vlmops"
+            )
         for hexcode, image, original in images:
             info = labels.lookup(hexcode)
             if info is None:
@@ -194,14 +201,14 @@ def build_manifest(modules: Path, render_dir: Path, seed: int = DEFAULT_SEED, pr
             "the pinned packages disagree; delete the emoji data directory and fetch again"
         )
     frame = pd.DataFrame(rows)
-    frame.attrs["unmatched"] = unmatched
+    frame.attrs.update(unmatched=unmatched, seed=seed)
     return frame
 
 
 def fetch_emoji(seed: int = DEFAULT_SEED, force: bool = False, progress: bool = True) -> Path:
     """Install, render and index the emoji data set; returns the manifest path."""
     target = manifest_path()
-    if target.exists() and not force:
+    if target.exists() and not force and load_emoji_manifest().attrs.get("seed") == seed:
         return target
     from vlmops.cli._common import progress_bar
 

@@ -84,7 +84,8 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     theta[:, 1, 1] = 1.0 / scale
     theta[:, :, 2] = shift
     grid = nn.functional.affine_grid(theta, list(batch.shape), align_corners=False)
-    out = nn.functional.grid_sample(batch + 1.0, grid, padding_mode="zeros", align_corners=False) - 1.0
+    # sample (x - 1) with zero padding, then add 1 back: pixels from outside the image come out white (+1)
+    out = nn.functional.grid_sample(batch - 1.0, grid, padding_mode="zeros", align_corners=False) + 1.0
     blur = torch.rand(n, generator=generator) < 0.3
     if blur.any():
         small = nn.functional.interpolate(out[blur], scale_factor=0.5, mode="bilinear", antialias=True)
@@ -190,7 +191,7 @@ def train_emoji_lit(
             loss.backward()
             optimiser.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         val_top1 = _val_top1(tower, val_pixels, val_targets, val_classes)
         record = {
             "epoch": epoch,

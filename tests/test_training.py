@@ -1,0 +1,82 @@
+"""The emoji-lit training recipe on a tiny synthetic manifest (seconds, not minutes)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from vlmops.models.towers import ImageTowerConfig, TextTower
+from vlmops.models.training import TrainConfig, augment, train_emoji_lit
+
+TINY = ImageTowerConfig(image_size=32, stem=8, widths=(16, 32), dropout=0.0)
+SHAPES = {
+    "red circle": ("ellipse", (220, 30, 30)),
+    "blue square": ("rectangle", (30, 30, 220)),
+    "green circle": ("ellipse", (30, 180, 30)),
+    "yellow square": ("rectangle", (230, 210, 20)),
+    "black circle": ("ellipse", (10, 10, 10)),
+    "orange square": ("rectangle", (250, 140, 0)),
+}
+
+
+@pytest.fixture(scope="module")
+def text_tower():
+    return TextTower()
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    rows = []
+    for k, (name, (shape, colour)) in enumerate(SHAPES.items()):
+        for vendor, pad in (("google", 6), ("twitter", 10)):
+            image = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+            getattr(ImageDraw.Draw(image), shape)((pad, pad, 32 - pad, 32 - pad), fill=colour)
+            path = tmp_path / f"{vendor}-{k}.png"
+            image.save(path)
+            rows.append(
+                {
+                    "id": f"{vendor}:{k}", "vendor": vendor, "image": str(path), "name": name,
+                    "texts": [name, f"an emoji of {name}"], "unified": str(k), "concept": str(k),
+                    "skin_tone": "none", "split": "val" if k >= 4 else "train",
+                }
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_training_runs_keeps_best_epoch_and_stops_early(manifest, text_tower):
+    config = TrainConfig(epochs=6, batch_size=8, samples_per_epoch=32, patience=2, tower=TINY, seed=1)
+    seen = []
+    result = train_emoji_lit(manifest, config, text_tower, on_epoch=seen.append)
+    assert seen == result.history and 1 <= len(result.history) <= 6
+    best = max(result.history, key=lambda r: r["val_top1"])
+    assert result.best_val_top1 == best["val_top1"]
+    assert result.best_epoch == best["epoch"]
+    # stopped because `patience` epochs passed without improvement, or ran all epochs
+    assert len(result.history) == 6 or len(result.history) - result.best_epoch >= 2
+    assert not result.tower.training and result.logit_scale > 0
+    assert result.n_train_images == 8
+
+
+def test_training_is_seeded(manifest, text_tower):
+    config = TrainConfig(epochs=2, batch_size=8, samples_per_epoch=16, tower=TINY, seed=3)
+    first = train_emoji_lit(manifest, config, text_tower)
+    second = train_emoji_lit(manifest, config, text_tower)
+    assert [r["loss"] for r in first.history] == [r["loss"] for r in second.history]
+
+
+def test_training_without_val_rows_is_an_error(manifest, text_tower):
+    with pytest.raises(ValueError, match="no train/val images"):
+        train_emoji_lit(manifest.assign(split="train"), TrainConfig(tower=TINY), text_tower)
+
+
+def test_augment_keeps_shape_and_fills_with_white():
+    generator = torch.Generator().manual_seed(0)
+    white = torch.ones(8, 3, 32, 32)
+    out = augment(white, generator)
+    assert out.shape == white.shape
+    torch.testing.assert_close(out, white, atol=1e-5, rtol=0)
+    dark = -torch.ones(8, 3, 32, 32)
+    moved = augment(dark, generator)
+    assert (moved > 0.9).any(), "shrinking/shifting must reveal white background"
