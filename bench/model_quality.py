@@ -59,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bar {key}: {bar['value']:.3f} >= {bar['threshold']}: {'PASS' if bar['passed'] else 'FAIL'}")
     images = [load_image(p) for p in manifest["image"].iloc[:32]]
     speed = {f"batch_{b}": throughput(model, images, b) for b in (1, 32)}
-    print(
-        f"image tower throughput: {speed['batch_1']:.0f} images/s at batch 1, {speed['batch_32']:.0f} at batch 32"
-    )
+    print(f"image tower: {speed['batch_1']:.0f} images/s at batch 1, {speed['batch_32']:.0f} at batch 32")
     if args.json:
         args.json.write_text(
             json.dumps({"model": model.info.to_dict(), "report": report, "throughput": speed}, indent=2)

@@ -65,9 +65,9 @@ def test_matching_caption_scores_highest(builtin):
 
 
 def test_unknown_builtin_and_missing_weights_are_clear_errors(tmp_path):
-    with pytest.raises(ModelLoadError, match="unknown built-in model 'nope'.*emoji-lit"):
+    with pytest.raises(ModelLoadError, match=r"unknown built-in model 'nope'.*emoji-lit"):
         load_model("builtin:nope")
-    with pytest.raises(ModelLoadError, match="missing.*vlmops train"):
+    with pytest.raises(ModelLoadError, match=r"missing.*vlmops train"):
         load_model(f"builtin:emoji-lit@{tmp_path}")
 
 
