@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from vlmops.models.towers import ImageTowerConfig, TextTower
-from vlmops.models.training import TrainConfig, augment, train_emoji_lit
+from vlmops.models.training import AugmentConfig, TrainConfig, augment, train_emoji_lit
 
 TINY = ImageTowerConfig(image_size=32, stem=8, widths=(16, 32), dropout=0.0)
 SHAPES = {
@@ -80,3 +80,16 @@ def test_augment_keeps_shape_and_fills_with_white():
     dark = -torch.ones(8, 3, 32, 32)
     moved = augment(dark, generator)
     assert (moved > 0.9).any(), "shrinking/shifting must reveal white background"
+
+
+def test_jitter_never_changes_hue_and_cutout_paints_white_squares():
+    generator = torch.Generator().manual_seed(0)
+    grey = torch.full((16, 3, 32, 32), -0.2)
+    still = AugmentConfig(scale=(1.0, 1.0), shift=0.0, blur_p=0.0)
+    jittered = augment(grey, generator, AugmentConfig(**{**still.__dict__, "jitter": 0.3}))
+    torch.testing.assert_close(jittered[:, 0], jittered[:, 1])  # greys stay grey: no hue shift
+    assert not torch.allclose(jittered, grey)
+    assert jittered.min() >= -1.0 and jittered.max() <= 1.0
+    cut = augment(-torch.ones(16, 3, 32, 32), generator, AugmentConfig(**{**still.__dict__, "cutout_p": 1.0}))
+    white_pixels = (cut == 1.0).all(dim=1).sum(dim=(1, 2))
+    assert (white_pixels == 8 * 8).all()

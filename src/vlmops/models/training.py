@@ -32,6 +32,17 @@ PROMPT = "an emoji of {}"
 
 
 @dataclass
+class AugmentConfig:
+    """Augmentations that keep an emoji's meaning: no flips, no hue changes."""
+
+    scale: tuple[float, float] = (0.75, 1.1)
+    shift: float = 0.12
+    blur_p: float = 0.3
+    jitter: float = 0.0  # max relative change of brightness, contrast and saturation
+    cutout_p: float = 0.0
+
+
+@dataclass
 class TrainConfig:
     """Hyper-parameters of `train_emoji_lit`; all of them go into the model card."""
 
@@ -46,13 +57,12 @@ class TrainConfig:
     patience: int = 6
     seed: int = 0
     max_minutes: float = 14.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     tower: ImageTowerConfig = field(default_factory=ImageTowerConfig)
 
     def to_dict(self) -> dict:
         """Plain dict for the model card."""
-        data = asdict(self)
-        data["tower"] = self.tower.to_dict()
-        return data
+        return asdict(self)
 
 
 @dataclass
@@ -74,11 +84,14 @@ def load_pixels(paths: list[str], size: int) -> torch.Tensor:
     return ((pixels + 1.0) * 127.5).round().to(torch.uint8)
 
 
-def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random scale (0.75-1.1), shift (±12 %) and occasional blur; white fill outside the image."""
+def augment(
+    batch: torch.Tensor, generator: torch.Generator, config: AugmentConfig | None = None
+) -> torch.Tensor:
+    """Random scale, shift, blur, brightness/contrast/saturation and cutout; white fill outside the image."""
+    config = config or AugmentConfig()
     n = batch.shape[0]
-    scale = torch.empty(n).uniform_(0.75, 1.1, generator=generator)
-    shift = torch.empty(n, 2).uniform_(-0.12, 0.12, generator=generator)
+    scale = torch.empty(n).uniform_(*config.scale, generator=generator)
+    shift = torch.empty(n, 2).uniform_(-config.shift, config.shift, generator=generator)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = 1.0 / scale
     theta[:, 1, 1] = 1.0 / scale
@@ -86,11 +99,42 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     grid = nn.functional.affine_grid(theta, list(batch.shape), align_corners=False)
     # sample (x - 1) with zero padding, then add 1 back: pixels from outside the image come out white (+1)
     out = nn.functional.grid_sample(batch - 1.0, grid, padding_mode="zeros", align_corners=False) + 1.0
-    blur = torch.rand(n, generator=generator) < 0.3
+    blur = torch.rand(n, generator=generator) < config.blur_p
     if blur.any():
         small = nn.functional.interpolate(out[blur], scale_factor=0.5, mode="bilinear", antialias=True)
         out[blur] = nn.functional.interpolate(small, size=batch.shape[-2:], mode="bilinear")
+    if config.jitter > 0:
+        out = _jitter(out, config.jitter, generator)
+    if config.cutout_p > 0:
+        out = _cutout(out, config.cutout_p, generator)
     return out
+
+
+def _jitter(x: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast and saturation each scaled by a factor in [1 - amount, 1 + amount]."""
+    n = x.shape[0]
+
+    def factor() -> torch.Tensor:
+        return torch.empty(n, 1, 1, 1).uniform_(1 - amount, 1 + amount, generator=generator)
+
+    x = (x + 1.0) * factor() - 1.0  # brightness in [0, 2] space
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * factor() + mean  # contrast
+    grey = x.mean(dim=1, keepdim=True)
+    x = (x - grey) * factor() + grey  # saturation (hue unchanged)
+    return x.clamp(-1.0, 1.0)
+
+
+def _cutout(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Paint a white square over a random quarter-size region of a fraction p of the images."""
+    n, _, h, w = x.shape
+    size = h // 4
+    chosen = torch.nonzero(torch.rand(n, generator=generator) < p).flatten().tolist()
+    for i in chosen:
+        top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
+        x[i, :, top : top + size, left : left + size] = 1.0
+    return x
 
 
 def _caption_table(frame: pd.DataFrame, text_tower: TextTower) -> tuple[torch.Tensor, list[list[int]]]:
@@ -168,7 +212,7 @@ def train_emoji_lit(
         losses = []
         for step in range(steps_per_epoch):
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            images = augment(train_pixels[idx].float() / 127.5 - 1.0, generator)
+            images = augment(train_pixels[idx].float() / 127.5 - 1.0, generator, config.augment)
             emb = tower(images.contiguous(memory_format=torch.channels_last))
             scale = log_scale.exp().clamp(max=100.0)
             # caption per image: the prompt half of the time, else any of its captions
