@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from vlmops.models.towers import ImageTowerConfig, TextTower
-from vlmops.models.training import AugmentConfig, TrainConfig, augment, train_emoji_lit
+from vlmops.models.training import AugmentConfig, TrainConfig, _vendor_twins, augment, train_emoji_lit
 
 TINY = ImageTowerConfig(image_size=32, stem=8, widths=(16, 32), dropout=0.0)
 SHAPES = {
@@ -93,3 +93,12 @@ def test_jitter_never_changes_hue_and_cutout_paints_white_squares():
     cut = augment(-torch.ones(16, 3, 32, 32), generator, AugmentConfig(**{**still.__dict__, "cutout_p": 1.0}))
     white_pixels = (cut == 1.0).all(dim=1).sum(dim=(1, 2))
     assert (white_pixels == 8 * 8).all()
+
+
+def test_vendor_twins_pair_each_emoji_with_its_other_vendor_drawing(manifest):
+    frame = pd.concat([manifest, manifest.iloc[[0]].assign(id="solo", unified="solo")], ignore_index=True)
+    twins = _vendor_twins(frame).tolist()
+    for row, twin in enumerate(twins[:-1]):
+        assert frame.loc[twin, "unified"] == frame.loc[row, "unified"]
+        assert frame.loc[twin, "vendor"] != frame.loc[row, "vendor"]
+    assert twins[-1] == len(frame) - 1, "an emoji without a twin is paired with itself"

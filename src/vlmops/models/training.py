@@ -3,13 +3,15 @@
 What the recipe does and why (measured in bench/RESULTS.md):
 - targets are frozen MiniLM embeddings of several captions per emoji (CLDR name, "an emoji of ...",
   Unicode name, keywords), computed once;
-- two losses: softmax over the *whole* vocabulary of training prompts (a fixed text classifier, so
-  every step sees every negative) plus the symmetric in-batch contrastive loss over sampled captions,
-  where the same emoji drawn by the other vendor counts as a positive;
-- augmentation is geometric (scale/shift) plus blur, never flips or colour jitter, which would break
+- every batch holds pairs: an emoji and the same emoji drawn by the other training vendor;
+- three losses: softmax over the *whole* vocabulary of training prompts (a fixed text classifier, so
+  every step sees every negative); the symmetric in-batch image-text contrastive loss over sampled
+  captions, where the other vendor's drawing counts as a positive; and an image-image contrastive
+  loss that pulls vendor twins together (style invariance, for vendors never seen in training);
+- augmentation is geometric (scale/shift) plus blur, never flips or hue changes, which would break
   arrows and skin tones; dropout, weight decay and label smoothing fight memorisation;
-- each epoch samples images with weights 1/(variants of the concept) so the five skin-tone copies of
-  a person emoji do not drown out objects and symbols;
+- anchors are sampled with weights 1/(variants of the concept) so the five skin-tone copies of a
+  person emoji do not drown out objects and symbols;
 - early stopping on top-1 over *unseen* val-split concepts.
 """
 
@@ -54,6 +56,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     vocab_loss_weight: float = 1.0
+    image_loss_weight: float = 1.0  # image-image contrastive loss between vendor twins
     patience: int = 6
     seed: int = 0
     max_minutes: float = 14.0
@@ -147,6 +150,15 @@ def _caption_table(frame: pd.DataFrame, text_tower: TextTower) -> tuple[torch.Te
     return table, per_row
 
 
+def _vendor_twins(train: pd.DataFrame) -> torch.Tensor:
+    """For each row, a row of the same emoji from another vendor (itself if there is none)."""
+    twins = np.arange(len(train))
+    for rows in train.groupby("unified").indices.values():
+        if len(rows) > 1:
+            twins[rows] = np.roll(rows, 1)
+    return torch.from_numpy(twins)
+
+
 def _val_top1(tower: ImageTower, pixels: torch.Tensor, targets: torch.Tensor, classes: torch.Tensor) -> float:
     tower.eval()
     with torch.inference_mode():
@@ -191,6 +203,7 @@ def train_emoji_lit(
     prompt_rows = torch.tensor([row[1] if len(row) > 1 else row[0] for row in row_captions])
     variants = train.groupby(["vendor", "concept"])["id"].transform("count").to_numpy()
     sampler_weights = torch.from_numpy(1.0 / variants)
+    twins = _vendor_twins(train)
 
     tower = ImageTower(config.tower).to(memory_format=torch.channels_last)
     log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -206,12 +219,12 @@ def train_emoji_lit(
     history: list[dict] = []
     best = (-1.0, 0, None, 0.0)  # (val top-1, epoch, state, scale)
     for epoch in range(1, config.epochs + 1):
-        order = torch.multinomial(
-            sampler_weights, steps_per_epoch * config.batch_size, True, generator=generator
-        )
+        half = config.batch_size // 2
+        order = torch.multinomial(sampler_weights, steps_per_epoch * half, True, generator=generator)
         losses = []
         for step in range(steps_per_epoch):
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+            anchors = order[step * half : (step + 1) * half]
+            idx = torch.cat([anchors, twins[anchors]])  # each emoji with its other-vendor twin
             images = augment(train_pixels[idx].float() / 127.5 - 1.0, generator, config.augment)
             emb = tower(images.contiguous(memory_format=torch.channels_last))
             scale = log_scale.exp().clamp(max=100.0)
@@ -230,7 +243,14 @@ def train_emoji_lit(
             vocab_loss = nn.functional.cross_entropy(
                 scale * emb @ vocab.T, vocab_targets[idx], label_smoothing=config.label_smoothing
             )
-            loss = contrastive + config.vocab_loss_weight * vocab_loss
+            same = keys[idx][:, None] == keys[idx][None, :]
+            eye = torch.eye(len(idx), dtype=torch.bool)
+            image_logits = (scale * emb @ emb.T).masked_fill(eye, -1e4)
+            image_targets = (same & ~eye).float()
+            image_loss = nn.functional.cross_entropy(
+                image_logits, image_targets / image_targets.sum(1, keepdim=True)
+            )
+            loss = contrastive + config.vocab_loss_weight * vocab_loss + config.image_loss_weight * image_loss
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
