@@ -8,7 +8,14 @@ import torch
 from PIL import Image, ImageDraw
 
 from vlmops.models.towers import ImageTowerConfig, TextTower
-from vlmops.models.training import AugmentConfig, TrainConfig, _vendor_twins, augment, train_emoji_lit
+from vlmops.models.training import (
+    AugmentConfig,
+    TrainConfig,
+    _twin_loss,
+    _vendor_twins,
+    augment,
+    train_emoji_lit,
+)
 
 TINY = ImageTowerConfig(image_size=32, stem=8, widths=(16, 32), dropout=0.0)
 SHAPES = {
@@ -102,3 +109,19 @@ def test_vendor_twins_pair_each_emoji_with_its_other_vendor_drawing(manifest):
         assert frame.loc[twin, "unified"] == frame.loc[row, "unified"]
         assert frame.loc[twin, "vendor"] != frame.loc[row, "vendor"]
     assert twins[-1] == len(frame) - 1, "an emoji without a twin is paired with itself"
+
+
+def test_twin_loss_matches_a_hand_computed_cross_entropy():
+    import numpy as np
+
+    emb = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 0.1], [0.9, 0.2], [0.0, 1.0], [0.3, 0.8], [0.5, 0.5]]), dim=-1
+    )
+    keys = torch.tensor([0, 0, 1, 1, 2])  # the last image has no twin: left out of the loss
+    scale = torch.tensor(10.0)
+    sims = 10.0 * emb.numpy() @ emb.numpy().T
+    expected = []
+    for i, j in ((0, 1), (1, 0), (2, 3), (3, 2)):
+        others = [k for k in range(5) if k != i]
+        expected.append(-(sims[i, j] - np.log(np.exp(sims[i, others]).sum())))
+    assert float(_twin_loss(emb, keys, scale)) == pytest.approx(np.mean(expected), rel=1e-5)

@@ -56,6 +56,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     vocab_loss_weight: float = 1.0
+    pair_vendors: bool = True  # half of each batch is the other vendor's drawing of the other half
     image_loss_weight: float = 1.0  # image-image contrastive loss between vendor twins
     patience: int = 6
     seed: int = 0
@@ -150,6 +151,16 @@ def _caption_table(frame: pd.DataFrame, text_tower: TextTower) -> tuple[torch.Te
     return table, per_row
 
 
+def _twin_loss(emb: torch.Tensor, keys: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Image-image contrastive loss: each image's positives are the other images of the same emoji."""
+    eye = torch.eye(len(keys), dtype=torch.bool)
+    positives = ((keys[:, None] == keys[None, :]) & ~eye).float()
+    has_positive = positives.sum(1) > 0
+    logits = (scale * emb @ emb.T).masked_fill(eye, -1e4)
+    targets = positives[has_positive] / positives[has_positive].sum(1, keepdim=True)
+    return nn.functional.cross_entropy(logits[has_positive], targets)
+
+
 def _vendor_twins(train: pd.DataFrame) -> torch.Tensor:
     """For each row, a row of the same emoji from another vendor (itself if there is none)."""
     twins = np.arange(len(train))
@@ -219,12 +230,13 @@ def train_emoji_lit(
     history: list[dict] = []
     best = (-1.0, 0, None, 0.0)  # (val top-1, epoch, state, scale)
     for epoch in range(1, config.epochs + 1):
-        half = config.batch_size // 2
-        order = torch.multinomial(sampler_weights, steps_per_epoch * half, True, generator=generator)
+        per_step = config.batch_size // 2 if config.pair_vendors else config.batch_size
+        order = torch.multinomial(sampler_weights, steps_per_epoch * per_step, True, generator=generator)
         losses = []
         for step in range(steps_per_epoch):
-            anchors = order[step * half : (step + 1) * half]
-            idx = torch.cat([anchors, twins[anchors]])  # each emoji with its other-vendor twin
+            idx = order[step * per_step : (step + 1) * per_step]
+            if config.pair_vendors:
+                idx = torch.cat([idx, twins[idx]])  # each emoji with its other-vendor twin
             images = augment(train_pixels[idx].float() / 127.5 - 1.0, generator, config.augment)
             emb = tower(images.contiguous(memory_format=torch.channels_last))
             scale = log_scale.exp().clamp(max=100.0)
@@ -243,14 +255,9 @@ def train_emoji_lit(
             vocab_loss = nn.functional.cross_entropy(
                 scale * emb @ vocab.T, vocab_targets[idx], label_smoothing=config.label_smoothing
             )
-            same = keys[idx][:, None] == keys[idx][None, :]
-            eye = torch.eye(len(idx), dtype=torch.bool)
-            image_logits = (scale * emb @ emb.T).masked_fill(eye, -1e4)
-            image_targets = (same & ~eye).float()
-            image_loss = nn.functional.cross_entropy(
-                image_logits, image_targets / image_targets.sum(1, keepdim=True)
-            )
-            loss = contrastive + config.vocab_loss_weight * vocab_loss + config.image_loss_weight * image_loss
+            loss = contrastive + config.vocab_loss_weight * vocab_loss
+            if config.pair_vendors and config.image_loss_weight > 0:
+                loss = loss + config.image_loss_weight * _twin_loss(emb, keys[idx], scale)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
