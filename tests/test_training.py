@@ -44,7 +44,7 @@ def manifest(tmp_path):
             image.save(path)
             rows.append(
                 {
-                    "id": f"{vendor}:{k}", "vendor": vendor, "image": str(path), "name": name,
+                    "id": f"{vendor}:{k}", "vendor": vendor, "image": str(path), "name": name, "concept_name": name,
                     "texts": [name, f"an emoji of {name}"], "unified": str(k), "concept": str(k),
                     "skin_tone": "none", "split": "val" if k >= 4 else "train",
                 }
