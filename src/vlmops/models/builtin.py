@@ -30,7 +30,7 @@ class BuiltinSpec:
 
 BUILTIN_MODELS: dict[str, BuiltinSpec] = {
     "emoji-lit": BuiltinSpec(
-        description="LiT-style dual encoder: frozen all-MiniLM-L6-v2 text tower, 64-px CNN image tower "
+        description="LiT-style dual encoder: frozen all-MiniLM-L6-v2 text tower, 48-px CNN image tower "
         "trained on google+twitter emoji (train split)",
         licence="Apache-2.0 (code, weights); MiniLM: Apache-2.0; training images: Apache-2.0, CC-BY-4.0",
         weights="emoji-lit.safetensors",

@@ -60,12 +60,12 @@ class TextTower:
 class ImageTowerConfig:
     """Shape of the image tower; saved next to its weights."""
 
-    image_size: int = 64
+    image_size: int = 48
     stem: int = 32
     stem_stride: int = 2
     widths: tuple[int, ...] = (64, 128, 256)
     out_dim: int = 384
-    dropout: float = 0.2
+    dropout: float = 0.1
 
     def to_dict(self) -> dict:
         """Plain dict for JSON."""
@@ -96,7 +96,7 @@ class _Block(nn.Module):
 
 
 class ImageTower(nn.Module):
-    """A compact ResNet for 64-px images: strided stem, stride-2 stages of one residual block, linear head."""
+    """A compact ResNet for 48-64 px images: strided stem, stride-2 stages, one residual block each."""
 
     def __init__(self, config: ImageTowerConfig = ImageTowerConfig()):
         super().__init__()
