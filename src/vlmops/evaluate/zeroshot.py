@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from vlmops.data.images import load_image
-from vlmops.models.base import VLM, l2_normalise
+from vlmops.models.base import VLM, batched, l2_normalise
 
 DEFAULT_TEMPLATES = ("an emoji of {}",)
 
@@ -28,8 +28,9 @@ def class_embeddings(
 def image_embeddings(model: VLM, paths: Sequence[str], batch_size: int = 256) -> np.ndarray:
     """Embed image files in batches (no cache; see vlmops.store for the cached path)."""
     chunks = [np.zeros((0, model.info.dim), dtype=np.float32)]
-    for start in range(0, len(paths), batch_size):
-        chunks.append(model.embed_images([load_image(p) for p in paths[start : start + batch_size]]))
+    chunks += [
+        model.embed_images([load_image(p) for p in batch]) for batch in batched(list(paths), batch_size)
+    ]
     return np.concatenate(chunks)
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -90,3 +90,18 @@ def batched(items: Sequence, size: int):
     """Yield consecutive slices of `items` of at most `size` elements."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def embed_in_batches(items: Sequence, batch_size: int, encode: Callable[[list], Any], dim: int) -> np.ndarray:
+    """Run `encode` over batches of `items` (no autograd) and return (n, dim) float32 unit rows.
+
+    `encode` may return a numpy array or a torch tensor; empty input gives shape (0, dim).
+    """
+    import torch
+
+    if len(items) == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    with torch.inference_mode():
+        chunks = [encode(list(batch)) for batch in batched(list(items), batch_size)]
+    arrays = [c.float().cpu().numpy() if isinstance(c, torch.Tensor) else np.asarray(c) for c in chunks]
+    return l2_normalise(np.concatenate(arrays))

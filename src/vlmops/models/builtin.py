@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from vlmops.errors import ModelLoadError
-from vlmops.models.base import ModelInfo, batched, sha256_file
+from vlmops.models.base import ModelInfo, embed_in_batches, sha256_file
 from vlmops.models.towers import ImageTower, ImageTowerConfig, TextTower, pixels_from_images
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -61,14 +60,12 @@ class EmojiLit:
         """Preprocessing: RGB on white, bicubic resize to the tower's size, scaled to [-1, 1]."""
         return f"rgb-white-bicubic{self.tower.config.image_size}-pm1"
 
-    @torch.inference_mode()
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, 384) float32 unit vectors."""
-        out = [np.zeros((0, self.info.dim), dtype=np.float32)]
-        for chunk in batched(list(images), self.batch_size):
-            pixels = pixels_from_images(chunk, self.tower.config.image_size)
-            out.append(self.tower(pixels).numpy().astype(np.float32))
-        return np.concatenate(out)
+        size = self.tower.config.image_size
+        return embed_in_batches(
+            images, self.batch_size, lambda b: self.tower(pixels_from_images(b, size)), self.info.dim
+        )
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(m, 384) float32 unit vectors from the frozen text tower."""

@@ -20,7 +20,7 @@ from PIL import Image
 
 from vlmops.data.images import to_rgb_on_white
 from vlmops.errors import ModelLoadError
-from vlmops.models.base import ModelInfo, batched, l2_normalise, sha256_files
+from vlmops.models.base import ModelInfo, embed_in_batches, sha256_files
 
 # model_type -> tokenizer outputs the text tower gets. SigLIP was trained without a text attention
 # mask (its own tokenizer returns input_ids only) and with text padded to max_length.
@@ -97,39 +97,25 @@ class HFModel:
         """Image processor class and a hash of its configuration."""
         return self._transform_id
 
-    def _empty(self) -> np.ndarray:
-        return np.zeros((0, self.info.dim), dtype=np.float32)
-
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, d) float32 L2-normalised image embeddings."""
-        if len(images) == 0:
-            return self._empty()
-        chunks = []
-        with torch.inference_mode():
-            for batch in batched(list(images), self.batch_size):
-                rgb = [im if im.mode == "RGB" else to_rgb_on_white(im) for im in batch]
-                pixels = self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
-                out = self.model.get_image_features(pixel_values=pixels.to(self.device))
-                chunks.append(_features(out).float().cpu().numpy())
-        return l2_normalise(np.concatenate(chunks))
+        return embed_in_batches(images, self.batch_size, self._encode_images, self.info.dim)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(m, d) float32 L2-normalised text embeddings."""
-        if len(texts) == 0:
-            return self._empty()
-        chunks = []
-        with torch.inference_mode():
-            for batch in batched(list(texts), self.batch_size):
-                tokens = self.tokenizer(
-                    list(batch),
-                    padding="max_length",
-                    max_length=self.max_length,
-                    truncation=True,
-                    return_tensors="pt",
-                )
-                inputs = {k: v.to(self.device) for k, v in tokens.items() if k in self.text_inputs}
-                chunks.append(_features(self.model.get_text_features(**inputs)).float().cpu().numpy())
-        return l2_normalise(np.concatenate(chunks))
+        return embed_in_batches(texts, self.batch_size, self._encode_texts, self.info.dim)
+
+    def _encode_images(self, batch: list[Image.Image]) -> torch.Tensor:
+        rgb = [im if im.mode == "RGB" else to_rgb_on_white(im) for im in batch]
+        pixels = self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
+        return _features(self.model.get_image_features(pixel_values=pixels.to(self.device)))
+
+    def _encode_texts(self, batch: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(
+            batch, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        )
+        inputs = {k: v.to(self.device) for k, v in tokens.items() if k in self.text_inputs}
+        return _features(self.model.get_text_features(**inputs))
 
 
 def _check_dir(path: Path) -> tuple[list[Path], str]:

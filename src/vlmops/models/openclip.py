@@ -19,7 +19,7 @@ from PIL import Image
 from vlmops._optional import require
 from vlmops.data.images import to_rgb_on_white
 from vlmops.errors import ModelLoadError
-from vlmops.models.base import ModelInfo, batched, l2_normalise, sha256_files
+from vlmops.models.base import ModelInfo, embed_in_batches, sha256_files
 
 FORMAT_HINT = "use open_clip:ARCH@CHECKPOINT, e.g. open_clip:ViT-B-32@/models/vit-b-32.pt"
 
@@ -69,13 +69,7 @@ class OpenCLIPModel:
         return self._transform_id
 
     def _run(self, items: Sequence, encode: Callable[[list], torch.Tensor]) -> np.ndarray:
-        if len(items) == 0:
-            return np.zeros((0, self.info.dim), dtype=np.float32)
-        with torch.inference_mode():
-            chunks = [
-                encode(list(batch)).float().cpu().numpy() for batch in batched(list(items), self.batch_size)
-            ]
-        return l2_normalise(np.concatenate(chunks))
+        return embed_in_batches(items, self.batch_size, encode, self.info.dim)
 
     def _encode_images(self, batch: list[Image.Image]) -> torch.Tensor:
         rgb = [im if im.mode == "RGB" else to_rgb_on_white(im) for im in batch]

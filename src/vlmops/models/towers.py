@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from vlmops.errors import ModelLoadError
-from vlmops.models.base import batched
+from vlmops.models.base import embed_in_batches
 
 
 def minilm_dir() -> Path:
@@ -33,7 +33,9 @@ class TextTower:
 
     def __init__(self, path: Path | None = None, batch_size: int = 256, max_length: int = 64):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar on every CLI call
         self.path = path or minilm_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         self.model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
@@ -41,19 +43,17 @@ class TextTower:
         self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)
 
-    @torch.inference_mode()
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(m, 384) float32 unit vectors."""
-        out = [np.zeros((0, self.dim), dtype=np.float32)]
-        for chunk in batched(list(texts), self.batch_size):
-            tokens = self.tokenizer(
-                chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            )
-            states = self.model(**tokens).last_hidden_state
-            mask = tokens["attention_mask"].unsqueeze(-1).to(states.dtype)
-            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(nn.functional.normalize(pooled, dim=-1).numpy().astype(np.float32))
-        return np.concatenate(out)
+        return embed_in_batches(texts, self.batch_size, self._mean_pool, self.dim)
+
+    def _mean_pool(self, batch: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(
+            batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        states = self.model(**tokens).last_hidden_state
+        mask = tokens["attention_mask"].unsqueeze(-1).to(states.dtype)
+        return (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
 @dataclass(frozen=True)
