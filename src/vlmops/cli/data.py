@@ -46,7 +46,8 @@ def info(
 
     frame = resolve_data(data)
     columns = [c for c in INFO_COLUMNS if c in frame.columns]
-    columns += [c for c in attribute_columns(frame) if c not in columns and frame[c].nunique() <= 50]
+    scalar = [c for c in attribute_columns(frame) if c not in columns and _is_scalar(frame[c])]
+    columns += [c for c in scalar if frame[c].nunique() <= 50]
     counts = {col: frame[col].astype(str).value_counts().to_dict() for col in columns}
     console.print(f"[bold]{data}[/]: {len(frame)} records")
     for col, values in counts.items():
@@ -57,3 +58,9 @@ def info(
             table.add_row(value, str(count))
         console.print(table)
     write_json({"n": len(frame), "counts": counts}, json_out)
+
+
+def _is_scalar(column) -> bool:
+    """Whether a column holds plain values (not lists or dicts), so its values can be counted."""
+    first = next((v for v in column if v is not None), None)
+    return not isinstance(first, list | tuple | dict | set) and not hasattr(first, "shape")

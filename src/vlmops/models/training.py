@@ -337,13 +337,13 @@ def train_emoji_lit(
             "loss": float(np.mean(losses)),
             "val_top1": val_top1,
             **{f"val_{name}_top1": score for name, score in scores.items()},
-            "logit_scale": float(log_scale.exp()),
+            "logit_scale": float(log_scale.detach().exp()),
             "minutes": (time.monotonic() - started) / 60,
         }
         history.append(record)
         if on_epoch:
             on_epoch(record)
-        selection.update(epoch, val_top1, tower, float(log_scale.exp()))
+        selection.update(epoch, val_top1, tower, float(log_scale.detach().exp()))
         if epoch - selection.best_epoch >= config.patience or record["minutes"] > config.max_minutes:
             break
     tower.load_state_dict(selection.state)
