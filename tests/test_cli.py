@@ -107,3 +107,20 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
     assert "torch==2.13.0" in makefile and "\ndemo: setup" in makefile and "\ntest: setup" in makefile
+
+
+@needs_emoji
+def test_train_writes_a_loadable_model_and_card(tmp_path):
+    """One epoch of the real recipe through the CLI (about a minute and a half on 2 cores)."""
+    from vlmops.models import load_model
+
+    out, report = tmp_path / "model", tmp_path / "card.json"
+    result = invoke(
+        "train", "--out", str(out), "--epochs", "1", "--no-evaluate", "--no-progress", "--json", str(report)
+    )
+    assert result.exit_code == 0, result.output
+    card = json.loads(report.read_text())
+    assert card["training"]["best_epoch"] == 1 and len(card["training"]["history"]) == 1
+    assert card["data"]["training_image_licences"] == {"google": "Apache-2.0", "twitter": "CC-BY-4.0"}
+    model = load_model(f"builtin:emoji-lit@{out}")
+    assert model.info.weights_sha256 == card["weights_sha256"]

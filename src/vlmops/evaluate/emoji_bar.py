@@ -27,32 +27,34 @@ def quality_report(model: VLM, manifest: pd.DataFrame, embed_paths: EmbedFn | No
     """
     embed_paths = embed_paths or (lambda paths: image_embeddings(model, list(paths)))
     base = manifest[manifest["skin_tone"] == "none"]
-    all_names = sorted(base["name"].unique())
-    test_names = sorted(base.loc[base["split"] == "test", "name"].unique())
+    candidates = {
+        "all": sorted(base["name"].unique()),
+        "test": sorted(base.loc[base["split"] == "test", "name"].unique()),
+    }
     seen, unseen = base[base["split"] == "train"], base[base["split"] == "test"]
     train_vendors = ["google", "twitter"]
-    # (rows, candidate names, column holding the true name)
+    # (rows, candidate set, column holding the true name)
     slices = {
-        "new_vendor_top1": (seen[seen["vendor"] == "facebook"], all_names, "name"),
-        "unseen_concepts_top1": (unseen[unseen["vendor"].isin(train_vendors)], test_names, "name"),
-        "openmoji_seen_concepts": (seen[seen["vendor"] == "openmoji"], all_names, "name"),
-        "openmoji_unseen_concepts": (unseen[unseen["vendor"] == "openmoji"], test_names, "name"),
-        "train_vendors_seen_concepts": (seen[seen["vendor"].isin(train_vendors)], all_names, "name"),
+        "new_vendor_top1": (seen[seen["vendor"] == "facebook"], "all", "name"),
+        "unseen_concepts_top1": (unseen[unseen["vendor"].isin(train_vendors)], "test", "name"),
+        "openmoji_seen_concepts": (seen[seen["vendor"] == "openmoji"], "all", "name"),
+        "openmoji_unseen_concepts": (unseen[unseen["vendor"] == "openmoji"], "test", "name"),
+        "train_vendors_seen_concepts": (seen[seen["vendor"].isin(train_vendors)], "all", "name"),
     }
     # Concept recognition per skin tone on the new vendor: does "thumbs up" work for every tone?
     toned = manifest[(manifest["vendor"] == "facebook") & (manifest["split"] == "train")]
-    toned = toned[toned["concept_name"].isin(all_names)]
+    toned = toned[toned["concept_name"].isin(candidates["all"])]
     for tone, group in toned.groupby("skin_tone"):
-        slices[f"new_vendor_skin_tone={tone}"] = (group, all_names, "concept_name")
+        slices[f"new_vendor_skin_tone={tone}"] = (group, "all", "concept_name")
 
     paths = sorted({p for frame, _, _ in slices.values() for p in frame["image"]})
     vectors = dict(zip(paths, embed_paths(paths), strict=True))
-    classes = {"all": class_embeddings(model, all_names), "test": class_embeddings(model, test_names)}
+    classes = {key: class_embeddings(model, names) for key, names in candidates.items()}
     report: dict = {}
-    for key, (frame, names, column) in slices.items():
+    for key, (frame, candidate_set, column) in slices.items():
         emb = np.stack([vectors[p] for p in frame["image"]]) if len(frame) else np.zeros((0, model.info.dim))
-        head = classes["all"] if names is all_names else classes["test"]
-        report[key] = zero_shot(emb, head, names, list(frame[column])).to_dict()
+        names = candidates[candidate_set]
+        report[key] = zero_shot(emb, classes[candidate_set], names, list(frame[column])).to_dict()
     report["bars"] = {
         key: {"threshold": bar, "value": report[key]["top1"], "passed": report[key]["top1"] >= bar}
         for key, bar in BARS.items()

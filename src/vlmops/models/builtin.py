@@ -102,7 +102,9 @@ def load(target: str, device: str = "cpu", batch_size: int = 64) -> EmojiLit:
     return EmojiLit(tower, card["logit_scale"], info, batch_size=batch_size)
 
 
-def save_emoji_lit(result, config, manifest, out: Path, evaluate: bool = True) -> dict:
+def save_emoji_lit(
+    result, config, manifest, out: Path, evaluate: bool = True, text_tower: TextTower | None = None
+) -> dict:
     """Write a trained emoji-lit (TrainResult) as safetensors plus its model card; returns the card."""
     from safetensors.torch import save_file
 
@@ -147,7 +149,7 @@ def save_emoji_lit(result, config, manifest, out: Path, evaluate: bool = True) -
         from vlmops.evaluate.emoji_bar import quality_report
 
         info = ModelInfo("emoji-lit", "candidate", result.tower.config.out_dim, f"builtin:emoji-lit@{out}")
-        model = EmojiLit(result.tower, result.logit_scale, info)
+        model = EmojiLit(result.tower, result.logit_scale, info, text_tower=text_tower)
         card["quality"] = quality_report(model, manifest)
     (out / spec.card).write_text(json.dumps(card, indent=2, default=str) + "\n")
     return card
