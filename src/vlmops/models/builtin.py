@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -13,6 +14,11 @@ from PIL import Image
 from vlmops.errors import ModelLoadError
 from vlmops.models.base import ModelInfo, embed_in_batches, sha256_file
 from vlmops.models.towers import ImageTower, ImageTowerConfig, TextTower, pixels_from_images
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from vlmops.models.training import TrainConfig, TrainResult
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -103,7 +109,12 @@ def load(target: str, device: str = "cpu", batch_size: int = 64) -> EmojiLit:
 
 
 def save_emoji_lit(
-    result, config, manifest, out: Path, evaluate: bool = True, text_tower: TextTower | None = None
+    result: TrainResult,
+    config: TrainConfig,
+    manifest: pd.DataFrame,
+    out: Path,
+    evaluate: bool = True,
+    text_tower: TextTower | None = None,
 ) -> dict:
     """Write a trained emoji-lit (TrainResult) as safetensors plus its model card; returns the card."""
     from safetensors.torch import save_file
