@@ -21,3 +21,7 @@ class StoreError(VlmopsError):
 
 class MissingDependencyError(VlmopsError):
     """An optional dependency is not installed."""
+
+
+class NotFittedError(VlmopsError):
+    """An estimator was used before `fit` was called."""
