@@ -8,7 +8,6 @@ from iamcal's emoji-datasource packages and OpenMoji.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ import pandas as pd
 from vlmops.config import get_settings
 from vlmops.data.emoji_labels import EmojiLabels, normalise_hex
 from vlmops.errors import DataError
+from vlmops.hashing import seeded_uniform, sha256_file
 
 PACKAGES: dict[str, str] = {
     "emoji-datasource-google": "16.0.0",
@@ -114,18 +114,13 @@ def render_svgs(svgs: list[Path], out_dir: Path, size: int = IMAGE_SIZE, progres
 
 def assign_split(concept: str, seed: int = DEFAULT_SEED) -> str:
     """Seeded split of a concept id: the same concept always lands on the same side."""
-    digest = hashlib.sha256(f"{seed}:{concept}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
+    u = seeded_uniform(f"{seed}:{concept}")
     edge = 0.0
     for split, fraction in SPLIT_FRACTIONS.items():
         edge += fraction
         if u < edge:
             return split
     return "test"
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def datasource_images(modules: Path, vendor: Vendor) -> list[tuple[str, Path]]:
@@ -186,7 +181,7 @@ def build_manifest(modules: Path, render_dir: Path, seed: int = DEFAULT_SEED, pr
                     "vendor": vendor.name,
                     "image": str(image),
                     "original": str(original),
-                    "sha256": _file_sha256(image),
+                    "sha256": sha256_file(image),
                     **info.as_row(),
                     "split": assign_split(info.concept, seed),
                     "source": f"npm:{vendor.package}@{version}",

@@ -22,7 +22,6 @@ What the recipe does and why (measured in bench/RESULTS.md):
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from vlmops.data.images import load_image
+from vlmops.hashing import seeded_uniform
 from vlmops.models.towers import ImageTower, ImageTowerConfig, TextTower, pixels_from_images
 
 PROMPT = "an emoji of {}"
@@ -236,8 +236,7 @@ def _hold_out_drawings(train: pd.DataFrame, config: TrainConfig) -> tuple[pd.Dat
     """
 
     def held(concept: str) -> bool:
-        digest = hashlib.sha256(f"cross-vendor:{config.seed}:{concept}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64 < config.cross_vendor_fraction
+        return seeded_uniform(f"cross-vendor:{config.seed}:{concept}") < config.cross_vendor_fraction
 
     out = train["concept"].map(held).to_numpy() & (train["vendor"] == config.vendors[-1]).to_numpy()
     return train[~out].reset_index(drop=True), train[out].reset_index(drop=True)
