@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from vlmops.data.images import load_image
 from vlmops.errors import DataError, VlmopsError
@@ -92,6 +93,75 @@ def embed_texts_cached(
         return model.embed_texts([sources[k] for k in batch])
 
     return _embed_cached(model, keys, TEXT_TRANSFORM_ID, cache, encode, batch_size, progress, "texts", start)
+
+
+def variant_key(content_key: str, variant: str) -> str:
+    """Cache key of a derived input: the source's content hash joined with a variant spec, hashed."""
+    return hashlib.sha256(f"{content_key}|{variant}".encode()).hexdigest()
+
+
+def variant_seed(content_key: str, variant: str) -> int:
+    """A 32-bit seed fixed by (source content, variant): a variant is the same whatever the batch."""
+    return int(variant_key(content_key, variant)[:8], 16)
+
+
+ImageVariant = Callable[[Image.Image, int, str], Image.Image]
+
+
+def embed_image_variants_cached(
+    model: VLM,
+    paths: Sequence[str | Path],
+    variant: str | Sequence[str],
+    make: ImageVariant,
+    cache: EmbeddingCache,
+    batch_size: int = 64,
+    progress: bool = True,
+    content_keys: Sequence[str] | None = None,
+) -> tuple[np.ndarray, EmbedStats]:
+    """Embeddings of `make(image, seed, variant)` for each image file, cached under (content, variant).
+
+    `variant` (one for all images, or one per image) must name everything that changes the derived
+    image (e.g. "corrupt:fog:3"); `make` receives a seed drawn from the image content and the variant,
+    so each (image, variant) pair is built, embedded and stored once per model version. Pass
+    `content_keys` (the files' sha256) when they are already known to skip re-hashing.
+    """
+    start = time.perf_counter()
+    variants = [variant] * len(paths) if isinstance(variant, str) else list(variant)
+    contents = list(content_keys) if content_keys is not None else [content_sha256(p) for p in paths]
+    if not len(contents) == len(variants) == len(paths):
+        raise VlmopsError(
+            f"{len(paths)} paths, {len(contents)} content keys, {len(variants)} variants: give one per path"
+        )
+    keys = [variant_key(c, v) for c, v in zip(contents, variants, strict=True)]
+    sources = {k: (p, c, v) for k, p, c, v in zip(keys, paths, contents, variants, strict=True)}
+
+    def encode(batch: list[str]) -> np.ndarray:
+        images = []
+        for k in batch:
+            path, content, name = sources[k]
+            images.append(make(load_image(path), variant_seed(content, name), name))
+        return model.embed_images(images)
+
+    label = variant if isinstance(variant, str) else "variants"
+    return _embed_cached(
+        model, keys, model.transform_id, cache, encode, batch_size, progress, f"images [{label}]", start
+    )
+
+
+def embed_keys_cached(
+    model: VLM,
+    keys: Sequence[str],
+    namespace: str,
+    encode: Callable[[list[str]], np.ndarray],
+    cache: EmbeddingCache,
+    batch_size: int = 64,
+    progress: bool = True,
+    what: str = "items",
+) -> tuple[np.ndarray, EmbedStats]:
+    """The general form: vectors for arbitrary `keys` under `namespace`, `encode` run on misses only."""
+    return _embed_cached(
+        model, list(keys), namespace, cache, encode, batch_size, progress, what, time.perf_counter()
+    )
 
 
 def _embed_cached(
