@@ -6,12 +6,15 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
 from vlmops.hashing import sha256_file
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,24 @@ class VLM(Protocol):
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(m, d) float32, rows L2-normalised."""
+        ...
+
+
+@runtime_checkable
+class DifferentiableVLM(VLM, Protocol):
+    """A VLM whose image tower exposes gradients with respect to its input pixels (white-box attacks).
+
+    Pixels are in [0, 1] real-pixel space after the model's resize/crop and before its mean/std
+    normalisation, so an L-infinity budget of k/255 means k grey levels.
+    ``embed_pixels(pixels(images))`` equals ``embed_images(images)`` up to float rounding.
+    """
+
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(n, 3, H, W) float tensor in [0, 1]: the model's preprocessed input, not yet normalised."""
+        ...
+
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, d) L2-normalised embeddings of [0, 1] pixels, differentiable (normalisation applied inside)."""
         ...
 
 

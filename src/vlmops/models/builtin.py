@@ -17,6 +17,7 @@ from vlmops.models.towers import ImageTower, ImageTowerConfig, TextTower, pixels
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
 
     from vlmops.models.training import TrainConfig, TrainResult
 
@@ -54,8 +55,10 @@ class EmojiLit:
         info: ModelInfo,
         text_tower: TextTower | None = None,
         batch_size: int = 64,
+        card: dict | None = None,
     ):
         self.tower = tower.eval()
+        self.card = card  # the model card written by `vlmops train` (None for an untrained candidate)
         self.logit_scale = float(logit_scale)
         self.info = info
         self.text_tower = text_tower or TextTower()
@@ -76,6 +79,14 @@ class EmojiLit:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(m, 384) float32 unit vectors from the frozen text tower."""
         return self.text_tower.embed(list(texts))
+
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(n, 3, s, s) float tensor in [0, 1]: the tower's input before scaling to [-1, 1]."""
+        return (pixels_from_images(images, self.tower.config.image_size) + 1.0) / 2.0
+
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, 384) unit vectors of [0, 1] pixels, differentiable with respect to `pixels`."""
+        return self.tower(pixels * 2.0 - 1.0)
 
 
 def load(target: str, device: str = "cpu", batch_size: int = 64) -> EmojiLit:
@@ -105,7 +116,7 @@ def load(target: str, device: str = "cpu", batch_size: int = 64) -> EmojiLit:
         licence=spec.licence,
         image_size=tower.config.image_size,
     )
-    return EmojiLit(tower, card["logit_scale"], info, batch_size=batch_size)
+    return EmojiLit(tower, card["logit_scale"], info, batch_size=batch_size, card=card)
 
 
 def save_emoji_lit(

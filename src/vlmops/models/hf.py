@@ -105,9 +105,39 @@ class HFModel:
         """(m, d) float32 L2-normalised text embeddings."""
         return embed_in_batches(texts, self.batch_size, self._encode_texts, self.info.dim)
 
-    def _encode_images(self, batch: list[Image.Image]) -> torch.Tensor:
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(n, 3, H, W) float tensor in [0, 1]: the image processor's output with its normalisation undone."""
+        if len(images) == 0:
+            size = self.info.image_size or 0
+            return torch.zeros((0, 3, size, size))
+        values = self._pixel_values(list(images))
+        scale, mean, std = self._pixel_space()
+        return ((values * std + mean) / scale).clamp(0.0, 1.0)
+
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, d) unit vectors of [0, 1] pixels, normalised as the image processor does; differentiable."""
+        scale, mean, std = self._pixel_space()
+        values = (pixels * scale - mean.to(pixels.device)) / std.to(pixels.device)
+        features = _features(self.model.get_image_features(pixel_values=values.to(self.device)))
+        return torch.nn.functional.normalize(features, dim=-1)
+
+    def _pixel_space(self) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """(scale, mean, std) with pixel_values = (x01 * scale - mean) / std for x01 in [0, 1]."""
+        proc = self.image_processor
+        rescale = float(proc.rescale_factor) if getattr(proc, "do_rescale", False) else 1.0
+        if getattr(proc, "do_normalize", False):
+            mean = torch.tensor(proc.image_mean, dtype=torch.float32).reshape(1, -1, 1, 1)
+            std = torch.tensor(proc.image_std, dtype=torch.float32).reshape(1, -1, 1, 1)
+        else:
+            mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+        return 255.0 * rescale, mean, std
+
+    def _pixel_values(self, batch: list[Image.Image]) -> torch.Tensor:
         rgb = [im if im.mode == "RGB" else to_rgb_on_white(im) for im in batch]
-        pixels = self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
+        return self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
+
+    def _encode_images(self, batch: list[Image.Image]) -> torch.Tensor:
+        pixels = self._pixel_values(batch)
         return _features(self.model.get_image_features(pixel_values=pixels.to(self.device)))
 
     def _encode_texts(self, batch: list[str]) -> torch.Tensor:
