@@ -1,0 +1,579 @@
+"""Slice-based fairness metrics: per-slice means with cluster-bootstrap CIs and a permutation test for gaps.
+
+A *slice* is the set of items sharing one value of a manifest column (e.g. ``vendor == "apple"``) or of an
+intersection of columns (``("skin_tone", "gender")`` gives slices like ``"dark×female"``). For each slice we
+report the mean of a per-item outcome in [0, 1] (1.0 when top-1 is correct, or conformal coverage), a
+percentile bootstrap confidence interval, and per field the worst and best slice, their gap and a permutation
+p-value for that gap.
+
+Items are not independent: the vendor and skin-tone variants of one emoji share a `concept`, so both the
+bootstrap and the permutation test work on *clusters* of items (pass ``clusters=frame["concept"]``). Without
+clusters every item is its own cluster and the usual i.i.d. procedures result.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+from pandas.api.types import is_object_dtype, is_scalar
+
+__all__ = [
+    "FieldReport",
+    "SliceReport",
+    "SliceStat",
+    "default_slice_fields",
+    "slice_metrics",
+]
+
+MISSING = "missing"
+JOIN = "×"
+TIE_TOL = 1e-12
+# Upper bound on array elements per vectorised batch (bootstrap weights, permutation label matrices).
+BATCH_ELEMENTS = 1 << 22
+
+Field = str | Sequence[str]
+
+
+def _clean(x: object) -> object:
+    """Recursively turn numpy scalars into Python ones and NaN/inf into None."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+@dataclass(frozen=True)
+class SliceStat:
+    """Outcome statistics of one slice; `n_boot_used` is set only when some replicates lacked the slice."""
+
+    value: str
+    n: int
+    n_clusters: int
+    mean: float
+    ci_low: float
+    ci_high: float
+    warning: str | None = None
+    n_boot_used: int | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict; NaN becomes None."""
+        return _clean(asdict(self))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class FieldReport:
+    """All slices of one field, the worst/best slice values, their gap and the gap's permutation p-value.
+
+    `permutation` is ``"item"`` (no clusters), ``"whole-cluster"``, ``"within-cluster"`` or ``"none"``
+    (a single slice, or no permutations requested).
+    """
+
+    field: str
+    slices: list[SliceStat]
+    worst: str | None
+    best: str | None
+    max_gap: float
+    p_value: float | None
+    permutation: str
+    note: str | None = None
+
+    def stat(self, value: str) -> SliceStat:
+        """The SliceStat of one slice value."""
+        for s in self.slices:
+            if s.value == value:
+                return s
+        raise KeyError(
+            f"no slice {value!r} in field {self.field!r}: slices are {[s.value for s in self.slices]}"
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict; NaN becomes None."""
+        return _clean(asdict(self))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class SliceReport:
+    """Slice metrics for several fields, with the settings that produced them."""
+
+    metric: str
+    level: float
+    n_boot: int
+    n_perm: int
+    min_n: int
+    fields: list[FieldReport]
+
+    @property
+    def max_gap(self) -> float:
+        """Largest best-minus-worst gap over all fields (0 when there are none)."""
+        return max((f.max_gap for f in self.fields), default=0.0)
+
+    @property
+    def worst_slice(self) -> tuple[str, str, float] | None:
+        """(field, value, mean) of the lowest-mean slice with n >= min_n (any slice if none qualifies)."""
+        stats = [(f.field, f.stat(f.worst)) for f in self.fields if f.worst is not None]
+        cands = [(field, s.value, s.mean, s.n) for field, s in stats]
+        cands = [c for c in cands if c[3] >= self.min_n] or cands
+        if not cands:
+            return None
+        field, value, mean, _ = min(cands, key=lambda c: c[2])
+        return field, value, mean
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (with `max_gap` and `worst_slice` included); NaN becomes None."""
+        worst = self.worst_slice
+        return _clean(
+            {
+                "metric": self.metric,
+                "level": self.level,
+                "n_boot": self.n_boot,
+                "n_perm": self.n_perm,
+                "min_n": self.min_n,
+                "max_gap": self.max_gap,
+                "worst_slice": None
+                if worst is None
+                else {"field": worst[0], "value": worst[1], "mean": worst[2]},
+                "fields": [f.to_dict() for f in self.fields],
+            }
+        )  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def _non_scalar(s: pd.Series) -> object | None:
+    """The first non-null value of an object column that is not a hashable scalar (list, dict...), if any."""
+    if not is_object_dtype(s.dtype):
+        return None
+    return next((v for v in s.dropna() if not is_scalar(v)), None)
+
+
+def default_slice_fields(frame: pd.DataFrame, candidates: Sequence[str], max_values: int = 20) -> list[str]:
+    """Candidate columns of scalar values with 2 <= distinct non-null values <= max_values, in given order."""
+    out = []
+    for col in candidates:
+        if col not in frame.columns:
+            continue
+        s = frame[col]
+        if not isinstance(s, pd.Series) or _non_scalar(s) is not None:
+            continue
+        if 2 <= s.nunique(dropna=True) <= max_values:
+            out.append(col)
+    return out
+
+
+def _check_outcome(outcome: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
+    if len(frame) == 0:
+        raise ValueError(
+            "frame is empty: slice metrics need at least one evaluated item; check the split/filter that "
+            "produced the manifest"
+        )
+    y = np.asarray(outcome, dtype=np.float64)
+    if y.ndim != 1 or y.shape[0] != len(frame):
+        raise ValueError(
+            f"outcome has shape {y.shape} but frame has {len(frame)} rows: pass one outcome per frame row, "
+            "in the frame's row order"
+        )
+    bad = ~np.isfinite(y)
+    if bad.any():
+        raise ValueError(
+            f"outcome contains {int(bad.sum())} NaN/inf values: drop those rows from both outcome and frame"
+        )
+    if y.min() < 0 or y.max() > 1:
+        raise ValueError(
+            f"outcome must lie in [0, 1], got range [{y.min():g}, {y.max():g}]: pass per-item correctness "
+            "(1.0 = top-1 correct) or coverage, not raw scores"
+        )
+    return y
+
+
+def _check_params(min_n: int, n_boot: int, n_perm: int, level: float, seed: int) -> None:
+    for name, value, low in [
+        ("min_n", min_n, 1),
+        ("n_boot", n_boot, 0),
+        ("n_perm", n_perm, 0),
+        ("seed", seed, 0),
+    ]:
+        if isinstance(value, bool) or int(value) != value or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), e.g. 0.95, got {level!r}")
+
+
+def _cluster_codes(clusters: np.ndarray | None, n: int) -> tuple[np.ndarray, int]:
+    """Dense cluster ids 0..C-1 per item (each item its own cluster when `clusters` is None)."""
+    if clusters is None:
+        return np.arange(n, dtype=np.int64), n
+    arr = np.asarray(clusters)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(
+            f"clusters has shape {arr.shape} but frame has {n} rows: pass one cluster id per row "
+            "(e.g. frame['concept'])"
+        )
+    codes, uniques = pd.factorize(arr)
+    if (codes < 0).any():
+        raise ValueError(
+            f"clusters contain {int((codes < 0).sum())} missing ids: fill them (e.g. with the item id) so "
+            "every item belongs to a cluster"
+        )
+    return codes.astype(np.int64), len(uniques)
+
+
+def _field_columns(field: Field, frame: pd.DataFrame) -> tuple[str, ...]:
+    if isinstance(field, str):
+        cols: tuple = (field,)
+    elif isinstance(field, Sequence) and len(field) > 0 and all(isinstance(c, str) for c in field):
+        cols = tuple(field)
+    else:
+        raise ValueError(
+            f"a slice field must be a column name or a tuple of column names (an intersection), got {field!r}"
+        )
+    for col in cols:
+        if col not in frame.columns:
+            raise ValueError(
+                f"unknown slice field {col!r}: available columns are {list(frame.columns)}; pass one of "
+                "them (or a tuple of them for an intersection)"
+            )
+    return cols
+
+
+def _column_codes(s: pd.Series, col: str) -> tuple[np.ndarray, list[str]]:
+    """Codes 0..k-1 ordered by value (missing values last, as slice "missing") and the slice names."""
+    bad = _non_scalar(s)
+    if bad is not None:
+        raise ValueError(
+            f"column {col!r} holds non-scalar values (e.g. a {type(bad).__name__}): slice by a column of "
+            "scalar values such as strings"
+        )
+    missing = s.isna().to_numpy()
+    codes, uniques = pd.factorize(s[~missing], sort=False)
+    values = list(uniques)
+    labels = [str(v) for v in values]
+    try:
+        order = sorted(range(len(values)), key=lambda i: values[i])
+    except TypeError:
+        order = sorted(range(len(values)), key=lambda i: labels[i])
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[order] = np.arange(len(values))
+    full = np.full(len(s), len(values), dtype=np.int64)
+    full[~missing] = rank[codes]
+    names = [labels[i] for i in order]
+    if missing.any():
+        names.append(MISSING if MISSING not in names else f"({MISSING})")
+    return full, names
+
+
+def _slice_codes(frame: pd.DataFrame, cols: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+    """Per-item slice codes and slice names for one column or an intersection of columns."""
+    parts = [_column_codes(frame[c], c) for c in cols]
+    if len(parts) == 1:
+        return parts[0]
+    stacked = np.stack([p[0] for p in parts], axis=1)
+    uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
+    names = [JOIN.join(parts[j][1][u[j]] for j in range(len(cols))) for u in uniq]
+    return inverse.reshape(-1).astype(np.int64), names
+
+
+# -------------------------------------------------------------------------------------------- bootstrap
+
+
+def _cluster_tables(
+    outcome: np.ndarray, codes: np.ndarray, cluster_codes: np.ndarray, n_slices: int, n_clusters: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n_slices, n_clusters) outcome sums and item counts."""
+    flat = codes * n_clusters + cluster_codes
+    size = n_slices * n_clusters
+    sums = np.bincount(flat, weights=outcome, minlength=size).reshape(n_slices, n_clusters)
+    counts = np.bincount(flat, minlength=size).astype(np.float64).reshape(n_slices, n_clusters)
+    return sums, counts
+
+
+def _draw_cluster_weights(rng: np.random.Generator, n_clusters: int, n_boot: int) -> np.ndarray:
+    """(n_boot, n_clusters) multiplicities of each cluster when resampling n_clusters clusters."""
+    return rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_boot).astype(np.float64)
+
+
+def _bootstrap_means(sums: np.ndarray, counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(n_boot, n_slices) replicate means: weighted outcome sum / weighted item count (NaN when no items)."""
+    num = weights @ sums.T
+    den = weights @ counts.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def _percentile_ci(replicates: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Percentile interval per column over its finite replicates, and how many replicates were used."""
+    alpha = (1 - level) / 2
+    k = replicates.shape[1]
+    low, high = np.full(k, np.nan), np.full(k, np.nan)
+    ok = np.isfinite(replicates)
+    used = ok.sum(axis=0)
+    for j in range(k):  # loop over slices, not replicates
+        if used[j]:
+            low[j], high[j] = np.quantile(replicates[ok[:, j], j], [alpha, 1 - alpha])
+    return low, high, used
+
+
+def _bootstrap(
+    rng: np.random.Generator, sums: np.ndarray, counts: np.ndarray, n_boot: int, level: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cluster-bootstrap percentile CIs per slice (weights drawn once, in a few chunks only when huge)."""
+    n_clusters = sums.shape[1]
+    chunk = max(1, BATCH_ELEMENTS // n_clusters)
+    reps = np.concatenate(
+        [
+            _bootstrap_means(sums, counts, _draw_cluster_weights(rng, n_clusters, min(chunk, n_boot - start)))
+            for start in range(0, n_boot, chunk)
+        ]
+    )
+    return _percentile_ci(reps, level)
+
+
+# ------------------------------------------------------------------------------------------ permutation
+
+
+def _gap_stat(sums: np.ndarray, counts: np.ndarray, min_n: int) -> np.ndarray:
+    """Best-minus-worst mean per row of (P, k) sums/counts, over slices with n >= min_n (all if none)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts
+    present = counts > 0
+    qualifying = present & (counts >= min_n)
+    use = np.where(qualifying.any(axis=1, keepdims=True), qualifying, present)
+    return np.where(use, means, -np.inf).max(axis=1) - np.where(use, means, np.inf).min(axis=1)
+
+
+def _binned(labels: np.ndarray, weights: np.ndarray | None, n_slices: int) -> np.ndarray:
+    """Per-row bincount of a (P, m) label matrix: (P, n_slices)."""
+    p = labels.shape[0]
+    flat = (labels + n_slices * np.arange(p)[:, None]).ravel()
+    w = None if weights is None else np.tile(weights, p)
+    return np.bincount(flat, weights=w, minlength=p * n_slices).reshape(p, n_slices).astype(np.float64)
+
+
+def _perm_whole_cluster(
+    rng: np.random.Generator,
+    outcome: np.ndarray,
+    codes: np.ndarray,
+    cluster_codes: np.ndarray,
+    n_slices: int,
+    n_clusters: int,
+    n_perm: int,
+    min_n: int,
+) -> np.ndarray:
+    """Gap statistics with the field's values permuted across whole clusters (field constant per cluster)."""
+    labels = np.empty(n_clusters, dtype=np.int64)
+    labels[cluster_codes] = codes
+    c_sums = np.bincount(cluster_codes, weights=outcome, minlength=n_clusters)
+    c_counts = np.bincount(cluster_codes, minlength=n_clusters).astype(np.float64)
+    batch = max(1, BATCH_ELEMENTS // n_clusters)
+    stats = []
+    for start in range(0, n_perm, batch):
+        p = min(batch, n_perm - start)
+        perm = rng.permuted(np.tile(labels, (p, 1)), axis=1)
+        stats.append(_gap_stat(_binned(perm, c_sums, n_slices), _binned(perm, c_counts, n_slices), min_n))
+    return np.concatenate(stats)
+
+
+def _perm_within_cluster(
+    rng: np.random.Generator,
+    outcome: np.ndarray,
+    codes: np.ndarray,
+    cluster_codes: np.ndarray,
+    n_slices: int,
+    n_clusters: int,
+    n_perm: int,
+    min_n: int,
+) -> np.ndarray:
+    """Gap statistics with the field's values shuffled among the items of each cluster."""
+    pairs = np.unique(cluster_codes * n_slices + codes)
+    mixed = np.bincount(pairs // n_slices, minlength=n_clusters)[cluster_codes] > 1
+    fixed_sums = np.bincount(codes[~mixed], weights=outcome[~mixed], minlength=n_slices)
+    fixed_counts = np.bincount(codes[~mixed], minlength=n_slices).astype(np.float64)
+    idx = np.flatnonzero(mixed)
+    idx = idx[np.argsort(cluster_codes[idx], kind="stable")]  # items of a cluster are contiguous
+    sub_cl, sub_codes, sub_y = cluster_codes[idx], codes[idx], outcome[idx]
+    m = len(idx)
+    batch = max(1, BATCH_ELEMENTS // m)
+    stats = []
+    for start in range(0, n_perm, batch):
+        p = min(batch, n_perm - start)
+        # Sorting by (cluster, random key) permutes positions within each contiguous cluster segment.
+        keys = (sub_cl << 32) + rng.integers(0, 1 << 32, size=(p, m), dtype=np.int64)
+        labels = sub_codes[np.argsort(keys, axis=1)]
+        sums = _binned(labels, sub_y, n_slices) + fixed_sums
+        counts = _binned(labels, None, n_slices) + fixed_counts
+        stats.append(_gap_stat(sums, counts, min_n))
+    return np.concatenate(stats)
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def _field_report(
+    name: str,
+    codes: np.ndarray,
+    names: list[str],
+    outcome: np.ndarray,
+    cluster_codes: np.ndarray,
+    n_clusters: int,
+    clustered: bool,
+    min_n: int,
+    n_boot: int,
+    n_perm: int,
+    level: float,
+    seed: int,
+) -> FieldReport:
+    k = len(names)
+    sums, counts = _cluster_tables(outcome, codes, cluster_codes, k, n_clusters)
+    n = counts.sum(axis=1)
+    means = sums.sum(axis=1) / n
+    boot_seq, perm_seq = np.random.SeedSequence([seed, zlib.crc32(name.encode())]).spawn(2)
+
+    if n_boot:
+        low, high, used = _bootstrap(np.random.default_rng(boot_seq), sums, counts, n_boot, level)
+    else:
+        low, high, used = np.full(k, np.nan), np.full(k, np.nan), np.zeros(k, dtype=np.int64)
+
+    slices = []
+    for j in range(k):
+        warnings = []
+        if n[j] < min_n:
+            warnings.append(
+                f"only n={int(n[j])} items (< min_n={min_n}): treat this slice's numbers as anecdotal"
+            )
+        dropped = bool(n_boot) and used[j] < n_boot
+        if dropped:
+            warnings.append(
+                f"CI from {int(used[j])} of {n_boot} bootstrap replicates (the others drew none of this "
+                f"slice's {int((counts[j] > 0).sum())} clusters)"
+            )
+        slices.append(
+            SliceStat(
+                value=names[j],
+                n=int(n[j]),
+                n_clusters=int((counts[j] > 0).sum()),
+                mean=float(means[j]),
+                ci_low=float(low[j]),
+                ci_high=float(high[j]),
+                warning="; ".join(warnings) or None,
+                n_boot_used=int(used[j]) if dropped else None,
+            )
+        )
+
+    notes = []
+    qualifying = np.flatnonzero(n >= min_n)
+    if qualifying.size == 0:
+        qualifying = np.arange(k)
+        if k > 1:
+            notes.append(f"no slice has n >= min_n={min_n}: worst/best/gap use all slices and are anecdotal")
+    elif qualifying.size == 1 and k > 1:
+        notes.append(f"only one slice has n >= min_n={min_n}: no gap between adequately sized slices")
+    worst = int(qualifying[np.argmin(means[qualifying])])
+    best = int(qualifying[np.argmax(means[qualifying])])
+    observed = float(_gap_stat(sums.sum(axis=1)[None], n[None], min_n)[0])
+
+    if k < 2:
+        kind, p_value = "none", 1.0
+        notes.append(f"only one slice ({names[0]!r}): nothing to compare, gap 0 and p = 1")
+    else:
+        constant = np.unique(cluster_codes * k + codes).size == n_clusters
+        kind = "whole-cluster" if constant else "within-cluster"
+        if not clustered:
+            kind = "item"
+        if n_perm:
+            perm = _perm_whole_cluster if constant else _perm_within_cluster
+            stats = perm(
+                np.random.default_rng(perm_seq), outcome, codes, cluster_codes, k, n_clusters, n_perm, min_n
+            )
+            p_value = float((1 + np.sum(stats >= observed - TIE_TOL)) / (1 + n_perm))
+        else:
+            p_value = None
+            notes.append("n_perm=0: no permutation test")
+
+    return FieldReport(
+        field=name,
+        slices=slices,
+        worst=names[worst],
+        best=names[best],
+        max_gap=observed,
+        p_value=p_value,
+        permutation=kind,
+        note="; ".join(notes) or None,
+    )
+
+
+def slice_metrics(
+    outcome: np.ndarray,
+    frame: pd.DataFrame,
+    fields: Sequence[Field],
+    clusters: np.ndarray | None = None,
+    min_n: int = 30,
+    n_boot: int = 1000,
+    n_perm: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    metric: str = "top1",
+) -> SliceReport:
+    """Per-slice mean outcome with cluster-bootstrap CIs, worst/best slice and a permutation test of the gap.
+
+    `outcome` holds one value in [0, 1] per row of `frame`. Each field is a column name or a tuple of column
+    names (an intersection named ``"a×b"`` with slice values ``"x×y"``); missing values form a slice
+    ``"missing"``. Slices with fewer than `min_n` items get a warning and are left out of worst/best/gap
+    (unless no slice has `min_n` items).
+
+    Bootstrap: clusters (not items) are resampled with replacement, `n_boot` times; a replicate's slice mean
+    is its weighted outcome sum over its weighted item count, and replicates in which a slice has no item are
+    dropped for that slice (`SliceStat.n_boot_used`). The CI is the percentile interval at `level`.
+
+    Permutation test of `max_gap` (best minus worst mean over slices with n >= min_n), respecting clusters:
+
+    * field constant within every cluster (e.g. ``category`` vs ``concept``): the field's values are
+      permuted across whole clusters (``permutation="whole-cluster"``; ``"item"`` when `clusters` is None,
+      i.e. a plain permutation of items);
+    * otherwise (e.g. ``skin_tone`` or ``vendor``, whose values vary inside a concept): the values are
+      shuffled among the items *within* each cluster (``"within-cluster"``), a stratified test that
+      compares, say, the skin tones of the same emoji and so is not fooled by some concepts being easier.
+
+    p = (1 + #{permuted gap >= observed gap}) / (1 + n_perm). `seed` makes everything reproducible; each
+    field gets its own stream derived from (seed, field name), so results do not depend on field order.
+    """
+    y = _check_outcome(outcome, frame)
+    _check_params(min_n, n_boot, n_perm, level, seed)
+    cluster_codes, n_clusters = _cluster_codes(clusters, len(frame))
+    columns = [_field_columns(f, frame) for f in fields]
+    reports = []
+    for cols in columns:
+        codes, names = _slice_codes(frame, cols)
+        reports.append(
+            _field_report(
+                JOIN.join(cols),
+                codes,
+                names,
+                y,
+                cluster_codes,
+                n_clusters,
+                clusters is not None,
+                int(min_n),
+                int(n_boot),
+                int(n_perm),
+                float(level),
+                int(seed),
+            )
+        )
+    return SliceReport(
+        metric=metric,
+        level=float(level),
+        n_boot=int(n_boot),
+        n_perm=int(n_perm),
+        min_n=int(min_n),
+        fields=reports,
+    )
