@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from vlmops.cli import data, demo, embed, models, train
+from vlmops.cli import data, demo, embed, evaluate, models, train
 
 app = typer.Typer(
     name="vlmops",
@@ -18,6 +18,7 @@ app.add_typer(models.app, name="models")
 app.command("train")(train.train)
 app.command("embed")(embed.embed)
 app.command("demo")(demo.demo)
+app.command("eval")(evaluate.evaluate)
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import pandas as pd
 from vlmops.errors import DataError
 
 CORE_COLUMNS = ("id", "image", "texts", "label", "split")
-PROVENANCE_COLUMNS = ("source", "licence", "version", "sha256")
+PROVENANCE_COLUMNS = ("source", "licence", "package_licence", "version", "sha256")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
 MAX_LISTED_PROBLEMS = 20

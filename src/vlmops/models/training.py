@@ -228,7 +228,7 @@ def _prompt_classes(
     return classes, torch.tensor([index[n] for n in (frame if rows is None else rows)[column]])
 
 
-def _hold_out_drawings(train: pd.DataFrame, config: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+def hold_out_drawings(train: pd.DataFrame, config: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Move the last vendor's drawings of a seeded `cross_vendor_fraction` of concepts out of training.
 
     The model then sees those concepts only in the other vendor's style, and these held-out drawings
@@ -254,7 +254,7 @@ def train_emoji_lit(
     generator = torch.Generator().manual_seed(config.seed)
     text_tower = text_tower or TextTower()
     data = manifest[manifest["vendor"].isin(config.vendors)]
-    train, cross_vendor = _hold_out_drawings(data[data["split"] == "train"], config)
+    train, cross_vendor = hold_out_drawings(data[data["split"] == "train"], config)
     val = data[data["split"] == "val"].reset_index(drop=True)
     if train.empty or val.empty or cross_vendor.empty:
         raise ValueError(f"no train/val images for vendors {config.vendors}; check the manifest")
