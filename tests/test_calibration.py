@@ -178,3 +178,21 @@ def test_validation_errors_name_the_problem(probs, labels, match):
 def test_row_sum_tolerance_accepts_rounding():
     probs = np.array([[0.3333, 0.3333, 0.3333]])  # sums to 0.9999
     assert nll(probs, np.array([0])) == pytest.approx(-np.log(0.3333))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ece_mce_accuracy_match_torchmetrics(seed: int) -> None:
+    """The same logits through torchmetrics' reference implementation: equal to 1e-6."""
+    import torch
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_calibration_error
+
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(scale=3.0, size=(2000, 12))
+    labels = np.where(rng.uniform(size=2000) < 0.6, logits.argmax(1), rng.integers(0, 12, 2000))
+    probs = softmax(logits)
+    p, y = torch.from_numpy(probs), torch.from_numpy(labels)
+    for norm, ours in (("l1", ece(probs, labels, 15)), ("max", mce(probs, labels, 15))):
+        ref = multiclass_calibration_error(p, y, num_classes=12, n_bins=15, norm=norm)
+        assert ours == pytest.approx(float(ref), abs=1e-6)
+    ref_acc = multiclass_accuracy(p, y, num_classes=12, average="micro")
+    assert float(np.mean(probs.argmax(1) == labels)) == pytest.approx(float(ref_acc), abs=1e-6)

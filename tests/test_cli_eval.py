@@ -181,3 +181,20 @@ def test_hf_model_directory(manifest: Path, tmp_path: Path) -> None:
     assert report["model"]["uri"].startswith("hf:")
     assert set(report["robustness"]["adversarial"]["fgsm"]) == {"1/255", "2/255", "4/255"}
     assert report["batch_invariance"]["invariant"]
+
+
+def test_attribute_with_no_values_is_one_missing_slice(manifest: Path, store: str, tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for row in rows:
+        row["region"] = None
+        row["image"] = str(manifest.parent / row["image"])
+    empty = tmp_path / "empty-attr.jsonl"
+    empty.write_text("\n".join(json.dumps(row) for row in rows))
+    out = tmp_path / "r.json"
+    result = invoke(
+        *eval_args(empty, store, "--suite", "quick", "--slice-fields", "region,style", "--json", str(out))
+    )
+    assert result.exit_code == 0, result.output
+    region = json.loads(out.read_text())["slices"]["fields"][0]
+    assert region["field"] == "region" and [s["value"] for s in region["slices"]] == ["missing"]
+    assert region["max_gap"] == 0 and region["note"]

@@ -88,6 +88,8 @@ def test_write_label_draws_only_in_the_band() -> None:
     assert (out[:40] == [200, 10, 10]).all()  # the top 70 % is untouched
     band = out[42:]
     assert (band == 255).all(axis=2).mean() > 0.5 and (band < 100).all(axis=2).any()  # white band with ink
+    blank = np.asarray(write_label(image, "")).astype(int)
+    assert (blank[:40] == [200, 10, 10]).all() and (blank[42:] == 255).all()
 
 
 def test_wrong_targets_never_hit_the_truth() -> None:

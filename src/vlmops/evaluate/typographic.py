@@ -2,7 +2,9 @@
 
 CLIP-style models are known to follow text in the image ("an apple labelled iPod"). For each sampled
 image a wrong class is drawn at random (seeded); its name is written in black on a white band across the
-lower part of the image, in the largest font size that fits the width (down to 6 px).
+lower part of the image, in the largest font size that fits the width (down to 6 px). The band itself
+hides part of the image, so the same band without text is scored too (`occluded_top1`): the attack's
+own effect is what the text adds on top of the occlusion.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ VERSION = "v1"
 
 
 def write_label(image: Image.Image, text: str) -> Image.Image:
-    """A copy of `image` with `text` on a white band over its lower `BAND_FRACTION`."""
+    """A copy of `image` with `text` on a white band over its lower `BAND_FRACTION` (no text if empty)."""
     out = image.convert("RGB").copy()
     width, height = out.size
     band = max(round(height * BAND_FRACTION), MIN_FONT + 2)
@@ -29,6 +31,8 @@ def write_label(image: Image.Image, text: str) -> Image.Image:
         font = ImageFont.load_default(size=size)
     draw = ImageDraw.Draw(out)
     draw.rectangle((0, height - band, width, height), fill=(255, 255, 255))
+    if not text:
+        return out
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     x = max((width - (right - left)) // 2 - left, 0)
     y = height - band + (band - (bottom - top)) // 2 - top
@@ -54,12 +58,18 @@ def typographic_section(ctx: EvalContext, sample: int | None) -> dict:
     variants = [f"typographic:{VERSION}:{text}" for text in texts]
     attacked = ctx.variant_emb(variants, lambda image, _seed, v: write_label(image, v.split(":", 2)[2]), rows)
     pred = np.argmax(ctx.logits(attacked), axis=1)
+    band = ctx.variant_emb(
+        f"typographic-band:{VERSION}", lambda image, _seed, _v: write_label(image, ""), rows
+    )
+    band_correct = np.argmax(ctx.logits(band), axis=1) == targets
     was_right = clean_pred == targets
     flipped = pred == written
     return {
         "n": len(rows),
         "clean_top1": float(was_right.mean()),
+        "occluded_top1": float(band_correct.mean()),
         "attacked_top1": float((pred == targets).mean()),
+        "text_effect": float((pred == targets).mean() - band_correct.mean()),
         "flip_rate": float(flipped[was_right].mean()) if was_right.any() else None,
         "flip_rate_all": float(flipped.mean()),
         "changed_rate": float((pred != clean_pred).mean()),
