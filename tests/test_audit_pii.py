@@ -12,7 +12,8 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from vlmops.audit.pii import exif_pii, mask, pii_check, redact_text, scan_text
-from vlmops.audit.pii_detectors import card_brand, first_names, iban_valid, luhn_valid, ssn_valid
+from vlmops.audit.pii_detectors import card_brand, iban_valid, luhn_valid, ssn_valid
+from vlmops.audit.pii_names import first_names
 from vlmops.audit.redact import OutputExistsError, image_metadata, redact_manifest
 from vlmops.data.emoji import manifest_path
 from vlmops.data.manifest import load_manifest

@@ -10,13 +10,8 @@ import pandas as pd
 import pytest
 from scipy.stats import fisher_exact
 
-from vlmops.evaluate.slices import (
-    _bootstrap_means,
-    _cluster_tables,
-    _draw_cluster_weights,
-    default_slice_fields,
-    slice_metrics,
-)
+from vlmops.evaluate.resampling import _bootstrap_means, _cluster_tables, _draw_cluster_weights
+from vlmops.evaluate.slices import default_slice_fields, slice_metrics
 
 Z95 = 1.959964
 

@@ -19,5 +19,5 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     mad = np.median(np.abs(x - median))
     if mad == 0:
         diff = x - median
-        return np.where(diff == 0, 0.0, np.sign(diff) * np.inf)
+        return np.where(diff == 0, 0.0, np.copysign(np.inf, diff))
     return MAD_TO_SIGMA * (x - median) / mad

@@ -66,18 +66,31 @@ Other deviations from the published code:
 Speed, measured on one core with BLAS limited to one thread (best of 5): all 75 (family, severity)
 variants of one 72x72 RGB image take about 0.13 s in total. The same takes 0.09 s at 48 px, 0.44 s at
 160 px and 0.75 s at 224 px. zoom_blur, frost, fog and elastic_transform cost the most.
+
+Layout: this module holds the public API, the FAMILIES table and the noise, blur and digital families;
+the weather families (snow, frost, fog) live in `vlmops.evaluate.corruptions_weather`, and the filtering
+primitives they share (kernels, bilinear zoom, Gaussian matrices) in `vlmops.evaluate.corruptions_kernels`.
 """
 
 from __future__ import annotations
 
 import difflib
 import io
-import math
 from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage, signal, sparse
+from scipy import ndimage
+
+from vlmops.evaluate.corruptions_kernels import (
+    _correlate,
+    _disk_kernel,
+    _gaussian,
+    _gaussian_matrix,
+    _motion_kernel,
+    _zoom_sum,
+)
+from vlmops.evaluate.corruptions_weather import _fog, _frost, _snow
 
 __all__ = ["FAMILIES", "MIN_SIZE", "REFERENCE_SIZE", "SEVERITIES", "corrupt", "corrupt_array"]
 
@@ -110,15 +123,6 @@ DEFOCUS_BLUR = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))  # disk radiu
 GLASS_BLUR = ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2))  # sigma, max delta, passes
 MOTION_BLUR = ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15))  # radius, sigma
 ZOOM_BLUR = ((1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.02), (1, 1.26, 0.02), (1, 1.31, 0.03))  # arange
-SNOW = (  # loc, scale, zoom, threshold, blur radius, blur sigma, image blend
-    (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
-    (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
-    (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
-    (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
-    (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
-)
-FROST = ((1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))  # image weight, frost weight
-FOG = ((1.5, 2), (2.0, 2), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4))  # fog amount, wibble decay
 BRIGHTNESS = (0.1, 0.2, 0.3, 0.4, 0.5)
 CONTRAST = (0.4, 0.3, 0.2, 0.1, 0.05)
 ELASTIC = (  # alpha, sigma, affine jitter (the published "244" is kept: "should have been 224")
@@ -130,10 +134,6 @@ ELASTIC = (  # alpha, sigma, affine jitter (the published "244" is kept: "should
 )
 PIXELATE = (0.6, 0.5, 0.4, 0.3, 0.25)
 JPEG_QUALITY = (25, 18, 15, 10, 7)
-
-FOG_MAPSIZE = 256
-FROST_TINT = np.array([0.86, 0.93, 1.0])  # pale blue-white
-DIRECT_TAPS_MAX = 150  # kernels with more non-zero taps are applied by FFT
 
 
 def corrupt_array(pixels: np.ndarray, family: str, severity: int, rng: np.random.Generator) -> np.ndarray:
@@ -179,114 +179,6 @@ def check_severity(severity: int) -> int:
     if isinstance(severity, bool) or not isinstance(severity, int | np.integer) or severity not in SEVERITIES:
         raise ValueError(f"severity must be one of {', '.join(map(str, SEVERITIES))}, got {severity!r}")
     return int(severity)
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-
-
-def _gaussian(x: np.ndarray, sigma: float, mode: str = "nearest") -> np.ndarray:
-    """skimage.filters.gaussian over the two spatial axes (mode 'nearest', truncate 4)."""
-    sigmas = (sigma, sigma) + (0.0,) * (x.ndim - 2)
-    return ndimage.gaussian_filter(x, sigma=sigmas, mode=mode)
-
-
-def _correlate(x: np.ndarray, kernel: np.ndarray, pad_mode: str) -> np.ndarray:
-    """out(p) = sum_o kernel[c + o] * x(p + o) for an odd square kernel centred at c; numpy pad mode."""
-    h, w = x.shape[:2]
-    half = kernel.shape[0] // 2
-    padded = np.pad(x, ((half, half), (half, half), (0, 0)), mode=pad_mode)
-    taps = np.argwhere(kernel > 0)
-    if len(taps) > DIRECT_TAPS_MAX:
-        flipped = kernel[::-1, ::-1, None]  # convolution with the flipped kernel is correlation
-        return signal.fftconvolve(padded, flipped, mode="valid", axes=(0, 1))
-    out = np.zeros_like(x)
-    for a, b in taps:  # sparse kernels (lines, small disks): a sum of shifted copies
-        out += kernel[a, b] * padded[a : a + h, b : b + w]
-    return out
-
-
-def _zoom_stack(n: int, factors: np.ndarray) -> sparse.csr_array:
-    """Bilinear matrices zooming n samples in by each factor (>= 1) about their centre, stacked (F*n, n)."""
-    centre = (n - 1) / 2
-    src = (centre + (np.arange(n)[None, :] - centre) / factors[:, None]).ravel()
-    lo = np.clip(np.floor(src).astype(np.int64), 0, n - 1)
-    frac = src - lo
-    rows = np.tile(np.arange(src.size), 2)
-    cols = np.concatenate([lo, np.minimum(lo + 1, n - 1)])
-    return sparse.csr_array((np.concatenate([1 - frac, frac]), (rows, cols)), shape=(src.size, n))
-
-
-def _zoom_sum(x: np.ndarray, factors: np.ndarray) -> np.ndarray:
-    """Sum over `factors` (each >= 1) of `x` zoomed in about its centre, same shape (bilinear, separable)."""
-    h, w = x.shape[:2]
-    n = len(factors)
-    along_h = (_zoom_stack(h, factors) @ x.reshape(h, -1)).reshape(n, h, w, -1)
-    along_h = along_h.transpose(0, 2, 1, 3).reshape(n * w, -1)  # rows (factor, input column)
-    stack_w = _zoom_stack(w, factors).tocoo()  # rows (factor, output column)
-    factor, out_col = np.divmod(stack_w.coords[0], w)
-    merged = sparse.csr_array((stack_w.data, (out_col, factor * w + stack_w.coords[1])), shape=(w, n * w))
-    return (merged @ along_h).reshape(w, h, -1).transpose(1, 0, 2).reshape(x.shape)
-
-
-def _gaussian_matrix(n: int, sigma: float, truncate: float) -> np.ndarray:
-    """(n, n) matrix of scipy's gaussian_filter1d with mode 'reflect' (any sigma, also wider than n)."""
-    radius = int(truncate * sigma + 0.5)
-    offsets = np.arange(-radius, radius + 1)
-    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
-    weights /= weights.sum()
-    pos = (np.arange(n)[:, None] + offsets[None, :]) % (2 * n)
-    pos = np.where(pos < n, pos, 2 * n - 1 - pos)  # half-sample symmetric reflection, period 2n
-    rows = np.repeat(np.arange(n), len(offsets))
-    flat = np.bincount(rows * n + pos.ravel(), weights=np.tile(weights, n), minlength=n * n)
-    return flat.reshape(n, n)
-
-
-def _splat(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Accumulate `weights` at real-valued (rows, cols) with bilinear weights; outside points are dropped."""
-    h, w = shape
-    r0, c0 = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
-    fr, fc = rows - r0, cols - c0
-    out = np.zeros(h * w)
-    for dr, dc, wt in (
-        (0, 0, (1 - fr) * (1 - fc)),
-        (0, 1, (1 - fr) * fc),
-        (1, 0, fr * (1 - fc)),
-        (1, 1, fr * fc),
-    ):
-        r, c = r0 + dr, c0 + dc
-        ok = (r >= 0) & (r < h) & (c >= 0) & (c < w)
-        out += np.bincount(r[ok] * w + c[ok], weights=(weights * wt)[ok], minlength=h * w)
-    return out.reshape(h, w)
-
-
-def _motion_kernel(radius: float, sigma: float, angle_deg: float) -> np.ndarray:
-    """ImageMagick's motion-blur kernel: half-Gaussian weights along a ray of length 2*radius."""
-    length = 2.0 * radius
-    t = np.linspace(0.0, length, max(2, math.ceil(4 * length) + 1))
-    weights = np.exp(-(t**2) / (2.0 * sigma**2))
-    half = math.ceil(length) + 1
-    theta = math.radians(angle_deg)
-    kernel = _splat(
-        (2 * half + 1, 2 * half + 1), half + t * math.sin(theta), half + t * math.cos(theta), weights
-    )
-    return kernel / kernel.sum()
-
-
-def _disk_kernel(radius: float, alias_sigma: float, supersample: int = 8) -> np.ndarray:
-    """Area coverage of a disk of `radius` pixels, Gaussian anti-aliased (3x3), summing to 1."""
-    half = math.ceil(radius) + 1
-    sub = (np.arange(supersample) + 0.5) / supersample - 0.5
-    fine = (np.arange(-half, half + 1)[:, None] + sub[None, :]).ravel()
-    inside = fine[:, None] ** 2 + fine[None, :] ** 2 <= radius**2
-    n = 2 * half + 1
-    kernel = inside.reshape(n, supersample, n, supersample).mean(axis=(1, 3))
-    kernel = ndimage.gaussian_filter(kernel, alias_sigma, mode="mirror", radius=1)
-    return kernel / kernel.sum()
-
-
-def _rgb_to_gray(x: np.ndarray) -> np.ndarray:
-    """ITU-R 601 luma, as cv2.COLOR_RGB2GRAY."""
-    return x @ np.array([0.299, 0.587, 0.114])
 
 
 # ------------------------------------------------------------------------------------------------- noise
@@ -340,108 +232,6 @@ def _motion_blur(x: np.ndarray, i: int, scale: float, rng: np.random.Generator) 
 def _zoom_blur(x: np.ndarray, i: int, scale: float, rng: np.random.Generator) -> np.ndarray:
     factors = np.arange(*ZOOM_BLUR[i])
     return (x + _zoom_sum(x, factors)) / (len(factors) + 1)
-
-
-# ----------------------------------------------------------------------------------------------- weather
-
-
-def _snow(x: np.ndarray, i: int, scale: float, rng: np.random.Generator) -> np.ndarray:
-    loc, spread, zoom, threshold, radius, sigma, blend = SNOW[i]
-    layer = rng.normal(loc=loc, scale=spread, size=x.shape[:2])
-    layer = _zoom_sum(layer, np.array([max(zoom * scale, 1.0)]))
-    layer[layer < threshold] = 0.0
-    layer = np.clip(layer, 0.0, 1.0)[:, :, None]
-    layer = _correlate(layer, _motion_kernel(radius * scale, sigma * scale, rng.uniform(-135, -45)), "edge")
-    x = blend * x + (1 - blend) * np.maximum(x, _rgb_to_gray(x)[:, :, None] * 1.5 + 0.5)
-    return x + layer + np.rot90(layer, k=2)
-
-
-def _frost_texture(h: int, w: int, scale: float, rng: np.random.Generator) -> np.ndarray:
-    """Procedural frost (H, W) in [0, 1]: a smooth haze plus bright crystal needles with side branches.
-
-    Drawn at the 224-px reference resolution (or the image's own, when larger) and box-downsampled, so
-    that crystal size and coverage relative to the image do not depend on its size.
-    """
-    unit = min(max(scale, 1.0), 2.0 * scale)  # drawing px per reference px: >= 2x the image, <= 224 px
-    gh, gw = max(1, round(h * unit / scale)), max(1, round(w * unit / scale))
-    haze = ndimage.gaussian_filter(rng.standard_normal((gh, gw)), 6.0 * unit, mode="wrap")
-    haze = (haze - haze.mean()) / (haze.std() + 1e-12)
-    # main needles: one per ~300 reference px^2, random centre, angle, length and brightness
-    n = max(4, int(rng.poisson(gh * gw / unit**2 / 300)))
-    centre = rng.random((n, 2)) * (gh, gw)
-    angle = rng.uniform(0, np.pi, n)
-    length = rng.uniform(10, 40, n) * unit
-    bright = rng.uniform(0.5, 1.0, n)
-    heading = np.stack([np.sin(angle), np.cos(angle)], axis=-1)
-    # three side branches per needle, starting along it, at +/-60 degrees, 15-40% of its length
-    along = rng.uniform(-0.5, 0.5, (n, 3, 1)) * length[:, None, None]
-    branch_start = centre[:, None, :] + along * heading[:, None, :]
-    branch_angle = angle[:, None] + rng.choice([-1.0, 1.0], (n, 3)) * np.pi / 3
-    branch_length = length[:, None] * rng.uniform(0.15, 0.4, (n, 3))
-    starts = np.concatenate([centre - 0.5 * length[:, None] * heading, branch_start.reshape(-1, 2)])
-    angles = np.concatenate([angle, branch_angle.ravel()])
-    lengths = np.concatenate([length, branch_length.ravel()])
-    brights = np.concatenate([bright, np.repeat(0.8 * bright, 3)])
-    # ~2 samples per pixel along the longest segment; each sample weighs the length it covers
-    steps = math.ceil(2 * lengths.max()) + 1
-    u = np.linspace(0.0, 1.0, steps)[None, :]
-    rows = np.floor(starts[:, :1] + u * (lengths * np.sin(angles))[:, None]).astype(np.int64) % gh
-    cols = np.floor(starts[:, 1:] + u * (lengths * np.cos(angles))[:, None]).astype(np.int64) % gw
-    weight = brights[:, None] * np.sqrt(1 - 0.8 * (2 * u - 1) ** 2) * (lengths[:, None] / (steps - 1))
-    crystals = np.bincount((rows * gw + cols).ravel(), weights=weight.ravel(), minlength=gh * gw)
-    width = 0.8 * unit
-    crystals = (
-        ndimage.gaussian_filter(crystals.reshape(gh, gw), width, mode="wrap") * math.sqrt(2 * math.pi) * width
-    )
-    crystals = 1.0 - np.exp(-1.5 * crystals)  # a needle's core ~0.5-0.8; overlaps saturate towards 1
-    frost = np.clip(0.3 + 0.06 * haze + 0.75 * crystals, 0.0, 1.0)
-    if (gh, gw) != (h, w):
-        frost = np.asarray(Image.fromarray(frost.astype(np.float32)).resize((w, h), Image.Resampling.BOX))
-    return frost.astype(np.float64)
-
-
-def _frost(x: np.ndarray, i: int, scale: float, rng: np.random.Generator) -> np.ndarray:
-    image_weight, frost_weight = FROST[i]
-    frost = _frost_texture(x.shape[0], x.shape[1], scale, rng)[:, :, None] * FROST_TINT
-    return image_weight * x + frost_weight * frost
-
-
-def _plasma_fractal(mapsize: int, wibbledecay: float, rng: np.random.Generator) -> np.ndarray:
-    """Diamond-square height map (periodic), normalised to [0, 1], as published."""
-    grid = np.empty((mapsize, mapsize))
-    grid[0, 0] = 0.0
-    step, wibble = mapsize, 100.0
-    while step >= 2:
-        half = step // 2
-        corner = grid[0::step, 0::step]
-        square = corner + np.roll(corner, -1, axis=0)
-        square = square + np.roll(square, -1, axis=1)
-        grid[half::step, half::step] = square / 4 + wibble * rng.uniform(-wibble, wibble, square.shape)
-        centre, corner = grid[half::step, half::step], grid[0::step, 0::step]
-        left = centre + np.roll(centre, 1, axis=0) + corner + np.roll(corner, -1, axis=1)
-        grid[0::step, half::step] = left / 4 + wibble * rng.uniform(-wibble, wibble, left.shape)
-        top = centre + np.roll(centre, 1, axis=1) + corner + np.roll(corner, -1, axis=0)
-        grid[half::step, 0::step] = top / 4 + wibble * rng.uniform(-wibble, wibble, top.shape)
-        step //= 2
-        wibble /= wibbledecay
-    grid -= grid.min()
-    return grid / grid.max()
-
-
-def _fog(x: np.ndarray, i: int, scale: float, rng: np.random.Generator) -> np.ndarray:
-    amount, decay = FOG[i]
-    size = max(2, round(FOG_MAPSIZE * scale))  # the published 256-px map, in this image's pixels
-    # levels of the diamond-square finer than ~1 output pixel are skipped: a 2^k map has the same
-    # distribution as every 2^(8-k)-th sample of the 256 map (same wibble schedule from the top)
-    mapsize = min(FOG_MAPSIZE, 1 << max(1, (size - 1).bit_length()))
-    plasma = _plasma_fractal(mapsize, decay, rng)
-    if size < mapsize:  # anti-alias before shrinking
-        plasma = ndimage.gaussian_filter(plasma, 0.5 * (mapsize / size - 1), mode="wrap")
-    plasma = ndimage.zoom(plasma, size / mapsize, order=1, mode="grid-wrap", grid_mode=True)
-    h, w = x.shape[:2]
-    plasma = plasma[np.arange(h)[:, None] % plasma.shape[0], np.arange(w)[None, :] % plasma.shape[1]]
-    max_val = x.max()
-    return (x + amount * plasma[:, :, None]) * max_val / (max_val + amount)
 
 
 # ----------------------------------------------------------------------------------------------- digital
