@@ -1,0 +1,337 @@
+"""Label errors and caption-image misalignment.
+
+Label issues come from confident learning (Northcutt, Jiang & Chuang, JAIR 2021) on probabilities
+the item itself did not shape: out-of-fold k-NN or logistic regression on embeddings, or zero-shot
+probabilities of a vision-language model. Misaligned captions are records whose caption-image cosine is
+a robust-z outlier low within their label (or the whole data set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from vlmops.audit.findings import CheckResult, Finding
+from vlmops.audit.stats import MAD_TO_SIGMA, robust_z
+from vlmops.errors import DataError
+
+CHUNK = 2048
+
+
+def _normalise(x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    x = np.asarray(x, dtype=dtype)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def fold_ids(y: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """Stratified fold id per item: each class's members dealt round-robin from a random start.
+
+    A class with fewer members than folds puts each member in a different fold, so every member is
+    still predicted by a model trained on the others (a singleton's class is then unseen: the
+    prediction falls back to the smoothing prior).
+    """
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(y), dtype=np.int64)
+    for cls in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == cls))
+        out[members] = (rng.integers(folds) + np.arange(len(members))) % folds
+    return out
+
+
+def _knn_fold(
+    train: np.ndarray, y_train: np.ndarray, test: np.ndarray, n_classes: int, k: int, weighted: bool
+) -> np.ndarray:
+    """k-NN class probabilities on cosine similarity.
+
+    Each of the k neighbours votes with weight 1 / (cosine distance) when `weighted` (as scikit-learn's
+    weights="distance"), else 1; one more pseudo-vote of mean weight is spread evenly over the classes
+    (Laplace smoothing), so no class has probability 0.
+    """
+    k = min(k, len(train))
+    probs = np.empty((len(test), n_classes), dtype=np.float64)
+    for start in range(0, len(test), CHUNK):
+        sims = test[start : start + CHUNK] @ train.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        near = np.take_along_axis(sims, top, axis=1)
+        weight = 1.0 / np.clip(1.0 - near, 1e-6, None) if weighted else np.ones(top.shape)
+        votes = np.zeros((len(sims), n_classes))
+        np.add.at(votes, (np.repeat(np.arange(len(sims)), k), y_train[top].ravel()), weight.ravel())
+        total = votes.sum(axis=1, keepdims=True) / k  # one neighbour's mean weight = one pseudo-vote
+        probs[start : start + CHUNK] = (votes + total / n_classes) / (
+            votes.sum(axis=1, keepdims=True) + total
+        )
+    return probs
+
+
+def _logistic_fold(
+    train: np.ndarray, y_train: np.ndarray, test: np.ndarray, n_classes: int, seed: int
+) -> np.ndarray:
+    """Multinomial logistic regression on standardised embeddings; classes unseen in the fold get 0."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probs = np.zeros((len(test), n_classes), dtype=np.float64)
+    seen = np.unique(y_train)
+    if len(seen) == 1:
+        probs[:, seen[0]] = 1.0
+        return probs
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
+    model.fit(train.astype(np.float64), y_train)
+    probs[:, model.classes_] = model.predict_proba(test.astype(np.float64))
+    return probs
+
+
+def out_of_sample_probs(
+    embeddings: np.ndarray,
+    labels: Sequence,
+    method: str = "knn",
+    folds: int = 5,
+    seed: int = 0,
+    k: int = 10,
+    weighted: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold class probabilities (n, c) for every item and the sorted class names.
+
+    Folds are stratified by label (`fold_ids`), so an item's probabilities come from a k-NN vote or a
+    logistic regression fitted without it.
+    """
+    if method not in ("knn", "logistic"):
+        raise ValueError(f"method must be 'knn' or 'logistic', got {method!r}")
+    x = _normalise(embeddings)
+    labels = list(labels)
+    if any(v is None or v != v for v in labels):
+        raise DataError("labels contain missing values; drop unlabelled records before out_of_sample_probs")
+    classes, y = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)
+    if len(x) != len(y):
+        raise DataError(f"{len(x)} embeddings but {len(y)} labels; pass one label per embedding")
+    folds = max(2, min(folds, len(y)))
+    fold = fold_ids(y, folds, seed)
+    probs = np.zeros((len(y), len(classes)), dtype=np.float64)
+    for f in range(folds):
+        test, train = fold == f, fold != f
+        if not test.any() or not train.any():
+            continue
+        if method == "knn":
+            probs[test] = _knn_fold(x[train], y[train], x[test], len(classes), k, weighted)
+        else:
+            probs[test] = _logistic_fold(x[train], y[train], x[test], len(classes), seed)
+    return probs, classes
+
+
+def zero_shot_probs(image_emb: np.ndarray, class_emb: np.ndarray, logit_scale: float) -> np.ndarray:
+    """Softmax over classes of logit_scale x cosine(image, class text)."""
+    logits = float(logit_scale) * (_normalise(image_emb, np.float64) @ _normalise(class_emb, np.float64).T)
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _confident_joint(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Calibrated confident joint C[given, confident] (rows sum to the given-label counts)."""
+    n_classes = probs.shape[1]
+    counts = np.bincount(labels, minlength=n_classes)
+    sums = np.bincount(labels, weights=probs[np.arange(len(labels)), labels], minlength=n_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        thresholds = np.where(counts > 0, sums / counts, np.inf)  # no items labelled j: never confident j
+    above = probs >= thresholds - 1e-12
+    confident = np.where(above, probs, -1.0).argmax(axis=1)
+    counted = above.any(axis=1)
+    joint = np.zeros((n_classes, n_classes))
+    np.add.at(joint, (labels[counted], confident[counted]), 1.0)
+    rows = joint.sum(axis=1, keepdims=True)
+    return np.where(rows > 0, joint / np.where(rows > 0, rows, 1.0) * counts[:, None], 0.0)
+
+
+def confident_learning(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Label issues by confident learning: (issue mask, suggested class index, self-confidence).
+
+    Variant (as cleanlab's ``prune_by_noise_rate``): per-class thresholds t_j = mean p_j over items
+    labelled j (t = inf for a class nobody carries); the confident joint counts item x (given i) under
+    j = argmax of the p_k(x) >= t_k, calibrated so row i sums to n_i. For each off-diagonal cell (i, j)
+    the round(C[i, j]) items labelled i with the largest margin p_j - p_i are flagged, keeping at least
+    one item per class; items whose argmax is their given label are never flagged. Suggested = argmax p
+    for flagged items, the given label otherwise; self-confidence = p_given (rank issues by it, lowest
+    first).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if probs.ndim != 2 or len(probs) != len(labels):
+        raise DataError(f"probs must be (n, c) with n = {len(labels)} labels, got shape {probs.shape}")
+    n, n_classes = probs.shape
+    if n and (labels.min() < 0 or labels.max() >= n_classes):
+        raise DataError(f"labels must be class indices in [0, {n_classes}); map names to columns first")
+    joint = _confident_joint(probs, labels)
+    remove = np.rint(joint).astype(np.int64)
+    np.fill_diagonal(remove, 0)
+    counts = np.bincount(labels, minlength=n_classes)
+    mask = np.zeros(n, dtype=bool)
+    self_conf = probs[np.arange(n), labels]
+    for i in np.flatnonzero(remove.sum(axis=1)):
+        members = np.flatnonzero(labels == i)
+        budget = max(0, counts[i] - 1)  # keep at least one item per class
+        for j in np.argsort(-remove[i]):
+            take = min(remove[i, j], budget)
+            if take <= 0:
+                break
+            margin = probs[members, j] - probs[members, i]
+            mask[members[np.argsort(-margin, kind="stable")[:take]]] = True
+            budget -= take
+    argmax = probs.argmax(axis=1)
+    mask &= argmax != labels
+    suggested = np.where(mask, argmax, labels)
+    return mask, suggested, self_conf
+
+
+def label_check(
+    frame: pd.DataFrame,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    source: str,
+    labels: Sequence | None = None,
+    confirm: np.ndarray | None = None,
+) -> CheckResult:
+    """Confident-learning label issues; `labels` (default frame.label) are the given labels per row.
+
+    `confirm` is a second, independent view's probabilities over the same classes (e.g. k-NN on the
+    captions when `probs` come from the images): a record is flagged only when confident learning flags
+    it in both views, and the suggestion is the argmax of their mean. On the emoji data with 5 % of
+    labels flipped this raised precision from 0.27 (images alone) to 0.82 at recall 0.89.
+    """
+    given = pd.Series(list(frame["label"] if labels is None else labels), index=frame.index, dtype=object)
+    index = {str(c): i for i, c in enumerate(classes)}
+    y = np.array([index.get(str(v), -1) if v is not None and v == v else -1 for v in given])
+    keep = np.flatnonzero(y >= 0)
+    result = CheckResult(check="labels", details={"source": source, "n_classes": len(index)})
+    if len(keep) == 0:
+        result.skipped = "no record has a label among the probability columns"
+        return result
+    mask, suggested, self_conf = confident_learning(np.asarray(probs)[keep], y[keep])
+    if confirm is not None:
+        confirm = np.asarray(confirm)
+        if confirm.shape != np.asarray(probs).shape:
+            raise ValueError(
+                f"confirm has shape {confirm.shape}, probs {np.asarray(probs).shape}: use the same rows"
+            )
+        mask &= confident_learning(confirm[keep], y[keep])[0]
+        mean = (np.asarray(probs)[keep] + confirm[keep]) / 2
+        mean[np.arange(len(keep)), y[keep]] = -1.0  # the suggestion is another class
+        suggested = mean.argmax(axis=1)
+        probs = (np.asarray(probs) + confirm) / 2
+    ids = frame["id"].astype(str).to_numpy()
+    for local in sorted(np.flatnonzero(mask), key=lambda i: self_conf[i]):
+        row, sugg = keep[local], str(classes[suggested[local]])
+        p_sugg = float(probs[row, suggested[local]])
+        result.findings.append(
+            Finding(
+                record_id=ids[row],
+                check="labels",
+                kind="label_issue",
+                severity="warning",
+                message=f"labelled {given.iloc[row]!r}; {source} suggests {sugg!r} (p={p_sugg:.2f})",
+                evidence={
+                    "given_label": str(given.iloc[row]),
+                    "suggested_label": sugg,
+                    "self_confidence": float(self_conf[local]),
+                    "suggested_probability": p_sugg,
+                    "source": source,
+                },
+            )
+        )
+    result.metrics = {"label_issues": int(mask.sum()), "label_issue_rate": float(mask.mean())}
+    result.details |= {"n_checked": len(keep), "method": "confident learning, prune_by_noise_rate"}
+    if len(keep) < len(frame):
+        result.notes.append(f"{len(frame) - len(keep)} records without a known label were not checked")
+    return result
+
+
+def _alignment_z(sim: np.ndarray, groups: np.ndarray, min_per_label: int) -> tuple[np.ndarray, int]:
+    """Robust z of each similarity: within its label when the label has enough items, else data-set wide."""
+    n_groups = 0
+    with np.errstate(invalid="ignore"):  # robust_z warns (harmlessly) when MAD is 0
+        z = robust_z(sim)
+        for value in pd.unique(groups):
+            members = np.flatnonzero(groups == value)
+            if value is not None and value == value and len(members) >= min_per_label:
+                z[members] = robust_z(sim[members])
+                n_groups += 1
+    return z, n_groups
+
+
+def _misaligned(
+    row: int, best: int, sim: float, z: float, ids: np.ndarray, texts: np.ndarray, given: np.ndarray, img, txt
+) -> Finding:
+    """A misaligned_caption finding for `row`, suggesting the best-matching other caption `best`."""
+    return Finding(
+        record_id=ids[row],
+        check="alignment",
+        kind="misaligned_caption",
+        severity="warning",
+        message=f"caption {texts[row]!r} fits its image poorly (cos {sim:.3f}, z {z:.1f}); "
+        f"closest other caption is {texts[best]!r}",
+        evidence={
+            "similarity": sim,
+            "z": z,
+            "caption": texts[row],
+            "suggested_caption": texts[best],
+            "suggested_record": ids[best],
+            "suggested_record_label": None if given[best] is None else str(given[best]),
+            "suggested_similarity": float(img[row] @ txt[best]),
+        },
+    )
+
+
+def alignment_check(
+    frame: pd.DataFrame,
+    image_emb: np.ndarray,
+    text_emb: np.ndarray,
+    z_threshold: float = -3.5,
+    min_per_label: int = 20,
+    labels: Sequence | None = None,
+) -> CheckResult:
+    """Captions whose cosine to their image is a low robust-z outlier (text_emb: first text per record).
+
+    z is the modified z-score of the Fisher-transformed cosine (arctanh, which removes the skew of
+    similarities near 1), within the record's label when it has >= min_per_label scored records, else
+    against the whole data set. The suggestion is the other caption (not a copy of the record's own)
+    that best matches the image.
+    """
+    img, txt = _normalise(image_emb), _normalise(text_emb)
+    if img.shape != txt.shape or len(img) != len(frame):
+        raise DataError(f"need one image and one text embedding per record; got {img.shape}, {txt.shape}")
+    texts = np.array(
+        [next(iter(t)) if t is not None and len(t) else "" for t in frame["texts"]], dtype=object
+    )
+    scored = np.flatnonzero((texts != "") & (np.linalg.norm(txt, axis=1) > 0))
+    given = np.asarray(list(frame["label"] if labels is None else labels), dtype=object)
+    details = {"z_threshold": z_threshold, "min_per_label": min_per_label}
+    result = CheckResult(check="alignment", details=details)
+    if len(scored) < 3:
+        result.skipped = f"only {len(scored)} records have a caption and an embedding; need 3"
+        return result
+    sim = np.einsum("nd,nd->n", img[scored], txt[scored]).astype(np.float64)
+    fisher = np.arctanh(np.clip(sim, -0.999999, 0.999999))  # cosines are skewed near 1; this is not
+    z, n_groups = _alignment_z(fisher, given[scored], min_per_label)
+    median, mad = float(np.median(fisher)), float(np.median(np.abs(fisher - np.median(fisher))))
+    result.details |= {
+        "labels_scored_separately": n_groups,
+        "dataset_median_similarity": float(np.tanh(median)),
+        "dataset_similarity_cutoff": float(np.tanh(median + z_threshold * mad / MAD_TO_SIGMA)),
+    }
+    ids = frame["id"].astype(str).to_numpy()
+    flagged = np.flatnonzero(z < z_threshold)
+    for local in flagged[np.argsort(z[flagged], kind="stable")]:
+        row = scored[local]
+        others = txt[scored] @ img[row]
+        others[texts[scored] == texts[row]] = -np.inf  # own caption and its copies
+        best = scored[int(np.argmax(others))]
+        result.findings.append(
+            _misaligned(row, best, float(sim[local]), float(z[local]), ids, texts, given, img, txt)
+        )
+    result.metrics = {"misaligned": len(flagged), "misaligned_rate": len(flagged) / len(scored)}
+    if len(scored) < len(frame):
+        result.notes.append(f"{len(frame) - len(scored)} records without a caption were not scored")
+    return result

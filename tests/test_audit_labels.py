@@ -1,0 +1,183 @@
+"""Label issues (confident learning on out-of-sample probabilities) and caption alignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vlmops.audit.labels import (
+    alignment_check,
+    confident_learning,
+    fold_ids,
+    label_check,
+    out_of_sample_probs,
+    zero_shot_probs,
+)
+
+
+def blobs(n_classes: int = 5, per: int = 400, dim: int = 32, seed: int = 0, flip: float = 0.05):
+    """Gaussian blobs with a fraction of labels flipped to a random other class."""
+    rng = np.random.default_rng(seed)
+    truth = np.repeat(np.arange(n_classes), per)
+    x = rng.normal(size=(n_classes, dim))[truth] + 0.35 * rng.normal(size=(len(truth), dim))
+    flipped = rng.choice(len(truth), int(flip * len(truth)), replace=False)
+    noisy = truth.copy()
+    noisy[flipped] = (truth[flipped] + rng.integers(1, n_classes, len(flipped))) % n_classes
+    return x.astype(np.float32), truth, noisy, flipped
+
+
+@pytest.mark.parametrize("method", ["knn", "logistic"])
+def test_confident_learning_finds_flipped_labels(method: str) -> None:
+    x, _, noisy, flipped = blobs()
+    names = np.array([f"class{i}" for i in noisy])
+    probs, classes = out_of_sample_probs(x, names, method=method)
+    assert probs.shape == (len(x), 5) and list(classes) == [f"class{i}" for i in range(5)]
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    mask, suggested, self_conf = confident_learning(probs, np.searchsorted(classes, names))
+    hits = mask[flipped].sum()
+    recall, precision = hits / len(flipped), hits / max(mask.sum(), 1)
+    assert recall >= 0.8 and precision >= 0.8, (recall, precision)
+    assert np.all(suggested[~mask] == np.searchsorted(classes, names)[~mask])
+    np.testing.assert_allclose(self_conf, probs[np.arange(len(x)), np.searchsorted(classes, names)])
+
+
+@pytest.mark.parametrize("method", ["knn", "logistic"])
+def test_an_item_never_predicts_itself(method: str) -> None:
+    x, truth, _, _ = blobs(n_classes=2, per=60, flip=0.0)
+    labels = np.where(truth == 0, "a", "b").astype(object)
+    x[0] = x[truth == 1].mean(axis=0)  # an "a" item sitting in the middle of the b blob
+    labels[1] = "lonely"  # the only member of its class
+    probs, classes = out_of_sample_probs(x, labels, method=method, folds=5)
+    col = {c: i for i, c in enumerate(classes)}
+    assert probs[0, col["b"]] > 0.9 > probs[0, col["a"]]
+    assert probs[1, col["lonely"]] == probs[1].min() and probs[1, col["lonely"]] < 0.05
+
+
+def test_fold_ids_stratify_and_handle_tiny_classes() -> None:
+    y = np.array([0] * 50 + [1] * 2 + [2])
+    folds = fold_ids(y, 5, seed=3)
+    assert np.bincount(folds[y == 0], minlength=5).tolist() == [10] * 5
+    assert folds[y == 1][0] != folds[y == 1][1]
+
+
+def test_confident_learning_closed_form() -> None:
+    clean_a, clean_b = [0.9, 0.1], [0.2, 0.8]
+    probs = np.array([clean_a] * 5 + [clean_b] * 4 + [[0.85, 0.15], [0.6, 0.4]])
+    labels = np.array([0] * 5 + [1] * 4 + [1, 1])
+    # t_a = 0.9; t_b = mean(0.8 x 4, 0.15, 0.4) = 0.6: item 9 (p_a 0.85 < t_a) is not counted, item 10
+    # (p_b 0.4 < 0.6, p_a 0.6 < 0.9) neither, so the joint has no off-diagonal mass: nothing flagged.
+    mask, _, _ = confident_learning(probs, labels)
+    assert not mask.any()
+    probs[9] = [0.95, 0.05]  # now confidently a: C[b, a] = 1 (calibrated 6/5 x 1 -> 1 item)
+    mask, suggested, self_conf = confident_learning(probs, labels)
+    assert mask.tolist() == [False] * 9 + [True, False] and suggested[9] == 0
+    assert self_conf[9] == pytest.approx(0.05)
+
+
+def test_zero_shot_probs_is_a_scaled_softmax() -> None:
+    rng = np.random.default_rng(0)
+    images, texts = rng.normal(size=(6, 8)), rng.normal(size=(3, 8))
+    probs = zero_shot_probs(images, texts, 50.0)
+    cos = (images / np.linalg.norm(images, axis=1, keepdims=True)) @ (
+        texts / np.linalg.norm(texts, axis=1, keepdims=True)
+    ).T
+    expected = np.exp(50 * cos) / np.exp(50 * cos).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probs, expected, rtol=1e-9)
+
+
+def test_label_check_reports_flipped_records() -> None:
+    x, truth, noisy, flipped = blobs(n_classes=3, per=100, seed=1)
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(len(x))], "label": [f"c/{i}" for i in noisy]})
+    frame.loc[0, "label"] = None
+    probs, classes = out_of_sample_probs(x[1:], frame["label"][1:], method="knn")
+    probs = np.vstack([np.full((1, 3), 1 / 3), probs])
+    result = label_check(frame, probs, classes, source="knn")
+    assert result.check == "labels" and result.metrics["label_issues"] == len(result.findings)
+    assert result.metrics["label_issue_rate"] == pytest.approx(len(result.findings) / (len(x) - 1))
+    found = {f.record_id: f for f in result.findings}
+    caught = [i for i in flipped if f"r{i}" in found]
+    assert len(caught) >= 0.8 * len(flipped) and len(found) <= 1.25 * len(flipped)
+    example = found[f"r{caught[0]}"]
+    assert example.kind == "label_issue" and example.evidence["given_label"] == f"c/{noisy[caught[0]]}"
+    assert example.evidence["suggested_label"] == f"c/{truth[caught[0]]}"
+    assert example.evidence["suggested_probability"] > example.evidence["self_confidence"]
+    confidences = [f.evidence["self_confidence"] for f in result.findings]
+    assert confidences == sorted(confidences)
+    assert any("1 records without a known label" in n for n in result.notes)
+
+
+def aligned_records(n_labels: int = 4, per: int = 50, dim: int = 32, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(n_labels * per, dim))
+    texts = images + 0.6 * rng.normal(size=images.shape)
+    frame = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(len(images))],
+            "texts": [[f"caption {i}", "extra"] for i in range(len(images))],
+            "label": [f"l{i // per}" for i in range(len(images))],
+        }
+    )
+    return frame, images, texts
+
+
+def test_alignment_flags_swapped_captions() -> None:
+    frame, images, texts = aligned_records()
+    pairs = [(3, 77), (120, 180), (10, 11)]
+    for i, j in pairs:
+        texts[[i, j]] = texts[[j, i]]
+        frame.loc[i, "texts"], frame.loc[j, "texts"] = frame.loc[j, "texts"], frame.loc[i, "texts"]
+    result = alignment_check(frame, images, texts)
+    flagged = {f.record_id: f for f in result.findings}
+    swapped = {f"r{k}" for pair in pairs for k in pair}
+    assert set(flagged) == swapped
+    assert result.metrics == {"misaligned": 6, "misaligned_rate": 6 / len(frame)}
+    f = flagged["r3"]
+    assert f.kind == "misaligned_caption" and f.evidence["z"] < -3.5
+    assert f.evidence["caption"] == "caption 77" and f.evidence["suggested_record"] == "r77"
+    assert f.evidence["suggested_caption"] == "caption 3" and f.evidence["suggested_record_label"] == "l1"
+    assert result.details["labels_scored_separately"] == 4 and result.details["z_threshold"] == -3.5
+
+
+def test_alignment_skips_records_without_captions() -> None:
+    frame, images, texts = aligned_records(n_labels=1, per=30)
+    frame.at[0, "texts"] = []
+    result = alignment_check(frame, images, texts, min_per_label=100)
+    assert result.details["labels_scored_separately"] == 0 and result.metrics["misaligned"] == 0
+    assert any("1 records without a caption" in n for n in result.notes)
+    frame["texts"] = [[] for _ in range(len(frame))]
+    assert alignment_check(frame, images, texts).skipped
+
+
+def test_confirming_view_keeps_only_issues_both_views_see() -> None:
+    """View A errs on set HA, view B on set HB; flipped labels are seen by both: only flips survive."""
+    import pandas as pd
+
+    from vlmops.audit.labels import label_check
+
+    rng = np.random.default_rng(3)
+    n, k = 400, 4
+    true = rng.integers(0, k, n)
+    given = true.copy()
+    flips = rng.choice(n, 20, replace=False)
+    given[flips] = (true[flips] + 1 + rng.integers(0, k - 1, 20)) % k
+    others = np.setdiff1d(np.arange(n), flips)
+    hard_a, hard_b = rng.choice(others, 20, replace=False), rng.choice(others, 20, replace=False)
+
+    def view(hard: np.ndarray) -> np.ndarray:
+        predicted = true.copy()
+        predicted[hard] = (given[hard] + 1) % k  # this view is wrong here
+        probs = np.full((n, k), 0.02)
+        probs[np.arange(n), predicted] = 0.94
+        return probs
+
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "label": [str(c) for c in given]})
+    classes = [str(c) for c in range(k)]
+    alone = {f.record_id for f in label_check(frame, view(hard_a), classes, "a").findings}
+    assert {f"r{i}" for i in hard_a} <= alone  # one view alone flags its own mistakes
+    both = label_check(frame, view(hard_a), classes, "a+b", confirm=view(hard_b))
+    flagged = {f.record_id for f in both.findings}
+    overlap = {f"r{i}" for i in set(hard_a) & set(hard_b)}
+    assert flagged - overlap == {f"r{i}" for i in flips}
+    suggestions = {f.record_id: f.evidence["suggested_label"] for f in both.findings}
+    assert all(suggestions[f"r{i}"] == str(true[i]) for i in flips)
