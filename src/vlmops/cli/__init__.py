@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from vlmops.cli import data, demo, embed, evaluate, models, train
+from vlmops.cli import audit, data, demo, embed, evaluate, models, train
 
 app = typer.Typer(
     name="vlmops",
@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
+app.add_typer(audit.app, name="audit")
 app.command("train")(train.train)
 app.command("embed")(embed.embed)
 app.command("demo")(demo.demo)
