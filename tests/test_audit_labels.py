@@ -181,3 +181,39 @@ def test_confirming_view_keeps_only_issues_both_views_see() -> None:
     assert flagged - overlap == {f"r{i}" for i in flips}
     suggestions = {f.record_id: f.evidence["suggested_label"] for f in both.findings}
     assert all(suggestions[f"r{i}"] == str(true[i]) for i in flips)
+
+
+def test_caption_contradictions_flag_captions_only_the_text_view_doubts() -> None:
+    """Swapped captions: the caption view contradicts the label while the image view agrees with it."""
+    import pandas as pd
+
+    from vlmops.audit.label_views import LabelViews, caption_contradictions
+
+    rng = np.random.default_rng(5)
+    n, k = 300, 3
+    y = rng.integers(0, k, n)
+    swapped = rng.choice(n, 12, replace=False)
+    flipped = np.setdiff1d(rng.choice(n, 30, replace=False), swapped)[:10]
+
+    def onehot(pred: np.ndarray) -> np.ndarray:
+        probs = np.full((n, k), 0.05)
+        probs[np.arange(n), pred] = 0.9
+        return probs
+
+    text_pred, image_pred = y.copy(), y.copy()
+    text_pred[swapped] = (y[swapped] + 1) % k  # the caption belongs to another class
+    text_pred[flipped] = (y[flipped] + 2) % k  # a wrong label: both views disagree with it
+    image_pred[flipped] = (y[flipped] + 2) % k
+    frame = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "label": [str(c) for c in y],
+            "texts": [[f"t{i}"] for i in range(n)],
+        }
+    )
+    views = LabelViews(np.arange(n), ["0", "1", "2"], y, onehot(image_pred), onehot(text_pred), None, "knn")
+    found = caption_contradictions(frame, views)
+    assert {f.record_id for f in found} == {f"r{i}" for i in swapped}
+    assert all(f.evidence["caption_suggests"] == str((int(f.evidence["label"]) + 1) % k) for f in found)
+    no_text = LabelViews(np.arange(n), ["0", "1", "2"], y, onehot(image_pred), None, None, "knn")
+    assert caption_contradictions(frame, no_text) == []

@@ -103,6 +103,7 @@ class AuditInputs:
     progress: bool = True
     _image_emb: np.ndarray | None = None
     _readable: np.ndarray | None = None
+    views: dict = field(default_factory=dict)  # label views per method, shared by labels and alignment
 
     def image_emb(self) -> np.ndarray | None:
         """(n, d) image embeddings through the store (None without a model); unreadable images get zero rows.
@@ -170,7 +171,7 @@ def _run_check(name: str, inputs: AuditInputs, done: dict[str, CheckResult], opt
     if name == "labels":
         return _labels(inputs, options)
     if name == "alignment":
-        return _alignment(inputs)
+        return _alignment(inputs, options)
     if name == "balance":
         from vlmops.audit.balance import balance_check
 
@@ -189,33 +190,32 @@ def _run_check(name: str, inputs: AuditInputs, done: dict[str, CheckResult], opt
     raise DataError(f"unknown audit check {name!r}")
 
 
+def _views(inputs: AuditInputs, method: str):
+    from vlmops.audit.label_views import build_views
+
+    if method not in inputs.views:
+        inputs.views[method] = build_views(inputs, method)
+    return inputs.views[method]
+
+
 def _labels(inputs: AuditInputs, options: dict) -> CheckResult:
-    from vlmops.audit.labels import label_check, out_of_sample_probs
+    from vlmops.audit.labels import label_check
 
-    frame = inputs.frame
-    labelled = frame["label"].notna().to_numpy() & inputs.readable
-    if labelled.sum() < 10:
-        return CheckResult("labels", skipped="fewer than 10 labelled records")
-    emb = inputs.image_emb()[labelled]
-    rows = frame[labelled].reset_index(drop=True)
-    method = options["label_method"]
-    probs, classes = out_of_sample_probs(emb, list(rows["label"]), method=method)
-    texts = [t for t, keep in zip(inputs.first_texts(), labelled, strict=True) if keep]
-    if sum(t is not None for t in texts) < 0.9 * len(texts):
-        return label_check(rows, probs, classes, source=f"{method} on image embeddings, 5-fold")
-    from vlmops.store.embed import embed_texts_cached
-
-    text_emb, _ = embed_texts_cached(
-        inputs.model, [t or "" for t in texts], inputs.cache, progress=inputs.progress
-    )
-    text_probs, text_classes = out_of_sample_probs(text_emb, list(rows["label"]), method=method)
-    if list(text_classes) != list(classes):
-        raise DataError("internal: image and caption label models disagree on the class list")
+    views = _views(inputs, options["label_method"])
+    if isinstance(views, str):
+        return CheckResult("labels", skipped=views)
+    rows = inputs.frame.iloc[views.rows].reset_index(drop=True)
+    method = views.method
+    if views.text_probs is None:
+        return label_check(
+            rows, views.image_probs, views.classes, source=f"{method} on image embeddings, 5-fold"
+        )
     source = f"{method} on image embeddings, confirmed by {method} on caption embeddings, 5-fold"
-    return label_check(rows, probs, classes, source=source, confirm=text_probs)
+    return label_check(rows, views.image_probs, views.classes, source=source, confirm=views.text_probs)
 
 
-def _alignment(inputs: AuditInputs) -> CheckResult:
+def _alignment(inputs: AuditInputs, options: dict) -> CheckResult:
+    from vlmops.audit.label_views import add_contradictions
     from vlmops.audit.labels import alignment_check
     from vlmops.store.embed import embed_texts_cached
 
@@ -230,7 +230,8 @@ def _alignment(inputs: AuditInputs) -> CheckResult:
         progress=inputs.progress,
     )
     rows = inputs.frame[has_text].reset_index(drop=True)
-    return alignment_check(rows, inputs.image_emb()[has_text], text_emb)
+    result = alignment_check(rows, inputs.image_emb()[has_text], text_emb)
+    return add_contradictions(result, inputs.frame, _views(inputs, options["label_method"]))
 
 
 def run_audit(
