@@ -1,4 +1,4 @@
-"""Duplicates and leakage: pHash, the band and LSH searches against brute force, clusters, leakage."""
+"""Duplicates and leakage: pHash, colour check, crop views, the band and LSH searches, clusters, leakage."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 from vlmops.audit.duplicates import (
+    CROP,
+    MAX_COLOUR,
+    MAX_HAMMING,
+    MIN_COSINE,
+    SIGNATURE,
     band_layout,
     cosine_pairs,
     duplicates_check,
@@ -19,7 +24,12 @@ from vlmops.audit.duplicates import (
     phash,
     phashes,
     popcount,
+    signature,
+    signatures,
 )
+from vlmops.audit.near_search import colour_distance
+from vlmops.data.emoji import manifest_path
+from vlmops.data.images import load_image
 
 
 def _shapes(seed: int, size: int = 128) -> Image.Image:
@@ -187,8 +197,9 @@ def test_embeddings_add_near_duplicates(tmp_path) -> None:
     result = duplicates_check(frame, embeddings=emb, hashes=far, progress=False)
     assert [(f.record_id, f.kind) for f in result.findings] == [("r3", "near_duplicate")]
     assert result.findings[0].evidence["cosine"] == pytest.approx(0.98, abs=1e-4)
-    assert result.details["params"]["min_cosine"] == 0.95
+    assert result.details["params"]["min_cosine"] == MIN_COSINE
     assert duplicates_check(frame, embeddings=emb, hashes=far, min_cosine=0.99, progress=False).findings == []
+    assert result.details["params"]["colour_check"] is False and "no colour check" in result.notes[0]
     with pytest.raises(ValueError, match="rows"):
         duplicates_check(frame, embeddings=emb[:3], hashes=far, progress=False)
 
@@ -211,3 +222,154 @@ def test_leakage_only_flags_eval_records_with_a_train_twin(tmp_path) -> None:
     assert result.metrics == {"leakage": 2, "leakage_rate": 2 / 5}
     no_split = leakage_check(frame.assign(split=None), duplicates)
     assert no_split.skipped and no_split.findings == []
+
+
+# --- colour check and crop views ----------------------------------------------------------------------
+def _drawing(seed: int, size: int = 64) -> Image.Image:
+    """Emoji-like: coloured shapes on white, drawn at 4x and downsampled (anti-aliased)."""
+    rng = np.random.default_rng(seed)
+    big = size * 4
+    image = Image.new("RGB", (big, big), "white")
+    draw = ImageDraw.Draw(image)
+    for _ in range(5):
+        x0, y0 = rng.integers(big // 8, big // 2, 2)
+        w, h = rng.integers(big // 6, big // 3, 2)
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        box = (int(x0), int(y0), int(x0 + w), int(y0 + h))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
+    return image.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def _recoloured(image: Image.Image) -> Image.Image:
+    """The same drawing in other colours (like a skin-tone or colour variant): same luma, chroma inverted."""
+    y, cb, cr = image.convert("YCbCr").split()
+    return Image.merge("YCbCr", (y, cb.point(lambda v: 255 - v), cr.point(lambda v: 255 - v))).convert("RGB")
+
+
+def _jpeg(image: Image.Image, quality: int = 40) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return Image.open(buffer).convert("RGB")
+
+
+def _crop_copy(image: Image.Image) -> Image.Image:
+    """Centre 90 % crop resized back to the original size."""
+    w, h = image.size
+    dx, dy = round(w * (1 - CROP) / 2), round(h * (1 - CROP) / 2)
+    return image.crop((dx, dy, w - dx, h - dy)).resize((w, h), Image.Resampling.BICUBIC)
+
+
+def _rotated(image: Image.Image) -> Image.Image:
+    return image.rotate(5, resample=Image.Resampling.BICUBIC, fillcolor="white")
+
+
+def _signed_frame(images: list[Image.Image]) -> tuple[pd.DataFrame, np.ndarray]:
+    """A frame (distinct sha256 per record, no files) and the images' signatures."""
+    ids = [f"r{k}" for k in range(len(images))]
+    frame = pd.DataFrame({"id": ids, "image": "", "sha256": [f"sha{k}" for k in range(len(images))]})
+    return frame, np.stack([signature(image) for image in images])
+
+
+def test_signature_holds_whole_and_crop_views(tmp_path) -> None:
+    image = _drawing(0)
+    sig = signature(image)
+    assert sig.dtype == SIGNATURE and sig["ok"] and sig["phash"] == phash(image)
+    w, h = image.size
+    crop = image.crop((round(w * 0.05), round(h * 0.05), w - round(w * 0.05), h - round(h * 0.05)))
+    assert sig["crop_phash"] == phash(crop) and sig["colour"].shape == (16, 16, 3)
+    assert (signature(Image.new("RGBA", (40, 40), (0, 0, 0, 0)))["colour"] == 255).all()  # white
+    image.save(tmp_path / "a.png")
+    (tmp_path / "bad.png").write_text("nope")
+    sigs = signatures([tmp_path / "a.png", tmp_path / "bad.png"], progress=False)
+    assert sigs["ok"].tolist() == [True, False] and sigs["phash"][1] == 0 and sigs["phash"][0] == phash(image)
+
+
+def test_colour_distance_keeps_edited_copies_and_rejects_recolouring() -> None:
+    for seed in range(4):
+        image = _drawing(seed)
+        sig = signature(image)
+        near = [signature(_jpeg(image)), signature(_rotated(image))]
+        d = colour_distance(np.stack([sig["colour"]] * 2), np.stack([s["colour"] for s in near]))
+        assert (d <= MAX_COLOUR).all(), d
+        crop_copy = signature(_crop_copy(image))["colour"][None]
+        assert colour_distance(sig["crop_colour"][None], crop_copy)[0] <= MAX_COLOUR
+        other = signature(_recoloured(image))
+        assert popcount(np.uint64(sig["phash"]) ^ other["phash"]) <= MAX_HAMMING  # pHash cannot tell
+        assert colour_distance(sig["colour"][None], other["colour"][None])[0] > 4 * MAX_COLOUR
+    sig = signature(_drawing(0))
+    assert colour_distance(sig["colour"][None], sig["colour"][None]).tolist() == [0.0]
+
+
+def test_recoloured_drawing_is_not_a_near_duplicate_but_its_copies_are(tmp_path) -> None:
+    paths, ids = [], []
+    for seed in range(3):
+        image = _drawing(seed)
+        for kind, copy in (("orig", image), ("tone", _recoloured(image)), ("jpeg", image), ("crop", None)):
+            path = tmp_path / f"{kind}{seed}.{'jpg' if kind == 'jpeg' else 'png'}"
+            (copy or _crop_copy(image)).save(path, **({"quality": 40} if kind == "jpeg" else {}))
+            paths.append(str(path))
+            ids.append(f"{kind}{seed}")
+    (tmp_path / "bad.png").write_text("nope")
+    frame = pd.DataFrame({"id": [*ids, "bad"], "image": [*paths, str(tmp_path / "bad.png")]})
+    result = duplicates_check(frame, progress=False)
+    assert [c["ids"] for c in result.details["clusters"]] == [
+        [f"orig{s}", f"jpeg{s}", f"crop{s}"] for s in range(3)
+    ]
+    assert result.details["params"]["colour_check"] and result.details["params"]["max_colour"] == MAX_COLOUR
+    assert "1 unreadable" in result.notes[0]
+    # plain pHashes: no colour check, so each recoloured drawing joins its original
+    plain = duplicates_check(frame, hashes=phashes(frame["image"], progress=False), progress=False)
+    assert all(f"tone{s}" in c["ids"] for s, c in enumerate(plain.details["clusters"]))
+    assert plain.details["params"]["colour_check"] is False and "no colour check" in plain.notes[-1]
+
+
+def test_crop_copy_is_found_through_the_crop_view() -> None:
+    image = _drawing(7)  # whole-image pHashes of the original and its crop copy are 12 bits apart
+    frame, sigs = _signed_frame([image, _drawing(8), _crop_copy(image)])
+    assert popcount(sigs["phash"][0] ^ sigs["phash"][2]) > MAX_HAMMING
+    assert popcount(sigs["crop_phash"][0] ^ sigs["phash"][2]) <= MAX_HAMMING
+    result = duplicates_check(frame, hashes=sigs, progress=False)
+    assert [c["ids"] for c in result.details["clusters"]] == [["r0", "r2"]]
+    assert result.findings[0].evidence["hamming"] <= MAX_HAMMING  # the least over views
+    assert duplicates_check(frame, hashes=sigs["phash"], progress=False).findings == []  # whole view only
+
+
+def test_embedding_pairs_are_colour_checked() -> None:
+    image = _drawing(3)  # its 5-degree rotation is 12 bits away in pHash: found by embeddings only
+    frame, sigs = _signed_frame([image, _recoloured(image), _drawing(9), _rotated(image)])
+    assert popcount(sigs["phash"][0] ^ sigs["phash"][3]) > MAX_HAMMING
+    emb = np.eye(4, 8, dtype=np.float32)
+    emb[1] = emb[3] = emb[0]  # the model sees one picture three times
+    hashes = sigs.copy()
+    hashes["phash"][1] = hashes["crop_phash"][1] = 0xFFFFFFFF00000000  # only the embeddings pair it
+    result = duplicates_check(frame, embeddings=emb, hashes=hashes, progress=False)
+    assert [c["ids"] for c in result.details["clusters"]] == [["r0", "r3"]]
+    plain = duplicates_check(frame, embeddings=emb, hashes=hashes["phash"], progress=False)
+    assert [c["ids"] for c in plain.details["clusters"]] == [["r0", "r1", "r3"]]
+
+
+@pytest.mark.emoji
+@pytest.mark.skipif(not manifest_path().exists(), reason="run `vlmops data fetch emoji` first")
+def test_emoji_tone_and_colour_variants_are_not_near_duplicates(tmp_path) -> None:
+    from vlmops.data.manifest import resolve_data
+
+    emoji = resolve_data("emoji")
+    thumbs = emoji[(emoji["vendor"] == "google") & emoji["name"].str.startswith("thumbs up")]
+    colours = r"(red|orange|yellow|green|blue|purple|brown) heart"
+    hearts = emoji[(emoji["vendor"] == "twitter") & emoji["name"].str.fullmatch(colours)]
+    frame = pd.concat([thumbs, hearts])[["id", "image", "sha256"]].reset_index(drop=True)
+    assert len(frame) == 6 + 7
+    phash_only = duplicates_check(frame, hashes=phashes(frame["image"], progress=False), progress=False)
+    assert phash_only.metrics["near_dup_rate"] >= 0.5  # luma alone: the variants hash alike
+    copies = []
+    for k, kind in ((0, "jpg"), (6, "png")):  # a JPEG copy of the thumbs up, a 0.7x copy of the blue heart
+        path, image = tmp_path / f"copy{k}.{kind}", load_image(frame.at[k, "image"])  # on white
+        if kind == "png":
+            image = image.resize((45, 45), Image.Resampling.BILINEAR)
+        image.save(path, **({"quality": 40} if kind == "jpg" else {}))
+        copies.append({"id": f"copy:{frame.at[k, 'id']}", "image": str(path), "sha256": None})
+    frame = pd.concat([frame, pd.DataFrame(copies)], ignore_index=True)
+    result = duplicates_check(frame, progress=False)
+    assert sorted(c["ids"] for c in result.details["clusters"]) == sorted(
+        [[frame.at[k, "id"], f"copy:{frame.at[k, 'id']}"] for k in (0, 6)]
+    )

@@ -1,38 +1,50 @@
 """Exact and near duplicates, and train/eval leakage through them, in about linear time.
 
 Exact duplicates share the sha256 of their bytes (the manifest's ``sha256`` column, else hashed). Near
-duplicates come from two searches whose verified pairs are joined into transitive clusters by
-connected components (union-find):
+duplicates come from two searches (`near_search`) whose pairs, verified by colour, are joined into
+transitive clusters by connected components (union-find):
 
-* pHash (64-bit DCT hash) by multi-index hashing: by pigeonhole, a pair within ``max_hamming`` bits
-  agrees on some band up to a probe radius: 8 bands of 8 bits matched exactly, or (cheaper for large
-  n) 4 bands of 16 bits with every 1-bit neighbour probed (`band_layout`); candidates are verified.
-* optional embeddings (unit rows): random-hyperplane LSH, ``lsh_tables`` x ``lsh_bits`` (by default
-  enough tables for 99 % recall at ``min_cosine``), verified by exact cosine.
+* pHash (64-bit DCT hash of luma) of two views of each image, the whole and its centre 90 % crop:
+  whole-whole and crop-whole pairs within ``max_hamming`` bits, so a copy cropped and resized back is
+  found through (crop of the original, whole of the copy).
+* optional embeddings (unit rows): pairs with cosine >= ``min_cosine``.
 
-A bucket over ``bucket_cap`` members is searched exactly, block by block, instead of listing its pairs.
+Colour check: pHash sees brightness only, so an emoji's skin-tone and colour variants hash alike. Each
+view keeps a colour signature, a 16x16 RGB thumbnail on white (32x32 box, Gaussian blur sigma 2 px,
+2x2 means; 768 bytes). A pair is kept when the largest cell's mean |difference| over RGB is at most
+``max_colour`` (of 255), comparing the second image as is and rotated by +-5 deg (cells that rotation
+brings in from outside the frame are skipped), and for embedding pairs also either one's crop view.
+Given `hashes` as plain uint64 pHashes there are no crop views or colours: pHash pairs and embedding
+pairs are then kept unverified, as before this check existed (about half of emoji records cluster).
 
-Defaults, measured on emoji (500 emoji x 5 edits searched against all 15,170): ``max_hamming = 7``
-finds copies resized 0.5-0.8x and back 95 % (kept small 96 %), JPEG q40 91 %, rotated 2-5 deg 47 %,
-90 % crops 4 %. 97 % of other records matched are ones the source is already within 7 bits of: emoji
-come in families drawn once (skin tones, genders, colours; pHash sees luma only), so precision is 0.87
-against matches the edit created, 0.17 if every other match counts as false. Hashes have 31 of 63 AC
-bits set, so distances are even (6 = 7); 4 loses JPEG (89 %) and rotation (27 %), 10 triples new
-false matches. ``min_cosine = 0.95`` (builtin:emoji-lit, 300 emoji x 5 edits + 600 others): recall
-85 % (resize, JPEG 100 %, rotation 96 %, crop 27 %), precision 0.997; 0.92: 90 % / 0.977, 0.90: 92 % /
-0.969, but unrelated pairs grow as n^2. Different vendors' drawings of one emoji are not near
-duplicates: 98 of 127,623 such pairs are within 7 bits (median 28; random pairs 30), cosine <= 0.93.
+Defaults, measured on emoji (500 random emoji, each copied resized to 0.7x, as JPEG q40, centre 90 %
+crop resized back and rotated 5 deg on white, searched against all 15,170; recall: copies clustered with
+their source; precision: of the (copy, other record) pairs linked directly, those whose other is the
+source): ``max_hamming = 7``, ``max_colour = 12``, ``min_cosine = 0.92`` (builtin:emoji-lit) recall
+0.975 (resize 0.976, JPEG 1.0, crop 0.956, rotation 0.966), precision 0.83. The other records matched
+are the source's byte-identical twins (8 % of pairs), gender variants openmoji draws alike (5 %), tone
+variants whose skin is a few pixels or an adjacent tone (2.5 %) and look-alikes (squares, clocks): 0.91
+counting twins as the source, 0.99 counting every record the source itself clusters with. pHash alone
+(no model): recall 0.785 (0.936, 0.918, 0.924, rotation 0.362: pHash moves 8+ bits), precision 0.84.
+Before (luma pHash only): 0.62 (crop 0.28, rotation 0.32) / 0.16; with embeddings at 0.95 0.92 / 0.22.
+Clean emoji: ``near_dup_rate`` was 55 % (clusters up to 225: whole tone and colour families), now 5.3 %
+(5.9 % with the model; largest cluster 23): 2.1 % byte-identical copies, the rest mostly openmoji's
+gender variants, tone variants with tiny faces or adjacent tones, squares and circles alike across
+vendors. ``max_colour`` 11 / 13: recall 0.958 / 0.984, precision 0.84 / 0.81, clean 5.4 / 6.5 %;
+``min_cosine`` 0.95: recall 0.948 (rotation 0.88), 0.90: 0.983 / 0.82. ``max_hamming = 9`` lifts
+pHash-only recall to 0.84 (rotation 0.53) for 2.4x the time. Tried and dropped (more tone variants
+pass at equal recall): 8x8 box thumbnails, min/max envelopes, flat-region colours. Flat shapes (hearts)
+can move 8-16 pHash bits under JPEG: only embeddings can find such copies.
 
-Time (2 shared cores; emoji pHashes, random 384-d unit embeddings), pHash search / LSH / whole check:
-2k 0.02 / 0.05 / 0.10 s, 4k 0.04 / 0.10 / 0.23 s, 8k 0.09 / 0.19 / 0.41 s, 15k 0.19 / 0.37 / 0.69 s;
-uniform random hashes 60k 0.9 s, 240k 6.6 s (candidates grow as n^2 / 2^16 past ~65k).
+Time (2 shared cores; the first n emoji, signatures given, emoji-lit embeddings), pHash search and
+colour / LSH and colour / whole check: 2k 0.11 / 0.09 / 0.21 s, 4k 0.16 / 0.18 / 0.35 s, 8k 0.39 /
+0.48 / 1.0 s, 15k 0.87 / 1.4 / 2.7 s (emoji-lit pairs grow from 3k to 11k between 8k and 15k records;
+random embeddings: LSH 0.40 s, whole 1.7 s). Signatures cost 1.5 ms per 64-px image (pHash alone 0.35).
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
-import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -41,30 +53,38 @@ import pandas as pd
 from PIL import Image
 from scipy import sparse
 from scipy.fft import dctn
+from scipy.ndimage import gaussian_filter
 from scipy.sparse.csgraph import connected_components
 
 from vlmops.audit.findings import CheckResult, Finding
+from vlmops.audit.near_search import (
+    ANGLES,
+    BUCKET_CAP,
+    LSH_BITS,
+    band_layout,
+    colour_distances,
+    cosine_pairs,
+    hamming_pairs,
+    lsh_tables_for,
+    planar,
+    popcount,
+)
 from vlmops.data.images import load_image, to_rgb_on_white
 from vlmops.errors import DataError
 from vlmops.hashing import sha256_file
 
 MAX_HAMMING = 7
-MIN_COSINE = 0.95
-BUCKET_CAP = 256
-LSH_BITS = 16
+MIN_COSINE = 0.92
+MAX_COLOUR = 12.0
+CROP = 0.9
 MAX_LISTED = 20
 TRAIN_SPLITS = frozenset({"train", "training"})
 EVAL_SPLITS = frozenset({"val", "valid", "validation", "dev", "test", "testing"})
-_BYTE_POP = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)
+_RGB16 = ("u1", (16, 16, 3))
+SIGNATURE = np.dtype(
+    [("ok", "?"), ("phash", "<u8"), ("crop_phash", "<u8"), ("colour", *_RGB16), ("crop_colour", *_RGB16)]
+)
 _BIT_WEIGHTS = np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64)
-
-
-def popcount(x: np.ndarray) -> np.ndarray:
-    """Number of set bits of each uint64."""
-    x = np.asarray(x, dtype=np.uint64)
-    if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(x).astype(np.int64)
-    return _BYTE_POP[x.reshape(*x.shape, 1).view(np.uint8)].sum(axis=-1).astype(np.int64)
 
 
 def phash(image: Image.Image) -> int:
@@ -76,142 +96,68 @@ def phash(image: Image.Image) -> int:
     return int((bits.astype(np.uint64) * _BIT_WEIGHTS).sum())
 
 
-def _hash_files(paths: list[str], progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """pHashes and a readable mask (unreadable files get hash 0 and False)."""
+def colour_signature(image: Image.Image) -> np.ndarray:
+    """16x16x3 uint8: a 32x32 box thumbnail on white, Gaussian-blurred (sigma 2 px), in 2x2 means."""
+    small = np.asarray(to_rgb_on_white(image).resize((32, 32), Image.Resampling.BOX), dtype=np.float32)
+    blurred = gaussian_filter(small, sigma=(2, 2, 0), mode="nearest")
+    return blurred.reshape(16, 2, 16, 2, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+
+
+def signature(image: Image.Image) -> np.ndarray:
+    """One SIGNATURE record: pHash and colour signature of the image and of its centre `CROP` crop."""
+    rgb = to_rgb_on_white(image)
+    w, h = rgb.size
+    dx, dy = round(w * (1 - CROP) / 2), round(h * (1 - CROP) / 2)
+    crop = rgb.crop((dx, dy, w - dx, h - dy))
+    out = np.zeros((), SIGNATURE)
+    out["ok"], out["phash"], out["crop_phash"] = True, phash(rgb), phash(crop)
+    out["colour"], out["crop_colour"] = colour_signature(rgb), colour_signature(crop)
+    return out
+
+
+def signatures(paths: Iterable[str | Path], progress: bool = True) -> np.ndarray:
+    """SIGNATURE record per image path (all zero, ``ok`` False, where the file cannot be read)."""
     from vlmops.cli._common import progress_bar
 
-    out, ok = np.zeros(len(paths), dtype=np.uint64), np.zeros(len(paths), dtype=bool)
+    paths = [str(p) for p in paths]
+    out = np.zeros(len(paths), SIGNATURE)
     with progress_bar(progress) as bar:
-        task = bar.add_task("perceptual hashes", total=len(paths))
+        task = bar.add_task("image signatures", total=len(paths))
         for i, path in enumerate(paths):
             with contextlib.suppress(DataError):
-                out[i], ok[i] = phash(load_image(path)), True
+                out[i] = signature(load_image(path))
             bar.advance(task)
-    return out, ok
+    return out
 
 
 def phashes(paths: Iterable[str | Path], progress: bool = True) -> np.ndarray:
-    """uint64 pHash per image path (0 where the file cannot be read)."""
-    return _hash_files([str(p) for p in paths], progress)[0]
+    """uint64 pHash per image path (0 where the file cannot be read), from full `signatures`."""
+    return signatures(paths, progress)["phash"].astype(np.uint64)
 
 
-def _probe_pairs(keys: np.ndarray, flips: list[int], cap: int) -> tuple[np.ndarray, np.ndarray, list]:
-    """Pairs (i < j) whose keys differ by one of `flips` (0 = same key), skipping buckets over `cap`.
+def _hash_pairs(views: np.ndarray, colours, max_hamming: int, max_colour: float, cap: int):
+    """Record pairs (i < j) whose whole-whole or crop-whole pHashes are close and whose colours agree.
 
-    Members of a bucket over `cap` are returned as (members, neighbours) blocks for exact search instead.
+    `views` is (n, 1) (whole pHashes only) or (n, 2) with crop pHashes; `colours` the planar signatures
+    (2n, 3, 256) of the whole views, then of the crop views (None: pairs are not verified).
     """
-    n, keys = len(keys), keys.astype(np.uint64)
-    uniq, inverse, size = np.unique(keys, return_inverse=True, return_counts=True)
-    start, order = np.cumsum(size) - size, np.argsort(inverse, kind="stable")
-    own_big = size[inverse] > cap
-    found_i, found_j = [], []
-    for flip in flips:
-        if flip == 0:
-            pos, hit = inverse, ~own_big
-        else:
-            target = keys ^ np.uint64(flip)
-            pos = np.minimum(np.searchsorted(uniq, target), len(uniq) - 1)
-            hit = (uniq[pos] == target) & ~own_big & (size[pos] <= cap)
-        count = np.where(hit, size[pos], 0)
-        i = np.repeat(np.arange(n), count)
-        j = order[np.repeat(start[pos] - np.cumsum(count) + count, count) + np.arange(count.sum())]
-        found_i.append(i[i < j])
-        found_j.append(j[i < j])
-    blocks = []
-    for key, first, z in zip(uniq[size > cap], start[size > cap], size[size > cap], strict=True):
-        neighbours = np.flatnonzero(np.isin(keys, [key ^ np.uint64(f) for f in flips]))
-        blocks.append((order[first : first + z], neighbours))
-    return np.concatenate(found_i), np.concatenate(found_j), blocks
+    n = len(views)
+    i, j, _ = hamming_pairs(views.T.ravel(), max_hamming, cap)
+    keep = (i % n != j % n) & ((i < n) | (j < n))  # not a record with itself, not crop-crop
+    i, j = i[keep], j[keep]
+    if colours is not None:
+        ok = colour_distances(colours, i, j, max_colour) <= max_colour
+        i, j = i[ok], j[ok]
+    return np.minimum(i % n, j % n), np.maximum(i % n, j % n)
 
 
-def _block_search(rows: np.ndarray, cols: np.ndarray, close, block: int = 1024):
-    """Exact search of `rows` against `cols`, `block` rows at a time; close(a, b) -> bool matrix."""
-    found_i, found_j = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
-    for begin in range(0, len(rows), block):
-        part = rows[begin : begin + block]
-        a, b = np.nonzero(close(part, cols))
-        keep = part[a] != cols[b]
-        found_i.append(np.minimum(part[a], cols[b])[keep])
-        found_j.append(np.maximum(part[a], cols[b])[keep])
-    return np.concatenate(found_i), np.concatenate(found_j)
-
-
-def _search(tables: Iterable[tuple[np.ndarray, list[int]]], n: int, close, cap: int):
-    """Unique verified pairs over all (keys, flips) tables; close(a, b, aligned) verifies candidates."""
-    codes = [np.empty(0, np.int64)]
-    for keys, flips in tables:
-        i, j, blocks = _probe_pairs(keys, flips, cap)
-        keep = close(i, j, aligned=True)
-        codes.append(i[keep].astype(np.int64) * n + j[keep])
-        for members, neighbours in blocks:
-            bi, bj = _block_search(members, neighbours, close)
-            codes.append(bi * n + bj)
-    code = np.unique(np.concatenate(codes))
-    return code // n, code % n
-
-
-def band_layout(n: int, max_hamming: int) -> tuple[int, int]:
-    """(bands, probe radius) for multi-index hashing: bands * (radius + 1) > max_hamming (pigeonhole).
-
-    Radius 0 (max_hamming + 1 bands, e.g. 8 bands of 8 bits) probes one key per band; radius 1 (half
-    as many, twice as wide bands, every 1-bit neighbour probed) wins once n outgrows the narrow keys.
-    """
-    options = []
-    for radius in (0, 1):
-        bands = min(64, math.ceil((max_hamming + 1) / (radius + 1)))
-        width = 64 / bands
-        options.append((bands * (1 + radius * math.ceil(width)) * (1 + n / 2**width), bands, radius))
-    return min(options)[1:]
-
-
-def hamming_pairs(hashes: np.ndarray, max_hamming: int = MAX_HAMMING, bucket_cap: int = BUCKET_CAP):
-    """(i, j, distance) of every pair of hashes within `max_hamming` bits, by multi-index hashing."""
-    h = np.asarray(hashes, dtype=np.uint64)
-    bands, radius = band_layout(len(h), max_hamming)
-    edges = np.linspace(0, 64, bands + 1).round().astype(int)
-
-    def close(a, b, aligned=False):
-        x = h[a] ^ h[b] if aligned else h[a][:, None] ^ h[b][None, :]
-        return popcount(x) <= max_hamming
-
-    tables = (
-        (
-            (h >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1),
-            [0] + [1 << b for b in range(hi - lo)] * radius,
-        )
-        for lo, hi in itertools.pairwise(edges)
-    )
-    i, j = _search(tables, len(h), close, bucket_cap)
-    return i, j, popcount(h[i] ^ h[j])
-
-
-def lsh_tables_for(min_cosine: float, bits: int = LSH_BITS, recall: float = 0.99) -> int:
-    """Tables needed so a pair at cosine `min_cosine` shares a bucket in one of them with `recall`."""
-    p_same = (1 - math.acos(min(max(min_cosine, -1.0), 1.0)) / math.pi) ** bits
-    return int(min(64, max(1, math.ceil(math.log(1 - recall) / math.log1p(-p_same)))))
-
-
-def cosine_pairs(
-    embeddings: np.ndarray,
-    min_cosine: float = MIN_COSINE,
-    tables: int | None = None,
-    bits: int = LSH_BITS,
-    seed: int = 0,
-    bucket_cap: int = BUCKET_CAP,
-):
-    """(i, j, cosine) of pairs of unit rows with cosine >= `min_cosine`, by random-hyperplane LSH."""
-    emb = np.asarray(embeddings, dtype=np.float32)
-    tables = tables or lsh_tables_for(min_cosine, bits)
-    planes = np.random.default_rng(seed).standard_normal((emb.shape[1], tables * bits)).astype(np.float32)
-    signs = (emb @ planes > 0).reshape(len(emb), tables, bits)
-    keys = (signs.astype(np.int64) << np.arange(bits, dtype=np.int64)).sum(axis=2)
-
-    def close(a, b, aligned=False):
-        sim = np.einsum("ij,ij->i", emb[a], emb[b]) if aligned else emb[a] @ emb[b].T
-        return sim >= min_cosine
-
-    i, j = _search(((keys[:, t], [0]) for t in range(tables)), len(emb), close, bucket_cap)
-    return i, j, np.einsum("ij,ij->i", emb[i], emb[j])
+def _cosine_ok(colours, ok, i: np.ndarray, j: np.ndarray, max_colour: float) -> np.ndarray:
+    """Embedding pairs whose colours agree whole-whole or crop-whole (either way); unverifiable pass."""
+    n, keep = len(ok), ~(ok[i] & ok[j])
+    for a, b in ((i, j), (i + n, j), (i, j + n)):
+        todo = np.flatnonzero(~keep)
+        keep[todo] = colour_distances(colours, a[todo], b[todo], max_colour) <= max_colour
+    return keep
 
 
 def _content_hashes(frame: pd.DataFrame) -> list[str | None]:
@@ -268,6 +214,26 @@ def _cluster(number, members, ids, sha, hamming, cosine, has_cosine: bool, findi
     }
 
 
+def _inputs(frame: pd.DataFrame, hashes, progress: bool):
+    """(pHash views (n, 1 or 2), planar colour signatures (2n, 3, 256) or None, readable mask)."""
+    if hashes is None:
+        hashes = signatures(frame["image"].astype(str).tolist(), progress)
+    hashes = np.asarray(hashes)
+    if hashes.dtype.names is None:  # plain uint64 pHashes: no crop views, no colours
+        return hashes.astype(np.uint64)[:, None], None, np.ones(len(hashes), dtype=bool)
+    views = np.stack([hashes["phash"], hashes["crop_phash"]], axis=1).astype(np.uint64)
+    colours = planar(np.concatenate([hashes["colour"], hashes["crop_colour"]]))
+    return views, colours, hashes["ok"].astype(bool)
+
+
+def _view_hamming(views: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Least pHash distance of records a and b over whole-whole and crop-whole (either way)."""
+    d = popcount(views[a, 0] ^ views[b, 0])
+    if views.shape[1] > 1:
+        d = np.minimum.reduce([d, popcount(views[a, 1] ^ views[b, 0]), popcount(views[a, 0] ^ views[b, 1])])
+    return d
+
+
 def duplicates_check(
     frame: pd.DataFrame,
     embeddings: np.ndarray | None = None,
@@ -276,6 +242,7 @@ def duplicates_check(
     min_cosine: float = MIN_COSINE,
     progress: bool = True,
     *,
+    max_colour: float = MAX_COLOUR,
     lsh_tables: int | None = None,
     lsh_bits: int = LSH_BITS,
     bucket_cap: int = BUCKET_CAP,
@@ -283,10 +250,11 @@ def duplicates_check(
 ) -> CheckResult:
     """Exact (same bytes) and near (pHash within max_hamming, or cosine >= min_cosine) duplicate clusters.
 
-    One finding per cluster member after the first in frame order: exact_duplicate when an earlier
-    member has the same bytes, else near_duplicate. ``near_dup_rate`` counts both (an exact copy is a
-    near duplicate at distance 0); ``exact_dup_rate`` only the former. `hashes` (uint64 per record)
-    and `embeddings` (unit rows) may be precomputed.
+    Near pairs must also pass the colour check (``max_colour``) where `hashes` are `signatures` (the
+    default computes them). One finding per cluster member after the first in frame order:
+    exact_duplicate when an earlier member has the same bytes, else near_duplicate. ``near_dup_rate``
+    counts both (an exact copy is a near duplicate at distance 0); ``exact_dup_rate`` only the former.
+    `hashes` (`signatures`, or plain uint64 pHashes) and `embeddings` (unit rows) may be precomputed.
     """
     n, ids = len(frame), frame["id"].astype(str).tolist()
     if n == 0:
@@ -295,24 +263,23 @@ def duplicates_check(
         if given is not None and len(given) != n:
             raise ValueError(f"{name} has {len(given)} rows but the frame has {n}; compute them together")
     sha = _content_hashes(frame)
-    if hashes is None:
-        hashes, ok = _hash_files(frame["image"].astype(str).tolist(), progress)
-    else:
-        hashes, ok = np.asarray(hashes, dtype=np.uint64), np.ones(n, dtype=bool)
+    views, colours, ok = _inputs(frame, hashes, progress)
     exact = pd.Series(range(n))[[s is not None for s in sha]].groupby(pd.Series(sha).dropna())
     pairs = [(exact.transform("min").to_numpy(), exact.obj.index.to_numpy())]
-    readable = np.flatnonzero(ok)
-    hi, hj, _ = hamming_pairs(hashes[readable], max_hamming, bucket_cap)
-    pairs.append((readable[hi], readable[hj]))
+    rows = np.flatnonzero(ok)
+    part = None if colours is None else np.concatenate([colours[rows], colours[n + rows]])
+    hi, hj = _hash_pairs(views[rows], part, max_hamming, max_colour, bucket_cap)
+    pairs.append((rows[hi], rows[hj]))
     if embeddings is not None:
         emb = np.asarray(embeddings, dtype=np.float32)
         ci, cj, _ = cosine_pairs(emb, min_cosine, lsh_tables, lsh_bits, seed, bucket_cap)
-        pairs.append((ci, cj))
+        keep = _cosine_ok(colours, ok, ci, cj, max_colour) if colours is not None else slice(None)
+        pairs.append((ci[keep], cj[keep]))
     labels = _clusters(n, pairs)
     first = np.full(labels.max() + 1, n)
     np.minimum.at(first, labels, np.arange(n))
     rep, size = first[labels], np.bincount(labels)[labels]
-    hamming = np.where(ok & ok[rep], popcount(hashes ^ hashes[rep]), -1)
+    hamming = np.where(ok & ok[rep], _view_hamming(views, np.arange(n), rep), -1)
     cosine = np.einsum("ij,ij->i", emb, emb[rep]) if embeddings is not None else np.full(n, np.nan)
     order = np.argsort(rep, kind="stable")  # clusters in frame order of their first member
     order = order[size[order] > 1]
@@ -327,14 +294,19 @@ def duplicates_check(
     }
     metrics |= {"n_clusters": len(clusters), "exact_duplicates": n_exact}
     metrics["near_duplicates"] = len(findings) - n_exact
-    params = dict(zip(("bands", "band_probe_radius"), band_layout(len(readable), max_hamming), strict=True))
-    params |= {"max_hamming": max_hamming, "bucket_cap": bucket_cap}
+    layout = band_layout(len(rows) * views.shape[1], max_hamming)
+    params = dict(zip(("bands", "band_probe_radius"), layout, strict=True))
+    params |= {"max_hamming": max_hamming, "bucket_cap": bucket_cap, "colour_check": colours is not None}
+    if colours is not None:
+        params |= {"max_colour": max_colour, "crop": CROP, "angles": list(ANGLES)}
     if embeddings is not None:
         tables = lsh_tables or lsh_tables_for(min_cosine, lsh_bits)
         params |= {"min_cosine": min_cosine, "lsh_bits": lsh_bits, "lsh_tables": tables, "seed": seed}
     result = CheckResult("duplicates", findings, metrics, {"clusters": clusters, "params": params})
-    if len(readable) < n:
-        result.notes.append(f"{n - len(readable)} unreadable images have no pHash (exact duplicates only)")
+    if len(rows) < n:
+        result.notes.append(f"{n - len(rows)} unreadable images have no pHash (exact duplicates only)")
+    if colours is None:
+        result.notes.append("plain pHashes given: no crop views and no colour check (tone variants match)")
     return result
 
 
