@@ -57,7 +57,7 @@ def build_views(inputs, method: str) -> LabelViews | str:
         )
         text_probs, text_classes = out_of_sample_probs(text_emb, labels, method=method)
         assert list(text_classes) == list(classes), "both views see the same labels"
-    return LabelViews(rows, list(classes), y, image_probs, text_probs, text_emb, method)
+    return LabelViews(rows, [str(c) for c in classes], y, image_probs, text_probs, text_emb, method)
 
 
 def caption_contradictions(frame, views: LabelViews) -> list[Finding]:
@@ -74,7 +74,7 @@ def caption_contradictions(frame, views: LabelViews) -> list[Finding]:
     other[np.arange(len(views.y)), views.y] = -1.0
     out = []
     for local in np.flatnonzero(text_flags & ~image_flags):
-        given, said = views.classes[views.y[local]], views.classes[int(other[local].argmax())]
+        given, said = str(views.classes[views.y[local]]), str(views.classes[int(other[local].argmax())])
         out.append(
             Finding(
                 ids[local], "alignment", "caption_contradicts_label", "warning",
