@@ -217,3 +217,40 @@ def test_caption_contradictions_flag_captions_only_the_text_view_doubts() -> Non
     assert all(f.evidence["caption_suggests"] == str((int(f.evidence["label"]) + 1) % k) for f in found)
     no_text = LabelViews(np.arange(n), ["0", "1", "2"], y, onehot(image_pred), None, None, "knn")
     assert caption_contradictions(frame, no_text) == []
+
+
+def test_caption_contradictions_need_a_below_typical_match_when_embeddings_are_given() -> None:
+    import pandas as pd
+
+    from vlmops.audit.label_views import LabelViews, caption_contradictions
+
+    rng = np.random.default_rng(6)
+    n, k, d = 200, 3, 16
+    y = rng.integers(0, k, n)
+    swapped, text_wrong = np.arange(0, 10), np.arange(10, 20)  # the caption view errs on 10..19 only
+    text_pred = y.copy()
+    text_pred[np.r_[swapped, text_wrong]] = (y[np.r_[swapped, text_wrong]] + 1) % k
+    probs_t = np.full((n, k), 0.05)
+    probs_t[np.arange(n), text_pred] = 0.9
+    probs_i = np.full((n, k), 0.05)
+    probs_i[np.arange(n), y] = 0.9
+    image = rng.normal(size=(n, d))
+    image /= np.linalg.norm(image, axis=1, keepdims=True)
+    noise = rng.normal(size=(n, d))
+    text = image + 0.3 * noise / np.linalg.norm(noise, axis=1, keepdims=True)  # captions match their image
+    text[swapped] = rng.normal(size=(len(swapped), d))  # ... except the swapped ones
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    frame = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "label": [str(c) for c in y],
+            "texts": [[f"t{i}"] for i in range(n)],
+        }
+    )
+    views = LabelViews(np.arange(n), ["0", "1", "2"], y, probs_i, probs_t, text, "knn")
+    without = {f.record_id for f in caption_contradictions(frame, views)}
+    assert without == {f"r{i}" for i in np.r_[swapped, text_wrong]}
+    with_sim = {f.record_id for f in caption_contradictions(frame, views, image)}
+    assert {f"r{i}" for i in swapped} <= with_sim  # every swap is also a below-typical match
+    kept_wrong = with_sim & {f"r{i}" for i in text_wrong}
+    assert len(kept_wrong) <= 4  # z < -0.5 keeps ~30 % of typical matches, not all 10

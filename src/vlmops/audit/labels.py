@@ -189,6 +189,18 @@ def confident_learning(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarra
 UNSUPPORTED = 0.02  # a view gives the given label essentially no probability
 
 
+def both_views_flag(first: np.ndarray, second: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Label issues seen by two views: confident learning flags both, and the views agree on the better
+    label or both give the given label less than `UNSUPPORTED` probability."""
+    rows = np.arange(len(y))
+    other_a, other_b = first.copy(), second.copy()
+    other_a[rows, y] = other_b[rows, y] = -1.0
+    agree = other_a.argmax(axis=1) == other_b.argmax(axis=1)
+    unsupported = (first[rows, y] < UNSUPPORTED) & (second[rows, y] < UNSUPPORTED)
+    flagged = confident_learning(first, y)[0] & confident_learning(second, y)[0]
+    return flagged & (agree | unsupported)
+
+
 def label_check(
     frame: pd.DataFrame,
     probs: np.ndarray,
@@ -222,12 +234,7 @@ def label_check(
                 f"confirm has shape {confirm.shape}, probs {np.asarray(probs).shape}: use the same rows"
             )
         first, second = np.asarray(probs)[keep], confirm[keep]
-        rows = np.arange(len(keep))
-        other_a, other_b = first.copy(), second.copy()
-        other_a[rows, y[keep]] = other_b[rows, y[keep]] = -1.0
-        agree = other_a.argmax(axis=1) == other_b.argmax(axis=1)
-        unsupported = (first[rows, y[keep]] < UNSUPPORTED) & (second[rows, y[keep]] < UNSUPPORTED)
-        mask &= confident_learning(second, y[keep])[0] & (agree | unsupported)
+        mask = both_views_flag(first, second, y[keep])
         mean = (first + second) / 2
         mean[np.arange(len(keep)), y[keep]] = -1.0  # the suggestion is another class
         suggested = mean.argmax(axis=1)

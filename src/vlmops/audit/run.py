@@ -231,7 +231,9 @@ def _alignment(inputs: AuditInputs, options: dict) -> CheckResult:
     )
     rows = inputs.frame[has_text].reset_index(drop=True)
     result = alignment_check(rows, inputs.image_emb()[has_text], text_emb)
-    return add_contradictions(result, inputs.frame, _views(inputs, options["label_method"]))
+    views = _views(inputs, options["label_method"])
+    view_emb = None if isinstance(views, str) else inputs.image_emb()[views.rows]
+    return add_contradictions(result, inputs.frame, views, view_emb)
 
 
 def run_audit(
