@@ -177,3 +177,15 @@ def test_open_cache_urls(tmp_path, monkeypatch):
     finally:
         monkeypatch.undo()
         get_settings(fresh=True)
+
+
+def test_known_content_keys_skip_rehashing(cache, paths, fake_model):
+    from vlmops.errors import VlmopsError
+
+    model = fake_model()
+    first, _ = embed_images_cached(model, paths, cache, progress=False)
+    keys = [content_sha256(p) for p in paths]
+    again, stats = embed_images_cached(model, paths, cache, progress=False, content_keys=keys)
+    assert stats.hits == stats.unique and np.array_equal(first, again)
+    with pytest.raises(VlmopsError, match="content keys for"):
+        embed_images_cached(model, paths, cache, progress=False, content_keys=keys[:-1])

@@ -8,25 +8,13 @@ threshold the check derived from the data itself.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vlmops.jsonable import to_jsonable
+
 Severity = Literal["info", "warning", "error"]
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "error")
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready copy: numpy scalars/arrays to Python, NaN to None, tuples to lists."""
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 @dataclass(frozen=True)
@@ -52,7 +40,7 @@ class Finding:
             "kind": self.kind,
             "severity": self.severity,
             "message": self.message,
-            "evidence": _plain(self.evidence),
+            "evidence": to_jsonable(self.evidence),
         }
 
 
@@ -73,8 +61,8 @@ class CheckResult:
         if self.skipped is not None:
             out["skipped"] = self.skipped
         out |= {
-            "metrics": _plain(self.metrics),
-            "details": _plain(self.details),
+            "metrics": to_jsonable(self.metrics),
+            "details": to_jsonable(self.details),
             "notes": list(self.notes),
             "n_findings": len(self.findings),
             "findings": [f.to_dict() for f in self.findings],

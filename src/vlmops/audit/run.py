@@ -118,7 +118,10 @@ class AuditInputs:
 
             ok = self.readable
             paths = [p for p, good in zip(self.frame["image"], ok, strict=True) if good]
-            emb, _ = embed_images_cached(self.model, paths, self.cache, progress=self.progress)
+            keys = [k for k, good in zip(self.content_sha256, ok, strict=True) if good]
+            emb, _ = embed_images_cached(
+                self.model, paths, self.cache, progress=self.progress, content_keys=keys
+            )
             full = np.zeros((len(self.frame), emb.shape[1] if len(emb) else self.model.info.dim), np.float32)
             full[ok] = emb
             self._image_emb = full

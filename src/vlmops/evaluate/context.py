@@ -47,7 +47,12 @@ class EvalContext:
     def image_emb(self) -> np.ndarray:
         """(n, d) clean image embeddings of the evaluated rows."""
         emb, stats = embed_images_cached(
-            self.model, list(self.task.frame["image"]), self.cache, self.batch_size, self.progress
+            self.model,
+            list(self.task.frame["image"]),
+            self.cache,
+            self.batch_size,
+            self.progress,
+            content_keys=self.content_keys,
         )
         self.stats.append(stats)
         return emb

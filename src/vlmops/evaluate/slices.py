@@ -14,7 +14,6 @@ permutation machinery lives in `vlmops.evaluate.resampling`.
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from vlmops.evaluate.resampling import (
     _perm_whole_cluster,
     _perm_within_cluster,
 )
+from vlmops.jsonable import to_jsonable
 
 __all__ = [
     "FieldReport",
@@ -44,19 +44,6 @@ JOIN = "×"
 TIE_TOL = 1e-12
 
 Field = str | Sequence[str]
-
-
-def _clean(x: object) -> object:
-    """Recursively turn numpy scalars into Python ones and NaN/inf into None."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 @dataclass(frozen=True)
@@ -74,7 +61,7 @@ class SliceStat:
 
     def to_dict(self) -> dict:
         """JSON-ready dict; NaN becomes None."""
-        return _clean(asdict(self))  # type: ignore[return-value]
+        return to_jsonable(asdict(self))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -105,7 +92,7 @@ class FieldReport:
 
     def to_dict(self) -> dict:
         """JSON-ready dict; NaN becomes None."""
-        return _clean(asdict(self))  # type: ignore[return-value]
+        return to_jsonable(asdict(self))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -138,7 +125,7 @@ class SliceReport:
     def to_dict(self) -> dict:
         """JSON-ready dict (with `max_gap` and `worst_slice` included); NaN becomes None."""
         worst = self.worst_slice
-        return _clean(
+        return to_jsonable(
             {
                 "metric": self.metric,
                 "level": self.level,

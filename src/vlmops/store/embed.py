@@ -63,10 +63,16 @@ def embed_images_cached(
     cache: EmbeddingCache,
     batch_size: int = 64,
     progress: bool = True,
+    content_keys: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, EmbedStats]:
-    """Embeddings of the image files in `paths` (input order), running the model only on cache misses."""
+    """Embeddings of the image files in `paths` (input order), running the model only on cache misses.
+
+    Pass `content_keys` (the files' sha256, as `content_sha256` gives them) when already known.
+    """
     start = time.perf_counter()
-    keys = [content_sha256(p) for p in paths]
+    keys = list(content_keys) if content_keys is not None else [content_sha256(p) for p in paths]
+    if len(keys) != len(paths):
+        raise VlmopsError(f"{len(keys)} content keys for {len(paths)} paths: give one per path")
     sources = dict(zip(keys, paths, strict=True))
 
     def encode(batch: list[str]) -> np.ndarray:
