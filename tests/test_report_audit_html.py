@@ -4,49 +4,23 @@ from __future__ import annotations
 
 import copy
 import re
-from collections import Counter
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from html_check import TagBalance
 from vlmops.audit.findings import CheckResult, Finding
 from vlmops.audit.run import AuditReport
 from vlmops.report import audit_html
 from vlmops.report.audit_html import render_audit_html, write_audit_html
 
 EVIL = "<img src=x onerror=alert(1)>"
-VOID = {"meta", "br", "hr", "img", "input", "link", "col", "wbr", "area", "base", "source"}
 THUMB = re.compile(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]+" width="(\d+)" height="(\d+)"')
 IDS = [f"r{i:03d}" for i in range(40)]
 # Real thumbnails expected: provenance 2 warnings, quality 10 (after 2 unreadable errors), duplicates 12
 # offenders + 20 clusters (6 + 19 * 2 members), pii 1 (the injection id); everything else is a placeholder.
 EXPECTED_THUMBS = 2 + 10 + 12 + 6 + 19 * 2 + 1
-
-
-class TagBalance(HTMLParser):
-    """Every non-void start tag is closed in order (self-closing SVG tags are fine)."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.stack: list[str] = []
-        self.errors: list[str] = []
-        self.seen: Counter[str] = Counter()
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        self.seen[tag] += 1
-        if tag not in VOID:
-            self.stack.append(tag)
-
-    def handle_startendtag(self, tag: str, attrs: list) -> None:
-        self.seen[tag] += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if not self.stack or self.stack[-1] != tag:
-            self.errors.append(f"</{tag}> closes {self.stack[-1] if self.stack else 'nothing'}")
-            return
-        self.stack.pop()
 
 
 def write_images(folder: Path) -> dict[str, str]:

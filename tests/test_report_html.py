@@ -5,17 +5,16 @@ from __future__ import annotations
 import copy
 import re
 from collections import Counter
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
+from html_check import TagBalance
 from vlmops.report.eval_html import render_eval_html, write_eval_html
 from vlmops.report.html import format_number, write_html
 from vlmops.report.plots import figure_to_svg, label, new_figure
 
 EVIL = "<script>alert(1)</script>"
-VOID = {"meta", "br", "hr", "img", "input", "link", "col", "wbr", "area", "base", "source"}
 
 
 def reliability(shift: float) -> dict:
@@ -241,30 +240,6 @@ def skipped_payload() -> dict:
     p["privacy"] = {"skipped": "the model card does not record its training rows"}
     p["efficiency"] = {"skipped": "not in the quick suite (use --suite standard or full)"}
     return p
-
-
-class TagBalance(HTMLParser):
-    """Checks that every non-void start tag is closed in order (self-closing SVG tags are fine)."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.stack: list[str] = []
-        self.errors: list[str] = []
-        self.seen: Counter[str] = Counter()
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        self.seen[tag] += 1
-        if tag not in VOID:
-            self.stack.append(tag)
-
-    def handle_startendtag(self, tag: str, attrs: list) -> None:
-        self.seen[tag] += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if not self.stack or self.stack[-1] != tag:
-            self.errors.append(f"</{tag}> closes {self.stack[-1] if self.stack else 'nothing'}")
-            return
-        self.stack.pop()
 
 
 @pytest.fixture(scope="module")
