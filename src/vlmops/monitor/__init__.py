@@ -1,0 +1,33 @@
+"""Monitoring: drift detectors (`fit(reference).test(window)`), online detection, and their signals."""
+
+from vlmops.monitor.base import Detector, DriftResult
+from vlmops.monitor.domain import DomainClassifierDetector
+from vlmops.monitor.mmd import MMDDetector
+from vlmops.monitor.online import OnlineCUSUM
+from vlmops.monitor.univariate import KSDetector, KSPCADetector, PredictionShiftDetector
+from vlmops.monitor.vlm_signals import ModalityGapDetector
+
+DETECTORS: dict[str, type[Detector]] = {
+    cls.name: cls
+    for cls in (
+        MMDDetector,
+        KSPCADetector,
+        KSDetector,
+        PredictionShiftDetector,
+        DomainClassifierDetector,
+        ModalityGapDetector,
+    )
+}
+
+__all__ = [
+    "DETECTORS",
+    "Detector",
+    "DomainClassifierDetector",
+    "DriftResult",
+    "KSDetector",
+    "KSPCADetector",
+    "MMDDetector",
+    "ModalityGapDetector",
+    "OnlineCUSUM",
+    "PredictionShiftDetector",
+]
