@@ -29,9 +29,16 @@ def test_help_lists_exactly_the_groups_that_exist():
     result = invoke("--help")
     assert result.exit_code == 0
     registered = set(typer.main.get_command(app).commands)
-    assert registered == {"data", "models", "train", "embed", "demo", "eval", "audit"}, (
-        "no placeholder commands"
-    )
+    assert registered == {
+        "data",
+        "models",
+        "train",
+        "embed",
+        "demo",
+        "eval",
+        "export",
+        "audit",
+    }, "no placeholder commands"
     assert all(name in result.output for name in registered)
 
 

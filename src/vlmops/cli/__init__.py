@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from vlmops.cli import audit, data, demo, embed, evaluate, models, train
+from vlmops.cli import audit, data, demo, embed, evaluate, export, models, train
 
 app = typer.Typer(
     name="vlmops",
@@ -20,6 +20,7 @@ app.command("train")(train.train)
 app.command("embed")(embed.embed)
 app.command("demo")(demo.demo)
 app.command("eval")(evaluate.evaluate)
+app.command("export")(export.export)
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """Model adapters behind one entry point, `load_model(uri)`.
 
 A model's source is part of its name (as in open_clip): ``builtin:emoji-lit``, ``hf:/dir``,
-``open_clip:ViT-B-32@/path/ckpt.pt``. `parse_uri` is the only place that reads a URI; each scheme
-maps to the module that loads it, imported only when used so `import vlmops` stays light.
+``open_clip:ViT-B-32@/path/ckpt.pt``, ``onnx:/path/bundle``. `parse_uri` is the only place that reads a
+URI; each scheme maps to the module that loads it, imported only when used so `import vlmops` stays light.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ SCHEMES: dict[str, tuple[str, str]] = {
     "builtin": ("vlmops.models.builtin", "a built-in model name (see `vlmops models list`)"),
     "hf": ("vlmops.models.hf", "a local directory saved by transformers' save_pretrained"),
     "open_clip": ("vlmops.models.openclip", "ARCH@CHECKPOINT, e.g. ViT-B-32@/models/vit.pt"),
+    "onnx": ("vlmops.models.onnx", "a bundle folder written by `vlmops export --format onnx`"),
 }
 
 

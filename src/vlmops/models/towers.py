@@ -12,6 +12,7 @@ from torch import nn
 
 from vlmops.errors import ModelLoadError
 from vlmops.models.base import embed_in_batches
+from vlmops.models.preprocess import pixel_array
 
 
 def minilm_dir() -> Path:
@@ -122,16 +123,5 @@ class ImageTower(nn.Module):
 
 
 def pixels_from_images(images: Sequence, size: int) -> torch.Tensor:
-    """PIL images (RGB) -> float tensor (n, 3, size, size) scaled to [-1, 1]."""
-    from PIL import Image
-
-    arrays = []
-    for image in images:
-        rgb = image.convert("RGB")
-        if rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
-        arrays.append(np.asarray(rgb, dtype=np.uint8))
-    if not arrays:
-        return torch.zeros((0, 3, size, size))
-    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
-    return batch / 127.5 - 1.0
+    """PIL images (RGB) -> float tensor (n, 3, size, size) in [-1, 1]; see `preprocess.pixel_array`."""
+    return torch.from_numpy(pixel_array(images, size))

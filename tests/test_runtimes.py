@@ -1,0 +1,115 @@
+"""load_runtime: torch, torch-int8, onnx and onnx-int8 of one model, the export cache, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from torch import nn
+
+from adapter_contract import TEXTS, sample_images
+from onnx_helpers import save_tiny_model
+from vlmops.config import get_settings
+from vlmops.data.emoji import manifest_path
+from vlmops.errors import DataError, ModelLoadError
+from vlmops.models import load_model
+from vlmops.models import runtimes as rt
+
+EMOJI_DATA = get_settings().data_dir  # before any test points VLMOPS_HOME elsewhere
+
+
+@pytest.fixture(scope="module")
+def tiny_uri(tmp_path_factory) -> str:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMOPS_HOME", str(tmp_path))
+    get_settings(fresh=True)
+    yield tmp_path
+    monkeypatch.undo()
+    get_settings(fresh=True)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1)
+
+
+def test_torch_int8_quantizes_linears_and_stays_close(tiny_uri):
+    fp32 = rt.load_runtime(tiny_uri, "torch")
+    int8 = rt.load_runtime(tiny_uri, "torch-int8")
+    assert int8.info.version == f"{fp32.info.version}+torch-int8"
+    assert int8.transform_id == fp32.transform_id and int8.logit_scale == fp32.logit_scale
+    head = int8.tower.head[1]
+    assert "quantized.dynamic" in type(head).__module__
+    assert isinstance(fp32.tower.head[1], nn.Linear)  # the source is not modified
+    images = sample_images(10, seed=5)
+    image_cos = _cosines(int8.embed_images(images), fp32.embed_images(images))
+    text_cos = _cosines(int8.embed_texts(TEXTS), fp32.embed_texts(TEXTS))
+    assert image_cos.min() > 0.99 and text_cos.min() > 0.85 and text_cos.mean() > 0.95, (image_cos, text_cos)
+    assert np.abs(int8.embed_texts(TEXTS) - fp32.embed_texts(TEXTS)).max() > 1e-5  # really quantized
+
+
+def test_torch_int8_vectors_depend_a_little_on_the_batch(tiny_uri):
+    """Dynamic quantization scales activations per batch: documented, and small (not batch-invariant)."""
+    int8 = rt.load_runtime(tiny_uri, "torch-int8")
+    images = sample_images(6, seed=7)
+    together = int8.embed_images(images)
+    alone = np.concatenate([int8.embed_images([image]) for image in images])
+    assert 1e-6 < np.abs(together - alone).max() < 0.01
+
+
+def test_unknown_runtime_is_rejected(tiny_uri):
+    with pytest.raises(ModelLoadError, match="unknown runtime 'tensorrt'; use one of: torch, torch-int8"):
+        rt.load_runtime(tiny_uri, "tensorrt")
+
+
+def test_onnx_runtime_exports_once_into_the_home_and_reuses_it_and_checks_onnx_uris(
+    tiny_uri, home, monkeypatch
+):
+    model = rt.load_runtime(tiny_uri, "onnx")
+    version = load_model(tiny_uri).info.version
+    folder = home / "exports" / f"{version}-onnx"
+    assert model.info.version == f"{version}+onnx" and (folder / "bundle.json").is_file()
+    assert model.info.uri == f"onnx:{folder}"
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr("vlmops.models.onnx_export.export_bundle", no_export)
+    again = rt.load_runtime(tiny_uri, "onnx", batch_size=8)
+    assert again.batch_size == 8
+    images = sample_images(3, seed=6)
+    np.testing.assert_allclose(
+        again.embed_images(images), load_model(tiny_uri).embed_images(images), atol=1e-4
+    )
+
+    # an onnx: URI is loaded as is, and must match the runtime asked for
+    assert rt.load_runtime(f"onnx:{folder}", "onnx").runtime == "onnx"
+    with pytest.raises(ModelLoadError, match="is a onnx bundle but runtime 'onnx-int8' was asked for"):
+        rt.load_runtime(f"onnx:{folder}", "onnx-int8")
+    with pytest.raises(ModelLoadError, match="runtime 'torch'"):
+        rt.load_runtime(f"onnx:{folder}", "torch")
+
+
+def test_onnx_int8_without_emoji_data_says_how_to_export(tiny_uri, home, monkeypatch):
+    monkeypatch.setattr("vlmops.data.emoji.manifest_path", lambda: home / "missing.parquet")
+    with pytest.raises(DataError, match=r"vlmops export --model .* --int8 --data DATA"):
+        rt.load_runtime(tiny_uri, "onnx-int8")
+    assert not (home / "exports").exists() or not any((home / "exports").iterdir())
+
+
+@pytest.mark.emoji
+@pytest.mark.skipif(not manifest_path().exists(), reason="run `vlmops data fetch emoji` first")
+def test_onnx_int8_calibrates_on_emoji_train_and_gates_on_val(tiny_uri, home, monkeypatch):
+    """Plumbing only: a random tiny model's top-1 is noise, so the gate's limit is lifted here."""
+    (home / "data").symlink_to(EMOJI_DATA)
+    monkeypatch.setattr(rt, "AUTO_CALIBRATION_SIZE", 32)
+    monkeypatch.setattr(rt, "AUTO_MAX_DROP", 1.0)
+    model = rt.load_runtime(tiny_uri, "onnx-int8")
+    meta = json.loads((model.folder / "bundle.json").read_text())
+    assert model.runtime == "onnx-int8" and "+onnx-int8-" in model.info.version
+    assert meta["quantization"]["image"]["calibration"]["n_images"] == 32
+    assert meta["gate"]["split"] == "val" and meta["gate"]["n"] > 100 and meta["gate"]["passed"]
