@@ -38,6 +38,10 @@ def test_help_lists_exactly_the_groups_that_exist():
         "eval",
         "export",
         "audit",
+        "serve",
+        "calibrate",
+        "keys",
+        "index",
     }, "no placeholder commands"
     assert all(name in result.output for name in registered)
 

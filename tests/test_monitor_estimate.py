@@ -27,7 +27,7 @@ def test_estimates_track_accuracy_under_shift_and_beat_naive_confidence():
         estimates = estimator.estimate(logits)
         errors = realised(estimates, accuracy)
         assert errors["ac"] < 0.02 and errors["doc"] < 0.02, (scale, accuracy, estimates)
-        if scale == 4.0:  # ATC assumes the confidence-correctness relation survives the shift; here it does not
+        if scale == 4.0:  # ATC assumes confidence-vs-correctness survives the shift; here it does not
             assert errors["atc"] < 0.03
         assert errors["naive_confidence"] > 0.05  # the uncalibrated model over-states its accuracy
     assert 0 < estimator.threshold < 1 and estimator.to_dict()["val_accuracy"] > 0.3

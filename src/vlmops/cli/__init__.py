@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from vlmops.cli import audit, data, demo, embed, evaluate, export, models, train
+from vlmops.cli import audit, data, demo, embed, evaluate, export, models, serve, train
 
 app = typer.Typer(
     name="vlmops",
@@ -21,6 +21,10 @@ app.command("embed")(embed.embed)
 app.command("demo")(demo.demo)
 app.command("eval")(evaluate.evaluate)
 app.command("export")(export.export)
+app.command("serve")(serve.serve)
+app.command("calibrate")(serve.calibrate)
+app.add_typer(serve.keys_app, name="keys")
+app.add_typer(serve.index_app, name="index")
 
 
 def main() -> None:

@@ -1,0 +1,167 @@
+"""Serving throughput: `vlmops serve` (dynamic batching, durable log) vs a naive one-request-one-forward
+server, both on loopback with the same model, plus the offline batched ceiling of the same runtime.
+
+Load comes from vlmops.serve.loadgen (closed-loop asyncio clients on keep-alive connections, one
+pre-built request). The client shares the 2 cores with the server, so its CPU time is reported too.
+
+    python bench/serve_load.py                      # concurrency 1, 8, 32, 64; 8 s each
+    python bench/serve_load.py --seconds 4 --concurrency 1 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+BENCH = Path(__file__).parent
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User+system CPU seconds of a process (this one when pid is None)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Block until /readyz answers 200."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    raise RuntimeError("server did not become ready")
+
+
+def start(kind: str, port: int, tmp: Path, max_batch: int) -> subprocess.Popen:
+    """Start the vlmops gateway or the naive baseline on `port`."""
+    if kind == "naive":
+        cmd = [sys.executable, str(BENCH / "naive_server.py"), str(port)]
+    else:
+        labels = tmp / "labels.txt"
+        labels.write_text("grinning face\ncat face\nred heart\n")
+        cmd = [
+            str(Path(sys.executable).parent / "vlmops"),
+            "serve",
+            "--port",
+            str(port),
+            "--insecure-no-auth",
+            "--store",
+            str(tmp / "store.sqlite"),
+            "--label-set",
+            f"bench={labels}",
+            "--vocabulary",
+            str(labels),
+            "--max-batch",
+            str(max_batch),
+            "--queue",
+            "4096",
+        ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_ready(port, proc)
+    return proc
+
+
+def drive(port: int, pid: int, image: bytes, concurrency: int, seconds: float) -> dict:
+    """One closed-loop run; throughput, latency and CPU use of client and server."""
+    from vlmops.serve.loadgen import build_request, run_load
+
+    body = {"image": base64.b64encode(image).decode(), "labels": ["grinning face", "cat face", "red heart"]}
+    request = build_request("127.0.0.1", port, "/v1/classify", body)
+    asyncio.run(run_load("127.0.0.1", port, request, concurrency, 10**9, 1.0))  # warm-up
+    client0, server0, wall0 = cpu_seconds(), cpu_seconds(pid), time.perf_counter()
+    result = asyncio.run(run_load("127.0.0.1", port, request, concurrency, 10**9, seconds))
+    wall = time.perf_counter() - wall0
+    summary = result.summary()
+    summary["client_cpu_cores"] = (cpu_seconds() - client0) / wall
+    summary["server_cpu_cores"] = (cpu_seconds(pid) - server0) / wall
+    return summary
+
+
+def offline_ceiling(image: bytes, seconds: float) -> dict:
+    """Images/s of the same model in-process at batch 32: model only, and decode + model."""
+    from vlmops.data.images import load_image
+    from vlmops.models import load_model
+
+    model = load_model("builtin:emoji-lit")
+    batch = [load_image(image) for _ in range(32)]
+    model.embed_images(batch)
+    out = {}
+    for name, work in (
+        ("model_only", lambda: model.embed_images(batch)),
+        ("decode_and_model", lambda: model.embed_images([load_image(image) for _ in range(32)])),
+    ):
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            work()
+            n += 32
+        out[name] = n / (time.perf_counter() - start)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    from vlmops.data.manifest import resolve_data
+
+    image = Path(resolve_data("emoji").query("vendor == 'google'")["image"].iloc[100]).read_bytes()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("vlmops", "naive"):
+            port = 8700 + len(rows)
+            proc = start(kind, port, Path(tmp), args.max_batch)
+            try:
+                for c in args.concurrency:
+                    summary = drive(port, proc.pid, image, c, args.seconds)
+                    rows.append({"server": kind, "concurrency": c, **summary})
+                    print(
+                        f"{kind:7s} c={c:3d}  {summary['per_s']:7.1f} img/s  "
+                        f"p50 {summary['p50_ms']:7.1f} ms  "
+                        f"p99 {summary['p99_ms']:7.1f} ms  client {summary['client_cpu_cores']:.2f} cores  "
+                        f"server {summary['server_cpu_cores']:.2f} cores  {summary['statuses']}",
+                        flush=True,
+                    )
+            finally:
+                proc.terminate()
+                proc.wait(30)
+    ceiling = offline_ceiling(image, args.seconds)
+    print(
+        f"offline ceiling (batch 32): model only {ceiling['model_only']:.1f} img/s, "
+        f"decode+model {ceiling['decode_and_model']:.1f} img/s"
+    )
+    by = {(r["server"], r["concurrency"]): r["per_s"] for r in rows}
+    for c in args.concurrency:
+        ours, naive = by[("vlmops", c)], by[("naive", c)]
+        print(
+            f"c={c:3d}: vlmops / naive = {ours / naive:.2f}x; vlmops / ceiling(model only) = "
+            f"{ours / ceiling['model_only']:.2f}; "
+            f"/ ceiling(decode+model) = {ours / ceiling['decode_and_model']:.2f}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"runs": rows, "ceiling": ceiling}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""`vlmops serve` (the gateway), `vlmops keys`, `vlmops index build` and `vlmops calibrate`."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from vlmops.cli._common import JsonOption, console, handle_errors, write_json
+from vlmops.errors import VlmopsError
+
+StoreOption = typer.Option(
+    None,
+    "--store",
+    help="Store URL: sqlite:///path or postgresql://... (default: VLMOPS_STORE_URL or VLMOPS_HOME).",
+)
+ModelOption = typer.Option(
+    "builtin:emoji-lit", "--model", "-m", help="Model URI, e.g. builtin:emoji-lit, onnx:/dir."
+)
+RUNTIME_HELP = (
+    "torch | torch-int8 | onnx | onnx-int8 (onnx runtimes export and gate the model once, then cache it)."
+)
+
+
+def _parse_label_sets(values: list[str]) -> dict[str, str]:
+    sets = {}
+    for value in values:
+        name, sep, spec = value.partition("=")
+        if not sep or not name or not spec:
+            raise VlmopsError(
+                f"--label-set {value!r}: use NAME=FILE (one label per line) or NAME=emoji:concept"
+            )
+        sets[name] = spec
+    return sets
+
+
+@handle_errors
+def serve(
+    model: str = ModelOption,
+    runtime: str = typer.Option("torch", "--runtime", help=RUNTIME_HELP),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Interface to bind; keep loopback unless behind a proxy."
+    ),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    store: str | None = StoreOption,
+    max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most images (or texts) per model call."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0, help="How long a batch waits to fill."),
+    queue: int = typer.Option(512, "--queue", min=1, help="Requests in flight before new ones get 503."),
+    timeout_s: float = typer.Option(10.0, "--timeout", min=0.01, help="Per-request time limit (504 after)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Server processes (each loads the model)."),
+    label_set: list[str] = typer.Option(
+        [],
+        "--label-set",
+        help="NAME=FILE or NAME=emoji:concept|subcategory|category; repeatable. "
+        "Default: emoji=emoji:concept when the emoji data is installed.",
+    ),
+    calibration: Path | None = typer.Option(None, "--calibration", help="File from `vlmops calibrate`."),
+    gallery: Path | None = typer.Option(None, "--gallery", help="Folder from `vlmops index build`."),
+    vocabulary: str | None = typer.Option(
+        None,
+        "--vocabulary",
+        help="Tag vocabulary: a file (one per line) or 'emoji' (default when installed).",
+    ),
+    template: str | None = typer.Option(
+        None, "--template", help="Prompt template for labels, with one '{}'."
+    ),
+    abstain_below: float = typer.Option(
+        0.0, "--abstain-below", min=0, max=1, help="Abstain under this confidence."
+    ),
+    max_body_mb: float = typer.Option(8.0, "--max-body-mb", min=0.001, help="Largest request body."),
+    max_pixels: int = typer.Option(
+        16_000_000, "--max-pixels", min=1, help="Largest image (decompression bombs)."
+    ),
+    cors_origin: list[str] = typer.Option([], "--cors-origin", help="Allow browser calls from this origin."),
+    insecure_no_auth: bool = typer.Option(
+        False, "--insecure-no-auth", help="Serve without API keys (testing only)."
+    ),
+) -> None:
+    """Serve a model over HTTP: /v1/embeddings, /v1/classify, /v1/search, /v1/tag, /v1/feedback.
+
+    Requests are micro-batched, every prediction is written to the store before its response, and
+    every /v1 endpoint and /metrics need an API key (`vlmops keys create`). OpenAPI: /openapi.json.
+    """
+    import uvicorn
+
+    from vlmops.data.emoji import manifest_path
+    from vlmops.serve.build import CONFIG_ENV, build_app, config_to_env
+    from vlmops.serve.limits import Limits
+    from vlmops.serve.service import ServeConfig
+
+    sets = _parse_label_sets(label_set)
+    emoji_ready = manifest_path().exists()
+    if not sets and emoji_ready:
+        sets = {"emoji": "emoji:concept"}
+    config = ServeConfig(
+        model=model,
+        runtime=runtime,
+        store=store,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        queue=queue,
+        timeout_s=timeout_s,
+        auth=not insecure_no_auth,
+        abstain_below=abstain_below,
+        template=template,
+        label_sets=sets,
+        calibration=str(calibration) if calibration else None,
+        gallery=str(gallery) if gallery else None,
+        vocabulary=vocabulary or ("emoji" if emoji_ready else None),
+        cors_origins=list(cors_origin),
+        limits=Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels),
+    )
+    if insecure_no_auth:
+        console.print("[bold yellow]warning:[/] serving without API keys (--insecure-no-auth)")
+    console.print(f"serving {model} ({runtime}) on http://{host}:{port}  docs: /docs")
+    if workers == 1:
+        uvicorn.run(
+            build_app(config), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30
+        )
+        return
+    os.environ[CONFIG_ENV] = config_to_env(config)
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # a fresh folder per server, removed at exit
+        metrics_dir = tempfile.mkdtemp(prefix="vlmops-metrics-")
+        atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    uvicorn.run(
+        "vlmops.serve.build:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
+
+
+keys_app = typer.Typer(help="API keys for `vlmops serve`: create, list, revoke.", no_args_is_help=True)
+
+
+@keys_app.command("create")
+@handle_errors
+def keys_create(
+    name: str = typer.Option(..., "--name", help="Who uses the key (a client, team or service)."),
+    rate: float = typer.Option(50.0, "--rate", help="Requests per second allowed (token bucket)."),
+    burst: int = typer.Option(100, "--burst", help="Requests allowed at once after a quiet period."),
+    store: str | None = StoreOption,
+    json_out: Path | None = JsonOption,
+) -> None:
+    """Create a key and print it once; only its hash is stored."""
+    from vlmops.serve.keys import KeyStore
+
+    token = KeyStore(store).create(name, rate, burst)
+    console.print("[green]created[/] (store it now, it cannot be shown again):")
+    if json_out is None:
+        typer.echo(token)
+    write_json(
+        {"key": token, "key_id": token.split("_")[1], "name": name, "rate": rate, "burst": burst}, json_out
+    )
+
+
+@keys_app.command("list")
+@handle_errors
+def keys_list(store: str | None = StoreOption, json_out: Path | None = JsonOption) -> None:
+    """List keys (ids, names, limits, revoked or not); secrets are never shown."""
+    from vlmops.serve.keys import KeyStore
+
+    keys = KeyStore(store).list()
+    table = Table("key id", "name", "rate/s", "burst", "active")
+    for key in keys:
+        table.add_row(
+            key.key_id, key.name, f"{key.rate_per_s:g}", str(key.burst), "yes" if key.active else "revoked"
+        )
+    console.print(table)
+    write_json([k.to_dict() for k in keys], json_out)
+
+
+@keys_app.command("revoke")
+@handle_errors
+def keys_revoke(
+    key_id: str = typer.Argument(..., help="The key id from `vlmops keys list`."),
+    store: str | None = StoreOption,
+) -> None:
+    """Revoke a key; running servers refuse it within two seconds."""
+    from vlmops.serve.keys import KeyStore
+
+    key = KeyStore(store).revoke(key_id)
+    console.print(f"revoked {key.key_id} ({key.name})")
+
+
+index_app = typer.Typer(help="Gallery indexes for /v1/search.", no_args_is_help=True)
+
+
+@index_app.command("build")
+@handle_errors
+def index_build(
+    data: str = typer.Option(..., "--data", "-d", help="'emoji', an image folder or a manifest."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write (embeddings.npy, index.json)."),
+    model: str = ModelOption,
+    split: str | None = typer.Option(None, "--split", help="Only this split (default: every record)."),
+    store: str | None = StoreOption,
+    json_out: Path | None = JsonOption,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Embed a data set (through the cache) into a gallery that `vlmops serve --gallery` searches."""
+    from vlmops.data.manifest import resolve_data
+    from vlmops.models import load_model
+    from vlmops.serve.resources import Gallery
+    from vlmops.store.cache import open_cache
+    from vlmops.store.embed import embed_images_cached
+
+    frame = resolve_data(data)
+    if split is not None:
+        frame = frame[frame["split"] == split] if "split" in frame else frame.iloc[0:0]
+        if frame.empty:
+            raise VlmopsError(f"no records in split {split!r}; check --split")
+    vlm = load_model(model)
+    with open_cache(store) as cache:
+        vectors, _ = embed_images_cached(vlm, list(frame["image"]), cache, progress=progress)
+    labels = [
+        None if lab is None or lab != lab else str(lab) for lab in frame.get("label", [None] * len(frame))
+    ]
+    texts = [str(t[0]) if len(t) else None for t in frame["texts"]]
+    Gallery(vlm.info.version, [str(i) for i in frame["id"]], labels, texts, vectors).save(out)
+    summary = {
+        "out": str(out),
+        "n": len(frame),
+        "model_version": vlm.info.version,
+        "dim": int(vectors.shape[1]),
+    }
+    console.print(f"indexed {summary['n']} records into {out}")
+    write_json(summary, json_out)
+
+
+@handle_errors
+def calibrate(
+    data: str = typer.Option("emoji", "--data", "-d", help="'emoji', an image folder or a manifest."),
+    out: Path = typer.Option(..., "--out", "-o", help="JSON file for `vlmops serve --calibration`."),
+    model: str = ModelOption,
+    split: str = typer.Option(
+        "val", "--split", help="Held-out split to calibrate on (never the training split)."
+    ),
+    labels: str | None = typer.Option(None, "--labels", help="Label tier, e.g. concept (default: finest)."),
+    name: str = typer.Option("emoji", "--name", help="Label-set name clients use in /v1/classify."),
+    template: str | None = typer.Option(None, "--template", help="Prompt template with one '{}'."),
+    alpha: float = typer.Option(0.1, "--alpha", min=0.001, max=0.5, help="Miscoverage: 0.1 gives 90 % sets."),
+    store: str | None = StoreOption,
+    json_out: Path | None = JsonOption,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Fit a temperature and a conformal threshold so /v1/classify returns calibrated sets."""
+    import numpy as np
+
+    from vlmops.data.manifest import resolve_data
+    from vlmops.evaluate.task import build_task
+    from vlmops.models import load_model
+    from vlmops.serve.resources import LabelSet, fit_calibration
+    from vlmops.store.cache import open_cache
+    from vlmops.store.embed import embed_images_cached
+
+    task = build_task(
+        resolve_data(data),
+        "emoji" if data == "emoji" else "other",
+        "all",
+        labels,
+        [template] if template else None,
+    )
+    rows = np.flatnonzero((task.frame["split"] == split).to_numpy()) if "split" in task.frame else []
+    if len(rows) == 0:
+        raise VlmopsError(f"no labelled records in split {split!r}; pick a held-out split with --split")
+    vlm = load_model(model)
+    with open_cache(store) as cache:
+        emb, _ = embed_images_cached(vlm, [task.frame["image"][i] for i in rows], cache, progress=progress)
+    index = {c: i for i, c in enumerate(task.classes)}
+    targets = np.array([index[task.labels[i]] for i in rows])
+    label_set = LabelSet(name, tuple(task.class_names), task.templates[0])
+    if len(set(label_set.labels)) != len(label_set.labels):
+        raise VlmopsError("two classes share a display name at this tier; pick another --labels tier")
+    result = fit_calibration(vlm, label_set, emb, targets, alpha, split)
+    result.save(out)
+    console.print(
+        f"calibrated {len(label_set.labels)} labels on {len(rows)} {split} images: "
+        f"T = {result.temperature:.3f}, LAC threshold {result.threshold:.4f} (alpha {alpha}) -> {out}"
+    )
+    write_json(
+        {
+            "out": str(out),
+            "temperature": result.temperature,
+            "threshold": result.threshold,
+            "n": result.n,
+            "labels": len(label_set.labels),
+            "model_version": result.model_version,
+        },
+        json_out,
+    )

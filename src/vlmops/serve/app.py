@@ -1,0 +1,322 @@
+"""The FastAPI application: routes, authentication, rate limits, error rendering.
+
+Each /v1 route parses its body (JSON with base64 images, or multipart with image files), asks the
+`Gateway` for the prediction, writes the log row durably, and only then answers. Every answer,
+error or not, carries the request id and the model version (body and X- headers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import asynccontextmanager
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vlmops.serve import schemas
+from vlmops.serve.errors import ApiError
+from vlmops.serve.keys import ApiKey
+from vlmops.serve.limits import RateLimiter
+from vlmops.serve.middleware import GatewayMiddleware, error_json
+from vlmops.serve.parsing import body_doc, check_texts, describe, parse_body
+from vlmops.serve.service import Gateway, sha256_hex
+from vlmops.store.log import PredictionRow
+
+ERRORS = {code: {"model": schemas.ErrorResponse} for code in (401, 404, 409, 413, 415, 422, 429, 503, 504)}
+
+
+def create_app(gateway: Gateway, keys=None) -> FastAPI:
+    """The ASGI app around a Gateway. `keys`: a callable token -> ApiKey | None (None = no auth)."""
+    config, limits = gateway.config, gateway.config.limits
+    limiter = RateLimiter()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await gateway.start()
+        _app.state.ready = True
+        yield
+        _app.state.ready = False
+        await gateway.stop()
+
+    app = FastAPI(title="vlmops gateway", version="1", lifespan=lifespan, responses=ERRORS)
+    app.state.ready = False
+
+    def error_response(request: Request, exc: ApiError) -> JSONResponse:
+        if exc.status in (413, 415, 422):
+            gateway.metrics.rejected.labels(exc.code).inc()
+        request_id = request.scope.get("state", {}).get("request_id")
+        body = json.loads(error_json(exc.status, exc.code, exc.message, request_id))
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return error_response(request, ApiError(422, "invalid_request", describe(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = f"{exc.detail}: {request.method} {request.url.path}; the API is described at /openapi.json"
+        return error_response(request, ApiError(exc.status_code, code, message, dict(exc.headers or {})))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):  # pragma: no cover - a bug, still JSON
+        return error_response(request, ApiError(500, "internal_error", f"{type(exc).__name__}: {exc}"))
+
+    def authorise(request: Request) -> ApiKey | None:
+        if keys is None:
+            return None
+        header = request.headers.get("authorization", "")
+        token = (
+            header[7:].strip()
+            if header.lower().startswith("bearer ")
+            else request.headers.get("x-api-key", "")
+        )
+        if not token:
+            raise ApiError(
+                401,
+                "missing_key",
+                "send an API key: 'Authorization: Bearer vlm_...' (vlmops keys create)",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        key = keys(token)
+        if key is None:
+            raise ApiError(
+                401, "invalid_key", "the API key is unknown or revoked", {"WWW-Authenticate": "Bearer"}
+            )
+        wait = limiter.check(key.key_id, key.rate_per_s, key.burst)
+        if wait > 0:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"key {key.key_id} is over {key.rate_per_s:g} requests/s",
+                {"Retry-After": str(max(1, round(wait)))},
+            )
+        return key
+
+    async def admitted():
+        gateway.admit()
+        try:
+            yield
+        finally:
+            gateway.release()
+
+    def row(request: Request, key: ApiKey | None, endpoint: str, hashes, start: float, **kw) -> PredictionRow:
+        return PredictionRow(
+            request_id=request.scope["state"]["request_id"],
+            endpoint=endpoint,
+            model_version=gateway.version,
+            input_sha256=hashes,
+            latency_ms=(time.perf_counter() - start) * 1000,
+            key_id=None if key is None else key.key_id,
+            **kw,
+        )
+
+    def ids(request: Request) -> dict:
+        return {"request_id": request.scope["state"]["request_id"], "model_version": gateway.version}
+
+    async def one_image(images: list[bytes]):
+        if len(images) != 1:
+            raise ApiError(422, "bad_image", f"send exactly one image, got {len(images)}")
+        return await gateway.decode(images[0], "image"), sha256_hex(images[0])
+
+    @app.post(
+        "/v1/embeddings",
+        response_model=schemas.EmbeddingsResponse,
+        openapi_extra=body_doc(schemas.EmbeddingsRequest),
+        dependencies=[Depends(admitted)],
+    )
+    async def embeddings(request: Request, key: ApiKey | None = Depends(authorise)):
+        """Embed images and/or texts (L2-normalised vectors)."""
+        t0 = time.perf_counter()
+        body, raw = await parse_body(request, schemas.EmbeddingsRequest)
+        texts = body.texts
+        if not raw and not texts:
+            raise ApiError(422, "empty_request", "give at least one image or text")
+        if len(raw) > limits.max_images or len(texts) > limits.max_texts:
+            raise ApiError(
+                413, "too_many_inputs", f"at most {limits.max_images} images and {limits.max_texts} texts"
+            )
+        check_texts(texts, limits.max_text_chars)
+        images = [await gateway.decode(data, f"images[{i}]") for i, data in enumerate(raw)]
+        vectors = []
+        if images:
+            vectors.append(await gateway.image_embeddings(images))
+        if texts:
+            vectors.append(await gateway.text_embeddings(texts))
+        matrix = np.concatenate(vectors)
+        kinds = ["image"] * len(images) + ["text"] * len(texts)
+        hashes = [sha256_hex(d) for d in raw] + [sha256_hex(t.encode()) for t in texts]
+        await gateway.record(row(request, key, "embeddings", hashes, t0, embedding=matrix, texts=texts))
+        data = [
+            {"index": i, "kind": k, "embedding": v.tolist()}
+            for i, (k, v) in enumerate(zip(kinds, matrix, strict=True))
+        ]
+        return {**ids(request), "dim": int(matrix.shape[1]), "data": data}
+
+    @app.post(
+        "/v1/classify",
+        response_model=schemas.ClassifyResponse,
+        openapi_extra=body_doc(schemas.ClassifyRequest),
+        dependencies=[Depends(admitted)],
+    )
+    async def classify(request: Request, key: ApiKey | None = Depends(authorise)):
+        """Zero-shot classification over given labels or a named label set; a conformal set if calibrated."""
+        t0 = time.perf_counter()
+        body, raw = await parse_body(request, schemas.ClassifyRequest)
+        label_set = gateway.label_set_for(body.labels, body.label_set, body.template)
+        image, digest = await one_image(raw)
+        embedding, prediction = await gateway.classify(image, label_set, body.top_k)
+        await gateway.record(
+            row(
+                request,
+                key,
+                "classify",
+                [digest],
+                t0,
+                embedding=embedding,
+                prediction=prediction,
+                confidence=prediction["confidence"],
+            )
+        )
+        return {**ids(request), **prediction}
+
+    @app.post(
+        "/v1/search",
+        response_model=schemas.SearchResponse,
+        openapi_extra=body_doc(schemas.SearchRequest),
+        dependencies=[Depends(admitted)],
+    )
+    async def search(request: Request, key: ApiKey | None = Depends(authorise)):
+        """Top-k gallery records for a text or image query."""
+        t0 = time.perf_counter()
+        body, raw = await parse_body(request, schemas.SearchRequest)
+        if gateway.gallery is None:
+            raise ApiError(
+                409,
+                "no_gallery",
+                "this server has no gallery; start it with --gallery DIR (vlmops index build)",
+            )
+        if (body.text is None) == (not raw):
+            raise ApiError(422, "bad_query", "give exactly one of 'text' or 'image'")
+        if body.text is not None:
+            check_texts([body.text], limits.max_text_chars)
+            query, digest, texts = (
+                (await gateway.text_embeddings([body.text]))[0],
+                sha256_hex(body.text.encode()),
+                [body.text],
+            )
+        else:
+            image, digest = await one_image(raw)
+            query, texts = (await gateway.image_embeddings([image]))[0], []
+        hits = gateway.search(query, body.top_k)
+        await gateway.record(
+            row(
+                request,
+                key,
+                "search",
+                [digest],
+                t0,
+                embedding=query,
+                texts=texts,
+                prediction={"hits": [h["id"] for h in hits]},
+                confidence=hits[0]["score"] if hits else None,
+            )
+        )
+        return {**ids(request), "hits": hits}
+
+    @app.post(
+        "/v1/tag",
+        response_model=schemas.TagResponse,
+        openapi_extra=body_doc(schemas.TagRequest),
+        dependencies=[Depends(admitted)],
+    )
+    async def tag(request: Request, key: ApiKey | None = Depends(authorise)):
+        """Keywords from the server's vocabulary and an alt text for an image."""
+        t0 = time.perf_counter()
+        body, raw = await parse_body(request, schemas.TagRequest)
+        image, digest = await one_image(raw)
+        embedding, result = await gateway.tag(image, body.top_k)
+        await gateway.record(
+            row(
+                request,
+                key,
+                "tag",
+                [digest],
+                t0,
+                embedding=embedding,
+                prediction=result,
+                confidence=result["tags"][0]["score"],
+            )
+        )
+        return {**ids(request), **result}
+
+    @app.post("/v1/feedback", response_model=schemas.FeedbackResponse)
+    async def feedback(request: Request, key: ApiKey | None = Depends(authorise)):
+        """A user's verdict on an earlier request: accepted, or the corrected label."""
+        body, _ = await parse_body(request, schemas.FeedbackRequest)
+        if not body.accepted and not (body.label or "").strip():
+            raise ApiError(422, "missing_label", "a rejected prediction needs the correct 'label'")
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, gateway.log.has_request, body.request_id):
+            raise ApiError(
+                404,
+                "unknown_request",
+                f"no logged request {body.request_id!r}; use the request_id of a response",
+            )
+        feedback_id = await loop.run_in_executor(
+            None,
+            lambda: gateway.log.add_feedback(
+                body.request_id, body.accepted, body.label, None if key is None else key.key_id
+            ),
+        )
+        return {"request_id": body.request_id, "feedback_id": feedback_id}
+
+    @app.get("/v1/models", response_model=schemas.ModelsResponse)
+    async def models(key: ApiKey | None = Depends(authorise)):
+        """The served model, its runtime, label sets, calibration, gallery and vocabulary size."""
+        return gateway.describe()
+
+    @app.get("/healthz")
+    async def healthz():
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        """Readiness: the model is loaded and the batchers run."""
+        if not app.state.ready:
+            raise ApiError(503, "not_ready", "the model is still loading", {"Retry-After": "1"})
+        return {"status": "ready", "model_version": gateway.version}
+
+    @app.get("/metrics")
+    async def metrics(key: ApiKey | None = Depends(authorise)):
+        """Prometheus metrics."""
+        for kind, batcher in (("image", gateway.images), ("text", gateway.texts)):
+            gateway.metrics.queue_depth.labels(kind).set(batcher.depth)
+        return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.add_middleware(
+        GatewayMiddleware,
+        metrics=gateway.metrics,
+        model_version=gateway.version,
+        max_body_bytes=limits.max_body_bytes,
+    )
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=config.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        )
+    return app

@@ -1,0 +1,93 @@
+"""Untrusted image bytes to an RGB PIL image, or an ApiError that says what is wrong.
+
+Checks run cheapest first: empty body, format sniffed from the header (not the file name or
+content-type), pixel count from the header (before any decoding, so a decompression bomb costs
+nothing), animation, then the full decode (truncated files fail here). Accepted images are turned
+upright by their EXIF orientation, 16-bit and CMYK are mapped to 8-bit RGB, and transparency is
+composited on white, exactly as the data loaders do for training and evaluation.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vlmops.data.images import to_rgb_on_white
+from vlmops.serve.errors import ApiError
+from vlmops.serve.limits import Limits
+
+
+def decode_base64(data: str, field: str) -> bytes:
+    """Standard or URL-safe base64 (a ``data:`` URL prefix is allowed) to bytes."""
+    if data.startswith("data:"):
+        data = data.partition(",")[2]
+    cleaned = "".join(data.split()).replace("-", "+").replace("_", "/")  # URL-safe alphabet too
+    try:
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(
+            422, "invalid_base64", f"{field} is not valid base64 ({exc}); encode the file bytes with base64"
+        ) from exc
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit single-channel images scaled to 8 bit (PIL's convert would clip them)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return image.point(lambda v: v / 256).convert("L")
+    if image.mode == "F":
+        return image.convert("L")
+    return image
+
+
+def decode_image(data: bytes, limits: Limits, field: str = "image") -> Image.Image:
+    """Validated, upright RGB image from untrusted bytes."""
+    if not data:
+        raise ApiError(422, "empty_image", f"{field} is empty (0 bytes); send the image file's bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise ApiError(
+            415, "unsupported_image", f"{field} is not an image Pillow can identify; send {_names(limits)}"
+        ) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ApiError(413, "image_too_large", f"{field}: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # a header that ends early or lies
+        raise ApiError(
+            422, "corrupt_image", f"{field} could not be read ({exc}); the file is truncated or corrupt"
+        ) from exc
+    if image.format not in limits.formats:
+        raise ApiError(
+            415, "unsupported_format", f"{field} is {image.format}; allowed formats: {_names(limits)}"
+        )
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise ApiError(
+            413,
+            "image_too_large",
+            f"{field} is {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}; "
+            "resize it before sending",
+        )
+    if getattr(image, "n_frames", 1) > 1:
+        raise ApiError(
+            422, "animated_image", f"{field} has {image.n_frames} frames; send a single still frame"
+        )
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ApiError(
+            422, "corrupt_image", f"{field} could not be decoded ({exc}); the file is truncated or corrupt"
+        ) from exc
+    if image.width == 0 or image.height == 0:
+        raise ApiError(422, "empty_image", f"{field} has no pixels ({image.width}x{image.height})")
+    return to_rgb_on_white(_to_8bit(image))
+
+
+def _names(limits: Limits) -> str:
+    return ", ".join(sorted(limits.formats))

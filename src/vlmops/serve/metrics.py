@@ -1,0 +1,76 @@
+"""Prometheus metrics of the gateway, one registry per app (so tests can run several apps).
+
+With several worker processes (``--workers N``) the CLI sets PROMETHEUS_MULTIPROC_DIR and /metrics
+aggregates every process through prometheus-client's multiprocess collector.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class GatewayMetrics:
+    """Latency, batch size, queue wait, log commit histograms; request, shed and rejection counters."""
+
+    def __init__(self) -> None:
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        self.registry = CollectorRegistry()
+        reg = None if self.multiprocess else self.registry  # multiprocess values live in files instead
+        self.latency = Histogram(
+            "vlmops_request_latency_seconds",
+            "Time from request to response.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.batch_size = Histogram(
+            "vlmops_batch_size", "Items per model batch.", ["kind"], buckets=BATCH_BUCKETS, registry=reg
+        )
+        self.queue_wait = Histogram(
+            "vlmops_queue_wait_seconds",
+            "Time an item waited before its batch ran.",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.log_commit = Histogram(
+            "vlmops_log_commit_seconds",
+            "Duration of one group commit of prediction-log rows.",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.requests = Counter(
+            "vlmops_requests_total",
+            "Requests by endpoint and HTTP status.",
+            ["endpoint", "status"],
+            registry=reg,
+        )
+        self.shed = Counter(
+            "vlmops_shed_total", "Requests refused with 503 because the queue was full.", registry=reg
+        )
+        self.rejected = Counter(
+            "vlmops_rejected_inputs_total",
+            "Inputs refused with a 4xx, by error code.",
+            ["code"],
+            registry=reg,
+        )
+        self.queue_depth = Gauge(
+            "vlmops_queue_depth",
+            "Items waiting for a batch.",
+            ["kind"],
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric (all processes in multiprocess mode)."""
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

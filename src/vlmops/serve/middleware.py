@@ -1,0 +1,102 @@
+"""Pure ASGI middleware: request ids, the body size limit, and per-request metrics.
+
+Pure ASGI (not BaseHTTPMiddleware) so it adds no task per request and can stop an oversized body
+while it streams in, before the application buffers it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from vlmops.serve.errors import ApiError
+from vlmops.serve.metrics import GatewayMetrics
+
+KNOWN_PATHS = frozenset(
+    {
+        "/v1/embeddings",
+        "/v1/classify",
+        "/v1/search",
+        "/v1/tag",
+        "/v1/feedback",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+        "/v1/embeddings/",
+        "/dashboard",
+    }
+)
+
+
+def error_json(status: int, code: str, message: str, request_id: str | None) -> bytes:
+    """The gateway's error body."""
+    return json.dumps({"error": {"code": code, "message": message}, "request_id": request_id}).encode()
+
+
+class GatewayMiddleware:
+    """Assigns X-Request-ID, stamps X-Model-Version, enforces max body bytes, records metrics."""
+
+    def __init__(self, app, metrics: GatewayMetrics, model_version: str, max_body_bytes: int) -> None:
+        self.app, self.metrics = app, metrics
+        self.model_version, self.max_body = model_version, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+        extra = [(b"x-request-id", request_id.encode()), (b"x-model-version", self.model_version.encode())]
+        status_box = {"status": 500, "started": False}
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                status_box["status"], status_box["started"] = message["status"], True
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            await self._too_large(send_with_headers, request_id, int(declared))
+        else:
+            received = 0
+
+            async def limited_receive():
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.max_body:  # a streamed body without Content-Length
+                        self.metrics.rejected.labels("body_too_large").inc()
+                        raise ApiError(413, "body_too_large", self._too_large_message(received))
+                return message
+
+            await self.app(scope, limited_receive, send_with_headers)
+        status = status_box["status"]
+        self.metrics.requests.labels(path, str(status)).inc()
+        self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+
+    def _too_large_message(self, size: int) -> str:
+        return (
+            f"request body of {size} bytes is over the limit of {self.max_body}; send smaller or fewer images"
+        )
+
+    async def _too_large(self, send, request_id: str, size: int) -> None:
+        self.metrics.rejected.labels("body_too_large").inc()
+        body = error_json(413, "body_too_large", self._too_large_message(size), request_id)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

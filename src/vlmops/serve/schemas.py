@@ -1,0 +1,134 @@
+"""Request and response bodies of the /v1 API (pydantic; they are the OpenAPI schema too).
+
+Images travel as base64 strings in JSON bodies (a ``data:`` URL prefix is fine) or as files in
+multipart/form-data bodies; either way the gateway sniffs the real format from the bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Base64Image = str
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EmbeddingsRequest(_Request):
+    """Images and/or texts to embed."""
+
+    images: list[Base64Image] = Field(default_factory=list, description="base64-encoded image files")
+    texts: list[str] = Field(default_factory=list, description="texts to embed")
+
+
+class ClassifyRequest(_Request):
+    """One image and the candidate labels (given, or a label set the server knows)."""
+
+    image: Base64Image = Field(description="base64-encoded image file")
+    labels: list[str] | None = Field(None, description="candidate labels; or use label_set")
+    label_set: str | None = Field(None, description="name of a label set the server loaded (see /v1/models)")
+    top_k: int = Field(5, ge=1, le=100)
+    template: str | None = Field(None, description="prompt template with one '{}', e.g. 'a photo of {}.'")
+
+
+class SearchRequest(_Request):
+    """A text or an image query over the server's gallery."""
+
+    text: str | None = None
+    image: Base64Image | None = None
+    top_k: int = Field(10, ge=1, le=1000)
+
+
+class TagRequest(_Request):
+    """An image to describe with keywords from the server's vocabulary."""
+
+    image: Base64Image
+    top_k: int = Field(5, ge=1, le=50)
+
+
+class FeedbackRequest(_Request):
+    """A user's verdict on an earlier prediction."""
+
+    request_id: str = Field(min_length=1, max_length=64)
+    accepted: bool = Field(description="true: the prediction was right; false: give the correct label")
+    label: str | None = Field(None, max_length=500, description="the correct label when not accepted")
+
+
+class _Response(BaseModel):
+    request_id: str
+    model_version: str
+
+
+class Embedding(BaseModel):
+    index: int
+    kind: Literal["image", "text"]
+    embedding: list[float]
+
+
+class EmbeddingsResponse(_Response):
+    dim: int
+    data: list[Embedding]
+
+
+class LabelScore(BaseModel):
+    label: str
+    probability: float
+
+
+class ClassifyResponse(_Response):
+    label: str
+    confidence: float
+    top_k: list[LabelScore]
+    prediction_set: list[str] | None = Field(
+        None, description="conformal set with the calibrated coverage; null without a calibration"
+    )
+    abstain: bool = Field(description="true when confidence is under the server's abstain threshold")
+    calibrated: bool
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float
+    label: str | None = None
+    text: str | None = None
+
+
+class SearchResponse(_Response):
+    hits: list[SearchHit]
+
+
+class Tag(BaseModel):
+    tag: str
+    score: float
+
+
+class TagResponse(_Response):
+    tags: list[Tag]
+    alt_text: str
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str
+    feedback_id: int
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+    request_id: str | None = None
+
+
+class ModelsResponse(BaseModel):
+    model: dict
+    runtime: str
+    label_sets: dict[str, int]
+    calibration: dict | None
+    gallery: dict | None
+    vocabulary: int

@@ -1,0 +1,291 @@
+"""The gateway's work, free of HTTP: decode, batch through the model, post-process, log durably.
+
+One `Gateway` per server process. The model runs on one dedicated thread (PyTorch and ONNX Runtime
+use the cores themselves); image decoding runs on a small pool so it overlaps inference; the event
+loop only schedules and does the cheap numpy after the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from vlmops.audit.pii import redact_text
+from vlmops.evaluate.calibration import softmax
+from vlmops.models.base import VLM
+from vlmops.serve.batcher import MicroBatcher, Overloaded
+from vlmops.serve.decode import decode_image
+from vlmops.serve.errors import ApiError
+from vlmops.serve.limits import Limits
+from vlmops.serve.logwriter import LogWriter
+from vlmops.serve.metrics import GatewayMetrics
+from vlmops.serve.resources import Calibration, Gallery, LabelSet
+from vlmops.store.log import PredictionLog, PredictionRow
+
+TEXT_CACHE_SIZE = 50_000
+
+
+@dataclass
+class ServeConfig:
+    """Everything `vlmops serve` configures, as plain values (it travels to worker processes as JSON)."""
+
+    model: str = "builtin:emoji-lit"
+    runtime: str = "torch"
+    store: str | None = None
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    queue: int = 512
+    timeout_s: float = 10.0
+    decode_threads: int = 2
+    auth: bool = True
+    abstain_below: float = 0.0
+    template: str | None = None
+    label_sets: dict[str, str] = field(default_factory=dict)  # name -> file with one label per line
+    calibration: str | None = None
+    gallery: str | None = None
+    vocabulary: str | None = None
+    cors_origins: list[str] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex sha256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class Gateway:
+    """Model, batchers, resources and the log writer of one server process."""
+
+    def __init__(
+        self,
+        model: VLM,
+        config: ServeConfig,
+        log: PredictionLog,
+        label_sets: dict[str, LabelSet],
+        calibration: Calibration | None = None,
+        gallery: Gallery | None = None,
+        vocabulary: tuple[str, ...] = (),
+    ) -> None:
+        self.model, self.config, self.log = model, config, log
+        self.version = model.info.version
+        self.label_sets, self.calibration, self.gallery = label_sets, calibration, gallery
+        self.vocabulary = vocabulary
+        self.default_template = config.template or "a photo of {}."
+        self.metrics = GatewayMetrics()
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="vlmops-model")
+        self._decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="vlmops-decode")
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._in_flight = 0
+        self.images = self._batcher("image", model.embed_images)
+        self.texts = self._batcher("text", model.embed_texts)
+        self.writer: LogWriter | None = None
+
+    def _batcher(self, kind: str, fn) -> MicroBatcher:
+        def observe(size: int, waits) -> None:
+            self.metrics.batch_size.labels(kind).observe(size)
+            for wait in waits:
+                self.metrics.queue_wait.labels(kind).observe(wait)
+
+        c = self.config
+        return MicroBatcher(fn, self._model_thread, c.max_batch, c.max_wait_ms, c.queue, on_batch=observe)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start batchers and the log writer; embed the label sets and vocabulary once."""
+        self.images.start()
+        self.texts.start()
+        self.writer = LogWriter(self.log, on_commit=lambda n, s: self.metrics.log_commit.observe(s))
+        for label_set in self.label_sets.values():
+            await self.text_embeddings(label_set.prompts(), admit=False)
+        if self.vocabulary:
+            await self.text_embeddings(list(self.vocabulary), admit=False)
+
+    async def stop(self) -> None:
+        """Drain the queues, commit the last log rows, stop the threads."""
+        await self.images.stop()
+        await self.texts.stop()
+        if self.writer is not None:
+            self.writer.close()
+        self._model_thread.shutdown(wait=True)
+        self._decode_pool.shutdown(wait=True)
+        self.log.close()
+
+    # -- admission, decoding, embedding ------------------------------------------------------------
+    def admit(self) -> None:
+        """Refuse (503) when as many requests are in flight as the queue holds: shed load early."""
+        if self._in_flight >= self.config.queue:
+            self.metrics.shed.inc()
+            raise ApiError(
+                503, "overloaded", "the server is at capacity; retry shortly", {"Retry-After": "1"}
+            )
+        self._in_flight += 1
+
+    def release(self) -> None:
+        """A request admitted with `admit` has finished."""
+        self._in_flight -= 1
+
+    async def decode(self, data: bytes, field_name: str) -> Image.Image:
+        """Decode untrusted bytes on the decode pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._decode_pool, decode_image, data, self.config.limits, field_name
+        )
+
+    async def _await(self, futures: list[asyncio.Future]) -> list:
+        try:
+            return await asyncio.wait_for(asyncio.gather(*futures), self.config.timeout_s)
+        except TimeoutError:
+            for future in futures:
+                future.cancel()
+            raise ApiError(
+                504, "timeout", f"no answer within {self.config.timeout_s} s; retry later"
+            ) from None
+
+    def _submit(self, batcher: MicroBatcher, values: list) -> list[asyncio.Future]:
+        futures = []
+        try:
+            for value in values:
+                futures.append(batcher.submit(value))
+        except Overloaded:
+            for future in futures:
+                future.cancel()
+            self.metrics.shed.inc()
+            raise ApiError(
+                503, "overloaded", "the model queue is full; retry shortly", {"Retry-After": "1"}
+            ) from None
+        return futures
+
+    async def image_embeddings(self, images: list[Image.Image]) -> np.ndarray:
+        """(n, d) embeddings of decoded images through the image batcher."""
+        rows = await self._await(self._submit(self.images, images))
+        return np.stack(rows).astype(np.float32)
+
+    async def text_embeddings(self, texts: list[str], admit: bool = True) -> np.ndarray:
+        """(n, d) embeddings of texts; cached texts skip the model."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            if not admit:  # start-up: embed directly, in chunks, without the queue bound
+                loop = asyncio.get_running_loop()
+                vectors = await loop.run_in_executor(self._model_thread, self.model.embed_texts, missing)
+            else:
+                vectors = await self._await(self._submit(self.texts, missing))
+            for text, vector in zip(missing, vectors, strict=True):
+                self._text_cache[text] = np.asarray(vector, dtype=np.float32)
+            while len(self._text_cache) > TEXT_CACHE_SIZE:
+                self._text_cache.popitem(last=False)
+        return np.stack([self._text_cache[t] for t in texts])
+
+    async def record(self, row: PredictionRow) -> None:
+        """Write the log row durably; a database failure becomes 503 and the answer is withheld."""
+        assert self.writer is not None
+        row.texts = [redact_text(t) for t in row.texts]
+        try:
+            await self.writer.write(row)
+        except Exception as exc:
+            raise ApiError(
+                503, "log_unavailable", f"the prediction log could not be written ({exc}); retry"
+            ) from exc
+
+    # -- predictions -------------------------------------------------------------------------------
+    def label_set_for(self, labels: list[str] | None, name: str | None, template: str | None) -> LabelSet:
+        """The candidate labels of a classify request."""
+        if (labels is None) == (name is None):
+            known = ", ".join(self.label_sets) or "none loaded"
+            raise ApiError(422, "bad_labels", f"give either 'labels' or 'label_set' (known sets: {known})")
+        if name is not None:
+            if name not in self.label_sets:
+                known = ", ".join(self.label_sets) or "none loaded"
+                raise ApiError(404, "unknown_label_set", f"no label set {name!r}; known: {known}")
+            base = self.label_sets[name]
+            return base if template is None else LabelSet(base.name, base.labels, _check_template(template))
+        labels = [label.strip() for label in labels or []]
+        limits = self.config.limits
+        if len(labels) < 2:
+            raise ApiError(422, "bad_labels", f"give at least 2 candidate labels, got {len(labels)}")
+        if len(labels) > limits.max_labels:
+            raise ApiError(413, "too_many_labels", f"{len(labels)} labels, the limit is {limits.max_labels}")
+        if any(not label or len(label) > 200 for label in labels):
+            raise ApiError(422, "bad_labels", "every label must have 1 to 200 characters")
+        if len(set(labels)) != len(labels):
+            raise ApiError(422, "bad_labels", "candidate labels must be distinct")
+        return LabelSet("", tuple(labels), _check_template(template or self.default_template))
+
+    def temperature_and_threshold(self, label_set: LabelSet) -> tuple[float, float | None]:
+        """Calibration for this exact label set and template, else (1.0, None)."""
+        cal = self.calibration
+        if cal is not None and label_set.labels == cal.labels and label_set.template == cal.template:
+            return cal.temperature, cal.threshold
+        return 1.0, None
+
+    async def classify(self, image: Image.Image, label_set: LabelSet, top_k: int) -> tuple[np.ndarray, dict]:
+        """Image embedding and the prediction: label, confidence, top-k, conformal set, abstain."""
+        embedding = (await self.image_embeddings([image]))[0]
+        class_emb = await self.text_embeddings(label_set.prompts())
+        temperature, threshold = self.temperature_and_threshold(label_set)
+        probs = softmax((self.model.logit_scale * class_emb @ embedding)[None, :], temperature)[0]
+        order = np.argsort(-probs, kind="stable")
+        best = int(order[0])
+        prediction = {
+            "label": label_set.labels[best],
+            "confidence": float(probs[best]),
+            "top_k": [{"label": label_set.labels[i], "probability": float(probs[i])} for i in order[:top_k]],
+            "prediction_set": None
+            if threshold is None
+            else [label_set.labels[i] for i in order if 1.0 - probs[i] <= threshold],
+            "abstain": bool(probs[best] < self.config.abstain_below),
+            "calibrated": threshold is not None,
+        }
+        return embedding, prediction
+
+    async def tag(self, image: Image.Image, top_k: int) -> tuple[np.ndarray, dict]:
+        """Keywords from the vocabulary and a short alt text."""
+        if not self.vocabulary:
+            raise ApiError(
+                409, "no_vocabulary", "this server has no tag vocabulary; start it with --vocabulary FILE"
+            )
+        embedding = (await self.image_embeddings([image]))[0]
+        vocab_emb = await self.text_embeddings(list(self.vocabulary))
+        scores = vocab_emb @ embedding
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        tags = [{"tag": self.vocabulary[i], "score": float(scores[i])} for i in order]
+        alt_text = f"Image of {tags[0]['tag']}" + (
+            f" ({', '.join(t['tag'] for t in tags[1:])})" if len(tags) > 1 else ""
+        )
+        return embedding, {"tags": tags, "alt_text": alt_text}
+
+    def search(self, query: np.ndarray, top_k: int) -> list[dict]:
+        """Top-k gallery records for a query embedding."""
+        assert self.gallery is not None
+        g = self.gallery
+        return [
+            {"id": g.ids[i], "score": score, "label": g.labels[i], "text": g.texts[i]}
+            for i, score in g.search(query, top_k)
+        ]
+
+    def describe(self) -> dict:
+        """What /v1/models reports."""
+        cal = self.calibration
+        return {
+            "model": self.model.info.to_dict(),
+            "runtime": self.config.runtime,
+            "label_sets": {name: len(s.labels) for name, s in self.label_sets.items()},
+            "calibration": None
+            if cal is None
+            else {"label_set": cal.label_set, "alpha": cal.alpha, "temperature": cal.temperature, "n": cal.n},
+            "gallery": None if self.gallery is None else {"n": len(self.gallery.ids)},
+            "vocabulary": len(self.vocabulary),
+        }
+
+
+def _check_template(template: str) -> str:
+    if template.count("{}") != 1 or len(template) > 200:
+        raise ApiError(
+            422, "bad_template", f"template {template[:60]!r} needs exactly one '{{}}' and <= 200 chars"
+        )
+    return template

@@ -1,0 +1,212 @@
+"""The durable prediction log: one row per served request, one per feedback event, and the API keys.
+
+SQLAlchemy Core over the store URL, so SQLite (the default, WAL mode, ``synchronous=FULL``) and
+``postgresql://`` share one schema. Rows are written in group commits: the server hands every row of a
+batch to `PredictionLog.write` in one transaction and answers the clients only after it returns, so an
+acknowledged prediction survives a crash of the server process (and, with ``synchronous=FULL``, of the
+machine). Several server processes may write at once: SQLite serialises writers behind its busy
+timeout, Postgres behind row locks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from vlmops.config import get_settings
+from vlmops.errors import StoreError
+
+BUSY_TIMEOUT_S = 30.0
+_DTYPE = np.dtype("<f4")
+
+metadata = sa.MetaData()
+
+requests = sa.Table(
+    "requests",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("time", sa.Float, nullable=False, index=True),
+    sa.Column("endpoint", sa.String(32), nullable=False),
+    sa.Column("key_id", sa.String(32)),
+    sa.Column("model_version", sa.String(128), nullable=False, index=True),
+    sa.Column("input_sha256", sa.Text, nullable=False),  # JSON list, one hash per image or text
+    sa.Column("dim", sa.Integer),
+    sa.Column("embedding", sa.LargeBinary),  # float32 little-endian, (n_inputs, dim) row-major
+    sa.Column("prediction", sa.Text),  # JSON: label, top-k, set, tags, hits ... per endpoint
+    sa.Column("confidence", sa.Float),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("texts", sa.Text),  # JSON list of the request's texts, PII-redacted
+)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("time", sa.Float, nullable=False),
+    sa.Column("request_id", sa.String(64), sa.ForeignKey("requests.request_id"), nullable=False, index=True),
+    sa.Column("key_id", sa.String(32)),
+    sa.Column("accepted", sa.Boolean, nullable=False),
+    sa.Column("label", sa.Text),  # the corrected label, or the accepted prediction
+    sa.Column("source", sa.String(16), nullable=False),  # "human" (a person said so) or "model"
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float),
+    sa.Column("rate_per_s", sa.Float, nullable=False),
+    sa.Column("burst", sa.Integer, nullable=False),
+)
+
+
+@dataclass
+class PredictionRow:
+    """What the server records about one answered request."""
+
+    request_id: str
+    endpoint: str
+    model_version: str
+    input_sha256: Sequence[str]
+    latency_ms: float
+    key_id: str | None = None
+    embedding: np.ndarray | None = None
+    prediction: Any = None
+    confidence: float | None = None
+    texts: Sequence[str] = ()
+    time: float = field(default_factory=time.time)
+
+    def to_row(self) -> dict:
+        """Column values for the requests table."""
+        emb = None if self.embedding is None else np.atleast_2d(self.embedding).astype(_DTYPE)
+        return {
+            "request_id": self.request_id,
+            "time": self.time,
+            "endpoint": self.endpoint,
+            "key_id": self.key_id,
+            "model_version": self.model_version,
+            "input_sha256": json.dumps(list(self.input_sha256)),
+            "dim": None if emb is None else int(emb.shape[1]),
+            "embedding": None if emb is None else emb.tobytes(),
+            "prediction": None if self.prediction is None else json.dumps(self.prediction),
+            "confidence": self.confidence,
+            "latency_ms": float(self.latency_ms),
+            "texts": json.dumps(list(self.texts)) if self.texts else None,
+        }
+
+
+def embedding_of(row: sa.Row | dict) -> np.ndarray | None:
+    """The (n_inputs, dim) float32 embeddings stored with a logged request."""
+    data = row._mapping if isinstance(row, sa.Row) else row
+    if data["embedding"] is None:
+        return None
+    return np.frombuffer(data["embedding"], dtype=_DTYPE).reshape(-1, data["dim"]).copy()
+
+
+def sqlite_url(path: str | Path) -> str:
+    """SQLAlchemy URL of a SQLite file."""
+    return f"sqlite:///{Path(path).expanduser()}"
+
+
+def _tune_sqlite(dbapi_conn, _record) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = FULL")  # a commit is on disk before the response leaves
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def make_engine(url: str | None = None) -> sa.Engine:
+    """An engine for the store URL (default: VLMOPS_STORE_URL or the SQLite store under VLMOPS_HOME)."""
+    url = url or get_settings().resolved_store_url()
+    if "://" not in url:  # a plain file path, as the embedding cache accepts
+        url = sqlite_url(url)
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///")).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(sqlite_url(path), connect_args={"timeout": BUSY_TIMEOUT_S})
+        sa.event.listen(engine, "connect", _tune_sqlite)
+        return engine
+    if url.startswith(("postgresql://", "postgresql+psycopg://")):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError as exc:
+            raise StoreError("a postgresql:// store needs psycopg: pip install 'vlmops[postgres]'") from exc
+        return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1), pool_pre_ping=True)
+    raise StoreError(f"unsupported store URL {url!r}: use sqlite:///path/to/store.sqlite or postgresql://...")
+
+
+class PredictionLog:
+    """Append-only request and feedback log in the store database."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.engine = make_engine(url)
+        try:
+            metadata.create_all(self.engine)
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the prediction log at {self.engine.url}: {exc}") from exc
+
+    def write(self, rows: Iterable[PredictionRow]) -> None:
+        """Insert rows in one transaction; returns only once they are committed."""
+        values = [r.to_row() for r in rows]
+        if values:
+            with self.engine.begin() as conn:
+                conn.execute(requests.insert(), values)
+
+    def has_request(self, request_id: str) -> bool:
+        """Whether a request id was logged."""
+        with self.engine.connect() as conn:
+            query = sa.select(requests.c.request_id).where(requests.c.request_id == request_id)
+            return conn.execute(query).first() is not None
+
+    def add_feedback(
+        self, request_id: str, accepted: bool, label: str | None, key_id: str | None, source: str = "human"
+    ) -> int:
+        """Record feedback on a logged request; returns the feedback row id."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                feedback.insert().values(
+                    time=time.time(),
+                    request_id=request_id,
+                    key_id=key_id,
+                    accepted=accepted,
+                    label=label,
+                    source=source,
+                )
+            )
+            return int(result.inserted_primary_key[0])
+
+    def request_ids(self) -> set[str]:
+        """Every logged request id."""
+        with self.engine.connect() as conn:
+            return {r[0] for r in conn.execute(sa.select(requests.c.request_id))}
+
+    def requests(self, since: float | None = None, limit: int | None = None) -> list[sa.Row]:
+        """Logged requests in time order, optionally from `since` and at most `limit`."""
+        query = sa.select(requests).order_by(requests.c.time)
+        if since is not None:
+            query = query.where(requests.c.time >= since)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query))
+
+    def feedback(self) -> list[sa.Row]:
+        """All feedback rows in time order."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(feedback).order_by(feedback.c.id)))
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.engine.dispose()

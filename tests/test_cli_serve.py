@@ -1,0 +1,141 @@
+"""`vlmops keys`, `vlmops index build`, `vlmops calibrate`, and the server's use of their outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from eval_data import write_manifest
+from serve_helpers import b64
+from vlmops.cli import app
+from vlmops.models import load_model
+from vlmops.serve.app import create_app
+from vlmops.serve.build import build_gateway
+from vlmops.serve.resources import Calibration, Gallery, ResourceError
+from vlmops.serve.service import Gateway, ServeConfig
+from vlmops.store.log import PredictionLog
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    return write_manifest(tmp_path_factory.mktemp("shapes"), per_class=10)
+
+
+def test_keys_create_list_revoke(tmp_path):
+    store = str(tmp_path / "s.sqlite")
+    out = tmp_path / "key.json"
+    assert (
+        invoke(
+            "keys", "create", "--name", "team-a", "--rate", "5", "--store", store, "--json", str(out)
+        ).exit_code
+        == 0
+    )
+    created = json.loads(out.read_text())
+    assert created["key"].startswith(f"vlm_{created['key_id']}_")
+    listed = tmp_path / "list.json"
+    invoke("keys", "list", "--store", store, "--json", str(listed))
+    (row,) = json.loads(listed.read_text())
+    assert row["name"] == "team-a" and row["active"] and "secret" not in json.dumps(row)
+    assert invoke("keys", "revoke", created["key_id"], "--store", store).exit_code == 0
+    invoke("keys", "list", "--store", store, "--json", str(listed))
+    assert json.loads(listed.read_text())[0]["active"] is False
+    bad = invoke("keys", "revoke", "nope", "--store", store)
+    assert bad.exit_code == 2 and "no API key" in bad.output
+    assert invoke("keys", "create", "--name", " ", "--store", store).exit_code == 2
+
+
+def test_index_build_then_search_finds_the_image_itself(manifest, tmp_path):
+    out = tmp_path / "gallery"
+    result = invoke(
+        "index",
+        "build",
+        "--data",
+        str(manifest),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--store",
+        str(tmp_path / "s.sqlite"),
+    )
+    assert result.exit_code == 0, result.output
+    gallery = Gallery.load(out)
+    assert len(gallery.ids) == 40 and gallery.labels[0] == "round/red circle"
+    hits = gallery.search(gallery.embeddings[7], 3)
+    assert hits[0][0] == 7 and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_calibrated_sets_cover_the_calibration_data(manifest, tmp_path):
+    out = tmp_path / "cal.json"
+    result = invoke(
+        "calibrate",
+        "--data",
+        str(manifest),
+        "--split",
+        "test",
+        "--alpha",
+        "0.2",
+        "--name",
+        "shapes",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--store",
+        str(tmp_path / "s.sqlite"),
+    )
+    assert result.exit_code == 0, result.output
+    cal = Calibration.load(out)
+    assert sorted(cal.labels) == ["blue circle", "green square", "red circle", "red square"]
+    assert cal.temperature > 0 and 0 <= cal.threshold <= 1 and cal.n == 40
+    model = load_model("builtin:emoji-lit")
+    url = f"sqlite:///{tmp_path / 'log.sqlite'}"
+    gateway = Gateway(
+        model,
+        ServeConfig(store=url, template=cal.template),
+        PredictionLog(url),
+        {"shapes": cal.label_set_()},
+        cal,
+    )
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    covered = 0
+    with TestClient(create_app(gateway)) as client:
+        for row in rows:
+            image = (manifest.parent / row["image"]).read_bytes()
+            body = client.post("/v1/classify", json={"image": b64(image), "label_set": "shapes"}).json()
+            assert body["calibrated"] is True
+            assert set(body["prediction_set"]) >= {
+                t["label"] for t in body["top_k"] if t["probability"] >= 1 - cal.threshold
+            }
+            covered += row["label"].split("/")[-1] in body["prediction_set"]
+    assert covered / len(rows) >= 1 - cal.alpha  # split conformal guarantees this in-sample
+
+
+def test_server_refuses_resources_of_another_model(manifest, tmp_path):
+    gallery = Gallery(
+        "another-model-v9", ["a"], [None], [None], load_model("builtin:emoji-lit").embed_texts(["x"])
+    )
+    gallery.save(tmp_path / "g")
+    with pytest.raises(ResourceError, match="another-model-v9"):
+        build_gateway(ServeConfig(gallery=str(tmp_path / "g"), store=str(tmp_path / "s.sqlite")))
+
+
+def test_serve_help_lists_the_options():
+    result = invoke("serve", "--help")
+    assert result.exit_code == 0
+    for option in (
+        "--runtime",
+        "--max-batch",
+        "--max-wait-ms",
+        "--queue",
+        "--workers",
+        "--gallery",
+        "--insecure-no-auth",
+    ):
+        assert option in result.output

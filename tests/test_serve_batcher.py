@@ -1,0 +1,192 @@
+"""Dynamic batching, load shedding, the token bucket, and the durable log (incl. concurrent processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from vlmops.serve.batcher import MicroBatcher, Overloaded
+from vlmops.serve.keys import KeyStore
+from vlmops.serve.limits import TokenBucket
+from vlmops.serve.logwriter import LogWriter
+from vlmops.store.log import PredictionLog, PredictionRow, embedding_of
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_items_form_one_batch_and_results_keep_their_order():
+    seen: list[list[int]] = []
+
+    def double(items):
+        seen.append(list(items))
+        return [2 * x for x in items]
+
+    async def main():
+        batcher = MicroBatcher(double, ThreadPoolExecutor(1), max_batch=64, max_wait_ms=50)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+        await batcher.stop()
+        return results
+
+    assert _run(main()) == [2 * i for i in range(10)]
+    assert seen == [list(range(10))]
+
+
+def test_batches_never_exceed_max_batch_and_a_lone_item_waits_at_most_max_wait():
+    sizes: list[int] = []
+
+    def record(items):
+        sizes.append(len(items))
+        return items
+
+    async def main():
+        batcher = MicroBatcher(record, ThreadPoolExecutor(1), max_batch=4, max_wait_ms=20)
+        batcher.start()
+        await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+        start = time.perf_counter()
+        await batcher.submit(99)
+        lone = time.perf_counter() - start
+        await batcher.stop()
+        return lone
+
+    lone = _run(main())
+    assert max(sizes[:-1]) == 4 and sum(sizes) == 11 and sizes[-1] == 1
+    assert 0.015 < lone < 1.0  # it waited for company, then ran alone
+
+
+def test_a_full_queue_refuses_at_once():
+    release = threading.Event()
+
+    def slow(items):
+        release.wait(5)
+        return items
+
+    async def main():
+        batcher = MicroBatcher(slow, ThreadPoolExecutor(1), max_batch=1, max_wait_ms=0, queue_size=2)
+        batcher.start()
+        first = batcher.submit(0)
+        await asyncio.sleep(0.05)  # the first item is now running, so the queue is empty
+        queued = [batcher.submit(1), batcher.submit(2)]
+        with pytest.raises(Overloaded):
+            batcher.submit(3)
+        release.set()
+        await asyncio.gather(first, *queued)
+        await batcher.stop()
+
+    _run(main())
+
+
+def test_model_errors_reach_every_caller_and_cancelled_items_are_skipped():
+    calls: list[list[int]] = []
+
+    def fail(items):
+        calls.append(list(items))
+        raise RuntimeError("model broke")
+
+    async def main():
+        batcher = MicroBatcher(fail, ThreadPoolExecutor(1), max_batch=8, max_wait_ms=30)
+        batcher.start()
+        gone = batcher.submit(0)
+        gone.cancel()
+        futures = [batcher.submit(i) for i in (1, 2)]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    results = _run(main())
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert calls == [[1, 2]]
+
+
+def test_token_bucket_allows_burst_then_rate():
+    now = [0.0]
+    bucket = TokenBucket(rate=2.0, burst=3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take() == pytest.approx(0.5)
+    now[0] += 0.5
+    assert bucket.take() == 0.0
+    now[0] += 100
+    assert sum(bucket.take() == 0.0 for _ in range(10)) == 3  # never more than the burst
+
+
+def _row(i: int, prefix: str = "r") -> PredictionRow:
+    return PredictionRow(
+        f"{prefix}{i}",
+        "classify",
+        "m-1",
+        [f"h{i}"],
+        1.0,
+        embedding=np.full((1, 4), i, np.float32),
+        prediction={"label": "x"},
+        confidence=0.5,
+    )
+
+
+def test_log_round_trips_rows_and_embeddings(tmp_path):
+    log = PredictionLog(str(tmp_path / "s.sqlite"))
+    log.write([_row(1), _row(2)])
+    rows = log.requests()
+    assert [r.request_id for r in rows] == ["r1", "r2"]
+    assert embedding_of(rows[1]).tolist() == [[2.0] * 4]
+    with pytest.raises(Exception):  # noqa: B017 - a duplicate id violates the primary key
+        log.write([_row(1)])
+    assert len(log.requests()) == 2  # the failed transaction wrote nothing
+
+
+def test_log_writer_groups_rows_into_few_commits(tmp_path):
+    log = PredictionLog(str(tmp_path / "s.sqlite"))
+    commits: list[int] = []
+    writer = LogWriter(log, on_commit=lambda n, s: commits.append(n))
+
+    async def main():
+        await asyncio.gather(*(writer.write(_row(i)) for i in range(200)))
+
+    _run(main())
+    writer.close()
+    assert len(log.request_ids()) == 200 and sum(commits) == 200 and len(commits) < 200
+
+
+def _write_from_process(path: str, prefix: str, n: int) -> None:
+    log = PredictionLog(path)
+    for i in range(n):
+        log.write([_row(i, prefix)])
+
+
+def test_several_processes_write_the_same_log(tmp_path):
+    path = str(tmp_path / "s.sqlite")
+    PredictionLog(path)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_from_process, args=(path, f"p{k}-", 60)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert len(PredictionLog(path).request_ids()) == 180
+
+
+def test_keys_are_hashed_verified_and_revoked(tmp_path):
+    store = KeyStore(str(tmp_path / "s.sqlite"))
+    token = store.create("team-a", rate_per_s=5, burst=10)
+    key_id = token.split("_")[1]
+    assert store.verify(token).name == "team-a"
+    assert store.verify(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+    assert store.verify("garbage") is None
+    import sqlite3
+
+    stored = (
+        sqlite3.connect(tmp_path / "s.sqlite").execute("SELECT secret_sha256 FROM api_keys").fetchone()[0]
+    )
+    assert token.split("_", 2)[2] not in stored and len(stored) == 64
+    assert store.revoke(key_id).active is False
+    assert store.verify(token) is None
+    with pytest.raises(Exception, match="no API key"):
+        store.revoke("000000000000")

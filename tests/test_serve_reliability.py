@@ -1,0 +1,117 @@
+"""A real `vlmops serve` process on loopback under overload and under kill -9 (bounded in time).
+
+Uses the built-in model (shipped weights, no data download), so it runs on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve_helpers import b64, random_png, start_server
+from vlmops.serve.loadgen import build_request, run_load, run_open_loop
+from vlmops.store.log import PredictionLog
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _classify_request(port: int) -> bytes:
+    body = {"image": b64(random_png(1)), "labels": ["red", "green", "blue"]}
+    return build_request("127.0.0.1", port, "/v1/classify", body)
+
+
+@pytest.fixture
+def stop_later():
+    procs = []
+    yield procs.append
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_overload_sheds_with_503_and_memory_stays_bounded(tmp_path, stop_later):
+    proc, port = start_server(tmp_path, "--insecure-no-auth", "--queue", "32", "--timeout", "5")
+    stop_later(proc)
+    request = _classify_request(port)
+    capacity = asyncio.run(run_load("127.0.0.1", port, request, 16, 100_000, 4.0)).summary()["per_s"]
+    assert capacity > 5, capacity
+    rss_before = _rss_mb(proc.pid)
+    peak = [rss_before]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.5):
+            peak[0] = max(peak[0], _rss_mb(proc.pid))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = asyncio.run(
+            run_open_loop("127.0.0.1", port, request, 2 * capacity, 30.0, max_connections=128)
+        )
+    finally:
+        done.set()
+        sampler.join()
+    statuses = result.statuses
+    assert set(statuses) <= {200, 429, 503}, statuses
+    assert statuses.get(200, 0) > 0 and statuses.get(503, 0) > 0, statuses
+    assert peak[0] - rss_before < 400, (rss_before, peak[0])
+    assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200  # still serving
+
+
+def test_kill_9_loses_no_acknowledged_prediction(tmp_path, stop_later):
+    proc, port = start_server(tmp_path, "--insecure-no-auth")
+    stop_later(proc)
+    request = _classify_request(port)
+
+    def kill_soon():
+        time.sleep(3.0)
+        os.kill(proc.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_soon)
+    killer.start()
+    result = asyncio.run(run_load("127.0.0.1", port, request, 16, 1_500, 20.0, collect_ids=True))
+    killer.join()
+    proc.wait(10)
+    sent = sum(result.statuses.values()) + result.errors
+    assert sent >= 1_000 and len(result.request_ids) > 50 and result.errors > 0, (sent, result.summary())
+    restarted, port = start_server(tmp_path, "--insecure-no-auth")
+    stop_later(restarted)
+    logged = PredictionLog(str(tmp_path / "store.sqlite")).request_ids()
+    missing = set(result.request_ids) - logged
+    assert not missing, f"{len(missing)} acknowledged requests are missing from the log"
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_cleanly(tmp_path, stop_later):
+    proc, port = start_server(tmp_path, "--insecure-no-auth")
+    stop_later(proc)
+    request = _classify_request(port)
+
+    def terminate_soon():
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGTERM)
+
+    stopper = threading.Thread(target=terminate_soon)
+    stopper.start()
+    result = asyncio.run(run_load("127.0.0.1", port, request, 8, 100_000, 8.0, collect_ids=True))
+    stopper.join()
+    # uvicorn finishes in-flight requests and the lifespan shutdown (queues drained, log committed), then
+    # re-raises the signal it caught, so a clean exit reads as -SIGTERM.
+    assert proc.wait(40) in (0, -signal.SIGTERM)
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
+    assert set(result.statuses) <= {200, 503}, result.statuses
+    assert len(result.request_ids) > 20
+    assert set(result.request_ids) <= PredictionLog(str(tmp_path / "store.sqlite")).request_ids()
