@@ -1,5 +1,6 @@
 """Serving throughput: `vlmops serve` (dynamic batching, durable log) vs a naive one-request-one-forward
-server, both on loopback with the same model, plus the offline batched ceiling of the same runtime.
+server, both on loopback with the same model, plus the offline batched ceiling of the same runtime and
+the gateway around a model that costs nothing (`null-model`: what HTTP, decoding and logging alone allow).
 
 Load comes from vlmops.serve.loadgen (closed-loop asyncio clients on keep-alive connections, one
 pre-built request). The client shares the 2 cores with the server, so its CPU time is reported too.
@@ -16,6 +17,7 @@ import base64
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,15 +27,30 @@ from pathlib import Path
 import httpx
 
 BENCH = Path(__file__).parent
+# vlmops-2w: the same gateway with --workers 2 (one process per core, so the GIL is not shared)
+SERVERS = ("vlmops", "vlmops-2w", "naive", "null-model")
+
+
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def cpu_seconds(pid: int | None = None) -> float:
-    """User+system CPU seconds of a process (this one when pid is None)."""
+    """User+system CPU seconds of a process and its live children (this process when pid is None)."""
     if pid is None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:  # fields[1]: parent pid (uvicorn workers)
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -51,9 +68,11 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 
 def start(kind: str, port: int, tmp: Path, max_batch: int) -> subprocess.Popen:
-    """Start the vlmops gateway or the naive baseline on `port`."""
+    """Start one of SERVERS on `port`."""
     if kind == "naive":
         cmd = [sys.executable, str(BENCH / "naive_server.py"), str(port)]
+    elif kind == "null-model":
+        cmd = [sys.executable, str(BENCH / "null_gateway.py"), str(port), str(tmp / "null.sqlite")]
     else:
         labels = tmp / "labels.txt"
         labels.write_text("grinning face\ncat face\nred heart\n")
@@ -69,6 +88,8 @@ def start(kind: str, port: int, tmp: Path, max_batch: int) -> subprocess.Popen:
             f"bench={labels}",
             "--vocabulary",
             str(labels),
+            "--workers",
+            "2" if kind == "vlmops-2w" else "1",
             "--max-batch",
             str(max_batch),
             "--queue",
@@ -108,11 +129,12 @@ def offline_ceiling(image: bytes, seconds: float) -> dict:
         ("model_only", lambda: model.embed_images(batch)),
         ("decode_and_model", lambda: model.embed_images([load_image(image) for _ in range(32)])),
     ):
-        n, start = 0, time.perf_counter()
+        n, start, cpu0 = 0, time.perf_counter(), cpu_seconds()
         while time.perf_counter() - start < seconds:
             work()
             n += 32
         out[name] = n / (time.perf_counter() - start)
+        out[f"{name}_cpu_ms_per_image"] = 1000 * (cpu_seconds() - cpu0) / n
     return out
 
 
@@ -121,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
     parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -129,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     image = Path(resolve_data("emoji").query("vendor == 'google'")["image"].iloc[100]).read_bytes()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("vlmops", "naive"):
+        for kind in args.servers:
             port = 8700 + len(rows)
             proc = start(kind, port, Path(tmp), args.max_batch)
             try:
@@ -137,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
                     summary = drive(port, proc.pid, image, c, args.seconds)
                     rows.append({"server": kind, "concurrency": c, **summary})
                     print(
-                        f"{kind:7s} c={c:3d}  {summary['per_s']:7.1f} img/s  "
+                        f"{kind:10s} c={c:3d}  {summary['per_s']:7.1f} img/s  "
                         f"p50 {summary['p50_ms']:7.1f} ms  "
                         f"p99 {summary['p99_ms']:7.1f} ms  client {summary['client_cpu_cores']:.2f} cores  "
                         f"server {summary['server_cpu_cores']:.2f} cores  {summary['statuses']}",
@@ -152,15 +175,38 @@ def main(argv: list[str] | None = None) -> None:
         f"decode+model {ceiling['decode_and_model']:.1f} img/s"
     )
     by = {(r["server"], r["concurrency"]): r["per_s"] for r in rows}
-    for c in args.concurrency:
-        ours, naive = by[("vlmops", c)], by[("naive", c)]
-        print(
-            f"c={c:3d}: vlmops / naive = {ours / naive:.2f}x; vlmops / ceiling(model only) = "
-            f"{ours / ceiling['model_only']:.2f}; "
-            f"/ ceiling(decode+model) = {ours / ceiling['decode_and_model']:.2f}"
-        )
-    if args.json:
-        args.json.write_text(json.dumps({"runs": rows, "ceiling": ceiling}, indent=2))
+    for kind in ("vlmops", "vlmops-2w"):
+        for c in args.concurrency:
+            if (kind, c) not in by or ("naive", c) not in by:
+                continue
+            ours = by[(kind, c)]
+            print(
+                f"c={c:3d}: {kind} / naive = {ours / by[('naive', c)]:.2f}x; / ceiling(model only) = "
+                f"{ours / ceiling['model_only']:.2f}; "
+                f"/ ceiling(decode+model) = {ours / ceiling['decode_and_model']:.2f}"
+            )
+    cpu_ms = {
+        kind: 1000
+        * statistics.median(r["server_cpu_cores"] / r["per_s"] for r in rows if r["server"] == kind)
+        for kind in ("vlmops", "null-model")
+        if any(r["server"] == kind for r in rows)
+    }
+    model_ms = ceiling["decode_and_model_cpu_ms_per_image"]
+    if len(cpu_ms) < 2:
+        return _write(args.json, rows, ceiling)
+    bound = 1000 * (os.cpu_count() or 1) / (cpu_ms["null-model"] + model_ms)
+    print(
+        f"CPU per request: vlmops {cpu_ms['vlmops']:.2f} ms, "
+        f"gateway alone (null model) {cpu_ms['null-model']:.2f} ms, "
+        f"decode+model offline {model_ms:.2f} ms/image "
+        f"-> CPU bound on {os.cpu_count()} cores = {bound:.0f} req/s"
+    )
+    _write(args.json, rows, ceiling)
+
+
+def _write(path: Path | None, rows: list[dict], ceiling: dict) -> None:
+    if path:
+        path.write_text(json.dumps({"runs": rows, "ceiling": ceiling}, indent=2))
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
     async def _unexpected(request: Request, exc: Exception):  # pragma: no cover - a bug, still JSON
         return error_response(request, ApiError(500, "internal_error", f"{type(exc).__name__}: {exc}"))
 
-    def authorise(request: Request) -> ApiKey | None:
+    async def authorise(request: Request) -> ApiKey | None:  # async: no thread hop per request
         if keys is None:
             return None
         header = request.headers.get("authorization", "")

@@ -20,6 +20,8 @@ from vlmops.data.images import to_rgb_on_white
 from vlmops.serve.errors import ApiError
 from vlmops.serve.limits import Limits
 
+ORIENTATION = 0x0112  # EXIF tag
+
 
 def decode_base64(data: str, field: str) -> bytes:
     """Standard or URL-safe base64 (a ``data:`` URL prefix is allowed) to bytes."""
@@ -79,7 +81,8 @@ def decode_image(data: bytes, limits: Limits, field: str = "image") -> Image.Ima
         )
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        if image.getexif().get(ORIENTATION, 1) != 1:  # exif_transpose copies even when nothing turns
+            image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError) as exc:
         raise ApiError(
             422, "corrupt_image", f"{field} could not be decoded ({exc}); the file is truncated or corrupt"

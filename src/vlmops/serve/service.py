@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from vlmops.serve.resources import Calibration, Gallery, LabelSet
 from vlmops.store.log import PredictionLog, PredictionRow
 
 TEXT_CACHE_SIZE = 50_000
+GIL_SWITCH_S = 0.0005
 
 
 @dataclass
@@ -98,6 +100,9 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
         """Start batchers and the log writer; embed the label sets and vocabulary once."""
+        # The model thread drops the GIL inside every tensor op and must win it back after each; with the
+        # default 5 ms switch interval it waits behind the event loop (bench/serve_load.py: +7 % at c=32).
+        sys.setswitchinterval(GIL_SWITCH_S)
         self.images.start()
         self.texts.start()
         self.writer = LogWriter(self.log, on_commit=lambda n, s: self.metrics.log_commit.observe(s))
