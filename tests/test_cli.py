@@ -42,6 +42,8 @@ def test_help_lists_exactly_the_groups_that_exist():
         "calibrate",
         "keys",
         "index",
+        "registry",
+        "gate",
     }, "no placeholder commands"
     assert all(name in result.output for name in registered)
 

@@ -76,6 +76,8 @@ def test_standard_suite_has_every_section(standard: tuple[dict, Path]) -> None:
     for section in SECTIONS:
         assert section in report, section
     assert report["data"]["n"] == 40 and report["data"]["n_classes"] == 4
+    items = report["items"]  # per-item outcomes for the paired test in `vlmops gate`
+    assert len(items["ids"]) == 40 and sum(items["correct"]) == round(40 * report["headline"]["top1"])
     assert [t["tier"] for t in report["accuracy"]["tiers"]] == ["level2", "level1"]
     robustness = report["robustness"]
     assert set(robustness) == {"corruptions", "text", "adversarial", "typographic"}

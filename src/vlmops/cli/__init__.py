@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from vlmops.cli import audit, data, demo, embed, evaluate, export, models, serve, train
+from vlmops.cli import audit, data, demo, embed, evaluate, export, models, registry, serve, train
 
 app = typer.Typer(
     name="vlmops",
@@ -25,6 +25,8 @@ app.command("serve")(serve.serve)
 app.command("calibrate")(serve.calibrate)
 app.add_typer(serve.keys_app, name="keys")
 app.add_typer(serve.index_app, name="index")
+app.add_typer(registry.app, name="registry")
+app.command("gate")(registry.gate)
 
 
 def main() -> None:

@@ -138,6 +138,11 @@ def run_eval(
     run("accuracy", accuracy)
     targets = task.targets
     correct = top1_correct(logits, targets)
+    # per-item outcomes, so two reports on the same data can be compared pair by pair (vlmops gate)
+    sections["items"] = {
+        "ids": task.frame["id"].astype(str).tolist(),
+        "correct": correct.astype(int).tolist(),
+    }
     run("calibration", lambda: calibration_section(logits, targets, options.seed))
     slice_values = _slice_values(task.frame, fields)
     run(

@@ -1,0 +1,203 @@
+"""`vlmops registry ...` (versions, aliases, promote, rollback, history) and `vlmops gate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from vlmops.cli._common import EXIT_FAILED_CHECK, JsonOption, console, handle_errors, write_json
+from vlmops.errors import VlmopsError
+
+app = typer.Typer(
+    help="Model registry: versions, aliases (champion, challenger, canary), history.", no_args_is_help=True
+)
+StoreOption = typer.Option(
+    None, "--store", help="Store URL or path (default: VLMOPS_STORE_URL or VLMOPS_HOME)."
+)
+
+
+def _registry(store: str | None):
+    from vlmops.registry.store import Registry
+
+    return Registry(store)
+
+
+def _read_report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise VlmopsError(
+            f"cannot read eval report {path}: {exc}; write one with `vlmops eval --json`"
+        ) from None
+    if report.get("schema") != "vlmops.eval/1":
+        raise VlmopsError(f"{path} is not a vlmops eval report (schema vlmops.eval/1)")
+    return report
+
+
+def _model_folder(uri: str) -> Path | None:
+    """The folder holding a model's files, when the URI names one (copied into the registry)."""
+    target = uri.partition(":")[2]
+    folder = target.partition("@")[2] if uri.startswith("builtin:") else target
+    return Path(folder).expanduser() if folder and Path(folder).expanduser().is_dir() else None
+
+
+@app.command("register")
+@handle_errors
+def register(
+    model: str = typer.Option(..., "--model", "-m", help="Model URI to register."),
+    eval_report: Path | None = typer.Option(None, "--eval", help="Its `vlmops eval --json` report."),
+    parent: str | None = typer.Option(None, "--parent", help="Version or alias it was derived from."),
+    alias: str | None = typer.Option(None, "--alias", help="Point this alias at it (e.g. challenger)."),
+    notes: str | None = typer.Option(None, "--notes", help="Free text kept with the version."),
+    store: str | None = StoreOption,
+    json_out: Path | None = JsonOption,
+) -> None:
+    """Register a model version (weights hash, training-data version, eval report, parent)."""
+    from vlmops.models import load_model
+
+    vlm = load_model(model)
+    card = getattr(vlm, "card", None) or {}
+    registry = _registry(store)
+    parent_version = registry.get(parent)["version"] if parent else None
+    row = registry.register(
+        vlm.info.version,
+        model,
+        vlm.info.weights_sha256,
+        (card.get("data") or {}).get("train_version"),
+        parent_version,
+        _read_report(eval_report) if eval_report else None,
+        notes,
+        _model_folder(model),
+    )
+    if alias:
+        registry.set_alias(alias, row["version"], reason=notes)
+    console.print(f"registered {row['version']}" + (f" as {alias}" if alias else ""))
+    write_json({k: v for k, v in row.items() if k != "eval_report"}, json_out)
+
+
+@app.command("list")
+@handle_errors
+def list_versions(store: str | None = StoreOption, json_out: Path | None = JsonOption) -> None:
+    """Every version with its aliases."""
+    rows = _registry(store).list()
+    table = Table("version", "aliases", "parent", "data version", "eval")
+    for r in rows:
+        table.add_row(
+            r["version"],
+            ", ".join(r["aliases"]),
+            r["parent"] or "",
+            (r["data_version"] or "")[:12],
+            "yes" if r["has_eval"] else "",
+        )
+    console.print(table)
+    write_json(rows, json_out)
+
+
+@app.command("promote")
+@handle_errors
+def promote(
+    ref: str = typer.Argument(..., help="Version or alias (e.g. challenger)."),
+    reason: str | None = typer.Option(None, "--reason"),
+    store: str | None = StoreOption,
+) -> None:
+    """Make a version the champion (recorded with its reason)."""
+    event = _registry(store).promote(ref, reason=reason)
+    console.print(f"champion: {event['from_version']} -> {event['to_version']}")
+
+
+@app.command("rollback")
+@handle_errors
+def rollback(
+    alias: str = typer.Option("champion", "--alias"),
+    reason: str | None = typer.Option(None, "--reason"),
+    store: str | None = StoreOption,
+) -> None:
+    """Point an alias back at the version it held before."""
+    event = _registry(store).rollback(alias, reason=reason)
+    console.print(f"{alias}: {event['from_version']} -> {event['to_version']} (rollback)")
+
+
+@app.command("alias")
+@handle_errors
+def set_alias(
+    alias: str = typer.Argument(..., help="champion, challenger, canary or shadow."),
+    ref: str = typer.Argument(..., help="Version or alias."),
+    store: str | None = StoreOption,
+) -> None:
+    """Point an alias at a version."""
+    event = _registry(store).set_alias(alias, ref)
+    console.print(f"{alias}: {event['from_version']} -> {event['to_version']}")
+
+
+@app.command("history")
+@handle_errors
+def history(
+    alias: str | None = typer.Option(None, "--alias"),
+    store: str | None = StoreOption,
+    json_out: Path | None = JsonOption,
+) -> None:
+    """Every registry event (which version served when, and why it changed)."""
+    rows = _registry(store).history(alias)
+    table = Table("time", "kind", "alias", "from", "to", "reason")
+    from datetime import UTC, datetime
+
+    for r in rows:
+        when = datetime.fromtimestamp(r["time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(
+            when,
+            r["kind"],
+            r["alias"] or "",
+            r["from_version"] or "",
+            r["to_version"] or "",
+            r["reason"] or "",
+        )
+    console.print(table)
+    write_json(rows, json_out)
+
+
+def _report_for(ref: str, store: str | None) -> dict:
+    path = Path(ref)
+    if path.suffix == ".json" or path.exists():
+        return _read_report(path)
+    report = _registry(store).get(ref)["eval_report"]
+    if report is None:
+        raise VlmopsError(f"{ref} has no eval report in the registry; register it with --eval REPORT.json")
+    return report
+
+
+@handle_errors
+def gate(
+    candidate: str = typer.Option(..., "--candidate", help="Eval report JSON, or a registry version/alias."),
+    baseline: str = typer.Option(
+        "champion", "--baseline", help="Eval report JSON, or a registry version/alias."
+    ),
+    rules: str | None = typer.Option(None, "--rules", help="e.g. 'top1_drop<=0.01,ece_increase<=0.02'."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the paired McNemar test."),
+    store: str | None = StoreOption,
+    json_out: Path | None = JsonOption,
+) -> None:
+    """May the candidate replace the baseline? Exit 0 pass, 1 fail, 2 bad input.
+
+    Checks tolerances on top-1, worst-slice top-1, ECE and corruption top-1, and an exact McNemar test
+    on the per-item outcomes of the same evaluation items.
+    """
+    from vlmops.registry.gate import DEFAULT_RULES
+    from vlmops.registry.gate import gate as run_gate
+
+    decision = run_gate(
+        _report_for(candidate, store), _report_for(baseline, store), rules or DEFAULT_RULES, alpha
+    )
+    table = Table("check", "value", "limit", "result", "note")
+    for check in decision.checks:
+        value = "n/a" if check.value is None else f"{check.value:+.4f}"
+        table.add_row(
+            check.rule, value, f"{check.limit:g}", "[green]pass" if check.passed else "[red]FAIL", check.note
+        )
+    console.print(table)
+    console.print("[bold green]gate passed" if decision.passed else "[bold red]gate failed")
+    write_json(decision.to_dict(), json_out)
+    if not decision.passed:
+        raise typer.Exit(EXIT_FAILED_CHECK)

@@ -1,0 +1,1 @@
+"""Model registry (versions, aliases, history), the promotion gate, and rollback."""
