@@ -44,6 +44,7 @@ def test_help_lists_exactly_the_groups_that_exist():
         "index",
         "registry",
         "gate",
+        "monitor",
     }, "no placeholder commands"
     assert all(name in result.output for name in registered)
 

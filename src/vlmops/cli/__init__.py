@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from vlmops.cli import audit, data, demo, embed, evaluate, export, models, registry, serve, train
+from vlmops.cli import audit, data, demo, embed, evaluate, export, models, monitor, registry, serve, train
 
 app = typer.Typer(
     name="vlmops",
@@ -27,6 +27,7 @@ app.add_typer(serve.keys_app, name="keys")
 app.add_typer(serve.index_app, name="index")
 app.add_typer(registry.app, name="registry")
 app.command("gate")(registry.gate)
+app.add_typer(monitor.app, name="monitor")
 
 
 def main() -> None:

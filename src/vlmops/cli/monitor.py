@@ -1,0 +1,152 @@
+"""`vlmops monitor run` (drift, estimated accuracy, feedback, alerts over the serve log) and history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from vlmops.cli._common import EXIT_FAILED_CHECK, JsonOption, console, handle_errors, write_json
+from vlmops.errors import VlmopsError
+
+app = typer.Typer(
+    help="Watch a served model: drift, label-free accuracy, feedback, alerts.", no_args_is_help=True
+)
+StoreOption = typer.Option(
+    None, "--store", help="Store URL or path (default: VLMOPS_STORE_URL or VLMOPS_HOME)."
+)
+
+
+def _parse_filter(text: str | None) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(";"))):
+        column, sep, values = part.partition("=")
+        if not sep or not values:
+            raise VlmopsError(f"--reference-filter {part!r}: use COLUMN=v1,v2 (several joined with ';')")
+        out[column.strip()] = [v.strip() for v in values.split(",")]
+    return out
+
+
+def build_reference(
+    model,
+    data: str,
+    split: str,
+    where: dict[str, list[str]],
+    tier: str | None,
+    store: str | None,
+    progress: bool,
+):
+    """Reference embeddings, label indices and class embeddings from a labelled data split."""
+    import numpy as np
+
+    from vlmops.data.manifest import resolve_data
+    from vlmops.evaluate.task import build_task
+    from vlmops.monitor.run import Reference
+    from vlmops.store.cache import open_cache
+    from vlmops.store.embed import embed_images_cached
+
+    task = build_task(resolve_data(data), "emoji" if data == "emoji" else "other", "all", tier)
+    frame = task.frame
+    keep = (frame["split"] == split).to_numpy() if "split" in frame else None
+    if keep is None or not keep.any():
+        raise VlmopsError(f"no records in split {split!r} of {data}; pick another --reference-split")
+    for column, values in where.items():
+        if column not in frame:
+            raise VlmopsError(f"--reference-filter column {column!r} is not in the data")
+        keep &= frame[column].astype(str).isin(values).to_numpy()
+    rows = keep.nonzero()[0]
+    if len(rows) < 20:
+        raise VlmopsError(
+            f"only {len(rows)} reference records after filtering; a reference needs at least 20"
+        )
+    with open_cache(store) as cache:
+        emb, _ = embed_images_cached(model, [frame["image"][i] for i in rows], cache, progress=progress)
+    index = {c: i for i, c in enumerate(task.classes)}
+    targets = [index[task.labels[i]] for i in rows]
+    class_emb = model.embed_texts([task.templates[0].format(name) for name in task.class_names])
+    return Reference(
+        emb.astype(np.float64), np.asarray(targets), class_emb.astype(np.float64), model.logit_scale
+    )
+
+
+@app.command("run")
+@handle_errors
+def run(
+    model: str = typer.Option("builtin:emoji-lit", "--model", "-m", help="The served model's URI."),
+    runtime: str = typer.Option("torch", "--runtime", help="The served runtime (its version is in the log)."),
+    reference_data: str = typer.Option("emoji", "--reference-data", help="Labelled data of healthy traffic."),
+    reference_split: str = typer.Option("val", "--reference-split", help="Split of the reference data."),
+    reference_filter: str | None = typer.Option(
+        None, "--reference-filter", help="e.g. 'vendor=google,twitter' (several joined with ';')."
+    ),
+    labels: str | None = typer.Option(
+        None, "--labels", help="Label tier the server classifies at (default finest)."
+    ),
+    window: int = typer.Option(200, "--window", min=10, help="How many of the latest requests to test."),
+    rules: Path | None = typer.Option(None, "--rules", help="Alert rules YAML; exit 1 when one fires."),
+    seed: int = typer.Option(0, "--seed"),
+    store: str | None = StoreOption,
+    json_out: Path | None = JsonOption,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Test the latest requests against a healthy reference; exit 1 when an alert rule fires (for cron/CI).
+
+    Metrics: drift.{mmd,ks_pca,prediction_shift,alignment}.{p_value,statistic,drifted}, estimate.{ac,atc,doc,
+    naive_confidence,reference_accuracy}, alignment.mean, feedback.{acceptance_rate,correction_rate,
+    abstention_rate,realised_accuracy,human_feedback,...}, window.n.
+    """
+    from vlmops.models.runtimes import load_runtime
+    from vlmops.monitor.alerts import AlertStore, evaluate_rules, load_rules
+    from vlmops.monitor.run import run_monitor
+    from vlmops.store.log import PredictionLog
+
+    config = load_rules(rules) if rules else None  # bad rules fail before any work
+    vlm = load_runtime(model, runtime)
+    reference = build_reference(
+        vlm, reference_data, reference_split, _parse_filter(reference_filter), labels, store, progress
+    )
+    report = run_monitor(PredictionLog(store), vlm.info.version, reference, window, seed)
+    fired = (
+        evaluate_rules(config, report.metrics, report.n, AlertStore(store), vlm.info.version)
+        if config
+        else []
+    )
+    table = Table("metric", "value")
+    for key, value in report.metrics.items():
+        if key.endswith((".p_value", ".drifted")) or key.startswith(("estimate.", "feedback.acc", "window")):
+            table.add_row(key, "n/a" if value is None else f"{value:.4g}")
+    console.print(table)
+    for alert in fired:
+        console.print(f"[bold red]ALERT[/] {alert['rule']}: {alert['metric']} = {alert['value']:.4g}")
+    write_json({**report.to_dict(), "alerts": fired}, json_out)
+    if fired:
+        raise typer.Exit(EXIT_FAILED_CHECK)
+
+
+@app.command("history")
+@handle_errors
+def history(store: str | None = StoreOption, json_out: Path | None = JsonOption) -> None:
+    """Every stored monitoring pass and every fired alert."""
+    from vlmops.monitor.alerts import AlertStore
+    from vlmops.monitor.run import monitor_history
+
+    runs = monitor_history(store)
+    table = Table("time", "model", "n", "mmd p", "est. acc (ATC)")
+    for r in runs:
+        m = r["metrics"]
+        table.add_row(
+            f"{r['time']:.0f}",
+            r["model_version"],
+            str(r["n"]),
+            f"{m['drift.mmd.p_value']:.3g}",
+            f"{m['estimate.atc']:.3f}",
+        )
+    console.print(table)
+    write_json(
+        {
+            "runs": [{k: v for k, v in r.items() if k != "results"} for r in runs],
+            "alerts": AlertStore(store).list(),
+        },
+        json_out,
+    )

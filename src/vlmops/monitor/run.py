@@ -1,0 +1,162 @@
+"""One monitoring pass over the prediction log: drift, label-free accuracy, feedback, alerts.
+
+The reference is what healthy traffic looks like: embeddings of a labelled data split (e.g. the
+validation images of the vendors the model was trained on). The window is the latest logged
+requests of one model version; their stored embeddings are re-scored against the label set, so no
+image is decoded or embedded again. Each pass is stored (`monitor_runs`) for the dashboard timeline.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import sqlalchemy as sa
+
+from vlmops.evaluate.calibration import softmax
+from vlmops.monitor.base import DriftInputError
+from vlmops.monitor.estimate import AccuracyEstimator
+from vlmops.monitor.feedback import feedback_metrics
+from vlmops.monitor.mmd import MMDDetector
+from vlmops.monitor.univariate import KSDetector, KSPCADetector, PredictionShiftDetector
+from vlmops.store.log import PredictionLog, embedding_of, make_engine, metadata, requests
+
+monitor_runs = sa.Table(
+    "monitor_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("time", sa.Float, nullable=False, index=True),
+    sa.Column("model_version", sa.String(128), nullable=False),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("window_start", sa.Float),
+    sa.Column("window_end", sa.Float),
+    sa.Column("metrics", sa.Text, nullable=False),  # JSON: the flat metrics alert rules read
+    sa.Column("results", sa.Text, nullable=False),  # JSON: every detector's full result
+)
+
+
+@dataclass
+class Reference:
+    """Healthy traffic: image embeddings, their label indices, and the label set's text embeddings."""
+
+    image_emb: np.ndarray
+    targets: np.ndarray
+    class_emb: np.ndarray
+    logit_scale: float
+
+
+@dataclass
+class MonitorReport:
+    """What one pass found."""
+
+    model_version: str
+    n: int
+    metrics: dict[str, float | None]
+    results: dict[str, dict] = field(default_factory=dict)
+    window: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+
+def window_rows(log: PredictionLog, model_version: str, size: int, endpoint: str = "classify") -> list:
+    """The latest `size` logged requests of one model version that carry an embedding, oldest first."""
+    query = (
+        sa.select(requests)
+        .where(
+            requests.c.model_version == model_version,
+            requests.c.endpoint == endpoint,
+            requests.c.embedding.is_not(None),
+        )
+        .order_by(requests.c.time.desc())
+        .limit(size)
+    )
+    with log.engine.connect() as conn:
+        return list(reversed(conn.execute(query).fetchall()))
+
+
+def drift_metrics(reference: Reference, window_emb: np.ndarray, seed: int = 0) -> tuple[dict, dict]:
+    """Every detector on one window: (flat metrics, full results)."""
+    ref_logits = reference.logit_scale * reference.image_emb @ reference.class_emb.T
+    win_logits = reference.logit_scale * window_emb @ reference.class_emb.T
+    ref_probs, win_probs = softmax(ref_logits), softmax(win_logits)
+    ref_align = (reference.image_emb @ reference.class_emb.T).max(1)
+    win_align = (window_emb @ reference.class_emb.T).max(1)
+    detectors = {
+        "mmd": (MMDDetector(n_permutations=500, seed=seed), reference.image_emb, window_emb),
+        "ks_pca": (KSPCADetector(n_components=10), reference.image_emb, window_emb),
+        "prediction_shift": (PredictionShiftDetector(), ref_probs, win_probs),
+        "alignment": (KSDetector(), ref_align, win_align),
+    }
+    metrics, results = {}, {}
+    for name, (detector, ref, win) in detectors.items():
+        result = detector.fit(ref).test(win)
+        results[name] = result.to_dict()
+        metrics[f"drift.{name}.p_value"] = result.p_value
+        metrics[f"drift.{name}.statistic"] = result.statistic
+        metrics[f"drift.{name}.drifted"] = float(result.drifted)
+    metrics["alignment.mean"] = float(win_align.mean())
+    metrics["alignment.reference_mean"] = float(ref_align.mean())
+    estimator = AccuracyEstimator.fit(ref_logits, reference.targets)
+    for name, value in estimator.estimate(win_logits).items():
+        metrics[f"estimate.{name}"] = value
+    metrics["estimate.reference_accuracy"] = estimator.val_accuracy
+    results["estimator"] = estimator.to_dict()
+    return metrics, results
+
+
+def run_monitor(
+    log: PredictionLog,
+    model_version: str,
+    reference: Reference,
+    window: int = 200,
+    seed: int = 0,
+    min_window: int = 20,
+) -> MonitorReport:
+    """Drift, estimated accuracy and feedback metrics over the latest `window` requests; stored."""
+    rows = window_rows(log, model_version, window)
+    if len(rows) < min_window:
+        raise DriftInputError(
+            f"only {len(rows)} logged classify requests of {model_version} (need {min_window}); "
+            "serve more traffic "
+            "or lower --window"
+        )
+    window_emb = np.concatenate([embedding_of(r)[:1] for r in rows]).astype(np.float64)
+    metrics, results = drift_metrics(reference, window_emb, seed)
+    ids = {r.request_id for r in rows}
+    fb = feedback_metrics(rows, [f for f in log.feedback() if f.request_id in ids])
+    metrics.update({f"feedback.{k}": (None if v is None else float(v)) for k, v in fb.to_dict().items()})
+    metrics["window.n"] = float(len(rows))
+    report = MonitorReport(model_version, len(rows), metrics, results, (rows[0].time, rows[-1].time))
+    store_run(log.engine.url.render_as_string(hide_password=False), report)
+    return report
+
+
+def store_run(url: str, report: MonitorReport) -> None:
+    """Append a pass to monitor_runs."""
+    engine = make_engine(url)
+    metadata.create_all(engine, tables=[monitor_runs])
+    with engine.begin() as conn:
+        conn.execute(
+            monitor_runs.insert().values(
+                time=time.time(),
+                model_version=report.model_version,
+                n=report.n,
+                window_start=report.window[0] if report.window else None,
+                window_end=report.window[1] if report.window else None,
+                metrics=json.dumps(report.metrics),
+                results=json.dumps(report.results, default=float),
+            )
+        )
+
+
+def monitor_history(url: str | None = None) -> list[dict]:
+    """Every stored pass, oldest first."""
+    engine = make_engine(url)
+    metadata.create_all(engine, tables=[monitor_runs])
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(monitor_runs).order_by(monitor_runs.c.id)).fetchall()
+    return [{**r._mapping, "metrics": json.loads(r.metrics), "results": json.loads(r.results)} for r in rows]

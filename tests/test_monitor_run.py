@@ -1,0 +1,70 @@
+"""A monitoring pass over a prediction log: healthy traffic stays quiet, shifted traffic is flagged."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vlmops.monitor.base import DriftInputError
+from vlmops.monitor.run import Reference, monitor_history, run_monitor
+from vlmops.store.log import PredictionLog, PredictionRow
+
+DIM, K = 24, 6
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def draw(rng, classes, n, noise=0.6, offset=0.0):
+    targets = rng.integers(0, K, n)
+    x = classes[targets] + noise * rng.normal(size=(n, DIM)) / np.sqrt(DIM) * 4 + offset
+    return unit(x), targets
+
+
+def log_window(log, rng, classes, n, start, **kw):
+    emb, targets = draw(rng, classes, n, **kw)
+    rows = [
+        PredictionRow(
+            f"r{start + i}",
+            "classify",
+            "m-1",
+            [f"h{i}"],
+            5.0,
+            embedding=emb[i],
+            prediction={"label": str(targets[i])},
+            time=1000.0 + start + i,
+        )
+        for i in range(n)
+    ]
+    log.write(rows)
+    return targets
+
+
+def test_healthy_window_is_quiet_and_a_shift_is_flagged_with_lower_estimated_accuracy(tmp_path):
+    rng = np.random.default_rng(0)
+    classes = unit(rng.normal(size=(K, DIM)))
+    ref_emb, ref_targets = draw(rng, classes, 400)
+    reference = Reference(ref_emb, ref_targets, classes, logit_scale=20.0)
+    url = str(tmp_path / "s.sqlite")
+    log = PredictionLog(url)
+    log_window(log, rng, classes, 150, 0)
+    healthy = run_monitor(log, "m-1", reference, window=150)
+    assert healthy.metrics["drift.mmd.p_value"] > 0.01 and healthy.metrics["drift.ks_pca.p_value"] > 0.01
+    log_window(log, rng, classes, 150, 1000, noise=1.4, offset=0.15)
+    shifted = run_monitor(log, "m-1", reference, window=150)
+    assert shifted.metrics["drift.mmd.drifted"] == 1.0 and shifted.metrics["drift.mmd.p_value"] < 0.01
+    assert shifted.metrics["estimate.atc"] < healthy.metrics["estimate.atc"] - 0.1
+    assert shifted.metrics["alignment.mean"] < healthy.metrics["alignment.mean"]
+    history = monitor_history(url)
+    assert [h["n"] for h in history] == [150, 150] and history[1]["metrics"]["drift.mmd.drifted"] == 1.0
+    json.dumps(shifted.to_dict())  # JSON-ready
+
+
+def test_too_few_logged_requests_is_a_clear_error(tmp_path):
+    log = PredictionLog(str(tmp_path / "s.sqlite"))
+    reference = Reference(np.eye(3), np.arange(3), np.eye(3), 10.0)
+    with pytest.raises(DriftInputError, match="serve more traffic"):
+        run_monitor(log, "m-1", reference)
