@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Installs the system libraries vlmops needs: libcairo2 (cairosvg renders OpenMoji's SVGs).
+# Installs the system packages vlmops needs from Debian:
+#   libcairo2  - cairosvg renders OpenMoji's SVGs
+#   chromium   - the dashboard's browser test drives it through Playwright (no browser download)
 set -euo pipefail
-if ldconfig -p 2>/dev/null | grep -q 'libcairo\.so\.2'; then
+missing=()
+ldconfig -p 2>/dev/null | grep -q 'libcairo\.so\.2' || missing+=(libcairo2)
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 if ! command -v apt-get >/dev/null; then
-  echo "vlmops needs the cairo library (libcairo2); install it with your package manager" >&2
+  echo "vlmops needs: ${missing[*]}; install them with your package manager" >&2
   exit 1
 fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq libcairo2 >/dev/null
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -150,3 +150,17 @@ def history(store: str | None = StoreOption, json_out: Path | None = JsonOption)
         },
         json_out,
     )
+
+
+@app.command("dashboard")
+@handle_errors
+def dashboard(
+    out: Path = typer.Option(Path("dashboard.html"), "--out", "-o", help="HTML file to write."),
+    store: str | None = StoreOption,
+) -> None:
+    """Write the monitoring dashboard (drift timeline, estimated vs realised accuracy, alerts, versions)."""
+    from vlmops.monitor.dashboard import render_dashboard
+    from vlmops.report.html import write_html
+
+    path = write_html(render_dashboard(store), out)
+    console.print(f"dashboard: {path}")

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vlmops.serve import schemas
@@ -296,6 +296,14 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         if not app.state.ready:
             raise ApiError(503, "not_ready", "the model is still loading", {"Retry-After": "1"})
         return {"status": "ready", "model_version": gateway.version}
+
+    @app.get("/dashboard", response_class=HTMLResponse)
+    async def dashboard(key: ApiKey | None = Depends(authorise)):
+        """The monitoring dashboard (drift, estimated vs realised accuracy, alerts, versions)."""
+        from vlmops.monitor.dashboard import render_dashboard
+
+        loop = asyncio.get_running_loop()
+        return HTMLResponse(await loop.run_in_executor(None, render_dashboard, config.store))
 
     @app.get("/metrics")
     async def metrics(key: ApiKey | None = Depends(authorise)):

@@ -25,9 +25,8 @@ KNOWN_PATHS = frozenset(
         "/readyz",
         "/metrics",
         "/openapi.json",
-        "/docs",
-        "/v1/embeddings/",
         "/dashboard",
+        "/docs",
     }
 )
 
