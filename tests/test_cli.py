@@ -45,6 +45,7 @@ def test_help_lists_exactly_the_groups_that_exist():
         "registry",
         "gate",
         "monitor",
+        "retrain",
     }, "no placeholder commands"
     assert all(name in result.output for name in registered)
 

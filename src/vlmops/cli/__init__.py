@@ -27,6 +27,7 @@ app.add_typer(serve.keys_app, name="keys")
 app.add_typer(serve.index_app, name="index")
 app.add_typer(registry.app, name="registry")
 app.command("gate")(registry.gate)
+app.command("retrain")(registry.retrain)
 app.add_typer(monitor.app, name="monitor")
 
 

@@ -77,6 +77,9 @@ def serve(
         16_000_000, "--max-pixels", min=1, help="Largest image (decompression bombs)."
     ),
     cors_origin: list[str] = typer.Option([], "--cors-origin", help="Allow browser calls from this origin."),
+    keep_images: Path | None = typer.Option(
+        None, "--keep-images", help="Archive every served image here by sha256 (what `vlmops retrain` reads)."
+    ),
     insecure_no_auth: bool = typer.Option(
         False, "--insecure-no-auth", help="Serve without API keys (testing only)."
     ),
@@ -113,6 +116,7 @@ def serve(
         gallery=str(gallery) if gallery else None,
         vocabulary=vocabulary or ("emoji" if emoji_ready else None),
         cors_origins=list(cors_origin),
+        keep_images=str(keep_images) if keep_images else None,
         limits=Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels),
     )
     if insecure_no_auth:

@@ -275,7 +275,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         feedback_id = await loop.run_in_executor(
             None,
             lambda: gateway.log.add_feedback(
-                body.request_id, body.accepted, body.label, None if key is None else key.key_id
+                body.request_id, body.accepted, body.label, None if key is None else key.key_id, body.source
             ),
         )
         return {"request_id": body.request_id, "feedback_id": feedback_id}

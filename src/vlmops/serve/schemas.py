@@ -55,6 +55,9 @@ class FeedbackRequest(_Request):
     request_id: str = Field(min_length=1, max_length=64)
     accepted: bool = Field(description="true: the prediction was right; false: give the correct label")
     label: str | None = Field(None, max_length=500, description="the correct label when not accepted")
+    source: Literal["human", "model"] = Field(
+        "human", description="who decided: a person, or a model (never used as ground truth for retraining)"
+    )
 
 
 class _Response(BaseModel):

@@ -20,6 +20,7 @@ from PIL import Image
 from vlmops.audit.pii import redact_text
 from vlmops.evaluate.calibration import softmax
 from vlmops.models.base import VLM
+from vlmops.serve.archive import ImageArchive
 from vlmops.serve.batcher import MicroBatcher, Overloaded
 from vlmops.serve.decode import decode_image
 from vlmops.serve.errors import ApiError
@@ -53,6 +54,7 @@ class ServeConfig:
     gallery: str | None = None
     vocabulary: str | None = None
     cors_origins: list[str] = field(default_factory=list)
+    keep_images: str | None = None  # folder of an ImageArchive (retraining reads it)
     limits: Limits = field(default_factory=Limits)
 
 
@@ -87,6 +89,7 @@ class Gateway:
         self.images = self._batcher("image", model.embed_images)
         self.texts = self._batcher("text", model.embed_texts)
         self.writer: LogWriter | None = None
+        self.archive = ImageArchive(config.keep_images) if config.keep_images else None
 
     def _batcher(self, kind: str, fn) -> MicroBatcher:
         def observe(size: int, waits) -> None:
@@ -138,9 +141,12 @@ class Gateway:
     async def decode(self, data: bytes, field_name: str) -> Image.Image:
         """Decode untrusted bytes on the decode pool."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
+        image = await loop.run_in_executor(
             self._decode_pool, decode_image, data, self.config.limits, field_name
         )
+        if self.archive is not None:  # only images that decoded; written before the answer leaves
+            await loop.run_in_executor(self._decode_pool, self.archive.put, data)
+        return image
 
     async def _await(self, futures: list[asyncio.Future]) -> list:
         try:

@@ -1,0 +1,133 @@
+"""Retraining from verified feedback: fine-tune the built-in model's image tower, nothing else.
+
+The feedback-loop guard: only feedback whose source is "human" becomes a training label. A label
+that a model produced (an auto-accept, a pseudo-label) would teach the model its own mistakes, so
+such rows are counted and dropped, never used. Accepted predictions take the logged predicted label;
+rejected ones take the correction. Every feedback image is mixed with replay images from the
+original training data, so the fine-tune learns the new cases without forgetting the old ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlmops.models.builtin import BUILTIN_MODELS, EmojiLit
+from vlmops.models.towers import ImageTower
+from vlmops.models.training import augment
+from vlmops.monitor.feedback import prediction_of
+from vlmops.serve.archive import ImageArchive
+from vlmops.store.log import PredictionLog
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Fine-tuning hyper-parameters (they go into the new model card)."""
+
+    epochs: int = 4
+    lr: float = 3e-4
+    batch_size: int = 64
+    feedback_repeats: int = 4  # each verified example is seen this many times per epoch
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Example:
+    """One verified training example from feedback."""
+
+    request_id: str
+    sha256: str
+    label: str
+
+
+def verified_examples(log: PredictionLog, archive: ImageArchive, labels: tuple[str, ...]):
+    """Human-verified (image sha256, label) pairs and the counts of what was left out and why."""
+    requests = {r.request_id: r for r in log.requests() if r.endpoint == "classify"}
+    counts: Counter[str] = Counter()
+    latest = {}
+    for fb in log.feedback():
+        if fb.source != "human":
+            counts["model_label_refused"] += 1  # the feedback-loop guard
+        else:
+            latest[fb.request_id] = fb  # a person's last word on a request counts
+    known = set(labels)
+    examples = []
+    for request_id, fb in latest.items():
+        row = requests.get(request_id)
+        if row is None:
+            counts["not_a_classify_request"] += 1
+            continue
+        label = (fb.label or prediction_of(row).get("label")) if fb.accepted else fb.label
+        sha = json.loads(row.input_sha256)[0]
+        if label not in known:
+            counts["label_not_in_label_set"] += 1
+        elif not archive.has(sha):
+            counts["image_not_archived"] += 1
+        else:
+            examples.append(Example(request_id, sha, label))
+            counts["used"] += 1
+    return examples, dict(counts)
+
+
+def fine_tune(
+    tower: ImageTower,
+    pixels: torch.Tensor,
+    targets: torch.Tensor,
+    class_emb: torch.Tensor,
+    logit_scale: float,
+    config: RetrainConfig,
+    weights: torch.Tensor | None = None,
+) -> tuple[ImageTower, list[dict]]:
+    """A fine-tuned copy of `tower` (pixels uint8 (n, 3, s, s); cross-entropy over the class texts)."""
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    tuned = copy.deepcopy(tower).train()
+    optimiser = torch.optim.AdamW(tuned.parameters(), lr=config.lr, weight_decay=0.01)
+    weights = torch.ones(len(targets)) if weights is None else weights
+    per_epoch = int(weights.sum().item())
+    history = []
+    for epoch in range(1, config.epochs + 1):
+        order = torch.multinomial(weights, per_epoch, replacement=True, generator=generator)
+        losses = []
+        for start in range(0, per_epoch, config.batch_size):
+            idx = order[start : start + config.batch_size]
+            images = augment(pixels[idx].float() / 127.5 - 1.0, generator)
+            logits = logit_scale * tuned(images) @ class_emb.T
+            loss = nn.functional.cross_entropy(logits, targets[idx])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+        history.append({"epoch": epoch, "loss": float(np.mean(losses))})
+    return tuned.eval(), history
+
+
+def save_retrained(model: EmojiLit, tower: ImageTower, out: Path, extra: dict) -> Path:
+    """Write a `builtin:emoji-lit@FOLDER` model: the new weights and the parent's card plus `retrain`."""
+    from safetensors.torch import save_file
+
+    from vlmops.hashing import sha256_file
+
+    spec = BUILTIN_MODELS["emoji-lit"]
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / spec.weights
+    tmp = weights.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, str(tmp))
+    tmp.replace(weights)
+    card = {**(model.card or {}), "weights_sha256": sha256_file(weights), "retrain": extra}
+    card.setdefault("tower", tower.config.to_dict())
+    card.setdefault("logit_scale", model.logit_scale)
+    (out / spec.card).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    return out
+
+
+def config_dict(config: RetrainConfig) -> dict:
+    """Plain dict for the model card."""
+    return asdict(config)
