@@ -13,6 +13,7 @@ from eval_data import write_manifest
 from serve_helpers import b64
 from vlmops.cli import app
 from vlmops.models import load_model
+from vlmops.registry.store import Registry
 from vlmops.serve.app import create_app
 from vlmops.serve.service import Gateway, ServeConfig
 from vlmops.store.log import PredictionLog
@@ -66,10 +67,17 @@ def test_monitor_run_alerts_on_shifted_traffic(tmp_path):
         healthy = runner.invoke(app, [*args, "--json", str(tmp_path / "h.json")], catch_exceptions=False)
         assert healthy.exit_code == 0, healthy.output
         send(client, paths, lambda im: ImageOps.invert(im).rotate(90))
-        shifted = runner.invoke(app, [*args, "--json", str(tmp_path / "s.json")], catch_exceptions=False)
+        registry = Registry(store)  # the served model is the canary; an alert on it must roll it back
+        registry.register(gateway.version, "builtin:emoji-lit", "w")
+        registry.set_alias("canary", gateway.version)
+        shifted = runner.invoke(
+            app, [*args, "--rollback-canary", "--json", str(tmp_path / "s.json")], catch_exceptions=False
+        )
     assert shifted.exit_code == 1, shifted.output
     report = json.loads((tmp_path / "s.json").read_text())
     assert report["alerts"][0]["rule"] == "embedding drift" and report["n"] == 40
+    assert registry.alias("canary") is None
+    assert registry.history("canary")[-1]["kind"] == "rollback"
     assert json.loads((tmp_path / "h.json").read_text())["metrics"]["drift.mmd.p_value"] > 0.01
     history = runner.invoke(
         app, ["monitor", "history", "--store", store, "--json", str(tmp_path / "all.json")]

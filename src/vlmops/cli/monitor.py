@@ -86,6 +86,12 @@ def run(
     window: int = typer.Option(200, "--window", min=10, help="How many of the latest requests to test."),
     rules: Path | None = typer.Option(None, "--rules", help="Alert rules YAML; exit 1 when one fires."),
     seed: int = typer.Option(0, "--seed"),
+    rollback_canary: bool = typer.Option(
+        False,
+        "--rollback-canary",
+        help="When an alert fires on the registry's canary, clear the canary alias "
+        "(servers started with --follow-registry stop routing to it).",
+    ),
     store: str | None = StoreOption,
     json_out: Path | None = JsonOption,
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -119,6 +125,14 @@ def run(
     console.print(table)
     for alert in fired:
         console.print(f"[bold red]ALERT[/] {alert['rule']}: {alert['metric']} = {alert['value']:.4g}")
+    if fired and rollback_canary:
+        from vlmops.registry.store import Registry
+
+        registry = Registry(store)
+        if registry.alias("canary") == vlm.info.version:
+            reason = "alert: " + ", ".join(a["rule"] for a in fired)
+            registry.clear_alias("canary", kind="rollback", reason=reason)
+            console.print(f"[bold red]canary {vlm.info.version} rolled back[/] ({reason})")
     write_json({**report.to_dict(), "alerts": fired}, json_out)
     if fired:
         raise typer.Exit(EXIT_FAILED_CHECK)

@@ -80,6 +80,14 @@ def serve(
     keep_images: Path | None = typer.Option(
         None, "--keep-images", help="Archive every served image here by sha256 (what `vlmops retrain` reads)."
     ),
+    canary: str | None = typer.Option(
+        None, "--canary", help="Model URI answering --canary-share of traffic."
+    ),
+    canary_share: float = typer.Option(0.1, "--canary-share", min=0.0, max=1.0),
+    shadow: str | None = typer.Option(None, "--shadow", help="Model URI run on every classify, logged only."),
+    follow_registry: float = typer.Option(
+        0.0, "--follow-registry", help="Every N s, end a canary/shadow whose registry alias moved (rollback)."
+    ),
     insecure_no_auth: bool = typer.Option(
         False, "--insecure-no-auth", help="Serve without API keys (testing only)."
     ),
@@ -117,6 +125,10 @@ def serve(
         vocabulary=vocabulary or ("emoji" if emoji_ready else None),
         cors_origins=list(cors_origin),
         keep_images=str(keep_images) if keep_images else None,
+        canary=canary,
+        canary_share=canary_share,
+        shadow=shadow,
+        follow_registry_s=follow_registry,
         limits=Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels),
     )
     if insecure_no_auth:

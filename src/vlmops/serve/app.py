@@ -45,6 +45,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
 
     app = FastAPI(title="vlmops gateway", version="1", lifespan=lifespan, responses=ERRORS)
     app.state.ready = False
+    app.state.gateway = gateway
 
     def error_response(request: Request, exc: ApiError) -> JSONResponse:
         if exc.status in (413, 415, 422):
@@ -109,19 +110,58 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         finally:
             gateway.release()
 
-    def row(request: Request, key: ApiKey | None, endpoint: str, hashes, start: float, **kw) -> PredictionRow:
+    def row(
+        request: Request,
+        key: ApiKey | None,
+        endpoint: str,
+        hashes,
+        start: float,
+        version: str | None = None,
+        **kw,
+    ) -> PredictionRow:
         return PredictionRow(
             request_id=request.scope["state"]["request_id"],
             endpoint=endpoint,
-            model_version=gateway.version,
+            model_version=version or gateway.version,
             input_sha256=hashes,
             latency_ms=(time.perf_counter() - start) * 1000,
             key_id=None if key is None else key.key_id,
             **kw,
         )
 
-    def ids(request: Request) -> dict:
-        return {"request_id": request.scope["state"]["request_id"], "model_version": gateway.version}
+    def ids(request: Request, target: Gateway | None = None) -> dict:
+        version = (target or gateway).version
+        request.scope["state"]["model_version"] = version  # the X-Model-Version header follows the answer
+        return {"request_id": request.scope["state"]["request_id"], "model_version": version}
+
+    shadow_tasks: set[asyncio.Task] = set()
+
+    def mirror(shadow: Gateway, image, label_set, top_k: int, answered: PredictionRow) -> None:
+        """Run the shadow model on the same input after the answer; log it, never return it or fail."""
+
+        async def run() -> None:
+            start = time.perf_counter()
+            try:
+                embedding, prediction = await shadow.classify(image, label_set, top_k)
+                await shadow.record(
+                    PredictionRow(
+                        f"{answered.request_id}:shadow",
+                        "classify",
+                        shadow.version,
+                        answered.input_sha256,
+                        (time.perf_counter() - start) * 1000,
+                        answered.key_id,
+                        embedding,
+                        prediction,
+                        prediction["confidence"],
+                    )
+                )
+            except Exception:  # a failing shadow must never affect served traffic
+                gateway.metrics.rejected.labels("shadow_failed").inc()
+
+        task = asyncio.get_running_loop().create_task(run())
+        shadow_tasks.add(task)
+        task.add_done_callback(shadow_tasks.discard)
 
     async def one_image(images: list[bytes]):
         if len(images) != 1:
@@ -174,20 +214,23 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         body, raw = await parse_body(request, schemas.ClassifyRequest)
         label_set = gateway.label_set_for(body.labels, body.label_set, body.template)
         image, digest = await one_image(raw)
-        embedding, prediction = await gateway.classify(image, label_set, body.top_k)
-        await gateway.record(
-            row(
-                request,
-                key,
-                "classify",
-                [digest],
-                t0,
-                embedding=embedding,
-                prediction=prediction,
-                confidence=prediction["confidence"],
-            )
+        target = gateway.route(request.scope["state"]["request_id"])
+        embedding, prediction = await target.classify(image, label_set, body.top_k)
+        answered = row(
+            request,
+            key,
+            "classify",
+            [digest],
+            t0,
+            embedding=embedding,
+            prediction=prediction,
+            confidence=prediction["confidence"],
+            version=target.version,
         )
-        return {**ids(request), **prediction}
+        await target.record(answered)
+        if "shadow" in gateway.variants:
+            mirror(gateway.variants["shadow"], image, label_set, body.top_k, answered)
+        return {**ids(request, target), **prediction}
 
     @app.post(
         "/v1/search",
@@ -244,8 +287,9 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         t0 = time.perf_counter()
         body, raw = await parse_body(request, schemas.TagRequest)
         image, digest = await one_image(raw)
-        embedding, result = await gateway.tag(image, body.top_k)
-        await gateway.record(
+        target = gateway.route(request.scope["state"]["request_id"])
+        embedding, result = await target.tag(image, body.top_k)
+        await target.record(
             row(
                 request,
                 key,
@@ -255,9 +299,10 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
                 embedding=embedding,
                 prediction=result,
                 confidence=result["tags"][0]["score"],
+                version=target.version,
             )
         )
-        return {**ids(request), **result}
+        return {**ids(request, target), **result}
 
     @app.post("/v1/feedback", response_model=schemas.FeedbackResponse)
     async def feedback(request: Request, key: ApiKey | None = Depends(authorise)):

@@ -73,7 +73,17 @@ def build_gateway(config: ServeConfig) -> Gateway:
         vocabulary = emoji_vocabulary()
     elif config.vocabulary:
         vocabulary = read_lines(Path(config.vocabulary).expanduser(), "vocabulary")
-    return Gateway(model, config, PredictionLog(config.store), label_sets, calibration, gallery, vocabulary)
+    gateway = Gateway(
+        model, config, PredictionLog(config.store), label_sets, calibration, gallery, vocabulary
+    )
+    for role, uri in (("canary", config.canary), ("shadow", config.shadow)):
+        if uri:  # same label sets and vocabulary; calibration and gallery belong to the primary version
+            variant = load_runtime(uri, config.runtime)
+            gateway.attach(
+                role,
+                Gateway(variant, config, PredictionLog(config.store), label_sets, None, None, vocabulary),
+            )
+    return gateway
 
 
 def build_app(config: ServeConfig) -> FastAPI:

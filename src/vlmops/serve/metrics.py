@@ -59,6 +59,12 @@ class GatewayMetrics:
             ["code"],
             registry=reg,
         )
+        self.rollouts = Counter(
+            "vlmops_rollout_ended_total",
+            "Canary or shadow models taken out of traffic.",
+            ["role"],
+            registry=reg,
+        )
         self.queue_depth = Gauge(
             "vlmops_queue_depth",
             "Items waiting for a batch.",

@@ -50,12 +50,14 @@ class GatewayMiddleware:
         request_id = os.urandom(16).hex()  # as unique as uuid4, without building a UUID object
         scope.setdefault("state", {})["request_id"] = request_id
         path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
-        extra = [(b"x-request-id", request_id.encode()), (b"x-model-version", self.model_version.encode())]
+        state = scope["state"]
         status_box = {"status": 500, "started": False}
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 status_box["status"], status_box["started"] = message["status"], True
+                version = state.get("model_version", self.model_version)  # a canary answer names the canary
+                extra = [(b"x-request-id", request_id.encode()), (b"x-model-version", version.encode())]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 

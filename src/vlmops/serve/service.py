@@ -55,6 +55,10 @@ class ServeConfig:
     vocabulary: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     keep_images: str | None = None  # folder of an ImageArchive (retraining reads it)
+    canary: str | None = None  # model URI answering `canary_share` of classify/tag traffic
+    canary_share: float = 0.1
+    shadow: str | None = None  # model URI that sees every classify request, logged, never returned
+    follow_registry_s: float = 0.0  # > 0: poll the registry; a cleared canary/shadow alias stops routing
     limits: Limits = field(default_factory=Limits)
 
 
@@ -90,6 +94,8 @@ class Gateway:
         self.texts = self._batcher("text", model.embed_texts)
         self.writer: LogWriter | None = None
         self.archive = ImageArchive(config.keep_images) if config.keep_images else None
+        self.variants: dict[str, Gateway] = {}  # "canary" and/or "shadow": other models, same log
+        self._follow_task: asyncio.Task | None = None
 
     def _batcher(self, kind: str, fn) -> MicroBatcher:
         def observe(size: int, waits) -> None:
@@ -113,9 +119,17 @@ class Gateway:
             await self.text_embeddings(label_set.prompts(), admit=False)
         if self.vocabulary:
             await self.text_embeddings(list(self.vocabulary), admit=False)
+        for variant in self.variants.values():
+            await variant.start()
+        if self.variants and self.config.follow_registry_s > 0:
+            self._follow_task = asyncio.get_running_loop().create_task(self._follow_registry())
 
     async def stop(self) -> None:
         """Drain the queues, commit the last log rows, stop the threads."""
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+        for variant in self.variants.values():
+            await variant.stop()
         await self.images.stop()
         await self.texts.stop()
         if self.writer is not None:
@@ -123,6 +137,40 @@ class Gateway:
         self._model_thread.shutdown(wait=True)
         self._decode_pool.shutdown(wait=True)
         self.log.close()
+
+    # -- rollout: canary and shadow ----------------------------------------------------------------
+    def attach(self, role: str, variant: Gateway) -> None:
+        """Serve another model as `canary` (a share of traffic) or `shadow` (mirrored, never returned)."""
+        if role not in ("canary", "shadow"):
+            raise ValueError(f"role must be canary or shadow, got {role!r}")
+        self.variants[role] = variant
+
+    def route(self, request_id: str) -> Gateway:
+        """The model that answers this request: the canary for its share of request ids, else this one."""
+        canary = self.variants.get("canary")
+        if canary is not None and int(request_id[:8], 16) / 0xFFFFFFFF < self.config.canary_share:
+            return canary
+        return self
+
+    def end_variant(self, role: str, reason: str) -> None:
+        """Stop routing to a canary or shadow (its queues drain in the background)."""
+        variant = self.variants.pop(role, None)
+        if variant is not None:
+            self.metrics.rollouts.labels(role).inc()
+            asyncio.get_running_loop().create_task(variant.stop())
+
+    async def _follow_registry(self) -> None:
+        """Every follow_registry_s: end a canary or shadow whose registry alias no longer names it."""
+        from vlmops.registry.store import Registry
+
+        registry = Registry(self.config.store)
+        loop = asyncio.get_running_loop()
+        while self.variants:
+            await asyncio.sleep(self.config.follow_registry_s)
+            for role, variant in list(self.variants.items()):
+                current = await loop.run_in_executor(None, registry.alias, role)
+                if current != variant.version:
+                    self.end_variant(role, f"registry alias {role} is now {current}")
 
     # -- admission, decoding, embedding ------------------------------------------------------------
     def admit(self) -> None:
