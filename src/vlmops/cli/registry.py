@@ -229,85 +229,35 @@ def retrain(
     Labels that came from a model (feedback source "model") are never used: the feedback-loop guard.
     The result is registered (default alias: challenger) with the served model as its parent.
     """
-    import numpy as np
-    import torch
-
-    from vlmops.data.images import load_image
     from vlmops.data.manifest import resolve_data
     from vlmops.evaluate.task import build_task
     from vlmops.models import load_model
-    from vlmops.models.builtin import EmojiLit
-    from vlmops.models.towers import pixels_from_images
-    from vlmops.registry.retrain import (
-        RetrainConfig,
-        config_dict,
-        fine_tune,
-        save_retrained,
-        verified_examples,
-    )
+    from vlmops.registry.retrain import RetrainConfig, retrain_from_feedback
     from vlmops.serve.archive import ImageArchive
     from vlmops.store.log import PredictionLog
 
     vlm = load_model(model)
-    if not isinstance(vlm, EmojiLit):
-        raise VlmopsError(
-            f"retrain fine-tunes the built-in image tower; {model} is not a builtin:emoji-lit model"
-        )
     task = build_task(resolve_data(data), "emoji" if data == "emoji" else "other", "all", labels)
-    names = tuple(task.class_names)
-    examples, counts = verified_examples(PredictionLog(store), ImageArchive(archive), names)
-    if not examples:
-        raise VlmopsError(
-            f"no human-verified feedback with archived images to learn from ({counts}); "
-            "serve with --keep-images and collect feedback first"
-        )
-    index = {name: i for i, name in enumerate(names)}
-    size = vlm.tower.config.image_size
-    archive_store = ImageArchive(archive)
-    images = [load_image(archive_store.path(e.sha256)) for e in examples]
-    targets = [index[e.label] for e in examples]
-    rng = np.random.default_rng(seed)
-    vendors = ((vlm.card or {}).get("data") or {}).get("vendors")
-    pool = (
-        np.flatnonzero((task.frame["split"] == "train").to_numpy()) if "split" in task.frame else np.array([])
-    )
-    if vendors and "vendor" in task.frame:
-        pool = pool[np.isin(task.frame["vendor"].to_numpy()[pool], vendors)]
-    chosen = rng.choice(pool, min(replay, len(pool)), replace=False) if len(pool) and replay else []
-    class_of = {c: i for i, c in enumerate(task.classes)}
-    images += [load_image(task.frame["image"][i]) for i in chosen]
-    targets += [class_of[task.labels[i]] for i in chosen]
-    pixels = ((pixels_from_images(images, size) + 1.0) * 127.5).round().to(torch.uint8)
     config = RetrainConfig(epochs=epochs, lr=lr, seed=seed)
-    weights = torch.tensor([float(config.feedback_repeats)] * len(examples) + [1.0] * len(chosen))
-    class_emb = torch.from_numpy(vlm.embed_texts([task.templates[0].format(n) for n in names]))
-    tower, history = fine_tune(
-        vlm.tower, pixels, torch.tensor(targets), class_emb, vlm.logit_scale, config, weights
+    summary = retrain_from_feedback(
+        vlm, task, PredictionLog(store), ImageArchive(archive), out, config, replay
     )
-    extra = {
-        "parent": vlm.info.version,
-        "feedback": counts,
-        "replay": len(chosen),
-        "config": config_dict(config),
-        "history": history,
-    }
-    save_retrained(vlm, tower, out, extra)
-    new = load_model(f"builtin:emoji-lit@{out}")
-    summary = {"out": str(out), "version": new.info.version, "parent": vlm.info.version, **extra}
     if register_as:
         registry = _registry(store)
         if registry.find(vlm.info.version) is None:
             registry.register(vlm.info.version, model, vlm.info.weights_sha256)
+        counts = summary["feedback"]
         registry.register(
-            new.info.version,
+            summary["version"],
             f"builtin:emoji-lit@{out}",
-            new.info.weights_sha256,
+            summary["weights_sha256"],
             parent=vlm.info.version,
             notes=f"retrained on {counts.get('used', 0)} verified examples",
         )
-        registry.set_alias(register_as, new.info.version, reason="retrained from feedback", evidence=counts)
+        registry.set_alias(register_as, summary["version"], reason="retrained from feedback", evidence=counts)
+    counts = summary["feedback"]
     console.print(
-        f"retrained {vlm.info.version} -> {new.info.version} on {len(examples)} verified examples "
-        f"+ {len(chosen)} replay images; left out: {counts}"
+        f"retrained {vlm.info.version} -> {summary['version']} on {counts.get('used', 0)} verified examples "
+        f"+ {summary['replay']} replay images; feedback: {counts}"
     )
     write_json(summary, json_out)

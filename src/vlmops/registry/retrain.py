@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlmops.evaluate.task import EvalTask
 from vlmops.models.builtin import BUILTIN_MODELS, EmojiLit
 from vlmops.models.towers import ImageTower
 from vlmops.models.training import augment
@@ -128,6 +129,66 @@ def save_retrained(model: EmojiLit, tower: ImageTower, out: Path, extra: dict) -
     return out
 
 
-def config_dict(config: RetrainConfig) -> dict:
-    """Plain dict for the model card."""
-    return asdict(config)
+def retrain_from_feedback(
+    model: EmojiLit,
+    task: EvalTask,
+    log: PredictionLog,
+    archive: ImageArchive,
+    out: Path,
+    config: RetrainConfig = RetrainConfig(),
+    replay: int = 1024,
+) -> dict:
+    """Fine-tune on verified feedback (labels: `task`'s class names) plus replay; write the model to `out`."""
+    from vlmops.data.images import load_image
+    from vlmops.errors import VlmopsError
+    from vlmops.models import load_model
+    from vlmops.models.towers import pixels_from_images
+
+    if not isinstance(model, EmojiLit):
+        raise VlmopsError(
+            f"retrain fine-tunes the built-in image tower; {model.info.uri} is not builtin:emoji-lit"
+        )
+    names = tuple(task.class_names)
+    examples, counts = verified_examples(log, archive, names)
+    if not examples:
+        raise VlmopsError(
+            f"no human-verified feedback with archived images to learn from ({counts}); "
+            "serve with --keep-images and collect feedback first"
+        )
+    index = {name: i for i, name in enumerate(names)}
+    images = [load_image(archive.path(e.sha256)) for e in examples]
+    targets = [index[e.label] for e in examples]
+    chosen = replay_rows(task, model, replay, config.seed)
+    class_of = {c: i for i, c in enumerate(task.classes)}
+    images += [load_image(task.frame["image"][i]) for i in chosen]
+    targets += [class_of[task.labels[i]] for i in chosen]
+    pixels = (
+        ((pixels_from_images(images, model.tower.config.image_size) + 1.0) * 127.5).round().to(torch.uint8)
+    )
+    weights = torch.tensor([float(config.feedback_repeats)] * len(examples) + [1.0] * len(chosen))
+    class_emb = torch.from_numpy(model.embed_texts([task.templates[0].format(n) for n in names]))
+    tower, history = fine_tune(
+        model.tower, pixels, torch.tensor(targets), class_emb, model.logit_scale, config, weights
+    )
+    extra = {
+        "parent": model.info.version,
+        "feedback": counts,
+        "replay": len(chosen),
+        "config": asdict(config),
+        "history": history,
+    }
+    save_retrained(model, tower, out, extra)
+    info = load_model(f"builtin:emoji-lit@{out}").info  # its version comes from the one place that names it
+    return {"out": str(out), "version": info.version, "weights_sha256": info.weights_sha256, **extra}
+
+
+def replay_rows(task: EvalTask, model: EmojiLit, n: int, seed: int) -> np.ndarray:
+    """Up to n training-split rows of the vendors the model was trained on (all vendors if unknown)."""
+    frame = task.frame
+    if n <= 0 or "split" not in frame:
+        return np.array([], dtype=int)
+    pool = np.flatnonzero((frame["split"] == "train").to_numpy())
+    vendors = ((model.card or {}).get("data") or {}).get("vendors")
+    if vendors and "vendor" in frame:
+        pool = pool[np.isin(frame["vendor"].to_numpy()[pool], vendors)]
+    return np.random.default_rng(seed).choice(pool, min(n, len(pool)), replace=False) if len(pool) else pool
