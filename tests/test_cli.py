@@ -110,7 +110,9 @@ def test_data_info_on_emoji_counts_slices(tmp_path):
 @needs_emoji
 def test_demo_runs_end_to_end_and_passes_the_bar(tmp_path):
     out = tmp_path / "demo.json"
-    result = invoke("demo", "--store", str(tmp_path / "s.sqlite"), "--no-progress", "--json", str(out))
+    result = invoke(
+        "demo", "--no-loop", "--store", str(tmp_path / "s.sqlite"), "--no-progress", "--json", str(out)
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())["report"]
     assert all(bar["passed"] for bar in report["bars"].values())

@@ -16,12 +16,24 @@ def demo(
     store: str | None = typer.Option(
         None, "--store", help="Embedding store URL or path (default under VLMOPS_HOME)."
     ),
+    loop: bool = typer.Option(
+        True,
+        "--loop/--no-loop",
+        help="Then run the closed loop: shift, detect, retrain, gate, canary, rollback.",
+    ),
+    workdir: Path | None = typer.Option(
+        None, "--workdir", help="Folder for the loop (default: VLMOPS_HOME/demo/TIME)."
+    ),
     json_out: Path | None = JsonOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Fetch the emoji data, load the model, run a zero-shot evaluation and print a summary.
+    """The embedded defaults end to end: data, the shipped model's quality bar, then the closed loop.
 
-    Exit code 1 when the built-in model misses its quality bar.
+    The loop serves the model, replays google/twitter traffic and then facebook/openmoji and
+    low-contrast images, detects the shift and the accuracy drop before labels, retrains from user
+    feedback, gates the challenger, runs it as a canary, promotes it, and rolls back a broken one.
+    It writes an HTML story report and prints where. Exit 1 when the quality bar fails or the loop
+    does not end with the retrained champion and the broken canary rolled back.
     """
     from vlmops.data.emoji import fetch_emoji, load_emoji_manifest
     from vlmops.evaluate.emoji_bar import quality_report
@@ -57,6 +69,32 @@ def demo(
     for key, bar in report["bars"].items():
         mark = "[green]pass[/]" if bar["passed"] else "[red]FAIL[/]"
         console.print(f"quality bar {key}: {bar['value']:.3f} >= {bar['threshold']} {mark}")
-    write_json({"model": vlm.info.to_dict(), "report": report}, json_out)
+    payload = {"model": vlm.info.to_dict(), "report": report}
     if failed and model == "builtin:emoji-lit":
+        write_json(payload, json_out)
         raise typer.Exit(1)
+    if loop:
+        payload["loop"] = _run_loop(workdir)
+    write_json(payload, json_out)
+    if loop and not payload["loop"]["succeeded"]:
+        raise typer.Exit(1)
+
+
+def _run_loop(workdir: Path | None) -> dict:
+    import time
+
+    from vlmops.config import get_settings
+    from vlmops.demo_loop import run_loop, write_story
+
+    workdir = workdir or get_settings().home / "demo" / time.strftime("%Y%m%d-%H%M%S")
+    console.rule("[bold]the closed loop")
+    results = run_loop(workdir, say=lambda text: console.print(text, highlight=False))
+    story = write_story(results, str(workdir / "store.sqlite"), workdir / "story.html")
+    results["succeeded"] = bool(
+        results["gate"]["passed"]
+        and results["rollback"]["alerts"]
+        and results["rollback"]["after"] == [results["champion"]]
+    )
+    results["story"] = str(story)
+    console.print(f"story report: [bold]{story}[/] ({results['seconds']:.0f} s)")
+    return results

@@ -1,0 +1,30 @@
+"""The closed-loop demo on the real emoji data, at reduced traffic (a few minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vlmops.data.emoji import manifest_path
+from vlmops.demo_loop import DemoSizes, run_loop, write_story
+
+pytestmark = pytest.mark.skipif(not manifest_path().exists(), reason="run `vlmops data fetch emoji` first")
+
+
+def test_the_loop_detects_retrains_gates_promotes_and_rolls_back(tmp_path):
+    sizes = DemoSizes(
+        reference=200, healthy=100, shifted=200, corrupted=50, held_out=200, canary=100, replay=256, epochs=2
+    )
+    results = run_loop(tmp_path, sizes, say=lambda text: None)
+    phases = {p["phase"]: p for p in results["phases"]}
+    assert phases["healthy traffic"]["alerts"] == []
+    assert set(phases["shifted traffic"]["alerts"]) == {"embedding drift", "estimated accuracy drop"}
+    shifted = phases["shifted traffic"]
+    assert abs(shifted["estimated_accuracy"] - shifted["realised_accuracy"]) < 0.1  # before any label arrived
+    assert results["retrain"]["feedback"]["model_label_refused"] == 20  # the feedback-loop guard
+    assert results["gate"]["passed"] and results["gate"]["challenger_top1"] > results["gate"]["champion_top1"]
+    assert results["champion"] == results["retrain"]["version"]  # promoted after a healthy canary
+    assert results["rollback"]["alerts"] and results["rollback"]["after"] == [results["champion"]]
+    kinds = [e["kind"] for e in results["history"] if e["alias"] in ("champion", "canary")]
+    assert kinds.count("rollback") == 1 and kinds.count("promote") >= 2
+    story = write_story(results, str(tmp_path / "store.sqlite"), tmp_path / "story.html").read_text()
+    assert "What happened" in story and story.count("<svg") == 2 and "refused" in story
