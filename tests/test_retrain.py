@@ -117,6 +117,29 @@ def test_retrain_uses_only_human_labels_and_learns_them(tmp_path):
     registry = Registry(store)
     assert registry.alias("challenger") == retrained.info.version
     assert registry.get("challenger")["parent"] == base.info.version
+    assert summary["gate"]["passed"] and registry.get("challenger")["eval_report"]["headline"]["top1"] >= 0.9
+    impossible = CliRunner().invoke(
+        app,
+        [
+            "retrain",
+            "--archive",
+            str(archive),
+            "--out",
+            str(tmp_path / "again"),
+            "--data",
+            str(manifest),
+            "--replay",
+            "0",
+            "--epochs",
+            "1",
+            "--store",
+            store,
+            "--rules",
+            "top1_drop<=-2",
+        ],
+        catch_exceptions=False,
+    )
+    assert impossible.exit_code == 1 and "FAILED" in impossible.output  # a failed gate fails the command
 
 
 def test_retrain_without_feedback_is_a_clear_error(tmp_path):

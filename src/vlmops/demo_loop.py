@@ -31,6 +31,7 @@ from vlmops.evaluate.task import build_task
 from vlmops.models import load_model
 from vlmops.monitor.alerts import AlertConfig, AlertRule, AlertStore, evaluate_rules
 from vlmops.monitor.run import Reference, run_monitor
+from vlmops.registry.evaluation import eval_report
 from vlmops.registry.gate import gate
 from vlmops.registry.retrain import RetrainConfig, retrain_from_feedback, save_retrained
 from vlmops.registry.store import Registry
@@ -165,16 +166,9 @@ class Loop:
 
     def evaluate(self, model) -> dict:
         """Per-item outcomes and headline metrics on the held-out shifted images plus old-vendor images."""
-        from vlmops.evaluate.context import EvalContext
-        from vlmops.evaluate.suite import EvalOptions, run_eval
-        from vlmops.store.cache import open_cache
-
         rows = np.concatenate([self.rows["held_out"], self.rows["healthy"]])
         frame = self.task.frame.iloc[rows].assign(split="test")
-        task = build_task(frame, "emoji", "test", "concept")
-        with open_cache(self.store) as cache:
-            ctx = EvalContext(model, task, cache, progress=False)
-            return run_eval(ctx, EvalOptions(suite="quick", slices=["vendor"]), {"spec": "demo"}).to_dict()
+        return eval_report(model, build_task(frame, "emoji", "test", "concept"), ["vendor"], self.store)
 
 
 def bad_challenger(model, out: Path) -> None:

@@ -221,13 +221,18 @@ def retrain(
     register_as: str | None = typer.Option(
         "challenger", "--register-as", help="Alias in the registry ('' = none)."
     ),
+    gate_split: str | None = typer.Option(
+        "test", "--gate-split", help="Evaluate both models on this split of --data and gate ('' = skip)."
+    ),
+    rules: str | None = typer.Option(None, "--rules", help="Gate rules (default: top-1, worst slice, ECE)."),
     store: str | None = StoreOption,
     json_out: Path | None = JsonOption,
 ) -> None:
     """Fine-tune the image tower on human-verified feedback plus replay of the original training data.
 
     Labels that came from a model (feedback source "model") are never used: the feedback-loop guard.
-    The result is registered (default alias: challenger) with the served model as its parent.
+    The result is registered (default alias: challenger) with the served model as its parent; then both
+    are evaluated (quick suite) on --gate-split and gated. Exit 1 when the gate fails.
     """
     from vlmops.data.manifest import resolve_data
     from vlmops.evaluate.task import build_task
@@ -260,4 +265,44 @@ def retrain(
         f"retrained {vlm.info.version} -> {summary['version']} on {counts.get('used', 0)} verified examples "
         f"+ {summary['replay']} replay images; feedback: {counts}"
     )
+    if gate_split:
+        summary["gate"] = _gate_retrained(
+            vlm, summary, out, data, gate_split, labels, rules, store if register_as else None
+        )
     write_json(summary, json_out)
+    if gate_split and not summary["gate"]["passed"]:
+        raise typer.Exit(EXIT_FAILED_CHECK)
+
+
+def _gate_retrained(
+    parent,
+    summary: dict,
+    out: Path,
+    data: str,
+    split: str,
+    labels: str | None,
+    rules: str | None,
+    store: str | None,
+) -> dict:
+    """Quick-suite evals of parent and retrained model on `split`, the gate; reports go to the registry."""
+    from vlmops.data.manifest import resolve_data
+    from vlmops.evaluate.task import build_task
+    from vlmops.models import load_model
+    from vlmops.registry.evaluation import eval_report
+    from vlmops.registry.gate import gate
+
+    task = build_task(resolve_data(data), "emoji" if data == "emoji" else "other", split, labels)
+    base = eval_report(parent, task)
+    candidate = eval_report(load_model(f"builtin:emoji-lit@{out}"), task)
+    # the quick suite has no corruption robustness, so that rule of vlmops gate's default set is left out
+    decision = gate(candidate, base, rules or "top1_drop<=0.01,worst_slice_drop<=0.02,ece_increase<=0.02")
+    if store is not None:
+        registry = _registry(store)
+        registry.attach_eval(parent.info.version, base)
+        registry.attach_eval(summary["version"], candidate)
+    verdict = "[green]passed" if decision.passed else "[red]FAILED"
+    console.print(
+        f"gate on {split}: top-1 {base['headline']['top1']:.3f} -> {candidate['headline']['top1']:.3f}, "
+        f"{verdict}"
+    )
+    return decision.to_dict()
