@@ -37,8 +37,9 @@ class DriftResult:
         return asdict(self)
 
 
-def as_matrix(x: Any, name: str, min_rows: int = 2) -> np.ndarray:
-    """2-D float64 array with at least `min_rows` finite rows, or a DriftInputError naming `name`."""
+def as_matrix(x: Any, name: str, min_rows: int = 2, features: int | None = None) -> np.ndarray:
+    """2-D float64 array with at least `min_rows` finite rows (and `features` columns when given),
+    or a DriftInputError naming `name`."""
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim == 1:
         arr = arr[:, None]
@@ -46,6 +47,8 @@ def as_matrix(x: Any, name: str, min_rows: int = 2) -> np.ndarray:
         raise DriftInputError(f"{name} must be a 2-D array (n, d), got shape {arr.shape}")
     if arr.shape[0] < min_rows:
         raise DriftInputError(f"{name} has {arr.shape[0]} rows; a drift test needs at least {min_rows}")
+    if features is not None and arr.shape[1] != features:
+        raise DriftInputError(f"{name} has {arr.shape[1]} features, the reference {features}")
     if not np.isfinite(arr).all():
         raise DriftInputError(f"{name} contains NaN or infinite values; drop or impute them first")
     return arr

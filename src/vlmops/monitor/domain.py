@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from vlmops.monitor.base import Detector, DriftInputError, DriftResult, as_matrix
+from vlmops.monitor.base import Detector, DriftResult, as_matrix
 
 N_BOOTSTRAP = 200
 
@@ -46,11 +46,7 @@ class DomainClassifierDetector(Detector):
     def _test(self, window) -> DriftResult:
         from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-        y_rows = as_matrix(window, "window", min_rows=4)
-        if y_rows.shape[1] != self.reference.shape[1]:
-            raise DriftInputError(
-                f"window has {y_rows.shape[1]} features, the reference {self.reference.shape[1]}"
-            )
+        y_rows = as_matrix(window, "window", min_rows=4, features=self.reference.shape[1])
         rng = np.random.default_rng(self.seed)
         n = min(len(self.reference), len(y_rows))  # balanced: as many reference rows as window rows
         ref = self.reference[rng.choice(len(self.reference), n, replace=False)]

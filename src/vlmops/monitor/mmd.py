@@ -76,10 +76,8 @@ class MMDDetector(Detector):
             self.sigma = median_sigma(self.reference)
 
     def _test(self, window) -> DriftResult:
-        y = as_matrix(window, "window", min_rows=2)
         x = self.reference
-        if y.shape[1] != x.shape[1]:
-            raise DriftInputError(f"window has {y.shape[1]} features, the reference {x.shape[1]}")
+        y = as_matrix(window, "window", min_rows=2, features=x.shape[1])
         n, m = len(x), len(y)
         pooled = np.concatenate([x, y])
         kernel = rbf_kernel(pooled, pooled, self.sigma)

@@ -22,6 +22,24 @@ def bh_adjust(p_values: np.ndarray) -> np.ndarray:
     return stats.false_discovery_control(np.clip(np.asarray(p_values, dtype=np.float64), 0, 1), method="bh")
 
 
+def ks_bh_result(name: str, alpha: float, reference: np.ndarray, window: np.ndarray, key: str) -> DriftResult:
+    """KS per column, BH-adjusted; the decision and statistic are those of the most significant column."""
+    stat, p = ks_columns(reference, window)
+    adjusted = bh_adjust(p)
+    worst = int(np.argmin(adjusted))
+    evidence = {key: worst, "statistics": stat.tolist(), "p_adjusted": adjusted.tolist()}
+    return DriftResult(
+        name,
+        float(stat[worst]),
+        float(adjusted[worst]),
+        bool(adjusted[worst] < alpha),
+        alpha,
+        len(reference),
+        len(window),
+        evidence,
+    )
+
+
 def ks_columns(reference: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """KS statistic and p-value per column (vectorised over columns)."""
     result = stats.ks_2samp(reference, window, axis=0)
@@ -38,24 +56,8 @@ class KSDetector(Detector):
         self.reference = as_matrix(reference, "reference")
 
     def _test(self, window) -> DriftResult:
-        y = as_matrix(window, "window")
-        if y.shape[1] != self.reference.shape[1]:
-            raise DriftInputError(
-                f"window has {y.shape[1]} features, the reference {self.reference.shape[1]}"
-            )
-        stat, p = ks_columns(self.reference, y)
-        adjusted = bh_adjust(p)
-        worst = int(np.argmin(adjusted))
-        return DriftResult(
-            self.name,
-            float(stat[worst]),
-            float(adjusted[worst]),
-            bool(adjusted[worst] < self.alpha),
-            self.alpha,
-            len(self.reference),
-            len(y),
-            {"feature": worst, "statistics": stat.tolist(), "p_adjusted": adjusted.tolist()},
-        )
+        y = as_matrix(window, "window", features=self.reference.shape[1])
+        return ks_bh_result(self.name, self.alpha, self.reference, y, "feature")
 
 
 class KSPCADetector(Detector):
@@ -77,23 +79,9 @@ class KSPCADetector(Detector):
         self.projected = (x - self.mean) @ self.components.T
 
     def _test(self, window) -> DriftResult:
-        y = as_matrix(window, "window")
-        if y.shape[1] != self.components.shape[1]:
-            raise DriftInputError(
-                f"window has {y.shape[1]} features, the reference {self.components.shape[1]}"
-            )
-        stat, p = ks_columns(self.projected, (y - self.mean) @ self.components.T)
-        adjusted = bh_adjust(p)
-        worst = int(np.argmin(adjusted))
-        return DriftResult(
-            self.name,
-            float(stat[worst]),
-            float(adjusted[worst]),
-            bool(adjusted[worst] < self.alpha),
-            self.alpha,
-            len(self.projected),
-            len(y),
-            {"component": worst, "statistics": stat.tolist(), "p_adjusted": adjusted.tolist()},
+        y = as_matrix(window, "window", features=self.components.shape[1])
+        return ks_bh_result(
+            self.name, self.alpha, self.projected, (y - self.mean) @ self.components.T, "component"
         )
 
 
