@@ -94,6 +94,8 @@ class Gateway:
         self.texts = self._batcher("text", model.embed_texts)
         self.writer: LogWriter | None = None
         self.archive = ImageArchive(config.keep_images) if config.keep_images else None
+        self._named_matrices: dict[str, np.ndarray] = {}
+        self._vocab_matrix: np.ndarray | None = None
         self.variants: dict[str, Gateway] = {}  # "canary" and/or "shadow": other models, same log
         self._follow_task: asyncio.Task | None = None
 
@@ -115,10 +117,12 @@ class Gateway:
         self.images.start()
         self.texts.start()
         self.writer = LogWriter(self.log, on_commit=lambda n, s: self.metrics.log_commit.observe(s))
-        for label_set in self.label_sets.values():
-            await self.text_embeddings(label_set.prompts(), admit=False)
+        # The server's own label sets and vocabulary are embedded once, as matrices: stacking thousands of
+        # cached vectors per request would copy megabytes on the hot path.
+        for name, label_set in self.label_sets.items():
+            self._named_matrices[name] = await self.text_embeddings(label_set.prompts(), admit=False)
         if self.vocabulary:
-            await self.text_embeddings(list(self.vocabulary), admit=False)
+            self._vocab_matrix = await self.text_embeddings(list(self.vocabulary), admit=False)
         for variant in self.variants.values():
             await variant.start()
         if self.variants and self.config.follow_registry_s > 0:
@@ -285,7 +289,11 @@ class Gateway:
     async def classify(self, image: Image.Image, label_set: LabelSet, top_k: int) -> tuple[np.ndarray, dict]:
         """Image embedding and the prediction: label, confidence, top-k, conformal set, abstain."""
         embedding = (await self.image_embeddings([image]))[0]
-        class_emb = await self.text_embeddings(label_set.prompts())
+        named = self.label_sets.get(label_set.name)
+        if named is not None and named == label_set and label_set.name in self._named_matrices:
+            class_emb = self._named_matrices[label_set.name]
+        else:  # ad-hoc labels or another template: per-text cache
+            class_emb = await self.text_embeddings(label_set.prompts())
         temperature, threshold = self.temperature_and_threshold(label_set)
         probs = softmax((self.model.logit_scale * class_emb @ embedding)[None, :], temperature)[0]
         order = np.argsort(-probs, kind="stable")
@@ -309,8 +317,9 @@ class Gateway:
                 409, "no_vocabulary", "this server has no tag vocabulary; start it with --vocabulary FILE"
             )
         embedding = (await self.image_embeddings([image]))[0]
-        vocab_emb = await self.text_embeddings(list(self.vocabulary))
-        scores = vocab_emb @ embedding
+        if self._vocab_matrix is None:
+            self._vocab_matrix = await self.text_embeddings(list(self.vocabulary))
+        scores = self._vocab_matrix @ embedding
         order = np.argsort(-scores, kind="stable")[:top_k]
         tags = [{"tag": self.vocabulary[i], "score": float(scores[i])} for i in order]
         alt_text = f"Image of {tags[0]['tag']}" + (
