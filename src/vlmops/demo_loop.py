@@ -198,7 +198,12 @@ def run_loop(workdir: Path, sizes: DemoSizes = DemoSizes(), say: Callable[[str],
         "estimated accuracy drop", "estimate.atc", "<", round(0.75 * ref_accuracy, 4), 20
     )
     rules = AlertConfig((AlertRule("embedding drift", "drift.mmd.p_value", "<", 0.01, 20), accuracy_rule))
-    canary_rules = AlertConfig((accuracy_rule,))  # the world has shifted: a canary is judged on accuracy
+    # The world has shifted, so a canary is judged on estimated accuracy alone, at half the reference level:
+    # a canary sees a random half of the traffic (request ids), so its estimate varies by a few points, while
+    # a broken model's is near zero. At 0.75 a healthy canary (0.21-0.52 seen) could trip the rule by chance.
+    canary_rules = AlertConfig(
+        (AlertRule("estimated accuracy drop", "estimate.atc", "<", round(0.5 * ref_accuracy, 4), 20),)
+    )
     say(f"1. serving {champion.info.version} (reference accuracy {ref_accuracy:.3f} on google/twitter)")
     with TestClient(create_app(loop.gateway(champion))) as client:
         answers = loop.send(client, loop.rows["healthy"])
