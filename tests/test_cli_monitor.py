@@ -78,7 +78,10 @@ def test_monitor_run_alerts_on_shifted_traffic(tmp_path):
     assert report["alerts"][0]["rule"] == "embedding drift" and report["n"] == 40
     assert registry.alias("canary") is None
     assert registry.history("canary")[-1]["kind"] == "rollback"
-    assert json.loads((tmp_path / "h.json").read_text())["metrics"]["drift.mmd.p_value"] > 0.01
+    healthy_report = json.loads((tmp_path / "h.json").read_text())
+    assert healthy_report["metrics"]["drift.mmd.p_value"] > 0.01
+    assert healthy_report["metrics"]["drift.image_stats.drifted"] == 0.0  # same images, re-encoded
+    assert "brightness" in report["results"]["image_stats"]["evidence"]["drifted"]  # inverted images
     history = runner.invoke(
         app, ["monitor", "history", "--store", store, "--json", str(tmp_path / "all.json")]
     )

@@ -68,3 +68,81 @@ def test_too_few_logged_requests_is_a_clear_error(tmp_path):
     reference = Reference(np.eye(3), np.arange(3), np.eye(3), 10.0)
     with pytest.raises(DriftInputError, match="serve more traffic"):
         run_monitor(log, "m-1", reference)
+
+
+def image_stat(brightness: float) -> dict:
+    return {
+        "width": 64,
+        "height": 64,
+        "aspect": 1.0,
+        "brightness": brightness,
+        "contrast": 40.0,
+        "bytes": 3000,
+        "format": "PNG",
+    }
+
+
+def test_image_statistics_and_query_texts_are_monitored_when_logged(tmp_path):
+    rng = np.random.default_rng(1)
+    classes = unit(rng.normal(size=(K, DIM)))
+    ref_emb, ref_targets = draw(rng, classes, 300)
+    queries = unit(rng.normal(size=(300, DIM)))
+    reference = Reference(
+        ref_emb,
+        ref_targets,
+        classes,
+        20.0,
+        image_stats=[image_stat(b) for b in rng.normal(150, 20, 300)],
+        query_emb=queries,
+    )
+    log = PredictionLog(str(tmp_path / "s.sqlite"))
+
+    def traffic(start: int, brightness: float, query_shift: float, n_queries: int) -> None:
+        emb, targets = draw(rng, classes, 100)
+        log.write(
+            PredictionRow(
+                f"c{start + i}",
+                "classify",
+                "m-1",
+                [f"h{i}"],
+                5.0,
+                embedding=emb[i],
+                prediction={"label": str(targets[i])},
+                image_stats=[image_stat(b)],
+                time=start + i,
+            )
+            for i, b in enumerate(rng.normal(brightness, 20, 100))
+        )
+        texts = unit(rng.normal(size=(n_queries, DIM)) + query_shift * queries[0])
+        log.write(
+            PredictionRow(
+                f"s{start + i}", "search", "m-1", [f"q{i}"], 5.0, embedding=t, texts=[f"q{i}"], time=start + i
+            )
+            for i, t in enumerate(texts)
+        )
+
+    traffic(0, brightness=150, query_shift=0.0, n_queries=60)
+    quiet = run_monitor(log, "m-1", reference, window=100)
+    assert (
+        quiet.metrics["drift.image_stats.p_value"] > 0.01 and quiet.metrics["drift.query_text.p_value"] > 0.01
+    )
+    assert quiet.metrics["window.queries"] == 60
+
+    traffic(1000, brightness=90, query_shift=3.0, n_queries=60)
+    shifted = run_monitor(log, "m-1", reference, window=100)
+    assert shifted.metrics["drift.image_stats.drifted"] == 1.0
+    assert shifted.results["image_stats"]["evidence"]["drifted"] == ["brightness"]
+    assert shifted.metrics["drift.query_text.drifted"] == 1.0
+
+    few = PredictionLog(str(tmp_path / "few.sqlite"))
+    few.write(
+        PredictionRow(f"c{i}", "classify", "m-1", ["h"], 5.0, embedding=ref_emb[i], prediction={}, time=i)
+        for i in range(30)
+    )
+    skipped = run_monitor(few, "m-1", reference, window=100)
+    assert (
+        "drift.image_stats.p_value" not in skipped.metrics
+        and "drift.query_text.p_value" not in skipped.metrics
+    )
+    assert "0 requests with image statistics" in skipped.results["image_stats"]["skipped"]
+    assert "0 text search requests" in skipped.results["query_text"]["skipped"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
 import time
 
@@ -121,6 +122,18 @@ def test_texts_are_pii_redacted_in_the_log(served):
     assert "jane.doe@example.com" not in row.texts and "[EMAIL]" in row.texts
 
 
+def test_image_statistics_are_logged_for_the_monitor(served):
+    client, url = served
+    jpeg = png_bytes(color=(90, 90, 90), size=(40, 20), fmt="JPEG")
+    client.post("/v1/classify", json={"image": b64(jpeg), "labels": ["cat", "dog"]})
+    client.post("/v1/tag", json={"image": b64(png_bytes(size=(16, 16)))})
+    classify, tag = PredictionLog(url).requests()
+    (stats,) = json.loads(classify.image_stats)
+    assert stats["format"] == "JPEG" and (stats["width"], stats["height"], stats["aspect"]) == (40, 20, 2.0)
+    assert stats["bytes"] == len(jpeg) and stats["brightness"] == pytest.approx(90, abs=2)
+    assert json.loads(tag.image_stats)[0]["format"] == "PNG"
+
+
 def test_health_ready_models_metrics(served):
     client, _ = served
     assert client.get("/healthz").json() == {"status": "ok"}
@@ -130,7 +143,7 @@ def test_health_ready_models_metrics(served):
     client.post("/v1/classify", json={"image": b64(png_bytes()), "labels": ["a", "b"]})
     client.post("/v1/classify", json={"image": "!!", "labels": ["a", "b"]})
     text = client.get("/metrics").text
-    assert 'vlmops_requests_total{endpoint="/v1/classify",status="200"} 1.0' in text
+    assert 'vlmops_requests_total{endpoint="/v1/classify",model_version="fake-1",status="200"} 1.0' in text
     assert 'vlmops_rejected_inputs_total{code="invalid_base64"} 1.0' in text
     assert 'vlmops_batch_size_count{kind="image"} 1.0' in text
 

@@ -189,3 +189,25 @@ def test_known_content_keys_skip_rehashing(cache, paths, fake_model):
     assert stats.hits == stats.unique and np.array_equal(first, again)
     with pytest.raises(VlmopsError, match="content keys for"):
         embed_images_cached(model, paths, cache, progress=False, content_keys=keys[:-1])
+
+
+def test_a_log_from_an_older_vlmops_gains_new_columns_and_keeps_its_rows(tmp_path):
+    from vlmops.store.log import PredictionLog, PredictionRow
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:  # the requests table as vlmops 0.x created it, with one row
+        conn.execute(
+            "CREATE TABLE requests (request_id VARCHAR(64) PRIMARY KEY, time FLOAT NOT NULL, "
+            "endpoint VARCHAR(32) NOT NULL, key_id VARCHAR(32), model_version VARCHAR(128) NOT NULL, "
+            "input_sha256 TEXT NOT NULL, dim INTEGER, embedding BLOB, prediction TEXT, confidence FLOAT, "
+            "latency_ms FLOAT NOT NULL, texts TEXT)"
+        )
+        conn.execute(
+            "INSERT INTO requests VALUES "
+            "('old', 1.0, 'classify', NULL, 'v1', '[]', NULL, NULL, NULL, NULL, 2.0, NULL)"
+        )
+    log = PredictionLog(str(path))
+    log.write([PredictionRow("new", "classify", "v1", [], 3.0, image_stats=[{"width": 4}])])
+    old, new = log.requests()
+    assert old.request_id == "old" and old.image_stats is None
+    assert new.image_stats == '[{"width": 4}]'

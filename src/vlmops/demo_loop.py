@@ -37,6 +37,8 @@ from vlmops.registry.retrain import RetrainConfig, retrain_from_feedback, save_r
 from vlmops.registry.store import Registry
 from vlmops.serve.app import create_app
 from vlmops.serve.archive import ImageArchive
+from vlmops.serve.decode import decode_and_describe
+from vlmops.serve.limits import Limits
 from vlmops.serve.resources import LabelSet
 from vlmops.serve.service import Gateway, ServeConfig
 from vlmops.store.log import PredictionLog
@@ -119,7 +121,8 @@ class Loop:
         answers = []
         for row in rows:
             body = {"image": base64.b64encode(self.image(row, corrupted)).decode(), "label_set": "emoji"}
-            r = client.post("/v1/classify", json=body)
+            # a route key per image: the canary's half of the traffic is the same on every run
+            r = client.post("/v1/classify", json=body, headers={"X-Route-Key": f"user-{row}"})
             r.raise_for_status()
             answers.append({**r.json(), "row": int(row)})
         return answers
@@ -128,8 +131,14 @@ class Loop:
         rows = self.rows["reference"]
         emb = model.embed_images([load_image(self.task.frame["image"][i]) for i in rows])
         class_emb = model.embed_texts(self.label_set.prompts())
+        # statistics of the images as the clients send them (re-encoded PNG), like the server logs them
+        stats = [decode_and_describe(self.image(i), Limits())[1] for i in rows]
         return Reference(
-            emb.astype(np.float64), self.truth[rows], class_emb.astype(np.float64), model.logit_scale
+            emb.astype(np.float64),
+            self.truth[rows],
+            class_emb.astype(np.float64),
+            model.logit_scale,
+            image_stats=stats,
         )
 
     def monitor(
@@ -151,6 +160,7 @@ class Loop:
             "requests": len(scored),
             "mmd_p": m["drift.mmd.p_value"],
             "prediction_shift_p": m["drift.prediction_shift.p_value"],
+            "image_stats_p": m.get("drift.image_stats.p_value"),
             "estimated_accuracy": m["estimate.atc"],
             "realised_accuracy": realised,
             "alerts": [a["rule"] for a in fired],
@@ -197,10 +207,16 @@ def run_loop(workdir: Path, sizes: DemoSizes = DemoSizes(), say: Callable[[str],
     accuracy_rule = AlertRule(
         "estimated accuracy drop", "estimate.atc", "<", round(0.75 * ref_accuracy, 4), 20
     )
-    rules = AlertConfig((AlertRule("embedding drift", "drift.mmd.p_value", "<", 0.01, 20), accuracy_rule))
+    rules = AlertConfig(
+        (
+            AlertRule("embedding drift", "drift.mmd.p_value", "<", 0.01, 20),
+            AlertRule("image statistics drift", "drift.image_stats.p_value", "<", 0.01, 20),
+            accuracy_rule,
+        )
+    )
     # The world has shifted, so a canary is judged on estimated accuracy alone, at half the reference level:
-    # a canary sees a random half of the traffic (request ids), so its estimate varies by a few points, while
-    # a broken model's is near zero. At 0.75 a healthy canary (0.21-0.52 seen) could trip the rule by chance.
+    # a canary sees half of the users (route keys), so its estimate differs from the whole traffic's by a few
+    # points, while a broken model's is near zero. At 0.75 a healthy canary (0.21-0.52 seen) came close.
     canary_rules = AlertConfig(
         (AlertRule("estimated accuracy drop", "estimate.atc", "<", round(0.5 * ref_accuracy, 4), 20),)
     )

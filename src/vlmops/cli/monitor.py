@@ -36,12 +36,19 @@ def build_reference(
     tier: str | None,
     store: str | None,
     progress: bool,
+    queries: Path | None = None,
 ):
-    """Reference embeddings, label indices and class embeddings from a labelled data split."""
+    """Reference embeddings, label indices, class embeddings, image statistics and query embeddings.
+
+    Query-text drift compares logged search queries with `queries` (a text file, one query per line) or,
+    without one, with the split's label names: what users of a tagged collection typically search for.
+    """
     import numpy as np
 
+    from vlmops.data.images import load_image
     from vlmops.data.manifest import resolve_data
     from vlmops.evaluate.task import build_task
+    from vlmops.monitor.image_stats import describe_image
     from vlmops.monitor.run import Reference
     from vlmops.store.cache import open_cache
     from vlmops.store.embed import embed_images_cached
@@ -65,8 +72,23 @@ def build_reference(
     index = {c: i for i, c in enumerate(task.classes)}
     targets = [index[task.labels[i]] for i in rows]
     class_emb = model.embed_texts([task.templates[0].format(name) for name in task.class_names])
+    paths = [Path(frame["image"][i]) for i in rows]
+    image_stats = [describe_image(load_image(p), p.read_bytes()) for p in paths]
+    if queries is None:
+        texts = sorted({task.class_names[target] for target in targets})
+    else:
+        texts = [line.strip() for line in queries.read_text().splitlines() if line.strip()]
+        if len(texts) < 20:
+            raise VlmopsError(
+                f"{queries} has {len(texts)} queries; --reference-queries needs at least 20 lines"
+            )
     return Reference(
-        emb.astype(np.float64), np.asarray(targets), class_emb.astype(np.float64), model.logit_scale
+        emb.astype(np.float64),
+        np.asarray(targets),
+        class_emb.astype(np.float64),
+        model.logit_scale,
+        image_stats=image_stats,
+        query_emb=model.embed_texts(texts).astype(np.float64),
     )
 
 
@@ -83,6 +105,13 @@ def run(
     labels: str | None = typer.Option(
         None, "--labels", help="Label tier the server classifies at (default finest)."
     ),
+    reference_queries: Path | None = typer.Option(
+        None,
+        "--reference-queries",
+        exists=True,
+        dir_okay=False,
+        help="Typical search queries, one per line, for query-text drift (default: the label names).",
+    ),
     window: int = typer.Option(200, "--window", min=10, help="How many of the latest requests to test."),
     rules: Path | None = typer.Option(None, "--rules", help="Alert rules YAML; exit 1 when one fires."),
     seed: int = typer.Option(0, "--seed"),
@@ -98,7 +127,9 @@ def run(
 ) -> None:
     """Test the latest requests against a healthy reference; exit 1 when an alert rule fires (for cron/CI).
 
-    Metrics: drift.{mmd,ks_pca,prediction_shift,alignment}.{p_value,statistic,drifted}, estimate.{ac,atc,doc,
+    Metrics: drift.{mmd,ks_pca,prediction_shift,alignment,image_stats,query_text}.{p_value,statistic,drifted}
+    (image_stats from the logged image statistics, query_text from /v1/search text queries; each only with
+    enough logged inputs), estimate.{ac,atc,doc,
     naive_confidence,reference_accuracy}, alignment.mean, feedback.{acceptance_rate,correction_rate,
     abstention_rate,realised_accuracy,human_feedback,...}, window.n.
     """
@@ -110,7 +141,14 @@ def run(
     config = load_rules(rules) if rules else None  # bad rules fail before any work
     vlm = load_runtime(model, runtime)
     reference = build_reference(
-        vlm, reference_data, reference_split, _parse_filter(reference_filter), labels, store, progress
+        vlm,
+        reference_data,
+        reference_split,
+        _parse_filter(reference_filter),
+        labels,
+        store,
+        progress,
+        reference_queries,
     )
     report = run_monitor(PredictionLog(store), vlm.info.version, reference, window, seed)
     fired = (

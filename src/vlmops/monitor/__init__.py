@@ -2,6 +2,7 @@
 
 from vlmops.monitor.base import Detector, DriftResult
 from vlmops.monitor.domain import DomainClassifierDetector
+from vlmops.monitor.image_stats import ImageStatsDetector
 from vlmops.monitor.mmd import MMDDetector
 from vlmops.monitor.online import OnlineCUSUM
 from vlmops.monitor.univariate import KSDetector, KSPCADetector, PredictionShiftDetector
@@ -16,6 +17,7 @@ DETECTORS: dict[str, type[Detector]] = {
         PredictionShiftDetector,
         DomainClassifierDetector,
         ModalityGapDetector,
+        ImageStatsDetector,
     )
 }
 
@@ -24,6 +26,7 @@ __all__ = [
     "Detector",
     "DomainClassifierDetector",
     "DriftResult",
+    "ImageStatsDetector",
     "KSDetector",
     "KSPCADetector",
     "MMDDetector",

@@ -19,6 +19,7 @@ from vlmops.evaluate.calibration import softmax
 from vlmops.monitor.base import DriftInputError
 from vlmops.monitor.estimate import AccuracyEstimator
 from vlmops.monitor.feedback import feedback_metrics
+from vlmops.monitor.image_stats import ImageStatsDetector
 from vlmops.monitor.mmd import MMDDetector
 from vlmops.monitor.univariate import KSDetector, KSPCADetector, PredictionShiftDetector
 from vlmops.store.log import PredictionLog, embedding_of, make_engine, metadata, requests
@@ -39,12 +40,18 @@ monitor_runs = sa.Table(
 
 @dataclass
 class Reference:
-    """Healthy traffic: image embeddings, their label indices, and the label set's text embeddings."""
+    """Healthy traffic: image embeddings, their label indices, and the label set's text embeddings.
+
+    Optional: statistics of the reference images (`image_stats.describe_image`, for image-statistics
+    drift) and text embeddings of typical search queries (for query-text drift on /v1/search).
+    """
 
     image_emb: np.ndarray
     targets: np.ndarray
     class_emb: np.ndarray
     logit_scale: float
+    image_stats: list[dict] | None = None
+    query_emb: np.ndarray | None = None
 
 
 @dataclass
@@ -78,6 +85,50 @@ def window_rows(log: PredictionLog, model_version: str, size: int, endpoint: str
         return list(reversed(conn.execute(query).fetchall()))
 
 
+def _record(name: str, result, metrics: dict, results: dict) -> None:
+    results[name] = result.to_dict()
+    metrics[f"drift.{name}.p_value"] = result.p_value
+    metrics[f"drift.{name}.statistic"] = result.statistic
+    metrics[f"drift.{name}.drifted"] = float(result.drifted)
+
+
+def input_drift(
+    log: PredictionLog,
+    model_version: str,
+    reference: Reference,
+    rows: list,
+    window: int,
+    min_window: int,
+    seed: int,
+) -> tuple[dict, dict]:
+    """Image-statistics drift (over the classify window) and query-text drift (over search requests).
+
+    Each runs only when the reference has its part and the log has at least `min_window` inputs;
+    otherwise its result says why it was skipped and its metrics are absent, so no rule can fire on it.
+    """
+    metrics: dict = {}
+    results: dict = {}
+    if reference.image_stats:
+        stats = [s for r in rows if r.image_stats for s in json.loads(r.image_stats)[:1]]
+        if len(stats) >= min_window:
+            detector = ImageStatsDetector().fit(reference.image_stats)
+            _record("image_stats", detector.test(stats), metrics, results)
+        else:
+            results["image_stats"] = {
+                "skipped": f"{len(stats)} requests with image statistics < {min_window}"
+            }
+    if reference.query_emb is not None:
+        queries = [r for r in window_rows(log, model_version, window, "search") if r.texts]
+        if len(queries) >= min_window:
+            query_emb = np.concatenate([embedding_of(r)[:1] for r in queries]).astype(np.float64)
+            detector = MMDDetector(n_permutations=500, seed=seed).fit(reference.query_emb)
+            _record("query_text", detector.test(query_emb), metrics, results)
+            metrics["window.queries"] = float(len(queries))
+        else:
+            results["query_text"] = {"skipped": f"{len(queries)} text search requests < {min_window}"}
+    return metrics, results
+
+
 def drift_metrics(reference: Reference, window_emb: np.ndarray, seed: int = 0) -> tuple[dict, dict]:
     """Every detector on one window: (flat metrics, full results)."""
     ref_logits = reference.logit_scale * reference.image_emb @ reference.class_emb.T
@@ -93,11 +144,7 @@ def drift_metrics(reference: Reference, window_emb: np.ndarray, seed: int = 0) -
     }
     metrics, results = {}, {}
     for name, (detector, ref, win) in detectors.items():
-        result = detector.fit(ref).test(win)
-        results[name] = result.to_dict()
-        metrics[f"drift.{name}.p_value"] = result.p_value
-        metrics[f"drift.{name}.statistic"] = result.statistic
-        metrics[f"drift.{name}.drifted"] = float(result.drifted)
+        _record(name, detector.fit(ref).test(win), metrics, results)
     metrics["alignment.mean"] = float(win_align.mean())
     metrics["alignment.reference_mean"] = float(ref_align.mean())
     estimator = AccuracyEstimator.fit(ref_logits, reference.targets)
@@ -126,6 +173,9 @@ def run_monitor(
         )
     window_emb = np.concatenate([embedding_of(r)[:1] for r in rows]).astype(np.float64)
     metrics, results = drift_metrics(reference, window_emb, seed)
+    extra_metrics, extra_results = input_drift(log, model_version, reference, rows, window, min_window, seed)
+    metrics.update(extra_metrics)
+    results.update(extra_results)
     ids = {r.request_id for r in rows}
     fb = feedback_metrics(rows, [f for f in log.feedback() if f.request_id in ids])
     metrics.update({f"feedback.{k}": (None if v is None else float(v)) for k, v in fb.to_dict().items()})

@@ -4,34 +4,20 @@
   means the texts no longer describe the images (KS on the scalar, see `KSDetector`).
 - modality gap: the distance between the centroids of image and text embeddings of matched pairs;
   tested by permuting which pairs belong to the reference.
-- query texts: what users search for (MMD on text embeddings, see `MMDDetector`).
-- image statistics: width, height, aspect, brightness, contrast, file size (KS per feature, BH).
+- query texts: what users search for (MMD on text embeddings, see `MMDDetector` and `monitor.run`).
+- image statistics: size, shape, brightness, contrast, bytes and format (see `monitor.image_stats`).
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 
 from vlmops.monitor.base import Detector, DriftInputError, DriftResult, as_matrix, permutation_p_value
 
-IMAGE_STAT_NAMES = ("width", "height", "aspect", "brightness", "contrast", "bytes")
-
 
 def alignment_scores(image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
     """Each image's highest cosine to any of the texts (both unit rows)."""
     return (np.asarray(image_emb) @ np.asarray(text_emb).T).max(1)
-
-
-def image_stats(images: Sequence, sizes: Sequence[int] | None = None) -> np.ndarray:
-    """(n, 6) image statistics: width, height, aspect, mean brightness, contrast (std), bytes."""
-    rows = []
-    for i, image in enumerate(images):
-        grey = np.asarray(image.convert("L"), dtype=np.float64)
-        w, h = image.size
-        rows.append([w, h, w / h, grey.mean(), grey.std(), float(sizes[i]) if sizes is not None else 0.0])
-    return np.asarray(rows)
 
 
 def modality_gap(image_emb: np.ndarray, text_emb: np.ndarray) -> float:

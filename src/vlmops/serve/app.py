@@ -154,6 +154,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
                         embedding,
                         prediction,
                         prediction["confidence"],
+                        image_stats=answered.image_stats,
                     )
                 )
             except Exception:  # a failing shadow must never affect served traffic
@@ -166,7 +167,8 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
     async def one_image(images: list[bytes]):
         if len(images) != 1:
             raise ApiError(422, "bad_image", f"send exactly one image, got {len(images)}")
-        return await gateway.decode(images[0], "image"), sha256_hex(images[0])
+        image, stats = await gateway.decode(images[0], "image")
+        return image, sha256_hex(images[0]), stats
 
     @app.post(
         "/v1/embeddings",
@@ -186,7 +188,8 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
                 413, "too_many_inputs", f"at most {limits.max_images} images and {limits.max_texts} texts"
             )
         check_texts(texts, limits.max_text_chars)
-        images = [await gateway.decode(data, f"images[{i}]") for i, data in enumerate(raw)]
+        decoded = [await gateway.decode(data, f"images[{i}]") for i, data in enumerate(raw)]
+        images, image_stats = [d[0] for d in decoded], [d[1] for d in decoded]
         vectors = []
         if images:
             vectors.append(await gateway.image_embeddings(images))
@@ -195,7 +198,11 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         matrix = np.concatenate(vectors)
         kinds = ["image"] * len(images) + ["text"] * len(texts)
         hashes = [sha256_hex(d) for d in raw] + [sha256_hex(t.encode()) for t in texts]
-        await gateway.record(row(request, key, "embeddings", hashes, t0, embedding=matrix, texts=texts))
+        await gateway.record(
+            row(
+                request, key, "embeddings", hashes, t0, embedding=matrix, texts=texts, image_stats=image_stats
+            )
+        )
         data = [
             {"index": i, "kind": k, "embedding": v.tolist()}
             for i, (k, v) in enumerate(zip(kinds, matrix, strict=True))
@@ -213,8 +220,8 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         t0 = time.perf_counter()
         body, raw = await parse_body(request, schemas.ClassifyRequest)
         label_set = gateway.label_set_for(body.labels, body.label_set, body.template)
-        image, digest = await one_image(raw)
-        target = gateway.route(request.scope["state"]["request_id"])
+        image, digest, stats = await one_image(raw)
+        target = gateway.route(request.scope["state"]["request_id"], request.headers.get("x-route-key"))
         embedding, prediction = await target.classify(image, label_set, body.top_k)
         answered = row(
             request,
@@ -226,6 +233,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
             prediction=prediction,
             confidence=prediction["confidence"],
             version=target.version,
+            image_stats=[stats],
         )
         await target.record(answered)
         if "shadow" in gateway.variants:
@@ -257,9 +265,11 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
                 sha256_hex(body.text.encode()),
                 [body.text],
             )
+            image_stats = []
         else:
-            image, digest = await one_image(raw)
+            image, digest, stats = await one_image(raw)
             query, texts = (await gateway.image_embeddings([image]))[0], []
+            image_stats = [stats]
         hits = gateway.search(query, body.top_k)
         await gateway.record(
             row(
@@ -270,6 +280,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
                 t0,
                 embedding=query,
                 texts=texts,
+                image_stats=image_stats,
                 prediction={"hits": [h["id"] for h in hits]},
                 confidence=hits[0]["score"] if hits else None,
             )
@@ -286,8 +297,8 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         """Keywords from the server's vocabulary and an alt text for an image."""
         t0 = time.perf_counter()
         body, raw = await parse_body(request, schemas.TagRequest)
-        image, digest = await one_image(raw)
-        target = gateway.route(request.scope["state"]["request_id"])
+        image, digest, stats = await one_image(raw)
+        target = gateway.route(request.scope["state"]["request_id"], request.headers.get("x-route-key"))
         embedding, result = await target.tag(image, body.top_k)
         await target.record(
             row(
@@ -300,6 +311,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
                 prediction=result,
                 confidence=result["tags"][0]["score"],
                 version=target.version,
+                image_stats=[stats],
             )
         )
         return {**ids(request, target), **result}

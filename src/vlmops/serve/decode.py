@@ -17,6 +17,7 @@ import warnings
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vlmops.data.images import to_rgb_on_white
+from vlmops.monitor.image_stats import describe_image
 from vlmops.serve.errors import ApiError
 from vlmops.serve.limits import Limits
 
@@ -90,6 +91,12 @@ def decode_image(data: bytes, limits: Limits, field: str = "image") -> Image.Ima
     if image.width == 0 or image.height == 0:
         raise ApiError(422, "empty_image", f"{field} has no pixels ({image.width}x{image.height})")
     return to_rgb_on_white(_to_8bit(image))
+
+
+def decode_and_describe(data: bytes, limits: Limits, field: str = "image") -> tuple[Image.Image, dict]:
+    """`decode_image` plus the image statistics that the log keeps for drift monitoring."""
+    image = decode_image(data, limits, field)
+    return image, describe_image(image, data)
 
 
 def _names(limits: Limits) -> str:

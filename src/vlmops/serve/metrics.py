@@ -15,7 +15,11 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class GatewayMetrics:
-    """Latency, batch size, queue wait, log commit histograms; request, shed and rejection counters."""
+    """Latency, batch size, queue wait, log commit histograms; request, shed and rejection counters.
+
+    A canary or shadow shares its gateway's metrics: requests and latency carry the answering model's
+    version, so a canary's error rate and latency sit next to the champion's on one /metrics page.
+    """
 
     def __init__(self) -> None:
         self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
@@ -23,8 +27,8 @@ class GatewayMetrics:
         reg = None if self.multiprocess else self.registry  # multiprocess values live in files instead
         self.latency = Histogram(
             "vlmops_request_latency_seconds",
-            "Time from request to response.",
-            ["endpoint"],
+            "Time from request to response, by the model version that answered.",
+            ["endpoint", "model_version"],
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
@@ -46,8 +50,8 @@ class GatewayMetrics:
         )
         self.requests = Counter(
             "vlmops_requests_total",
-            "Requests by endpoint and HTTP status.",
-            ["endpoint", "status"],
+            "Requests by endpoint, HTTP status and the model version that answered.",
+            ["endpoint", "status", "model_version"],
             registry=reg,
         )
         self.shed = Counter(
@@ -64,6 +68,13 @@ class GatewayMetrics:
             "Canary or shadow models taken out of traffic.",
             ["role"],
             registry=reg,
+        )
+        self.rollout_share = Gauge(
+            "vlmops_rollout_share",
+            "Share of traffic a canary answers (1 for a shadow, which sees every request); 0 once ended.",
+            ["role", "model_version"],
+            registry=reg,
+            multiprocess_mode="max",
         )
         self.queue_depth = Gauge(
             "vlmops_queue_depth",

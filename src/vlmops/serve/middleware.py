@@ -79,8 +79,9 @@ class GatewayMiddleware:
 
             await self.app(scope, limited_receive, send_with_headers)
         status = status_box["status"]
-        self.metrics.requests.labels(path, str(status)).inc()
-        self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+        version = state.get("model_version", self.model_version)  # canary and champion counted apart
+        self.metrics.requests.labels(path, str(status), version).inc()
+        self.metrics.latency.labels(path, version).observe(time.perf_counter() - start)
 
     def _too_large_message(self, size: int) -> str:
         return (

@@ -22,7 +22,7 @@ from vlmops.evaluate.calibration import softmax
 from vlmops.models.base import VLM
 from vlmops.serve.archive import ImageArchive
 from vlmops.serve.batcher import MicroBatcher, Overloaded
-from vlmops.serve.decode import decode_image
+from vlmops.serve.decode import decode_and_describe
 from vlmops.serve.errors import ApiError
 from vlmops.serve.limits import Limits
 from vlmops.serve.logwriter import LogWriter
@@ -147,20 +147,29 @@ class Gateway:
         """Serve another model as `canary` (a share of traffic) or `shadow` (mirrored, never returned)."""
         if role not in ("canary", "shadow"):
             raise ValueError(f"role must be canary or shadow, got {role!r}")
+        variant.metrics = self.metrics  # its batches, queue waits and commits show on this /metrics
+        share = self.config.canary_share if role == "canary" else 1.0
+        self.metrics.rollout_share.labels(role, variant.version).set(share)
         self.variants[role] = variant
 
-    def route(self, request_id: str) -> Gateway:
-        """The model that answers this request: the canary for its share of request ids, else this one."""
+    def route(self, request_id: str, route_key: str | None = None) -> Gateway:
+        """The model that answers this request: the canary for its share of traffic, else this one.
+
+        Without a route key the (random) request id decides. A client that sends `X-Route-Key` (a user or
+        session id) is sticky: the same key always lands on the same side, whatever the request.
+        """
         canary = self.variants.get("canary")
-        if canary is not None and int(request_id[:8], 16) / 0xFFFFFFFF < self.config.canary_share:
-            return canary
-        return self
+        if canary is None:
+            return self
+        point = hashlib.sha256(route_key.encode()).hexdigest() if route_key else request_id
+        return canary if int(point[:8], 16) / 0xFFFFFFFF < self.config.canary_share else self
 
     def end_variant(self, role: str, reason: str) -> None:
         """Stop routing to a canary or shadow (its queues drain in the background)."""
         variant = self.variants.pop(role, None)
         if variant is not None:
             self.metrics.rollouts.labels(role).inc()
+            self.metrics.rollout_share.labels(role, variant.version).set(0.0)
             asyncio.get_running_loop().create_task(variant.stop())
 
     async def _follow_registry(self) -> None:
@@ -190,15 +199,15 @@ class Gateway:
         """A request admitted with `admit` has finished."""
         self._in_flight -= 1
 
-    async def decode(self, data: bytes, field_name: str) -> Image.Image:
-        """Decode untrusted bytes on the decode pool."""
+    async def decode(self, data: bytes, field_name: str) -> tuple[Image.Image, dict]:
+        """Decode untrusted bytes on the decode pool: the image and its statistics for the monitor."""
         loop = asyncio.get_running_loop()
-        image = await loop.run_in_executor(
-            self._decode_pool, decode_image, data, self.config.limits, field_name
+        image, stats = await loop.run_in_executor(
+            self._decode_pool, decode_and_describe, data, self.config.limits, field_name
         )
         if self.archive is not None:  # only images that decoded; written before the answer leaves
             await loop.run_in_executor(self._decode_pool, self.archive.put, data)
-        return image
+        return image, stats
 
     async def _await(self, futures: list[asyncio.Future]) -> list:
         try:

@@ -43,6 +43,7 @@ requests = sa.Table(
     sa.Column("confidence", sa.Float),
     sa.Column("latency_ms", sa.Float, nullable=False),
     sa.Column("texts", sa.Text),  # JSON list of the request's texts, PII-redacted
+    sa.Column("image_stats", sa.Text),  # JSON list, one dict per image (monitor.image_stats.describe_image)
 )
 
 feedback = sa.Table(
@@ -85,6 +86,7 @@ class PredictionRow:
     confidence: float | None = None
     texts: Sequence[str] = ()
     time: float = field(default_factory=time.time)
+    image_stats: Sequence[dict] = ()
 
     def to_row(self) -> dict:
         """Column values for the requests table."""
@@ -102,6 +104,7 @@ class PredictionRow:
             "confidence": self.confidence,
             "latency_ms": float(self.latency_ms),
             "texts": json.dumps(list(self.texts)) if self.texts else None,
+            "image_stats": json.dumps(list(self.image_stats)) if self.image_stats else None,
         }
 
 
@@ -147,6 +150,16 @@ def make_engine(url: str | None = None) -> sa.Engine:
     raise StoreError(f"unsupported store URL {url!r}: use sqlite:///path/to/store.sqlite or postgresql://...")
 
 
+def add_missing_columns(engine: sa.Engine, table: sa.Table) -> None:
+    """Add nullable columns that a newer vlmops defines to a table an older one created (keeps the rows)."""
+    present = {c["name"] for c in sa.inspect(engine).get_columns(table.name)}
+    missing = [c for c in table.columns if c.name not in present]
+    with engine.begin() as conn:
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+
+
 class PredictionLog:
     """Append-only request and feedback log in the store database."""
 
@@ -154,6 +167,7 @@ class PredictionLog:
         self.engine = make_engine(url)
         try:
             metadata.create_all(self.engine)
+            add_missing_columns(self.engine, requests)
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"cannot open the prediction log at {self.engine.url}: {exc}") from exc
 
