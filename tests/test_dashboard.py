@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from html_check import TagBalance
 from serve_helpers import make_app
-from test_monitor_run import DIM, K, Reference, draw, log_window, unit
+from test_monitor_run import DIM, K, Reference, draw, image_stat, log_window, unit
 from vlmops.monitor.alerts import AlertConfig, AlertRule, AlertStore, evaluate_rules
 from vlmops.monitor.dashboard import render_dashboard
 from vlmops.monitor.run import run_monitor
@@ -26,10 +26,11 @@ def store(tmp_path_factory):
     rng = np.random.default_rng(0)
     classes = unit(rng.normal(size=(K, DIM)))
     ref_emb, ref_targets = draw(rng, classes, 300)
-    reference = Reference(ref_emb, ref_targets, classes, 20.0)
+    stats = [image_stat(b) for b in rng.normal(150, 20, 300)]
+    reference = Reference(ref_emb, ref_targets, classes, 20.0, image_stats=stats)
     log = PredictionLog(url)
     rule = AlertConfig((AlertRule("drift", "drift.mmd.p_value", "<", 0.01),))
-    for i, kw in enumerate([{}, {}, {"noise": 1.4, "offset": 0.15}]):
+    for i, kw in enumerate([{}, {}, {"noise": 1.4, "offset": 0.15, "brightness": 110.0}]):
         log_window(log, rng, classes, 60, 1000 * i, **kw)
         report = run_monitor(log, "m-1", reference, window=60)
         evaluate_rules(rule, report.metrics, report.n, AlertStore(url), "m-1")
@@ -49,6 +50,7 @@ def test_dashboard_html_has_charts_tables_and_history(store):
     parser.feed(html)
     assert not parser.errors and not parser.stack, (parser.errors, parser.stack)
     assert html.count("<svg") == 2 and "drift-mmd" in html and "estimate-atc" in html
+    assert "drift-image_stats" in html and "drift-query_text" not in html  # no search traffic logged
     assert "canary alert" in html and "rollback" in html and ">drift<" in html
     assert "http://" not in html.split("xmlns")[0]  # nothing fetched from outside
 
@@ -76,7 +78,7 @@ def test_charts_render_with_data_in_chromium(store):
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(page_path.as_uri())
         for kind, series in (
-            ("drift", ["mmd", "ks_pca", "prediction_shift", "alignment"]),
+            ("drift", ["mmd", "ks_pca", "prediction_shift", "alignment", "image_stats"]),
             ("accuracy", ["atc"]),
         ):
             figure = page.locator(f'figure.plot[data-kind="{kind}"] svg')

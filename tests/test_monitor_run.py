@@ -24,7 +24,7 @@ def draw(rng, classes, n, noise=0.6, offset=0.0):
     return unit(x), targets
 
 
-def log_window(log, rng, classes, n, start, **kw):
+def log_window(log, rng, classes, n, start, brightness=150.0, **kw):
     emb, targets = draw(rng, classes, n, **kw)
     rows = [
         PredictionRow(
@@ -36,6 +36,7 @@ def log_window(log, rng, classes, n, start, **kw):
             embedding=emb[i],
             prediction={"label": str(targets[i])},
             time=1000.0 + start + i,
+            image_stats=[image_stat(float(rng.normal(brightness, 20)))],
         )
         for i in range(n)
     ]

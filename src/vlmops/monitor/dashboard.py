@@ -13,7 +13,8 @@ from matplotlib.ticker import MaxNLocator
 from vlmops.report.html import Markup, render
 from vlmops.report.plots import REFERENCE, colour, figure_to_svg, new_figure, style
 
-DETECTORS = ("mmd", "ks_pca", "prediction_shift", "alignment")
+DETECTORS = ("mmd", "ks_pca", "prediction_shift", "alignment", "image_stats", "query_text")
+ALWAYS = DETECTORS[:4]  # the last two run only when the log holds image statistics / search queries
 ESTIMATES = ("ac", "atc", "doc")
 
 
@@ -30,7 +31,10 @@ def drift_svg(runs: list[dict], alpha: float = 0.05) -> str:
         ax = fig.add_subplot()
         x = list(range(1, len(runs) + 1))
         for i, name in enumerate(DETECTORS):
-            ys = [max(r["metrics"].get(f"drift.{name}.p_value") or 1.0, 1e-4) for r in runs]
+            values = [r["metrics"].get(f"drift.{name}.p_value") for r in runs]
+            if name not in ALWAYS and all(v is None for v in values):
+                continue
+            ys = [float("nan") if v is None else max(v, 1e-4) for v in values]  # a gap where it did not run
             ax.plot(x, ys, marker="o", color=colour(i), label=name, gid=f"drift-{name}")
         ax.axhline(alpha, color=REFERENCE, linestyle="--", linewidth=1, label=f"alpha {alpha}")
         ax.set_yscale("log")
