@@ -7,6 +7,9 @@ the largest label, 3 % of its size. Labels are the emoji's `category/subcategory
 subcategory, so a backdoor of 3 % of one label is several images). Originals are never touched: the
 copy is a manifest in a temporary folder that points at the installed images plus the new files.
 
+Copies (near-duplicates, GPS and poisoned images) keep their source's caption and label, so a copy of a
+record with a swapped caption, a flipped label or PII in its caption counts as having that fault too.
+
 Prints precision and recall per check against the injected ground truth, the audit's time with the
 embedding store warm, and the near-duplicate step's time at 2k, 4k, 8k and all records.
 
@@ -126,6 +129,15 @@ def inject(frame: pd.DataFrame, root: Path, seed: int) -> tuple[pd.DataFrame, di
         backdoor_ids.add(f"poison:{row['id']}")
     out = pd.concat([df, pd.DataFrame(new_rows)], ignore_index=True)
     truth |= {"near_pairs": dup_pairs, "gps": gps_ids, "backdoor": backdoor_ids}
+    # Copies inherit their source's faults: a near-duplicate or GPS copy of a record whose caption was
+    # swapped or given PII carries that caption too (and, unless poisoned, its flipped label).
+    for row in new_rows:
+        source = row["id"].split(":", 2)[-1] if row["id"].startswith("dup:") else row["id"].split(":", 1)[1]
+        for check in ("alignment", "pii"):
+            if source in truth[check]:
+                truth[check].add(row["id"])
+        if source in truth["labels"] and not row["id"].startswith("poison:"):
+            truth["labels"].add(row["id"])
     return out, truth
 
 
@@ -137,6 +149,30 @@ def _pr(found: set, true: set) -> dict:
         "found": len(found),
         "true": len(true),
     }
+
+
+def _pixel_twin_pairs(flagged: set, near_pairs: set, frame: pd.DataFrame) -> set:
+    """Flagged (record, copy) pairs whose record is a pixel twin of the copy's source.
+
+    The emoji data has its own near-identical records (the same drawing under another code point, skin
+    tones on a face a few pixels wide). A copy clustered with such a twin of its source is a correct
+    near duplicate that the injected truth does not list. Twin: mean |difference| <= 3 (of 255) over a
+    64x64 RGB rendering on white, an independent pixel yardstick (the audit uses pHash, a blurred colour
+    thumbnail and embeddings), stricter than any injected edit (JPEG q40 copies differ by 6.5 on median).
+    """
+    from vlmops.data.images import load_image
+
+    source = {copy: src for src, copy in near_pairs}
+    path = dict(zip(frame["id"], frame["image"], strict=True))
+
+    def pixels(record: str) -> np.ndarray:
+        return np.asarray(load_image(path[record]).convert("RGB").resize((64, 64)), dtype=np.float32)
+
+    out = set()
+    for record, copy in flagged - near_pairs:
+        if np.abs(pixels(record) - pixels(source[copy])).mean() <= 3.0:
+            out.add((record, copy))
+    return out
 
 
 def score(report: dict, truth: dict, frame: pd.DataFrame) -> dict:
@@ -151,10 +187,17 @@ def score(report: dict, truth: dict, frame: pd.DataFrame) -> dict:
     for cluster in checks["duplicates"]["details"]["clusters"]:
         members = cluster["ids"]
         flagged_pairs |= {(a, b) for a in members for b in members if a != b and b in copies}
+    twins = _pixel_twin_pairs(flagged_pairs, truth["near_pairs"], frame)
     pii_found = ids("pii") - truth["gps"]
     clean = set(frame["id"]) - truth["pii"] - truth["gps"]
     return {
-        "near_duplicates": _pr(flagged_pairs, truth["near_pairs"]),
+        "near_duplicates": {
+            **_pr(flagged_pairs, truth["near_pairs"]),
+            "precision_pixel_twins_counted": len(flagged_pairs & (truth["near_pairs"] | twins))
+            / len(flagged_pairs)
+            if flagged_pairs
+            else None,
+        },
         "flipped_labels": _pr(ids("labels"), truth["labels"]),
         "swapped_captions": _pr(ids("alignment"), truth["alignment"]),
         "pii_text": {
@@ -185,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             for phase in ("cold", "warm"):
                 start = time.perf_counter()
                 hashes = [content_sha256(p) for p in frame["image"]]
-                inputs = AuditInputs(frame, hashes, model, cache, progress=False)
+                inputs = AuditInputs(frame, hashes, model, cache, False, prompt_template="an emoji of {}")
                 report = run_audit(
                     inputs, CHECKS, {"spec": "emoji+faults"}, fields, ["category", "subcategory"]
                 )

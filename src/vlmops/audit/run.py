@@ -101,6 +101,7 @@ class AuditInputs:
     model: VLM | None = None
     cache: EmbeddingCache | None = None
     progress: bool = True
+    prompt_template: str = "a photo of {}."  # for the zero-shot view of labels ("an emoji of {}" for emoji)
     _image_emb: np.ndarray | None = None
     _readable: np.ndarray | None = None
     views: dict = field(default_factory=dict)  # label views per method, shared by labels and alignment

@@ -93,7 +93,7 @@ def _run(
     from vlmops.audit.run import AuditInputs, run_audit
     from vlmops.data.manifest import attribute_columns, resolve_data
     from vlmops.evaluate.slices import default_slice_fields
-    from vlmops.evaluate.task import tier_names_for
+    from vlmops.evaluate.task import DEFAULT_TEMPLATES, tier_names_for
     from vlmops.evaluate.tiers import tiers_of
     from vlmops.models import load_model
     from vlmops.store.cache import open_cache
@@ -107,7 +107,8 @@ def _run(
     hashes = [content_sha256(p) for p in frame["image"]]
     data_meta = {"spec": data, "n": len(frame), "slice_fields": fields}
     with open_cache(store) as cache:
-        inputs = AuditInputs(frame, hashes, vlm, cache, progress)
+        template = DEFAULT_TEMPLATES["emoji" if data == "emoji" else "other"][0]
+        inputs = AuditInputs(frame, hashes, vlm, cache, progress, prompt_template=template)
         announce = (lambda name: console.print(f"[dim]audit:[/] {name}")) if progress else None
         return run_audit(inputs, checks, data_meta, fields, tier_names, min_n, label_method, announce), frame
 
