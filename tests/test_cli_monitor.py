@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
@@ -87,3 +88,19 @@ def test_monitor_run_alerts_on_shifted_traffic(tmp_path):
     )
     assert history.exit_code == 0
     assert len(json.loads((tmp_path / "all.json").read_text())["runs"]) == 2
+
+
+def test_reference_queries_file_must_hold_enough_queries(tmp_path):
+    from vlmops.cli.monitor import build_reference
+    from vlmops.errors import VlmopsError
+
+    manifest = write_manifest(tmp_path / "shapes", per_class=10)
+    model = load_model("builtin:emoji-lit")
+    queries = tmp_path / "queries.txt"
+    queries.write_text("red circle\n\nblue square\n")
+    store = str(tmp_path / "s.sqlite")
+    with pytest.raises(VlmopsError, match=r"has 2 queries.*at least 20"):
+        build_reference(model, str(manifest), "test", {}, None, store, False, queries)
+    queries.write_text("\n".join(f"query {i}" for i in range(25)))
+    reference = build_reference(model, str(manifest), "test", {}, None, store, False, queries)
+    assert reference.query_emb.shape[0] == 25 and len(reference.image_stats) == len(reference.targets)

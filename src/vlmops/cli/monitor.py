@@ -127,11 +127,11 @@ def run(
 ) -> None:
     """Test the latest requests against a healthy reference; exit 1 when an alert rule fires (for cron/CI).
 
-    Metrics: drift.{mmd,ks_pca,prediction_shift,alignment,image_stats,query_text}.{p_value,statistic,drifted}
-    (image_stats from the logged image statistics, query_text from /v1/search text queries; each only with
-    enough logged inputs), estimate.{ac,atc,doc,
-    naive_confidence,reference_accuracy}, alignment.mean, feedback.{acceptance_rate,correction_rate,
-    abstention_rate,realised_accuracy,human_feedback,...}, window.n.
+    Metrics: drift.{mmd,ks_pca,prediction_shift,alignment,image_stats,query_text}.{p_value,statistic,drifted},
+    estimate.{ac,atc,doc,naive_confidence,reference_accuracy}, alignment.mean,
+    feedback.{acceptance_rate,correction_rate,abstention_rate,realised_accuracy,human_feedback,...},
+    window.n, window.queries. image_stats tests the logged image statistics and query_text the /v1/search
+    text queries; each runs only when the log holds enough of them.
     """
     from vlmops.models.runtimes import load_runtime
     from vlmops.monitor.alerts import AlertStore, evaluate_rules, load_rules
