@@ -1,7 +1,8 @@
 """Image statistics as a drift signal: size, shape, brightness, contrast, file size and format.
 
-The server describes every decoded image (`describe_image`, a few microseconds on a ≤64-px grey
-thumbnail) and logs the description with the request; the monitor describes the reference images the
+The server describes every decoded image (`describe_image`: brightness and contrast on a box-reduced
+thumbnail of at most ~64 px; 0.12 ms for a 72-px emoji, 22 ms for a 12 MP photo whose decode took
+190 ms) and logs the description with the request; the monitor describes the reference images the
 same way. `ImageStatsDetector` then runs a KS test per numeric statistic and a chi-squared test on the
 format counts, with Benjamini–Hochberg over all of them: a new camera, a resizing proxy, a dark scene
 or a switch from PNG to JPEG each shows up as its own named finding, before any embedding moves.
@@ -34,10 +35,8 @@ def describe_image(image: Image.Image, data: bytes) -> dict:
     """Statistics of one decoded image and its encoded bytes (brightness/contrast on a grey thumbnail)."""
     width, height = image.size
     factor = max(1, max(width, height) // THUMBNAIL_SIDE)
-    grey = image.convert("L")
-    if factor > 1:
-        grey = grey.reduce(factor)
-    stat = ImageStat.Stat(grey)
+    small = image.reduce(factor) if factor > 1 else image  # box-average first: a 12 MP photo costs ~20 ms
+    stat = ImageStat.Stat(small.convert("L"))
     return {
         "width": width,
         "height": height,
