@@ -236,6 +236,37 @@ def test_caption_rank_share_counts_distinct_captions_that_fit_better() -> None:
     assert share.tolist() == [0.5, 0.5, 0.0]  # q is counted once, and ties are not "better"
 
 
+def test_peers_with_the_same_caption_decide_whether_it_backs_the_label() -> None:
+    from vlmops.audit.label_views import peers_back_label
+
+    texts = ["cat", "cat", "cat", "dog", "dog", "bird"]
+    y = np.array([0, 0, 1, 2, 2, 3])  # the third "cat" sits on a record labelled 1: a swapped caption
+    assert peers_back_label(texts, y).tolist() == [True, True, False, True, True, False]  # "bird": no peer
+
+
+def test_a_caption_its_exact_twins_back_is_not_a_contradiction() -> None:
+    """The caption view may doubt a caption whose identical twins all carry the record's label."""
+    import pandas as pd
+
+    from vlmops.audit.label_views import LabelViews, caption_contradictions
+
+    n, k = 60, 3
+    y = np.arange(n) % k
+    texts = [f"t{i}" for i in range(n)]
+    texts[3] = texts[6] = texts[9] = "shared"  # records 3, 6, 9 all labelled 0 share one caption
+    text_pred = y.copy()
+    text_pred[[3, 30]] = 1  # the caption view doubts records 3 and 30
+    probs_t = np.full((n, k), 0.05)
+    probs_t[np.arange(n), text_pred] = 0.9
+    probs_i = np.full((n, k), 0.05)
+    probs_i[np.arange(n), y] = 0.9
+    frame = pd.DataFrame(
+        {"id": [f"r{i}" for i in range(n)], "label": y.astype(str), "texts": [[t] for t in texts]}
+    )
+    views = LabelViews(np.arange(n), ["0", "1", "2"], y, probs_i, probs_t, None, "knn")
+    assert {f.record_id for f in caption_contradictions(frame, views)} == {"r30"}
+
+
 def test_caption_contradictions_need_a_poorly_ranked_caption_when_embeddings_are_given() -> None:
     import pandas as pd
 
