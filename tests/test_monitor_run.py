@@ -99,21 +99,7 @@ def test_image_statistics_and_query_texts_are_monitored_when_logged(tmp_path):
     log = PredictionLog(str(tmp_path / "s.sqlite"))
 
     def traffic(start: int, brightness: float, query_shift: float, n_queries: int) -> None:
-        emb, targets = draw(rng, classes, 100)
-        log.write(
-            PredictionRow(
-                f"c{start + i}",
-                "classify",
-                "m-1",
-                [f"h{i}"],
-                5.0,
-                embedding=emb[i],
-                prediction={"label": str(targets[i])},
-                image_stats=[image_stat(b)],
-                time=start + i,
-            )
-            for i, b in enumerate(rng.normal(brightness, 20, 100))
-        )
+        log_window(log, rng, classes, 100, start, brightness=brightness)
         texts = unit(rng.normal(size=(n_queries, DIM)) + query_shift * queries[0])
         log.write(
             PredictionRow(

@@ -113,6 +113,13 @@ class Loop:
             )
         return gateway
 
+    def register_built(self, path: Path, parent):
+        """Load the model trained into `path` and register it as a child of `parent`."""
+        uri = f"builtin:emoji-lit@{path}"
+        model = load_model(uri)
+        self.registry.register(model.info.version, uri, model.info.weights_sha256, parent=parent.info.version)
+        return model
+
     def image(self, row: int, corrupted: bool = False) -> bytes:
         image = load_image(self.task.frame["image"][row])
         return _png(corrupt(image, "contrast", 3, seed=row) if corrupted else image)
@@ -255,13 +262,7 @@ def run_loop(workdir: Path, sizes: DemoSizes = DemoSizes(), say: Callable[[str],
         config,
         sizes.replay,
     )
-    challenger = load_model(f"builtin:emoji-lit@{workdir / 'challenger'}")
-    loop.registry.register(
-        challenger.info.version,
-        f"builtin:emoji-lit@{workdir / 'challenger'}",
-        challenger.info.weights_sha256,
-        parent=champion.info.version,
-    )
+    challenger = loop.register_built(workdir / "challenger", parent=champion)
     loop.registry.set_alias("challenger", challenger.info.version, reason="retrained from feedback")
     loop.results["retrain"] = {k: retrained[k] for k in ("version", "feedback", "replay", "history")}
     say(f"   {challenger.info.version}: feedback {retrained['feedback']}, replay {retrained['replay']}")
@@ -292,13 +293,7 @@ def run_loop(workdir: Path, sizes: DemoSizes = DemoSizes(), say: Callable[[str],
             say(f"   no alert: {challenger.info.version} promoted to champion")
     say("7. a bad challenger goes out as canary and is rolled back by its own alert")
     bad_challenger(champion, workdir / "bad")
-    bad = load_model(f"builtin:emoji-lit@{workdir / 'bad'}")
-    loop.registry.register(
-        bad.info.version,
-        f"builtin:emoji-lit@{workdir / 'bad'}",
-        bad.info.weights_sha256,
-        parent=champion.info.version,
-    )
+    bad = loop.register_built(workdir / "bad", parent=champion)
     loop.registry.set_alias("canary", bad.info.version, reason="bad build (demo)")
     with TestClient(create_app(loop.gateway(champion, canary=bad))) as client:
         answers = loop.send(client, loop.rows["held_out"][: sizes.canary])

@@ -72,8 +72,10 @@ def build_reference(
     index = {c: i for i, c in enumerate(task.classes)}
     targets = [index[task.labels[i]] for i in rows]
     class_emb = model.embed_texts([task.templates[0].format(name) for name in task.class_names])
-    paths = [Path(frame["image"][i]) for i in rows]
-    image_stats = [describe_image(load_image(p), p.read_bytes()) for p in paths]
+    image_stats = []
+    for i in rows:
+        data = Path(frame["image"][i]).read_bytes()  # read once: decoded and measured from the same bytes
+        image_stats.append(describe_image(load_image(data), data))
     if queries is None:
         texts = sorted({task.class_names[target] for target in targets})
     else:

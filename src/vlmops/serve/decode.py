@@ -48,6 +48,17 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 def decode_image(data: bytes, limits: Limits, field: str = "image") -> Image.Image:
     """Validated, upright RGB image from untrusted bytes."""
+    return _decode(data, limits, field)[0]
+
+
+def decode_and_describe(data: bytes, limits: Limits, field: str = "image") -> tuple[Image.Image, dict]:
+    """`decode_image` plus the image statistics that the log keeps for drift monitoring."""
+    image, image_format = _decode(data, limits, field)
+    return image, describe_image(image, data, image_format)
+
+
+def _decode(data: bytes, limits: Limits, field: str) -> tuple[Image.Image, str]:
+    """The validated, upright RGB image and the format its header named."""
     if not data:
         raise ApiError(422, "empty_image", f"{field} is empty (0 bytes); send the image file's bytes")
     try:
@@ -64,7 +75,8 @@ def decode_image(data: bytes, limits: Limits, field: str = "image") -> Image.Ima
         raise ApiError(
             422, "corrupt_image", f"{field} could not be read ({exc}); the file is truncated or corrupt"
         ) from exc
-    if image.format not in limits.formats:
+    image_format = image.format
+    if image_format not in limits.formats:
         raise ApiError(
             415, "unsupported_format", f"{field} is {image.format}; allowed formats: {_names(limits)}"
         )
@@ -90,13 +102,7 @@ def decode_image(data: bytes, limits: Limits, field: str = "image") -> Image.Ima
         ) from exc
     if image.width == 0 or image.height == 0:
         raise ApiError(422, "empty_image", f"{field} has no pixels ({image.width}x{image.height})")
-    return to_rgb_on_white(_to_8bit(image))
-
-
-def decode_and_describe(data: bytes, limits: Limits, field: str = "image") -> tuple[Image.Image, dict]:
-    """`decode_image` plus the image statistics that the log keeps for drift monitoring."""
-    image = decode_image(data, limits, field)
-    return image, describe_image(image, data)
+    return to_rgb_on_white(_to_8bit(image)), image_format
 
 
 def _names(limits: Limits) -> str:
