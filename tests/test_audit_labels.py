@@ -325,3 +325,26 @@ def test_low_similarity_captions_that_read_as_their_own_label_are_set_aside() ->
     kept = {f.record_id for f in result.findings if f.kind == "misaligned_caption"}
     assert kept == {"r1"}
     assert result.details["model_weak_labels"] == {"a": 1} and "set aside" in result.notes[0]
+
+
+def test_labels_no_view_supports_are_flagged_even_when_confident_learning_counts_them_nowhere() -> None:
+    """Probability spread over other classes clears no per-class threshold, so confident learning alone
+    misses such an item; both views giving the label ~0 flags it, one view alone does not."""
+    from vlmops.audit.labels import both_views_flag
+
+    n, k = 200, 4
+    y = np.arange(n) % k
+    confident = np.full((n, k), 0.02)
+    confident[np.arange(n), y] = 0.94
+    spread = np.full(k, 0.33)
+    first, second = confident.copy(), confident.copy()
+    both, only_first = np.arange(0, 10), np.arange(10, 20)
+    for i in both:
+        first[i] = second[i] = spread
+        first[i, y[i]] = second[i, y[i]] = 0.001
+    for i in only_first:
+        first[i] = spread
+        first[i, y[i]] = 0.001
+    assert not confident_learning(first, y)[0][both].any()  # the case confident learning cannot see
+    flagged = both_views_flag(first, second, y)
+    assert set(np.flatnonzero(flagged)) == set(both)
