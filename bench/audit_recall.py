@@ -175,29 +175,61 @@ def _pixel_twin_pairs(flagged: set, near_pairs: set, frame: pd.DataFrame) -> set
     return out
 
 
-def score(report: dict, truth: dict, frame: pd.DataFrame) -> dict:
+INJECTED = ("dup:", "gps:", "poison:")  # id prefixes of the records `inject` adds
+
+
+def source_cluster_pairs(flagged: set, near_pairs: set, frame: pd.DataFrame, embeddings, **options) -> set:
+    """Flagged (record, copy) pairs whose record shares a cluster with the copy's source in the audit
+    of the data without the injected records (same embeddings, same `duplicates_check` options).
+
+    Such a copy is attached where its source already was: whether the source's own cluster mates are
+    near duplicates is the clean data's question (the real emoji audit reports them), not the injected
+    copy's. Counting them isolates how precisely the copies themselves are matched.
+    """
+    from vlmops.audit.duplicates import duplicates_check
+
+    original = ~frame["id"].astype(str).str.startswith(INJECTED).to_numpy()
+    clean = duplicates_check(frame[original], np.asarray(embeddings)[original], progress=False, **options)
+    cluster = {m: c["cluster"] for c in clean.details["clusters"] for m in c["ids"]}
+    source = {copy: src for src, copy in near_pairs}
+    return {
+        (record, copy)
+        for record, copy in flagged - near_pairs
+        if record in cluster and cluster[record] == cluster.get(source[copy])
+    }
+
+
+def near_duplicate_scores(flagged: set, truth: dict, frame: pd.DataFrame, embeddings, **options) -> dict:
+    """Recall and precision of the flagged (record, copy) pairs: strict, with the source's pixel twins
+    counted as correct, and with the source's clean-data cluster mates counted too."""
+    twins = _pixel_twin_pairs(flagged, truth["near_pairs"], frame)
+    mates = source_cluster_pairs(flagged, truth["near_pairs"], frame, embeddings, **options)
+    right = flagged & truth["near_pairs"]
+    return {
+        **_pr(flagged, truth["near_pairs"]),
+        "precision_pixel_twins_counted": len(right | twins) / len(flagged) if flagged else None,
+        "precision_source_clusters_counted": len(right | twins | mates) / len(flagged) if flagged else None,
+    }
+
+
+def flagged_copy_pairs(clusters: list[dict], near_pairs: set) -> set:
+    """(record, copy) pairs of every cluster holding an injected near-duplicate copy."""
+    copies = {b for _, b in near_pairs}
+    return {(a, b) for c in clusters for a in c["ids"] for b in c["ids"] if a != b and b in copies}
+
+
+def score(report: dict, truth: dict, frame: pd.DataFrame, embeddings) -> dict:
     """Precision/recall per injected fault from the audit JSON."""
     checks = report["checks"]
 
     def ids(check: str, kinds: set[str] | None = None) -> set:
         return {f["record_id"] for f in checks[check]["findings"] if kinds is None or f["kind"] in kinds}
 
-    copies = {b for _, b in truth["near_pairs"]}
-    flagged_pairs = set()
-    for cluster in checks["duplicates"]["details"]["clusters"]:
-        members = cluster["ids"]
-        flagged_pairs |= {(a, b) for a in members for b in members if a != b and b in copies}
-    twins = _pixel_twin_pairs(flagged_pairs, truth["near_pairs"], frame)
+    flagged_pairs = flagged_copy_pairs(checks["duplicates"]["details"]["clusters"], truth["near_pairs"])
     pii_found = ids("pii") - truth["gps"]
     clean = set(frame["id"]) - truth["pii"] - truth["gps"]
     return {
-        "near_duplicates": {
-            **_pr(flagged_pairs, truth["near_pairs"]),
-            "precision_pixel_twins_counted": len(flagged_pairs & (truth["near_pairs"] | twins))
-            / len(flagged_pairs)
-            if flagged_pairs
-            else None,
-        },
+        "near_duplicates": near_duplicate_scores(flagged_pairs, truth, frame, embeddings),
         "flipped_labels": _pr(ids("labels"), truth["labels"]),
         "swapped_captions": _pr(ids("alignment"), truth["alignment"]),
         "pii_text": {
@@ -235,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
                 seconds = time.perf_counter() - start
                 print(f"audit of {len(frame)} records, {phase} store: {seconds:.1f} s")
                 print("  per check:", report.meta["timing_seconds"])
-            scores = score(report.to_dict(), truth, frame)
+            scores = score(report.to_dict(), truth, frame, inputs.image_emb())
             for name, s in scores.items():
                 print(
                     f"{name}: "

@@ -2,7 +2,8 @@
 
 Builds the same faulty copy of the emoji data as `bench/audit_recall.py` (same seed, same injections),
 runs only the duplicates check at each `--max-colour`, and prints recall of the injected copies,
-precision against the injected pairs, and precision with the source's pixel twins counted.
+precision against the injected pairs, with the source's pixel twins counted, and with the source's
+clusters in the data without the copies counted (`audit_recall.source_cluster_pairs`).
 
     python bench/near_dup_colour.py --seed 0 --max-colour 12 13
 """
@@ -13,7 +14,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from audit_recall import _pixel_twin_pairs, inject
+from audit_recall import flagged_copy_pairs, inject, near_duplicate_scores
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,22 +37,16 @@ def main(argv: list[str] | None = None) -> None:
                 load_model("builtin:emoji-lit"), list(frame["image"]), cache, progress=False
             )
         hashes = signatures(frame["image"].astype(str).tolist(), progress=False)
-        copies = {copy for _, copy in truth["near_pairs"]}
         for limit in args.max_colour:
             result = duplicates_check(frame, embeddings=emb, hashes=hashes, progress=False, max_colour=limit)
-            flagged = {
-                (a, b)
-                for c in result.details["clusters"]
-                for a in c["ids"]
-                for b in c["ids"]
-                if a != b and b in copies
-            }
-            hits = len(flagged & truth["near_pairs"])
-            twins = len(_pixel_twin_pairs(flagged, truth["near_pairs"], frame))
+            flagged = flagged_copy_pairs(result.details["clusters"], truth["near_pairs"])
+            s = near_duplicate_scores(flagged, truth, frame, emb, max_colour=limit)
+            rate = result.metrics["near_dup_rate"]
             print(
-                f"seed {args.seed} max_colour {limit:g}: recall {hits / len(truth['near_pairs']):.3f}, "
-                f"precision {hits / len(flagged):.3f}, with pixel twins {(hits + twins) / len(flagged):.3f}, "
-                f"near_dup_rate {result.metrics['near_dup_rate']:.4f}",
+                f"seed {args.seed} max_colour {limit:g}: recall {s['recall']:.3f}, "
+                f"precision {s['precision']:.3f}, with pixel twins {s['precision_pixel_twins_counted']:.3f}, "
+                f"with the source's clean clusters {s['precision_source_clusters_counted']:.3f}, "
+                f"near_dup_rate {rate:.4f}",
                 flush=True,
             )
 
