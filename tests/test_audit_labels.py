@@ -348,3 +348,41 @@ def test_labels_no_view_supports_are_flagged_even_when_confident_learning_counts
     assert not confident_learning(first, y)[0][both].any()  # the case confident learning cannot see
     flagged = both_views_flag(first, second, y)
     assert set(np.flatnonzero(flagged)) == set(both)
+
+
+def test_caption_contradictions_include_captions_the_text_view_gives_no_support() -> None:
+    """A caption whose neighbours spread over other classes gets no confident-learning count; giving the
+    label almost nothing still makes it a contradiction when the image backs the label."""
+    from vlmops.audit.label_views import LabelViews, caption_contradictions
+    from vlmops.audit.labels import confident_learning
+
+    n, k = 200, 4
+    y = np.arange(n) % k
+    confident = np.full((n, k), 0.02)
+    confident[np.arange(n), y] = 0.94
+    text = confident.copy()
+    spread = np.arange(10)
+    text[spread] = 0.333
+    text[spread, y[spread]] = 0.001
+    assert not confident_learning(text, y)[0][spread].any()
+    frame = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "label": [str(c) for c in y],
+            "texts": [[f"t{i}"] for i in range(n)],
+        }
+    )
+    views = LabelViews(np.arange(n), [str(c) for c in range(k)], y, confident, text, None, "knn")
+    assert {f.record_id for f in caption_contradictions(frame, views)} == {f"r{i}" for i in spread}
+
+
+def test_an_exact_duplicate_does_not_outvote_every_other_neighbour() -> None:
+    """Nine neighbours at cosine 0.9 carry label 0, one exact twin label 1: the nine still win (with
+    scikit-learn-style 1/distance weights the twin at distance 0 would take all the weight)."""
+    from vlmops.audit.labels import _knn_fold
+
+    angle = np.arccos(0.9)
+    near = np.array([[np.cos(angle), np.sin(angle) * np.cos(t), np.sin(angle) * np.sin(t)] for t in range(9)])
+    train = np.vstack([near, [[1.0, 0.0, 0.0]]])
+    probs = _knn_fold(train, np.array([0] * 9 + [1]), np.array([[1.0, 0.0, 0.0]]), 2, k=10, weighted=True)
+    assert probs[0, 0] > 0.6 > probs[0, 1]

