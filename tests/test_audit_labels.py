@@ -131,12 +131,37 @@ def test_alignment_flags_swapped_captions() -> None:
     flagged = {f.record_id: f for f in result.findings}
     swapped = {f"r{k}" for pair in pairs for k in pair}
     assert set(flagged) == swapped
-    assert result.metrics == {"misaligned": 6, "misaligned_rate": 6 / len(frame)}
+    assert result.metrics == {"misaligned": 6, "misaligned_rate": 6 / len(frame), "swapped_captions": 0}
     f = flagged["r3"]
     assert f.kind == "misaligned_caption" and f.evidence["z"] < -3.5
     assert f.evidence["caption"] == "caption 77" and f.evidence["suggested_record"] == "r77"
     assert f.evidence["suggested_caption"] == "caption 3" and f.evidence["suggested_record_label"] == "l1"
     assert result.details["labels_scored_separately"] == 4 and result.details["z_threshold"] == -3.5
+
+
+def test_alignment_pairs_exchanged_captions_that_are_no_similarity_outliers() -> None:
+    """Noisy captions and two related images: after exchanging their captions neither similarity is a
+    robust-z outlier, but each caption fits the other's image better; both are reported as a pair."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(200, 32))
+    images[11] = 0.5 * images[10] + np.sqrt(0.75) * images[11]
+    texts = images + 1.3 * rng.normal(size=images.shape)
+    texts[[10, 11]] = texts[[11, 10]]
+    frame = pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(200)],
+            "texts": [[f"caption {i}"] for i in range(200)],
+            "label": [f"l{i // 50}" for i in range(200)],
+        }
+    )
+    frame.loc[10, "texts"], frame.loc[11, "texts"] = ["caption 11"], ["caption 10"]
+    result = alignment_check(frame, images, texts)
+    found = {f.record_id: f for f in result.findings}
+    assert set(found) == {"r10", "r11"} and {f.kind for f in found.values()} == {"swapped_caption"}
+    assert (
+        found["r10"].evidence["partner"] == "r11" and found["r10"].evidence["partner_caption"] == "caption 10"
+    )
+    assert result.metrics["swapped_captions"] == 2 and result.metrics["misaligned"] == 2
 
 
 def test_alignment_skips_records_without_captions() -> None:

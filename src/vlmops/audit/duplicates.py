@@ -11,27 +11,30 @@ transitive clusters by connected components (union-find):
 
 Colour check: pHash sees brightness only, so an emoji's skin-tone and colour variants hash alike. Each
 view keeps a colour signature, a 16x16 RGB thumbnail on white (a 64x64 bicubic canvas, 32x32 box,
-Gaussian blur sigma 2 px, 2x2 means; 768 bytes). A pair is kept when the largest cell's mean |difference| over RGB is at most
-``max_colour`` (of 255), comparing the second image as is and rotated by +-5 deg (cells that rotation
-brings in from outside the frame are skipped), and for embedding pairs also either one's crop view.
+Gaussian blur sigma 2 px, 2x2 means; 768 bytes). A pair is kept when the largest cell's mean
+|difference| over RGB is at most ``max_colour`` (of 255), comparing the second image as is and rotated
+by +-5 deg (cells that rotation brings in from outside the frame are skipped), and for embedding pairs
+also either one's crop view.
+
 Given `hashes` as plain uint64 pHashes there are no crop views or colours: pHash pairs and embedding
 pairs are then kept unverified, as before this check existed (about half of emoji records cluster).
 
-Defaults. ``max_colour = 11`` since the 64-px canvas: `bench/near_dup_colour.py` (150 copies among
-the audit benchmark's faults) at 10 / 11 / 12 gives recall 0.973 / 0.980 / 0.980 (seed 0) and 0.987 at
-all three (seed 1); precision with the source's pixel twins counted 0.959 / 0.959 / 0.954 and 0.941 /
-0.937 / 0.927; with the source's own clusters counted 1.0 and 0.995. Without the canvas, seed 0 had
-recall 0.913 / 0.940 at 11 / 12: six of nine misses were resized or cropped OpenMoji line art that
-the 44 -> 32 px box aliased. The earlier measurements, all before the canvas (500 random emoji, each copied resized to 0.7x, as JPEG q40, centre 90 %
-crop resized back and rotated 5 deg on white, searched against all 15,170; recall: copies clustered with
-their source; precision: of the (copy, other record) pairs linked directly, those whose other is the
-source): ``max_hamming = 7``, ``max_colour = 12``, ``min_cosine = 0.92`` (builtin:emoji-lit) recall
-0.975 (resize 0.976, JPEG 1.0, crop 0.956, rotation 0.966), precision 0.83. The other records matched
-are the source's byte-identical twins (8 % of pairs), gender variants openmoji draws alike (5 %), tone
-variants whose skin is a few pixels or an adjacent tone (2.5 %) and look-alikes (squares, clocks): 0.91
-counting twins as the source, 0.99 counting every record the source itself clusters with. pHash alone
-(no model): recall 0.785 (0.936, 0.918, 0.924, rotation 0.362: pHash moves 8+ bits), precision 0.84.
-Before (luma pHash only): 0.62 (crop 0.28, rotation 0.32) / 0.16; with embeddings at 0.95 0.92 / 0.22.
+Defaults. ``max_colour = 11`` since the 64-px canvas: `bench/near_dup_colour.py` (150 copies among the
+audit benchmark's faults) at 10 / 11 / 12 gives recall 0.973 / 0.980 / 0.980 (seed 0) and 0.987 at all
+three (seed 1); precision with the source's pixel twins counted 0.959 / 0.959 / 0.954 and 0.941 / 0.937
+/ 0.927; with the source's own clusters counted 1.0 and 0.995. Without the canvas, seed 0 had recall
+0.913 / 0.940 at 11 / 12: six of nine misses were resized or cropped OpenMoji line art that the 44 -> 32
+px box aliased. The earlier measurements, all before the canvas (500 random emoji, each copied resized
+to 0.7x, as JPEG q40, centre 90 % crop resized back and rotated 5 deg on white, searched against all
+15,170; recall: copies clustered with their source; precision: of the (copy, other record) pairs linked
+directly, those whose other is the source): ``max_hamming = 7``, ``max_colour = 12``, ``min_cosine =
+0.92`` (builtin:emoji-lit) recall 0.975 (resize 0.976, JPEG 1.0, crop 0.956, rotation 0.966), precision
+0.83. The other records matched are the source's byte-identical twins (8 % of pairs), gender variants
+openmoji draws alike (5 %), tone variants whose skin is a few pixels or an adjacent tone (2.5 %) and
+look-alikes (squares, clocks): 0.91 counting twins as the source, 0.99 counting every record the source
+itself clusters with. pHash alone (no model): recall 0.785 (0.936, 0.918, 0.924, rotation 0.362: pHash
+moves 8+ bits), precision 0.84. Before (luma pHash only): 0.62 (crop 0.28, rotation 0.32) / 0.16; with
+embeddings at 0.95 0.92 / 0.22.
 Clean emoji: ``near_dup_rate`` was 55 % (clusters up to 225: whole tone and colour families), now 5.3 %
 (5.9 % with the model; largest cluster 23): 2.1 % byte-identical copies, the rest mostly openmoji's
 gender variants, tone variants with tiny faces or adjacent tones, squares and circles alike across

@@ -316,6 +316,31 @@ def _misaligned(
     )
 
 
+def _swapped(scored: np.ndarray, skip: set, img, txt, texts: np.ndarray, ids: np.ndarray) -> list[Finding]:
+    """swapped_caption findings: mutual `swap_partners` whose caption also ranks poorly on its image
+    (fits it worse than `CAPTION_RANK_SHARE` of the distinct captions); rows in `skip` are already flagged."""
+    from vlmops.audit.caption_swaps import swap_partners
+    from vlmops.audit.label_views import CAPTION_RANK_SHARE, caption_rank_share
+
+    partner = swap_partners(img[scored], txt[scored], list(texts[scored]))
+    share = caption_rank_share(img[scored], txt[scored], list(texts[scored]))
+    out = []
+    for local in np.flatnonzero((partner >= 0) & (share > CAPTION_RANK_SHARE)):
+        row, other = scored[local], scored[partner[local]]
+        if row in skip:
+            continue
+        message = (
+            f"caption {texts[row]!r} fits the image of {ids[other]} better, whose caption {texts[other]!r} "
+            "fits this image better: the captions look exchanged"
+        )
+        evidence = {"caption": texts[row], "partner": ids[other], "partner_caption": texts[other],
+                    "similarity": float(img[row] @ txt[row]),
+                    "swapped_similarity": float(img[row] @ txt[other]),
+                    "caption_rank_share": float(share[local])}  # fmt: skip
+        out.append(Finding(ids[row], "alignment", "swapped_caption", "warning", message, evidence))
+    return out
+
+
 def alignment_check(
     frame: pd.DataFrame,
     image_emb: np.ndarray,
@@ -363,7 +388,11 @@ def alignment_check(
         result.findings.append(
             _misaligned(row, best, float(sim[local]), float(z[local]), ids, texts, given, img, txt)
         )
-    result.metrics = {"misaligned": len(flagged), "misaligned_rate": len(flagged) / len(scored)}
+    swapped = _swapped(scored, set(scored[flagged]), img, txt, texts, ids)
+    result.findings.extend(swapped)
+    n_flagged = len(flagged) + len(swapped)
+    result.metrics = {"misaligned": n_flagged, "misaligned_rate": n_flagged / len(scored)}
+    result.metrics["swapped_captions"] = len(swapped)
     if len(scored) < len(frame):
         result.notes.append(f"{len(frame) - len(scored)} records without a caption were not scored")
     return result
