@@ -75,7 +75,8 @@ def build_views(inputs, method: str) -> LabelViews | str:
     image_probs, classes = out_of_sample_probs(inputs.image_emb()[rows], labels, method=method)
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[x] for x in labels])
-    texts = [inputs.first_texts()[i] for i in rows]
+    first = inputs.first_texts()
+    texts = [first[i] for i in rows]
     text_probs = text_emb = None
     if sum(t is not None for t in texts) >= 0.9 * len(texts):
         text_emb, _ = embed_texts_cached(
