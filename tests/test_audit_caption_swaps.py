@@ -49,3 +49,17 @@ def test_swap_partners_rejects_mismatched_inputs() -> None:
     with pytest.raises(ValueError, match="one image"):
         swap_partners(image, text[:9], texts)
     assert swap_partners(image[:1], text[:1], texts[:1]).tolist() == [-1]
+
+
+def test_other_carriers_of_a_caption_vouch_for_it() -> None:
+    """Records 0 and 1 look like an exchange, but records 2 and 3 carry record 0's caption and look like
+    record 0's image: record 0's caption stays; record 1 has no such peers and is still paired."""
+    image, text, texts = aligned()
+    text[[0, 1]] = text[[1, 0]]
+    texts[0], texts[1] = texts[1], texts[0]
+    assert swap_partners(image, text, texts)[[0, 1]].tolist() == [1, 0]
+    rng = np.random.default_rng(2)
+    for peer in (2, 3):
+        image[peer] = image[0] + 0.2 * rng.normal(size=image.shape[1])
+        texts[peer] = texts[0]
+    assert swap_partners(image, text, texts)[[0, 1]].tolist() == [-1, 0]

@@ -411,3 +411,18 @@ def test_an_exact_duplicate_does_not_outvote_every_other_neighbour() -> None:
     train = np.vstack([near, [[1.0, 0.0, 0.0]]])
     probs = _knn_fold(train, np.array([0] * 9 + [1]), np.array([[1.0, 0.0, 0.0]]), 2, k=10, weighted=True)
     assert probs[0, 0] > 0.6 > probs[0, 1]
+
+
+def test_a_label_too_rare_to_be_supported_is_not_an_issue_for_lack_of_support() -> None:
+    """Out-of-sample views cannot support a label nobody else carries: such records are not flagged for
+    lack of support; a label carried by more than MIN_PEERS other records is."""
+    from vlmops.audit.labels import MIN_PEERS, both_views_flag, unsupported
+
+    n, k = 60, 5
+    y = np.concatenate([np.arange(n - 1 - MIN_PEERS - 1) % 3, [3] * (MIN_PEERS + 1), [4]])
+    probs = np.full((len(y), k), 0.001)
+    probs[np.arange(len(y)), np.where(y < 3, y, 0)] = 0.996  # the rare labels 3 and 4 get nothing
+    rare = np.flatnonzero(y >= 3)
+    assert not unsupported(probs, y)[y == 4].any() and unsupported(probs, y)[y == 3].all()
+    flagged = both_views_flag(probs, probs.copy(), y)
+    assert set(np.flatnonzero(flagged)) & set(rare) == set(np.flatnonzero(y == 3))

@@ -133,13 +133,13 @@ def caption_contradictions(frame, views: LabelViews, image_emb: np.ndarray | Non
     """Records whose caption view doubts the label while the image backs the label over the caption's
     reading (image view and zero-shot view averaged), and (when `image_emb` of the view rows is given)
     whose caption fits the image worse than `CAPTION_RANK_SHARE` of the data set's captions."""
-    from vlmops.audit.labels import UNSUPPORTED, confident_learning
+    from vlmops.audit.labels import confident_learning, unsupported
 
     if views.text_probs is None:
         return []
     rows = np.arange(len(views.y))
     text_flags = confident_learning(views.text_probs, views.y)[0]
-    text_flags |= views.text_probs[rows, views.y] < UNSUPPORTED  # spread-out doubt that CL counts nowhere
+    text_flags |= unsupported(views.text_probs, views.y)  # spread-out doubt that CL counts nowhere
     other = views.text_probs.copy()
     other[rows, views.y] = -1.0
     reads_as = other.argmax(1)  # the label the caption reads as, other than the given one
