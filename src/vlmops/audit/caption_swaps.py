@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from vlmops.models.base import l2_normalise
+
 CANDIDATES = 10  # best-fitting images per caption searched for the caption's owner
 BLOCK = 1024
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def swap_partners(
@@ -40,7 +37,7 @@ def swap_partners(
     `image_emb` and `text_emb` hold one row per record (the image and its caption); `texts` the caption
     strings, so that records with identical captions are never each other's candidates.
     """
-    image, text = _unit(image_emb), _unit(text_emb)
+    image, text = l2_normalise(image_emb), l2_normalise(text_emb)
     n = len(image)
     if text.shape != image.shape or len(texts) != n:
         shapes = f"{image.shape}, {text.shape}, {len(texts)} texts"

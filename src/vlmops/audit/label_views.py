@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from vlmops.audit.findings import CheckResult, Finding
+from vlmops.models.base import l2_normalise
 
 CAPTION_RANK_SHARE = 0.02  # a contradicting caption must fit its image worse than 2 % of all captions
 RANK_POOL = 3000  # distinct captions the rank is measured against (a seeded sample when there are more)
@@ -119,8 +120,7 @@ def caption_rank_share(image_emb: np.ndarray, text_emb: np.ndarray, texts: list[
     _, first = np.unique(np.asarray(texts, dtype=object).astype(str), return_index=True)
     if len(first) > RANK_POOL:
         first = np.random.default_rng(seed).choice(first, RANK_POOL, replace=False)
-    image = image_emb / np.maximum(np.linalg.norm(image_emb, axis=1, keepdims=True), 1e-12)
-    text = text_emb / np.maximum(np.linalg.norm(text_emb, axis=1, keepdims=True), 1e-12)
+    image, text = l2_normalise(image_emb), l2_normalise(text_emb)
     own = np.einsum("nd,nd->n", image, text)
     share = np.empty(len(image))
     for start in range(0, len(image), 2048):

@@ -52,8 +52,9 @@ def _knn_fold(
     no class has probability 0. The floor is where this departs from scikit-learn's weights="distance",
     which gives neighbours at distance 0 all the weight: with exact duplicates (the same caption on four
     vendors' emoji) one twin carrying another label then decides alone. The floor lets every neighbour
-    within cosine 0.95 vote alike; on `bench/audit_recall.py` (seed 1, k-NN views) it lifted flipped-label
-    precision 0.830 -> 0.844 and swapped-caption precision 0.913 -> 0.946 at equal recall.
+    within cosine 0.95 vote alike; on the label views of `bench/audit_recall.py`'s seed-1 faults (a one-off
+    analysis script, not kept) it lifted flipped-label precision 0.830 -> 0.844 and swapped-caption
+    precision 0.913 -> 0.946 at equal recall.
     """
     k = min(k, len(train))
     probs = np.empty((len(test), n_classes), dtype=np.float64)
@@ -232,15 +233,15 @@ def label_check(
 
     `confirm` is a second, independent view's probabilities over the same classes (e.g. k-NN on the
     captions when `probs` come from the images): a record is flagged by `both_views_flag` (confident
-    learning flags it in both views and they agree on the better label, or both views give the given
-    label less than `UNSUPPORTED` probability while more than `MIN_PEERS` records carry it; without that
-    guard every label of one or two records was an issue on the emoji data's name-level labels); the
-    suggestion is the argmax of their mean. On the emoji
-    data with 5 % of labels flipped and 5 % of captions swapped (subcategory labels, seed 1 of
-    `bench/audit_recall.py`, k-NN views) precision/recall: images alone 0.30/0.76; both views' confident
-    learning 0.75/0.72, and agreeing (or both unsupported) 0.82/0.72; or both unsupported without
-    confident learning 0.83/0.96 (186 of the 217 flips it had missed were not flagged by the image view's
-    confident learning, though their median image probability of the given label was 0.001).
+    learning flags it in both views and they agree on the better label, or both views give the given label
+    less than `UNSUPPORTED` probability while more than `MIN_PEERS` records carry it; without that guard
+    every label of one or two records was an issue on the emoji data's name-level labels); the suggestion
+    is the argmax of their mean. On the emoji data with 5 % of labels flipped and 5 % of captions swapped
+    (subcategory labels, the k-NN views of `bench/audit_recall.py`'s seed-1 faults, a one-off analysis
+    script, not kept) precision/recall: images alone 0.30/0.76; both views' confident learning 0.75/0.72,
+    and agreeing (or both unsupported) 0.82/0.72; or both unsupported without confident learning 0.83/0.96
+    (186 of the 217 flips it had missed were not flagged by the image view's confident learning, though
+    their median image probability of the given label was 0.001).
     """
     given = pd.Series(list(frame["label"] if labels is None else labels), index=frame.index, dtype=object)
     index = {str(c): i for i, c in enumerate(classes)}
@@ -332,8 +333,9 @@ def _swapped(scored: np.ndarray, skip: set, img, txt, texts: np.ndarray, ids: np
     from vlmops.audit.caption_swaps import swap_partners
     from vlmops.audit.label_views import CAPTION_RANK_SHARE, caption_rank_share
 
-    partner = swap_partners(img[scored], txt[scored], list(texts[scored]))
-    share = caption_rank_share(img[scored], txt[scored], list(texts[scored]))
+    image, text, captions = img[scored], txt[scored], list(texts[scored])
+    partner = swap_partners(image, text, captions)
+    share = caption_rank_share(image, text, captions)
     out = []
     for local in np.flatnonzero((partner >= 0) & (share > CAPTION_RANK_SHARE)):
         row, other = scored[local], scored[partner[local]]
