@@ -103,7 +103,78 @@ def test_model_errors_reach_every_caller_and_cancelled_items_are_skipped():
 
     results = _run(main())
     assert all(isinstance(r, RuntimeError) for r in results)
-    assert calls == [[1, 2]]
+    assert calls == [[1, 2], [1], [2]]  # the batch failed, so each item was tried alone
+
+
+def test_one_bad_item_fails_only_its_own_caller():
+    calls: list[list[str]] = []
+
+    def embed(items):
+        calls.append(list(items))
+        return [len(x.encode()) for x in items]  # a lone surrogate raises, as a tokenizer would
+
+    async def main():
+        batcher = MicroBatcher(embed, ThreadPoolExecutor(1), max_batch=8, max_wait_ms=30)
+        batcher.start()
+        futures = [batcher.submit(x) for x in ("ab", "\ud800", "cde")]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    good, bad, other = _run(main())
+    assert (good, other) == (2, 3)
+    assert isinstance(bad, UnicodeEncodeError)
+    assert calls[0] == ["ab", "\ud800", "cde"] and len(calls) == 4
+
+
+def test_batches_take_owners_in_turn_and_drop_expired_items():
+    seen: list[list[str]] = []
+
+    def record(items):
+        seen.append(list(items))
+        return items
+
+    async def main():
+        batcher = MicroBatcher(record, ThreadPoolExecutor(1), max_batch=4, max_wait_ms=30)
+        batcher.start()
+        past = time.perf_counter() - 1
+        expired = batcher.submit("late", owner="b", deadline=past)
+        flood = [batcher.submit(f"a{i}", owner="a") for i in range(12)]
+        other = [batcher.submit(f"b{i}", owner="b") for i in range(2)]
+        assert batcher.depth == 15
+        await asyncio.gather(*flood, *other)
+        await batcher.stop()
+        return expired
+
+    expired = _run(main())
+    assert expired.cancelled()  # its deadline had passed: it never reached the model
+    assert sorted(seen[0]) == ["a0", "a1", "b0", "b1"]  # b waited one batch, not behind twelve of a
+    assert sum(len(b) for b in seen) == 14
+
+
+def test_cancelled_items_free_their_queue_slot_at_once():
+    release = threading.Event()
+
+    def slow(items):
+        release.wait(5)
+        return items
+
+    async def main():
+        batcher = MicroBatcher(slow, ThreadPoolExecutor(1), max_batch=1, max_wait_ms=0, queue_size=2)
+        batcher.start()
+        first = batcher.submit(0)
+        await asyncio.sleep(0.05)
+        queued = [batcher.submit(1), batcher.submit(2)]
+        for future in queued:
+            future.cancel()  # their requests timed out
+        await asyncio.sleep(0)
+        assert batcher.depth == 0
+        again = batcher.submit(3)  # the queue has room again
+        release.set()
+        assert await asyncio.gather(first, again) == [0, 3]
+        await batcher.stop()
+
+    _run(main())
 
 
 def test_token_bucket_allows_burst_then_rate():

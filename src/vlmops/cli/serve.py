@@ -51,7 +51,18 @@ def serve(
     max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most images (or texts) per model call."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0, help="How long a batch waits to fill."),
     queue: int = typer.Option(512, "--queue", min=1, help="Requests in flight before new ones get 503."),
-    timeout_s: float = typer.Option(10.0, "--timeout", min=0.01, help="Per-request time limit (504 after)."),
+    timeout_s: float = typer.Option(
+        10.0, "--timeout", min=0.01, help="Time limit from arrival, decoding included (504 after)."
+    ),
+    key_items_per_s: float = typer.Option(
+        500.0, "--key-items-per-s", min=0.001, help="Images + new texts per second per API key (429 over)."
+    ),
+    key_items_in_flight: int = typer.Option(
+        1024, "--key-items-in-flight", min=1, help="Images + new texts one key may have waiting at once."
+    ),
+    pixels_in_flight: int = typer.Option(
+        64_000_000, "--pixels-in-flight", min=1, help="Decoded pixels in flight across requests (503 over)."
+    ),
     workers: int = typer.Option(1, "--workers", min=1, help="Server processes (each loads the model)."),
     label_set: list[str] = typer.Option(
         [],
@@ -116,6 +127,9 @@ def serve(
         max_wait_ms=max_wait_ms,
         queue=queue,
         timeout_s=timeout_s,
+        key_items_per_s=key_items_per_s,
+        key_items_in_flight=key_items_in_flight,
+        pixels_in_flight=pixels_in_flight,
         auth=not insecure_no_auth,
         abstain_below=abstain_below,
         template=template,

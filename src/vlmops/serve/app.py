@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vlmops.serve import schemas
+from vlmops.serve.admission import Ticket
 from vlmops.serve.errors import ApiError
 from vlmops.serve.keys import ApiKey
 from vlmops.serve.limits import RateLimiter
@@ -103,12 +104,22 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
             )
         return key
 
-    async def admitted():
-        gateway.admit()
+    async def admitted(request: Request, key: ApiKey | None = Depends(authorise)):
+        """Admit the request (counted from its arrival, before its body was read) for its key."""
+        # without keys, each client address is budgeted on its own
+        client = request.client.host if request.client else "anonymous"
+        owner = key.key_id if key is not None else client
+        ticket = gateway.admit(owner, request.scope["state"].get("arrival"), budgeted=key is not None)
+
+        async def gone() -> None:  # called only after the body was read: the next message is the end
+            while (await request.receive())["type"] != "http.disconnect":
+                await asyncio.sleep(0.05)
+
+        ticket.watch = gone
         try:
-            yield
+            yield ticket
         finally:
-            gateway.release()
+            gateway.release(ticket)
 
     def row(
         request: Request,
@@ -164,19 +175,20 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         shadow_tasks.add(task)
         task.add_done_callback(shadow_tasks.discard)
 
-    async def one_image(images: list[bytes]):
+    async def one_image(images: list[bytes], ticket: Ticket):
         if len(images) != 1:
             raise ApiError(422, "bad_image", f"send exactly one image, got {len(images)}")
-        image, stats = await gateway.decode(images[0], "image")
+        image, stats = await gateway.decode(images[0], "image", ticket)
         return image, sha256_hex(images[0]), stats
 
     @app.post(
         "/v1/embeddings",
         response_model=schemas.EmbeddingsResponse,
         openapi_extra=body_doc(schemas.EmbeddingsRequest),
-        dependencies=[Depends(admitted)],
     )
-    async def embeddings(request: Request, key: ApiKey | None = Depends(authorise)):
+    async def embeddings(
+        request: Request, key: ApiKey | None = Depends(authorise), ticket: Ticket = Depends(admitted)
+    ):
         """Embed images and/or texts (L2-normalised vectors)."""
         t0 = time.perf_counter()
         body, raw = await parse_body(request, schemas.EmbeddingsRequest)
@@ -188,13 +200,13 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
                 413, "too_many_inputs", f"at most {limits.max_images} images and {limits.max_texts} texts"
             )
         check_texts(texts, limits.max_text_chars)
-        decoded = [await gateway.decode(data, f"images[{i}]") for i, data in enumerate(raw)]
+        decoded = [await gateway.decode(data, f"images[{i}]", ticket) for i, data in enumerate(raw)]
         images, image_stats = [d[0] for d in decoded], [d[1] for d in decoded]
         vectors = []
         if images:
-            vectors.append(await gateway.image_embeddings(images))
+            vectors.append(await gateway.image_embeddings(images, ticket))
         if texts:
-            vectors.append(await gateway.text_embeddings(texts))
+            vectors.append(await gateway.text_embeddings(texts, ticket=ticket))
         matrix = np.concatenate(vectors)
         kinds = ["image"] * len(images) + ["text"] * len(texts)
         hashes = [sha256_hex(d) for d in raw] + [sha256_hex(t.encode()) for t in texts]
@@ -213,16 +225,17 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         "/v1/classify",
         response_model=schemas.ClassifyResponse,
         openapi_extra=body_doc(schemas.ClassifyRequest),
-        dependencies=[Depends(admitted)],
     )
-    async def classify(request: Request, key: ApiKey | None = Depends(authorise)):
+    async def classify(
+        request: Request, key: ApiKey | None = Depends(authorise), ticket: Ticket = Depends(admitted)
+    ):
         """Zero-shot classification over given labels or a named label set; a conformal set if calibrated."""
         t0 = time.perf_counter()
         body, raw = await parse_body(request, schemas.ClassifyRequest)
         label_set = gateway.label_set_for(body.labels, body.label_set, body.template)
-        image, digest, stats = await one_image(raw)
+        image, digest, stats = await one_image(raw, ticket)
         target = gateway.route(request.scope["state"]["request_id"], request.headers.get("x-route-key"))
-        embedding, prediction = await target.classify(image, label_set, body.top_k)
+        embedding, prediction = await target.classify(image, label_set, body.top_k, ticket)
         answered = row(
             request,
             key,
@@ -244,9 +257,10 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         "/v1/search",
         response_model=schemas.SearchResponse,
         openapi_extra=body_doc(schemas.SearchRequest),
-        dependencies=[Depends(admitted)],
     )
-    async def search(request: Request, key: ApiKey | None = Depends(authorise)):
+    async def search(
+        request: Request, key: ApiKey | None = Depends(authorise), ticket: Ticket = Depends(admitted)
+    ):
         """Top-k gallery records for a text or image query."""
         t0 = time.perf_counter()
         body, raw = await parse_body(request, schemas.SearchRequest)
@@ -261,14 +275,14 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         if body.text is not None:
             check_texts([body.text], limits.max_text_chars)
             query, digest, texts = (
-                (await gateway.text_embeddings([body.text]))[0],
+                (await gateway.text_embeddings([body.text], ticket=ticket))[0],
                 sha256_hex(body.text.encode()),
                 [body.text],
             )
             image_stats = []
         else:
-            image, digest, stats = await one_image(raw)
-            query, texts = (await gateway.image_embeddings([image]))[0], []
+            image, digest, stats = await one_image(raw, ticket)
+            query, texts = (await gateway.image_embeddings([image], ticket))[0], []
             image_stats = [stats]
         hits = gateway.search(query, body.top_k)
         await gateway.record(
@@ -291,15 +305,16 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         "/v1/tag",
         response_model=schemas.TagResponse,
         openapi_extra=body_doc(schemas.TagRequest),
-        dependencies=[Depends(admitted)],
     )
-    async def tag(request: Request, key: ApiKey | None = Depends(authorise)):
+    async def tag(
+        request: Request, key: ApiKey | None = Depends(authorise), ticket: Ticket = Depends(admitted)
+    ):
         """Keywords from the server's vocabulary and an alt text for an image."""
         t0 = time.perf_counter()
         body, raw = await parse_body(request, schemas.TagRequest)
-        image, digest, stats = await one_image(raw)
+        image, digest, stats = await one_image(raw, ticket)
         target = gateway.route(request.scope["state"]["request_id"], request.headers.get("x-route-key"))
-        embedding, result = await target.tag(image, body.top_k)
+        embedding, result = await target.tag(image, body.top_k, ticket)
         await target.record(
             row(
                 request,

@@ -3,15 +3,26 @@
 A batch closes when it holds `max_batch` items or `max_wait_ms` after its first item arrived, whichever
 comes first; while the model runs one batch the next one fills, so under load batches form without
 waiting at all. A full queue refuses new items at once (`Overloaded`, which the gateway answers with
-503 and Retry-After) instead of letting latency grow without bound. Items whose caller gave up (a
-timed-out request) are dropped before they reach the model.
+503 and Retry-After) instead of letting latency grow without bound.
+
+Fairness and isolation:
+- items carry an owner (the API key); batches are filled round-robin across owners, so a key with
+  thousands of queued items delays another key's item by at most one batch, not by its whole backlog;
+- items whose caller gave up (a timed-out request, a client that went away) or whose deadline passed
+  are dropped before they reach the model, and stop counting against the queue at once;
+- when the model fails on a batch, its items are retried one by one, so one bad item fails only its
+  own caller instead of every request that shared its batch;
+- with `cost` and `max_cost`, a batch also closes before `max_cost` would be passed, counting every item
+  at the cost of the dearest one (the model pads a batch to its longest text), so a batch of long texts
+  cannot hold the model thread for seconds while other requests' images wait behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -23,11 +34,14 @@ class Overloaded(Exception):
     """The queue is full; the caller should shed the request."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item(Generic[T]):
-    value: T
+    value: T | None
     future: asyncio.Future
+    owner: Hashable
+    deadline: float | None  # perf_counter time after which nobody waits for the result
     enqueued: float = field(default_factory=time.perf_counter)
+    queued: bool = True
 
 
 class MicroBatcher(Generic[T]):
@@ -41,81 +55,172 @@ class MicroBatcher(Generic[T]):
         max_wait_ms: float = 5.0,
         queue_size: int = 512,
         on_batch: Callable[[int, Sequence[float]], None] | None = None,
+        cost: Callable[[T], float] | None = None,
+        max_cost: float | None = None,
     ) -> None:
         if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
             raise ValueError("max_batch and queue_size must be >= 1 and max_wait_ms >= 0")
         self.fn, self.executor = fn, executor
         self.max_batch, self.max_wait_s, self.queue_size = max_batch, max_wait_ms / 1000.0, queue_size
         self.on_batch = on_batch
-        self._queue: asyncio.Queue[_Item[T]] | None = None
+        self.cost, self.max_cost = cost, max_cost
+        self._queues: dict[Hashable, deque[_Item[T]]] = {}  # per owner; dict order = round-robin order
+        self._live = 0  # queued items whose caller still waits
+        self._busy = False
+        self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self.seconds_per_item = 0.0  # moving average of model time per item (0 until measured)
 
     @property
     def depth(self) -> int:
-        """Items waiting (not yet in a running batch)."""
-        return 0 if self._queue is None else self._queue.qsize()
+        """Items waiting (not yet in a running batch) whose caller still waits."""
+        return self._live
+
+    def expected_wait(self, extra: int = 0) -> float:
+        """Seconds until `extra` more items would be done, from the measured model time per item."""
+        return (self._live + extra + (self.max_batch if self._busy else 0)) * self.seconds_per_item
 
     def start(self) -> None:
         """Start the batching task on the running event loop."""
-        self._queue = asyncio.Queue(maxsize=self.queue_size)
+        self._wakeup = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         """Finish every queued item, then stop."""
-        if self._queue is not None and self._task is not None:
-            await self._queue.join()
+        if self._task is not None:
+            while self._live or self._busy:
+                await asyncio.sleep(0.01)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def submit(self, value: T) -> asyncio.Future:
+    def submit(self, value: T, owner: Hashable = None, deadline: float | None = None) -> asyncio.Future:
         """Queue one item; the future resolves to its result. Raises Overloaded when the queue is full."""
-        if self._queue is None:
+        if self._wakeup is None:
             raise RuntimeError("MicroBatcher.start() was not called")
+        if self._live >= self.queue_size:
+            raise Overloaded(f"queue full ({self.queue_size} waiting)")
         future = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(_Item(value, future))
-        except asyncio.QueueFull:
-            raise Overloaded(f"queue full ({self.queue_size} waiting)") from None
+        item = _Item(value, future, owner, deadline)
+        future.add_done_callback(lambda _f, item=item: self._forget(item))
+        self._queues.setdefault(owner, deque()).append(item)
+        self._live += 1
+        self._wakeup.set()
         return future
 
+    def _forget(self, item: _Item[T]) -> None:
+        """A queued item's caller gave up: it stops counting and lets go of its value at once."""
+        if item.queued:
+            item.queued = False
+            item.value = None
+            self._live -= 1
+
+    def _take(self, batch: list[_Item[T]]) -> None:
+        """Move live items into `batch`, one per owner in turn, until it is full or nothing is left."""
+        now = time.perf_counter()
+        dearest = max((self._cost(i) for i in batch), default=0.0)
+        while len(batch) < self.max_batch and self._live and self._queues:
+            for owner in list(self._queues):
+                queue = self._queues.pop(owner)
+                full = False
+                while queue:
+                    item = queue[0]
+                    if not item.queued:  # cancelled while waiting
+                        queue.popleft()
+                        continue
+                    if item.deadline is not None and item.deadline < now:
+                        queue.popleft()
+                        item.queued = False
+                        self._live -= 1
+                        item.future.cancel()  # its request has timed out already
+                        continue
+                    cost = max(dearest, self._cost(item))
+                    if batch and self.max_cost is not None and cost * (len(batch) + 1) > self.max_cost:
+                        full = True
+                        break
+                    queue.popleft()
+                    item.queued = False
+                    self._live -= 1
+                    batch.append(item)
+                    dearest = cost
+                    break
+                if queue:
+                    self._queues[owner] = queue  # back of the line
+                if full or len(batch) >= self.max_batch:
+                    return
+
+    def _cost(self, item: _Item[T]) -> float:
+        return 1.0 if self.cost is None else self.cost(item.value)
+
     async def _collect(self) -> list[_Item[T]]:
-        assert self._queue is not None
-        batch = [await self._queue.get()]
-        deadline = time.perf_counter() + self.max_wait_s
-        while len(batch) < self.max_batch:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
+        assert self._wakeup is not None
+        while not self._live:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        batch: list[_Item[T]] = []
+        closes = time.perf_counter() + self.max_wait_s
+        while True:
+            self._take(batch)
+            remaining = closes - time.perf_counter()
+            if len(batch) >= self.max_batch or remaining <= 0 or self._full(batch):
+                return batch
+            self._wakeup.clear()
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
             except TimeoutError:
-                break
-        return batch
+                self._take(batch)
+                return batch
+
+    def _full(self, batch: list[_Item[T]]) -> bool:
+        """True when the next item (costing at least as much as the dearest so far) would not fit."""
+        if self.max_cost is None or not batch:
+            return False
+        return max(self._cost(i) for i in batch) * (len(batch) + 1) > self.max_cost
 
     async def _run(self) -> None:
-        assert self._queue is not None
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
             live = [item for item in batch if not item.future.done()]
+            if not live:
+                continue
+            self._busy = True
             try:
-                if live:
-                    now = time.perf_counter()
-                    if self.on_batch is not None:
-                        self.on_batch(len(live), [now - item.enqueued for item in live])
-                    try:
-                        results = await loop.run_in_executor(self.executor, self.fn, [i.value for i in live])
-                    except Exception as exc:  # the model failed: every caller in the batch gets the error
-                        for item in live:
-                            if not item.future.done():
-                                item.future.set_exception(exc)
-                    else:
-                        for item, result in zip(live, results, strict=True):
-                            if not item.future.done():
-                                item.future.set_result(result)
+                start = time.perf_counter()
+                if self.on_batch is not None:
+                    self.on_batch(len(live), [start - item.enqueued for item in live])
+                await self._run_batch(live)
+                per_item = (time.perf_counter() - start) / len(live)
+                self.seconds_per_item = (
+                    per_item if not self.seconds_per_item else 0.8 * self.seconds_per_item + 0.2 * per_item
+                )
             finally:
-                for _ in batch:
-                    self._queue.task_done()
+                self._busy = False
+
+    async def _run_batch(self, live: list[_Item[T]]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self.executor, self.fn, [i.value for i in live])
+        except Exception as exc:
+            if len(live) == 1:
+                _settle(live[0].future, error=exc)
+                return
+            for item in live:  # one bad item must not fail its neighbours: retry each alone
+                if item.future.done():
+                    continue
+                try:
+                    (result,) = await loop.run_in_executor(self.executor, self.fn, [item.value])
+                except Exception as item_exc:
+                    _settle(item.future, error=item_exc)
+                else:
+                    _settle(item.future, result)
+        else:
+            for item, result in zip(live, results, strict=True):
+                _settle(item.future, result)
+
+
+def _settle(future: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)

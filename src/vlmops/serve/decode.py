@@ -5,6 +5,12 @@ content-type), pixel count from the header (before any decoding, so a decompress
 nothing), animation, then the full decode (truncated files fail here). Accepted images are turned
 upright by their EXIF orientation, 16-bit and CMYK are mapped to 8-bit RGB, and transparency is
 composited on white, exactly as the data loaders do for training and evaluation.
+
+Images far larger than the model's input are reduced as early as the format allows (a JPEG is
+decoded at 1/2, 1/4 or 1/8 scale in draft mode; others are box-reduced right after decoding) to no
+less than `REDUCE_MARGIN` times the model's input side, so a request holds a small image while it
+waits for the model. Decoding itself is budgeted: `reserve(pixels)` is called with the full pixel count
+before any pixel is decoded (it may refuse), and `release(pixels)` when the decoder's buffers are gone.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import time
 import warnings
+from collections.abc import Callable
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -22,6 +30,9 @@ from vlmops.serve.errors import ApiError
 from vlmops.serve.limits import Limits
 
 ORIENTATION = 0x0112  # EXIF tag
+REDUCE_MARGIN = 4  # keep at least 4x the model's input side: its own resize sees nearly the same pixels
+SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees
+REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "CMYK"})
 
 
 def decode_base64(data: str, field: str) -> bytes:
@@ -51,14 +62,62 @@ def decode_image(data: bytes, limits: Limits, field: str = "image") -> Image.Ima
     return _decode(data, limits, field)[0]
 
 
-def decode_and_describe(data: bytes, limits: Limits, field: str = "image") -> tuple[Image.Image, dict]:
-    """`decode_image` plus the image statistics that the log keeps for drift monitoring."""
-    image, image_format = _decode(data, limits, field)
-    return image, describe_image(image, data, image_format)
+def decode_and_describe(
+    data: bytes,
+    limits: Limits,
+    field: str = "image",
+    model_side: int | None = None,
+    reserve: Callable[[int], None] | None = None,
+    release: Callable[[int], None] | None = None,
+    deadline: float | None = None,
+) -> tuple[Image.Image, dict]:
+    """`decode_image` (reduced towards `model_side`) plus the image statistics the log keeps.
+
+    The statistics describe the image as sent (its full width and height). `deadline` (perf_counter
+    time): a job that starts after it raises a 504 instead of decoding for a request that is gone.
+    """
+    if deadline is not None and time.perf_counter() > deadline:
+        raise ApiError(504, "timeout", f"{field} was not decoded before the request's deadline; retry later")
+    image, image_format, size = _decode(data, limits, field, model_side, reserve, release)
+    stats = describe_image(image, data, image_format)
+    stats.update(width=size[0], height=size[1], aspect=size[0] / size[1])
+    return image, stats
 
 
-def _decode(data: bytes, limits: Limits, field: str) -> tuple[Image.Image, str]:
-    """The validated, upright RGB image and the format its header named."""
+def _target(size: tuple[int, int], model_side: int | None) -> tuple[int, int] | None:
+    """The smallest size worth keeping for a model with `model_side` input, or None to keep all."""
+    if not model_side:
+        return None
+    side = REDUCE_MARGIN * model_side
+    return (side, side) if max(size) > side else None
+
+
+def _decode(
+    data: bytes,
+    limits: Limits,
+    field: str,
+    model_side: int | None = None,
+    reserve: Callable[[int], None] | None = None,
+    release: Callable[[int], None] | None = None,
+) -> tuple[Image.Image, str, tuple[int, int]]:
+    """The validated, upright RGB image, the format its header named and its size as sent."""
+    image = _open(data, limits, field)
+    width, height = image.size
+    if getattr(image, "n_frames", 1) > 1:
+        raise ApiError(
+            422, "animated_image", f"{field} has {image.n_frames} frames; send a single still frame"
+        )
+    if reserve is not None:
+        reserve(width * height)
+    try:
+        return _load(image, field, _target((width, height), model_side))
+    finally:
+        if release is not None:
+            release(width * height)
+
+
+def _open(data: bytes, limits: Limits, field: str) -> Image.Image:
+    """The lazily opened image, after the checks its header allows (format, pixel count)."""
     if not data:
         raise ApiError(422, "empty_image", f"{field} is empty (0 bytes); send the image file's bytes")
     try:
@@ -75,8 +134,7 @@ def _decode(data: bytes, limits: Limits, field: str) -> tuple[Image.Image, str]:
         raise ApiError(
             422, "corrupt_image", f"{field} could not be read ({exc}); the file is truncated or corrupt"
         ) from exc
-    image_format = image.format
-    if image_format not in limits.formats:
+    if image.format not in limits.formats:
         raise ApiError(
             415, "unsupported_format", f"{field} is {image.format}; allowed formats: {_names(limits)}"
         )
@@ -88,21 +146,36 @@ def _decode(data: bytes, limits: Limits, field: str) -> tuple[Image.Image, str]:
             f"{field} is {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}; "
             "resize it before sending",
         )
-    if getattr(image, "n_frames", 1) > 1:
-        raise ApiError(
-            422, "animated_image", f"{field} has {image.n_frames} frames; send a single still frame"
-        )
+    return image
+
+
+def _load(
+    image: Image.Image, field: str, target: tuple[int, int] | None
+) -> tuple[Image.Image, str, tuple[int, int]]:
+    image_format, size = image.format, image.size
     try:
+        if target is not None and image_format == "JPEG":
+            image.draft("RGB", target)  # libjpeg scales while decoding: the full image never exists
         image.load()
-        if image.getexif().get(ORIENTATION, 1) != 1:  # exif_transpose copies even when nothing turns
+        orientation = image.getexif().get(ORIENTATION, 1)
+        if orientation != 1:  # exif_transpose copies even when nothing turns
             image = ImageOps.exif_transpose(image)
+            if orientation in SWAPS_SIDES:
+                size = size[::-1]
     except (OSError, SyntaxError, ValueError) as exc:
         raise ApiError(
             422, "corrupt_image", f"{field} could not be decoded ({exc}); the file is truncated or corrupt"
         ) from exc
     if image.width == 0 or image.height == 0:
         raise ApiError(422, "empty_image", f"{field} has no pixels ({image.width}x{image.height})")
-    return to_rgb_on_white(_to_8bit(image)), image_format
+    image = _to_8bit(image)
+    if target is not None:
+        factors = (max(1, image.width // target[0]), max(1, image.height // target[1]))
+        if factors != (1, 1):  # a box average, close to what the model's own resize does
+            if image.mode not in REDUCIBLE:
+                image = to_rgb_on_white(image)
+            image = image.reduce(factors)
+    return to_rgb_on_white(image), image_format, size
 
 
 def _names(limits: Limits) -> str:

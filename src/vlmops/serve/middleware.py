@@ -48,7 +48,7 @@ class GatewayMiddleware:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         request_id = os.urandom(16).hex()  # as unique as uuid4, without building a UUID object
-        scope.setdefault("state", {})["request_id"] = request_id
+        scope.setdefault("state", {}).update(request_id=request_id, arrival=start)  # deadlines start here
         path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
         state = scope["state"]
         status_box = {"status": 500, "started": False}

@@ -6,11 +6,26 @@ multipart/form-data bodies; either way the gateway sniffs the real format from t
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Base64Image = str
+
+
+def _scalar_values(text: str) -> str:
+    """Refuse text that is not a sequence of Unicode scalar values (JSON allows lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"character {exc.start} is a lone surrogate (U+{ord(text[exc.start]):04X}), not Unicode text; "
+            "send a valid UTF-8 string (a surrogate pair must encode one character)"
+        ) from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_scalar_values)]
 
 
 class _Request(BaseModel):
@@ -21,23 +36,23 @@ class EmbeddingsRequest(_Request):
     """Images and/or texts to embed."""
 
     images: list[Base64Image] = Field(default_factory=list, description="base64-encoded image files")
-    texts: list[str] = Field(default_factory=list, description="texts to embed")
+    texts: list[Text] = Field(default_factory=list, description="texts to embed")
 
 
 class ClassifyRequest(_Request):
     """One image and the candidate labels (given, or a label set the server knows)."""
 
     image: Base64Image = Field(description="base64-encoded image file")
-    labels: list[str] | None = Field(None, description="candidate labels; or use label_set")
-    label_set: str | None = Field(None, description="name of a label set the server loaded (see /v1/models)")
+    labels: list[Text] | None = Field(None, description="candidate labels; or use label_set")
+    label_set: Text | None = Field(None, description="name of a label set the server loaded (see /v1/models)")
     top_k: int = Field(5, ge=1, le=100)
-    template: str | None = Field(None, description="prompt template with one '{}', e.g. 'a photo of {}.'")
+    template: Text | None = Field(None, description="prompt template with one '{}', e.g. 'a photo of {}.'")
 
 
 class SearchRequest(_Request):
     """A text or an image query over the server's gallery."""
 
-    text: str | None = None
+    text: Text | None = None
     image: Base64Image | None = None
     top_k: int = Field(10, ge=1, le=1000)
 
@@ -52,9 +67,9 @@ class TagRequest(_Request):
 class FeedbackRequest(_Request):
     """A user's verdict on an earlier prediction."""
 
-    request_id: str = Field(min_length=1, max_length=64)
+    request_id: Text = Field(min_length=1, max_length=64)
     accepted: bool = Field(description="true: the prediction was right; false: give the correct label")
-    label: str | None = Field(None, max_length=500, description="the correct label when not accepted")
+    label: Text | None = Field(None, max_length=500, description="the correct label when not accepted")
     source: Literal["human", "model"] = Field(
         "human", description="who decided: a person, or a model (never used as ground truth for retraining)"
     )

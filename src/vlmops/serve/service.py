@@ -2,7 +2,9 @@
 
 One `Gateway` per server process. The model runs on one dedicated thread (PyTorch and ONNX Runtime
 use the cores themselves); image decoding runs on a small pool so it overlaps inference; the event
-loop only schedules and does the cheap numpy after the model.
+loop only schedules and does the cheap numpy after the model. What a request may ask of the model is
+counted by its `Ticket` (serve/admission.py): its deadline covers decoding and queueing, its key's
+model items are budgeted, and work it leaves behind (timed out, client gone) never reaches the model.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sys
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,8 +21,10 @@ import numpy as np
 from PIL import Image
 
 from vlmops.audit.pii import redact_text
+from vlmops.errors import VlmopsError
 from vlmops.evaluate.calibration import softmax
 from vlmops.models.base import VLM
+from vlmops.serve.admission import Admission, Ticket, overloaded
 from vlmops.serve.archive import ImageArchive
 from vlmops.serve.batcher import MicroBatcher, Overloaded
 from vlmops.serve.decode import decode_and_describe
@@ -31,6 +36,7 @@ from vlmops.serve.resources import Calibration, Gallery, LabelSet
 from vlmops.store.log import PredictionLog, PredictionRow
 
 TEXT_CACHE_SIZE = 50_000
+TEXT_BATCH_CHARS = 32  # a text batch holds at most max_batch texts of this many characters (padded)
 GIL_SWITCH_S = 0.0005
 
 
@@ -43,8 +49,11 @@ class ServeConfig:
     store: str | None = None
     max_batch: int = 64
     max_wait_ms: float = 5.0
-    queue: int = 512
-    timeout_s: float = 10.0
+    queue: int = 512  # requests in flight
+    timeout_s: float = 10.0  # from arrival to answer
+    key_items_per_s: float = 500.0  # images + new texts per second and key (burst: key_items_in_flight)
+    key_items_in_flight: int = 1024  # per key, queued or running; the model queue holds 4x this
+    pixels_in_flight: int = 64_000_000  # decoded at once, across requests
     decode_threads: int = 2
     auth: bool = True
     abstain_below: float = 0.0
@@ -86,6 +95,7 @@ class Gateway:
         self.vocabulary = vocabulary
         self.default_template = config.template or "a photo of {}."
         self.metrics = GatewayMetrics()
+        self.admission = _admission(config)
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="vlmops-model")
         self._decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="vlmops-decode")
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -100,13 +110,19 @@ class Gateway:
         self._follow_task: asyncio.Task | None = None
 
     def _batcher(self, kind: str, fn) -> MicroBatcher:
+        """A batcher whose queue holds 4 keys' worth of items in flight; text batches are cost-capped."""
+
         def observe(size: int, waits) -> None:
             self.metrics.batch_size.labels(kind).observe(size)
             for wait in waits:
                 self.metrics.queue_wait.labels(kind).observe(wait)
 
         c = self.config
-        return MicroBatcher(fn, self._model_thread, c.max_batch, c.max_wait_ms, c.queue, on_batch=observe)
+        size = max(c.queue, 4 * c.key_items_in_flight)
+        cost, max_cost = (len, c.max_batch * TEXT_BATCH_CHARS) if kind == "text" else (None, None)
+        return MicroBatcher(
+            fn, self._model_thread, c.max_batch, c.max_wait_ms, size, observe, cost=cost, max_cost=max_cost
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -186,59 +202,115 @@ class Gateway:
                     self.end_variant(role, f"registry alias {role} is now {current}")
 
     # -- admission, decoding, embedding ------------------------------------------------------------
-    def admit(self) -> None:
-        """Refuse (503) when as many requests are in flight as the queue holds: shed load early."""
-        if self._in_flight >= self.config.queue:
+    def admit(self, owner: str, arrival: float | None = None, budgeted: bool = True) -> Ticket:
+        """A ticket for a request of `owner` that arrived at `arrival`; 503 when it cannot be served."""
+        try:
+            now = time.perf_counter()
+            return self.admission.admit(owner, now if arrival is None else arrival, budgeted)
+        except ApiError:
             self.metrics.shed.inc()
-            raise ApiError(
-                503, "overloaded", "the server is at capacity; retry shortly", {"Retry-After": "1"}
-            )
-        self._in_flight += 1
+            raise
 
-    def release(self) -> None:
+    def release(self, ticket: Ticket) -> None:
         """A request admitted with `admit` has finished."""
-        self._in_flight -= 1
+        self.admission.release(ticket)
 
-    async def decode(self, data: bytes, field_name: str) -> tuple[Image.Image, dict]:
-        """Decode untrusted bytes on the decode pool: the image and its statistics for the monitor."""
+    async def decode(
+        self, data: bytes, field_name: str, ticket: Ticket | None = None
+    ) -> tuple[Image.Image, dict]:
+        """Decode untrusted bytes on the decode pool, within the request's deadline and the pixel budget.
+
+        Returns the image (reduced towards the model's input size) and its statistics for the monitor.
+        """
         loop = asyncio.get_running_loop()
-        image, stats = await loop.run_in_executor(
-            self._decode_pool, decode_and_describe, data, self.config.limits, field_name
+        admission = self.admission if ticket is None else ticket.admission
+        deadline = None if ticket is None else ticket.deadline
+        job = loop.run_in_executor(
+            self._decode_pool,
+            lambda: decode_and_describe(
+                data,
+                self.config.limits,
+                field_name,
+                self.model.info.image_size,
+                admission.reserve_pixels,
+                admission.release_pixels,
+                deadline,
+            ),
         )
+        try:
+            image, stats = await asyncio.wait_for(job, self._time_left(ticket))
+        except TimeoutError:
+            raise self._timeout() from None
         if self.archive is not None:  # only images that decoded; written before the answer leaves
             await loop.run_in_executor(self._decode_pool, self.archive.put, data)
         return image, stats
 
-    async def _await(self, futures: list[asyncio.Future]) -> list:
+    def _time_left(self, ticket: Ticket | None) -> float:
+        return self.config.timeout_s if ticket is None else max(0.0, ticket.remaining())
+
+    def _timeout(self) -> ApiError:
+        return ApiError(504, "timeout", f"no answer within {self.config.timeout_s} s; retry later")
+
+    async def _await(self, futures: list[asyncio.Future], ticket: Ticket | None) -> list:
+        """The futures' results, within the request's deadline; cancelled if its client goes away."""
+        gathered = asyncio.gather(*futures)
+        watch = None if ticket is None or ticket.watch is None else asyncio.ensure_future(ticket.watch())
         try:
-            return await asyncio.wait_for(asyncio.gather(*futures), self.config.timeout_s)
-        except TimeoutError:
+            waiting = {gathered} if watch is None else {gathered, watch}
+            done, _ = await asyncio.wait(
+                waiting, timeout=self._time_left(ticket), return_when=asyncio.FIRST_COMPLETED
+            )
+            if gathered in done:
+                return gathered.result()
             for future in futures:
                 future.cancel()
-            raise ApiError(
-                504, "timeout", f"no answer within {self.config.timeout_s} s; retry later"
-            ) from None
+            if watch is not None and watch in done:
+                raise ApiError(499, "client_gone", "the client closed the connection")
+            raise self._timeout()
+        finally:
+            if watch is not None:
+                watch.cancel()
+            if ticket is not None:
+                ticket.admission.return_items(ticket, len(futures))
+            if not gathered.done():
+                gathered.cancel()
 
-    def _submit(self, batcher: MicroBatcher, values: list) -> list[asyncio.Future]:
+    def _submit(self, batcher: MicroBatcher, values: list, ticket: Ticket | None) -> list[asyncio.Future]:
+        if ticket is not None:
+            wait = batcher.expected_wait(len(values))
+            if wait > ticket.remaining():
+                self.metrics.shed.inc()
+                raise overloaded(
+                    f"{len(values)} images/texts cannot pass the model before this request's deadline "
+                    f"(about {wait:.1f} s of model work waits); retry shortly, or send fewer new texts",
+                    wait - ticket.remaining(),
+                )
+            ticket.admission.take_items(ticket, len(values))
+        owner = None if ticket is None else ticket.owner
+        deadline = None if ticket is None else ticket.deadline
         futures = []
         try:
             for value in values:
-                futures.append(batcher.submit(value))
+                futures.append(batcher.submit(value, owner, deadline))
         except Overloaded:
             for future in futures:
                 future.cancel()
+            if ticket is not None:
+                ticket.admission.return_items(ticket, len(values))
             self.metrics.shed.inc()
-            raise ApiError(
-                503, "overloaded", "the model queue is full; retry shortly", {"Retry-After": "1"}
-            ) from None
+            raise overloaded("the model queue is full; retry shortly") from None
+        if ticket is not None:
+            ticket.futures.extend(futures)
         return futures
 
-    async def image_embeddings(self, images: list[Image.Image]) -> np.ndarray:
+    async def image_embeddings(self, images: list[Image.Image], ticket: Ticket | None = None) -> np.ndarray:
         """(n, d) embeddings of decoded images through the image batcher."""
-        rows = await self._await(self._submit(self.images, images))
+        rows = await self._await(self._submit(self.images, images, ticket), ticket)
         return np.stack(rows).astype(np.float32)
 
-    async def text_embeddings(self, texts: list[str], admit: bool = True) -> np.ndarray:
+    async def text_embeddings(
+        self, texts: list[str], admit: bool = True, ticket: Ticket | None = None
+    ) -> np.ndarray:
         """(n, d) embeddings of texts; cached texts skip the model."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
         if missing:
@@ -246,7 +318,7 @@ class Gateway:
                 loop = asyncio.get_running_loop()
                 vectors = await loop.run_in_executor(self._model_thread, self.model.embed_texts, missing)
             else:
-                vectors = await self._await(self._submit(self.texts, missing))
+                vectors = await self._await(self._submit(self.texts, missing, ticket), ticket)
             for text, vector in zip(missing, vectors, strict=True):
                 self._text_cache[text] = np.asarray(vector, dtype=np.float32)
             while len(self._text_cache) > TEXT_CACHE_SIZE:
@@ -295,14 +367,16 @@ class Gateway:
             return cal.temperature, cal.threshold
         return 1.0, None
 
-    async def classify(self, image: Image.Image, label_set: LabelSet, top_k: int) -> tuple[np.ndarray, dict]:
+    async def classify(
+        self, image: Image.Image, label_set: LabelSet, top_k: int, ticket: Ticket | None = None
+    ) -> tuple[np.ndarray, dict]:
         """Image embedding and the prediction: label, confidence, top-k, conformal set, abstain."""
-        embedding = (await self.image_embeddings([image]))[0]
+        embedding = (await self.image_embeddings([image], ticket))[0]
         named = self.label_sets.get(label_set.name)
         if named is not None and named == label_set and label_set.name in self._named_matrices:
             class_emb = self._named_matrices[label_set.name]
         else:  # ad-hoc labels or another template: per-text cache
-            class_emb = await self.text_embeddings(label_set.prompts())
+            class_emb = await self.text_embeddings(label_set.prompts(), ticket=ticket)
         temperature, threshold = self.temperature_and_threshold(label_set)
         probs = softmax((self.model.logit_scale * class_emb @ embedding)[None, :], temperature)[0]
         order = np.argsort(-probs, kind="stable")
@@ -319,13 +393,15 @@ class Gateway:
         }
         return embedding, prediction
 
-    async def tag(self, image: Image.Image, top_k: int) -> tuple[np.ndarray, dict]:
+    async def tag(
+        self, image: Image.Image, top_k: int, ticket: Ticket | None = None
+    ) -> tuple[np.ndarray, dict]:
         """Keywords from the vocabulary and a short alt text."""
         if not self.vocabulary:
             raise ApiError(
                 409, "no_vocabulary", "this server has no tag vocabulary; start it with --vocabulary FILE"
             )
-        embedding = (await self.image_embeddings([image]))[0]
+        embedding = (await self.image_embeddings([image], ticket))[0]
         if self._vocab_matrix is None:
             self._vocab_matrix = await self.text_embeddings(list(self.vocabulary))
         scores = self._vocab_matrix @ embedding
@@ -358,6 +434,29 @@ class Gateway:
             "gallery": None if self.gallery is None else {"n": len(self.gallery.ids)},
             "vocabulary": len(self.vocabulary),
         }
+
+
+def _admission(config: ServeConfig) -> Admission:
+    """The admission counters for a config, after checking that its limits fit together."""
+    limits = config.limits
+    largest = max(limits.max_labels, limits.max_texts, limits.max_images)
+    if config.key_items_in_flight < largest:
+        raise VlmopsError(
+            f"--key-items-in-flight {config.key_items_in_flight} is below the largest request "
+            f"({largest} labels/texts/images) it would have to hold; raise it to at least {largest}"
+        )
+    if config.pixels_in_flight < limits.max_pixels:
+        raise VlmopsError(
+            f"--pixels-in-flight {config.pixels_in_flight} is below --max-pixels {limits.max_pixels}: "
+            "the largest allowed image could never be decoded; raise it"
+        )
+    return Admission(
+        config.queue,
+        config.timeout_s,
+        config.key_items_per_s,
+        config.key_items_in_flight,
+        config.pixels_in_flight,
+    )
 
 
 def _check_template(template: str) -> str:
