@@ -7,6 +7,11 @@ pre-built request). The client shares the 2 cores with the server, so its CPU ti
 
     python bench/serve_load.py                      # concurrency 1, 8, 32, 64; 8 s each
     python bench/serve_load.py --seconds 4 --concurrency 1 32
+    python bench/serve_load.py --open-loop          # capacity, then 2x capacity open loop for 60 s
+
+`--open-loop` measures the gateway's capacity (closed loop, concurrency 32), then sends requests at
+`--load-factor` times that rate whatever the answers (an open loop: latency counts from when a request
+was due), while a thread asks /healthz every 0.25 s and samples the server's RSS.
 """
 
 from __future__ import annotations
@@ -67,8 +72,10 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
     raise RuntimeError("server did not become ready")
 
 
-def start(kind: str, port: int, tmp: Path, max_batch: int) -> subprocess.Popen:
-    """Start one of SERVERS on `port`."""
+def start(
+    kind: str, port: int, tmp: Path, max_batch: int, extra: tuple[str, ...] = ("--queue", "4096")
+) -> subprocess.Popen:
+    """Start one of SERVERS on `port` (`extra`: more `vlmops serve` options)."""
     if kind == "naive":
         cmd = [sys.executable, str(BENCH / "naive_server.py"), str(port)]
     elif kind == "null-model":
@@ -92,8 +99,7 @@ def start(kind: str, port: int, tmp: Path, max_batch: int) -> subprocess.Popen:
             "2" if kind == "vlmops-2w" else "1",
             "--max-batch",
             str(max_batch),
-            "--queue",
-            "4096",
+            *extra,
         ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_ready(port, proc)
@@ -114,6 +120,92 @@ def drive(port: int, pid: int, image: bytes, concurrency: int, seconds: float) -
     summary["client_cpu_cores"] = (cpu_seconds() - client0) / wall
     summary["server_cpu_cores"] = (cpu_seconds(pid) - server0) / wall
     return summary
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def open_loop(port: int, pid: int, image: bytes, args: argparse.Namespace) -> dict:
+    """Capacity (closed loop), then an open loop at load_factor x capacity with /healthz and RSS probes."""
+    import threading
+
+    from vlmops.serve.loadgen import build_request, run_load, run_open_loop
+
+    body = {"image": base64.b64encode(image).decode(), "labels": ["grinning face", "cat face", "red heart"]}
+    request = build_request("127.0.0.1", port, "/v1/classify", body)
+    asyncio.run(run_load("127.0.0.1", port, request, 32, 10**9, 1.0))  # warm-up
+    capacity = asyncio.run(run_load("127.0.0.1", port, request, 32, 10**9, args.seconds)).summary()["per_s"]
+    rate = args.load_factor * capacity
+    health: list[float] = []
+    rss = [rss_mb(pid)]
+    done = threading.Event()
+
+    def probe() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not done.wait(0.25):
+                t0 = time.perf_counter()
+                try:
+                    ok = client.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                health.append(time.perf_counter() - t0 if ok else float("inf"))
+                rss.append(rss_mb(pid))
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        result = asyncio.run(
+            run_open_loop(
+                "127.0.0.1", port, request, rate, args.open_seconds, args.connections, 4 * args.server_timeout
+            )
+        )
+    finally:
+        done.set()
+        prober.join()
+    time.sleep(5)
+    summary = result.summary()
+    return {
+        "capacity_per_s": capacity,
+        "offered_per_s": rate,
+        **summary,
+        "healthz_max_s": max(health),
+        "healthz_p99_s": float(sorted(health)[int(0.99 * (len(health) - 1))]),
+        "healthz_probes": len(health),
+        "rss_mb_before": rss[0],
+        "rss_mb_peak": max(rss),
+        "rss_mb_idle_after": rss_mb(pid),
+    }
+
+
+def main_open_loop(args: argparse.Namespace, image: bytes) -> None:
+    """The --open-loop run against one `vlmops serve` with its default queue and --timeout."""
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = ("--timeout", str(args.server_timeout), "--queue", str(args.queue))
+        proc = start("vlmops", 8790, Path(tmp), args.max_batch, extra)
+        try:
+            out = open_loop(8790, proc.pid, image, args)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    print(
+        f"capacity {out['capacity_per_s']:.1f} req/s (closed loop, c=32); offered {out['offered_per_s']:.1f} "
+        f"req/s for {args.open_seconds:g} s (open loop, {args.load_factor:g}x)\n"
+        f"answers {out['statuses']}, connection errors {out['errors']}, "
+        f"unanswered after {4 * args.server_timeout:g} s {out['abandoned']}; "
+        f"200s: {out['per_s']:.1f}/s, p50 {out['p50_ms']:.0f} ms, p99 {out['p99_ms']:.0f} ms "
+        f"(server --timeout {args.server_timeout:g} --queue {args.queue})\n"
+        f"/healthz: max {out['healthz_max_s'] * 1000:.0f} ms, p99 {out['healthz_p99_s'] * 1000:.0f} ms "
+        f"over {out['healthz_probes']} probes\n"
+        f"server RSS: {out['rss_mb_before']:.0f} MiB before, peak {out['rss_mb_peak']:.0f}, "
+        f"{out['rss_mb_idle_after']:.0f} after 5 s idle",
+        flush=True,
+    )
+    _write(args.json, [out], {})
 
 
 def offline_ceiling(image: bytes, seconds: float) -> dict:
@@ -145,11 +237,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--open-loop", action="store_true", help="capacity, then an open loop above it")
+    parser.add_argument("--load-factor", type=float, default=2.0, help="open loop rate / capacity")
+    parser.add_argument("--open-seconds", type=float, default=60.0, help="open loop duration")
+    parser.add_argument("--connections", type=int, default=1024, help="open loop: most connections")
+    parser.add_argument("--queue", type=int, default=512, help="open loop: the server's --queue")
+    parser.add_argument("--server-timeout", type=float, default=10.0, help="the server's --timeout")
     args = parser.parse_args(argv)
 
     from vlmops.data.manifest import resolve_data
 
     image = Path(resolve_data("emoji").query("vendor == 'google'")["image"].iloc[100]).read_bytes()
+    if args.open_loop:
+        return main_open_loop(args, image)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.servers:

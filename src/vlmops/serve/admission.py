@@ -4,8 +4,10 @@ A `Ticket` is issued when a request is admitted and returned when it ends. It ca
 owner (its API key), its deadline (arrival + timeout, so body reading, decoding, queueing and logging
 all count) and what it holds: model items (images and texts not in the cache) and decoded pixels.
 
-- requests in flight are capped (`queue`), and a request that has already spent half its time before
-  it could be admitted is refused at once (503) rather than answered late;
+- requests in flight are capped (`queue`); a request that has already spent half its time before it
+  could be admitted, or that would wait longer than half its time behind the requests in flight (their
+  number over the completion rate measured while the server was saturated: Little's law), is refused
+  at once (503) rather than answered late;
 - each key has a budget of model items per second (429 with Retry-After when spent) and a cap on the
   items it may have queued or running at once, so one key cannot occupy the model;
 - decoded pixels in flight are budgeted across all requests (503 when the budget is spent).
@@ -24,7 +26,8 @@ from dataclasses import dataclass, field
 from vlmops.serve.errors import ApiError
 from vlmops.serve.limits import TokenBucket
 
-ADMIT_SHARE = 0.5  # refuse a request that spent more than this share of its time before admission
+ADMIT_SHARE = 0.5  # refuse a request expected to spend more than this share of its time waiting
+RATE_WINDOW_S = 0.5  # completions are counted over windows this long
 
 
 @dataclass(eq=False)
@@ -65,11 +68,15 @@ class Admission:
         key_items_per_s: float,
         key_items_in_flight: int,
         pixels_in_flight: int,
+        saturated: int = 64,
     ) -> None:
         self.max_in_flight, self.timeout_s = max_in_flight, timeout_s
         self.key_items_per_s, self.key_items_in_flight = key_items_per_s, key_items_in_flight
         self.max_pixels_in_flight = pixels_in_flight
         self.in_flight = 0
+        self.saturated = saturated  # this many requests in flight: a queue has formed
+        self.capacity = 0.0  # requests/s completed while saturated (0 until measured)
+        self._window = (time.perf_counter(), 0, max_in_flight)  # start, completions, least in flight
         self.pixels = 0  # decoded pixels in flight (decoder threads change it: under the lock)
         self._items: defaultdict[str, int] = defaultdict(int)
         self._buckets: dict[str, TokenBucket] = {}
@@ -85,14 +92,42 @@ class Admission:
                 f"the request waited {now - arrival:.1f} s before the server could take it "
                 f"(timeout {self.timeout_s:g} s); retry shortly"
             )
+        wait = self.expected_wait()
+        if now - arrival + wait > ADMIT_SHARE * self.timeout_s:
+            raise overloaded(
+                f"{self.in_flight} requests are ahead of this one (about {wait:.1f} s at "
+                f"{self.capacity:.0f} requests/s), more than it can wait (timeout {self.timeout_s:g} s); "
+                "retry shortly",
+                wait,
+            )
         self.in_flight += 1
         return Ticket(owner, arrival, arrival + self.timeout_s, self, budgeted)
 
+    def expected_wait(self) -> float:
+        """Seconds a new request would wait behind those in flight; 0 while no queue has formed."""
+        if self.in_flight < self.saturated or not self.capacity:
+            return 0.0
+        return self.in_flight / self.capacity
+
     def release(self, ticket: Ticket) -> None:
         """The request has ended: its slot and model items return."""
+        self._count_completion()
         self.in_flight -= 1
         ticket.abandon()  # nothing it queued may still reach the model
         self._return_items(ticket, ticket.items)
+
+    def _count_completion(self) -> None:
+        """Measure the completion rate over windows in which the server stayed saturated."""
+        start, done, least = self._window
+        done, least = done + 1, min(least, self.in_flight)
+        now = time.perf_counter()
+        if now - start < RATE_WINDOW_S:
+            self._window = (start, done, least)
+            return
+        if least >= self.saturated:
+            rate = done / (now - start)
+            self.capacity = rate if not self.capacity else 0.7 * self.capacity + 0.3 * rate
+        self._window = (now, 0, self.in_flight)
 
     def take_items(self, ticket: Ticket, n: int) -> None:
         """Charge `n` model items to the ticket's key: 429 over its rate or its in-flight cap."""

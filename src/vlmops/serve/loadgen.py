@@ -26,6 +26,7 @@ class LoadResult:
     latencies_s: list[float] = field(default_factory=list)
     request_ids: list[str] = field(default_factory=list)  # of 200 answers, when collected
     errors: int = 0  # connection failures (refused, reset)
+    abandoned: int = 0  # open loop: still unanswered when the run's grace time ended
     seconds: float = 0.0
 
     @property
@@ -44,6 +45,7 @@ class LoadResult:
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "errors": self.errors,
+            "abandoned": self.abandoned,
         }
 
 
@@ -134,50 +136,68 @@ async def run_load(
 
 
 async def run_open_loop(
-    host: str, port: int, request: bytes, rate_per_s: float, seconds: float, max_connections: int = 256
+    host: str,
+    port: int,
+    request: bytes,
+    rate_per_s: float,
+    seconds: float,
+    max_connections: int = 1024,
+    grace_s: float = 60.0,
 ) -> LoadResult:
     """Send requests at a fixed rate whatever the server's speed (an open loop, unlike `run_load`).
 
-    Requests that find every connection busy wait for one; at most `max_connections` are open.
+    Request i is due at `i / rate_per_s`; its latency counts from that moment, so time spent waiting
+    for a free connection (at most `max_connections` are open) counts too, as it would for real users.
+    A request whose reused connection turns out closed by the server (an idle keep-alive timeout) is
+    sent again on a new one, as HTTP clients do. Requests still unanswered `grace_s` after the last one
+    was due are abandoned (counted apart).
     """
     _check_loopback(host)
     result = LoadResult()
-    idle: asyncio.Queue = asyncio.Queue()
-    opened = 0
+    idle: list = []
     slots = asyncio.Semaphore(max_connections)
 
-    async def one() -> None:
-        nonlocal opened
+    async def one(due: float) -> None:
         async with slots:
-            conn = idle.get_nowait() if not idle.empty() else None
-            start = time.perf_counter()
-            try:
-                if conn is None:
-                    conn = await asyncio.open_connection(host, port)
-                    opened += 1
-                reader, writer = conn
-                writer.write(request)
-                status, _ = await _read_response(reader, False)
-            except (OSError, asyncio.IncompleteReadError, ValueError):
-                result.errors += 1
-                if conn is not None:
-                    conn[1].close()
-                return
+            conn = idle.pop() if idle else None
+            for attempt in (1, 2):
+                reused = conn is not None
+                try:
+                    if conn is None:
+                        conn = await asyncio.open_connection(host, port)
+                    reader, writer = conn
+                    writer.write(request)
+                    status, _ = await _read_response(reader, False)
+                    break
+                except (OSError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError) as exc:
+                    if conn is not None:
+                        conn[1].close()
+                    conn = None
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    stale = isinstance(exc, asyncio.IncompleteReadError) and not exc.partial
+                    if reused and stale and attempt == 1:  # the server closed an idle keep-alive connection
+                        continue
+                    result.errors += 1
+                    return
             result.statuses[status] = result.statuses.get(status, 0) + 1
             if status == 200:
-                result.latencies_s.append(time.perf_counter() - start)
-            idle.put_nowait(conn)
+                result.latencies_s.append(time.perf_counter() - due)
+            idle.append(conn)
 
     tasks = []
     begin = time.perf_counter()
-    n = int(rate_per_s * seconds)
-    for i in range(n):
-        delay = begin + i / rate_per_s - time.perf_counter()
+    for i in range(int(rate_per_s * seconds)):
+        due = begin + i / rate_per_s
+        delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one()))
-    await asyncio.gather(*tasks)
+        tasks.append(asyncio.create_task(one(due)))
+    _, late = await asyncio.wait(tasks, timeout=grace_s)
+    for task in late:
+        task.cancel()
+    result.abandoned = len(late)
     result.seconds = time.perf_counter() - begin
-    while not idle.empty():
-        idle.get_nowait()[1].close()
+    for _, writer in idle:
+        writer.close()
     return result

@@ -254,6 +254,7 @@ class Gateway:
     async def _await(self, futures: list[asyncio.Future], ticket: Ticket | None) -> list:
         """The futures' results, within the request's deadline; cancelled if its client goes away."""
         gathered = asyncio.gather(*futures)
+        gathered.add_done_callback(_retrieve)
         watch = None if ticket is None or ticket.watch is None else asyncio.ensure_future(ticket.watch())
         try:
             waiting = {gathered} if watch is None else {gathered, watch}
@@ -261,7 +262,10 @@ class Gateway:
                 waiting, timeout=self._time_left(ticket), return_when=asyncio.FIRST_COMPLETED
             )
             if gathered in done:
-                return gathered.result()
+                try:
+                    return gathered.result()
+                except asyncio.CancelledError:  # the batcher dropped an item whose deadline had passed
+                    raise self._timeout() from None
             for future in futures:
                 future.cancel()
             if watch is not None and watch in done:
@@ -436,6 +440,12 @@ class Gateway:
         }
 
 
+def _retrieve(future: asyncio.Future) -> None:
+    """Mark a gathered future's outcome as seen (its caller may have stopped waiting for it)."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _admission(config: ServeConfig) -> Admission:
     """The admission counters for a config, after checking that its limits fit together."""
     limits = config.limits
@@ -456,6 +466,7 @@ def _admission(config: ServeConfig) -> Admission:
         config.key_items_per_s,
         config.key_items_in_flight,
         config.pixels_in_flight,
+        saturated=config.max_batch,
     )
 
 
