@@ -137,5 +137,8 @@ def test_serve_help_lists_the_options():
         "--workers",
         "--gallery",
         "--insecure-no-auth",
+        "--key-items-per-s",
+        "--key-items-in-flight",
+        "--pixels-in-flight",
     ):
         assert option in result.output

@@ -69,7 +69,8 @@ class MicroBatcher(Generic[T]):
         self._busy = False
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self.seconds_per_item = 0.0  # moving average of model time per item (0 until measured)
+        self.seconds_per_item = 0.0  # moving average of the time per item (0 until measured)
+        self._last: tuple[float, int, bool] | None = None  # previous batch: start, size, backlog left
 
     @property
     def depth(self) -> int:
@@ -187,13 +188,19 @@ class MicroBatcher(Generic[T]):
                 start = time.perf_counter()
                 if self.on_batch is not None:
                     self.on_batch(len(live), [start - item.enqueued for item in live])
+                previous, self._last = self._last, (start, len(live), self._live > 0)
+                if previous is not None and previous[2]:  # a backlog all along: the full cycle counts
+                    self._measure((start - previous[0]) / previous[1])
                 await self._run_batch(live)
-                per_item = (time.perf_counter() - start) / len(live)
-                self.seconds_per_item = (
-                    per_item if not self.seconds_per_item else 0.8 * self.seconds_per_item + 0.2 * per_item
-                )
+                if not self._live:  # no backlog: the model time alone
+                    self._measure((time.perf_counter() - start) / len(live))
             finally:
                 self._busy = False
+
+    def _measure(self, per_item: float) -> None:
+        """Fold one sample of seconds per item (model time, plus the loop's lag under a backlog)."""
+        old = self.seconds_per_item
+        self.seconds_per_item = per_item if not old else 0.8 * old + 0.2 * per_item
 
     async def _run_batch(self, live: list[_Item[T]]) -> None:
         loop = asyncio.get_running_loop()

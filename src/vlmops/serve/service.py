@@ -240,7 +240,7 @@ class Gateway:
         try:
             image, stats = await asyncio.wait_for(job, self._time_left(ticket))
         except TimeoutError:
-            raise self._timeout() from None
+            raise self._timeout("decoding the image") from None
         if self.archive is not None:  # only images that decoded; written before the answer leaves
             await loop.run_in_executor(self._decode_pool, self.archive.put, data)
         return image, stats
@@ -248,8 +248,10 @@ class Gateway:
     def _time_left(self, ticket: Ticket | None) -> float:
         return self.config.timeout_s if ticket is None else max(0.0, ticket.remaining())
 
-    def _timeout(self) -> ApiError:
-        return ApiError(504, "timeout", f"no answer within {self.config.timeout_s} s; retry later")
+    def _timeout(self, stage: str) -> ApiError:
+        return ApiError(
+            504, "timeout", f"no answer within {self.config.timeout_s} s (stuck {stage}); retry later"
+        )
 
     async def _await(self, futures: list[asyncio.Future], ticket: Ticket | None) -> list:
         """The futures' results, within the request's deadline; cancelled if its client goes away."""
@@ -265,12 +267,12 @@ class Gateway:
                 try:
                     return gathered.result()
                 except asyncio.CancelledError:  # the batcher dropped an item whose deadline had passed
-                    raise self._timeout() from None
+                    raise self._timeout("in the model queue") from None
             for future in futures:
                 future.cancel()
             if watch is not None and watch in done:
                 raise ApiError(499, "client_gone", "the client closed the connection")
-            raise self._timeout()
+            raise self._timeout("waiting for the model")
         finally:
             if watch is not None:
                 watch.cancel()
