@@ -202,3 +202,40 @@ def test_the_deadline_covers_decoding(two_keys, fake_model):
     statuses = {status for status, _ in answers}
     assert statuses <= {200, 503, 504} and 504 in statuses, answers
     assert max(seconds for _, seconds in answers) < 2.0, answers  # one decoder: 24 in a row would take longer
+
+
+def test_work_of_a_client_that_hung_up_never_reaches_the_model(tmp_path, fake_model):
+    import socket
+
+    import uvicorn
+
+    from serve_helpers import free_port
+
+    class SlowTexts(fake_model):
+        def embed_texts(self, texts):
+            time.sleep(0.02 * len(texts))
+            return super().embed_texts(texts)
+
+    model = SlowTexts()
+    app, _, _ = make_app(tmp_path, model, auth=False, max_batch=8)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        before = model.texts_embedded
+        labels = [f"label {i}" for i in range(300)]  # 6 s of model work, within the 10 s timeout
+        payload = json.dumps({"image": b64(png_bytes()), "labels": labels}).encode()
+        head = "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head += f"Content-Length: {len(payload)}\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(head.encode() + payload)
+            time.sleep(0.5)  # the request is waiting for the model; then the client goes away
+        time.sleep(2.5)  # still connected, it would have had ~150 of its texts embedded by now
+        assert model.texts_embedded - before < 80, model.texts_embedded - before
+        assert app.state.gateway.admission.in_flight == 0  # the request ended with its client
+    finally:
+        server.should_exit = True
+        thread.join(30)
