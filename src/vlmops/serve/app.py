@@ -25,6 +25,7 @@ from vlmops.serve.limits import RateLimiter
 from vlmops.serve.middleware import GatewayMiddleware, error_json
 from vlmops.serve.parsing import body_doc, check_texts, describe, parse_body
 from vlmops.serve.service import Gateway, sha256_hex
+from vlmops.serve.unexpected import UnexpectedErrorMiddleware
 from vlmops.store.log import PredictionRow
 
 ERRORS = {code: {"model": schemas.ErrorResponse} for code in (401, 404, 409, 413, 415, 422, 429, 503, 504)}
@@ -43,7 +44,10 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         _app.state.ready = False
         await gateway.stop()
 
-    app = FastAPI(title="vlmops gateway", version="1", lifespan=lifespan, responses=ERRORS)
+    # redirect_slashes off: Starlette builds that redirect from the request's Host header (an open redirect)
+    app = FastAPI(
+        title="vlmops gateway", version="1", lifespan=lifespan, responses=ERRORS, redirect_slashes=False
+    )
     app.state.ready = False
     app.state.gateway = gateway
 
@@ -65,11 +69,14 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        message = f"{exc.detail}: {request.method} {request.url.path}; the API is described at /openapi.json"
+        path = request.url.path
+        message = f"{exc.detail}: {request.method} {path}; the API is described at /openapi.json"
+        if exc.status_code == 404 and path.endswith("/") and path.rstrip("/") in route_paths:
+            message = f"{exc.detail}: {request.method} {path}; did you mean {path.rstrip('/')} (no '/')?"
         return error_response(request, ApiError(exc.status_code, code, message, dict(exc.headers or {})))
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):  # pragma: no cover - a bug, still JSON
+    async def _unexpected(request: Request, exc: Exception):  # pragma: no cover - UnexpectedErrorMiddleware
         return error_response(request, ApiError(500, "internal_error", f"{type(exc).__name__}: {exc}"))
 
     async def authorise(request: Request) -> ApiKey | None:  # async: no thread hop per request
@@ -369,6 +376,8 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
             gateway.metrics.queue_depth.labels(kind).set(batcher.depth)
         return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    route_paths = {getattr(r, "path", None) for r in app.routes}
+    app.add_middleware(UnexpectedErrorMiddleware)  # inside GatewayMiddleware: its 500s carry the ids
     app.add_middleware(
         GatewayMiddleware,
         metrics=gateway.metrics,
