@@ -39,6 +39,26 @@ def _parse_label_sets(values: list[str]) -> dict[str, str]:
     return sets
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Raise VlmopsError unless `host:port` can be bound now (as uvicorn binds: SO_REUSEADDR)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise VlmopsError(f"--host {host!r} does not resolve here ({exc}); try 127.0.0.1") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise VlmopsError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): another server has it; "
+                "stop it or pick another --port"
+            ) from None
+
+
 @handle_errors
 def serve(
     model: str = ModelOption,
@@ -97,6 +117,7 @@ def serve(
     Requests are micro-batched, every prediction is written to the store before its response, and
     every /v1 endpoint and /metrics need an API key (`vlmops keys create`). OpenAPI: /openapi.json.
     """
+    check_port_free(host, port)  # before the model loads: a taken port fails in a second, not a minute
     import uvicorn
 
     from vlmops.data.emoji import manifest_path
