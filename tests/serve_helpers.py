@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from vlmops.serve.app import create_app
-from vlmops.serve.keys import CachedVerifier, KeyStore
+from vlmops.serve.keys import SCOPES, CachedVerifier, KeyStore
 from vlmops.serve.resources import LabelSet
 from vlmops.serve.service import Gateway, ServeConfig
 from vlmops.store.log import PredictionLog
@@ -35,7 +35,7 @@ def b64(data: bytes) -> str:
 
 
 def make_app(tmp_path: Path, model, auth: bool = True, **config):
-    """(app, api key or None, store url) around `model`."""
+    """(app, api key or None, store url) around `model`; the key holds every scope."""
     url = f"sqlite:///{tmp_path / 'store.sqlite'}"
     sets = config.pop(
         "label_sets_obj", {"colours": LabelSet("colours", ("red", "green", "blue"), "a {} image")}
@@ -49,7 +49,7 @@ def make_app(tmp_path: Path, model, auth: bool = True, **config):
     verifier = None
     if auth:
         keys = KeyStore(url)
-        key = keys.create("tests", rate_per_s=1000, burst=1000)
+        key = keys.create("tests", rate_per_s=1000, burst=1000, scopes=SCOPES)
         verifier = CachedVerifier(keys)
     return create_app(gateway, verifier), key, url
 

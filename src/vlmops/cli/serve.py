@@ -115,7 +115,8 @@ def serve(
     """Serve a model over HTTP: /v1/embeddings, /v1/classify, /v1/search, /v1/tag, /v1/feedback.
 
     Requests are micro-batched, every prediction is written to the store before its response, and
-    every /v1 endpoint and /metrics need an API key (`vlmops keys create`). OpenAPI: /openapi.json.
+    every /v1 endpoint and /metrics need an API key (`vlmops keys create`) with the right scope;
+    /dashboard also opens in a browser after signing in with an admin key. OpenAPI: /openapi.json.
     """
     check_port_free(host, port)  # before the model loads: a taken port fails in a second, not a minute
     import uvicorn
@@ -185,32 +186,49 @@ def keys_create(
     name: str = typer.Option(..., "--name", help="Who uses the key (a client, team or service)."),
     rate: float = typer.Option(50.0, "--rate", help="Requests per second allowed (token bucket)."),
     burst: int = typer.Option(100, "--burst", help="Requests allowed at once after a quiet period."),
+    scopes: str = typer.Option(
+        "predict,feedback",
+        "--scopes",
+        help="Comma-separated: predict (/v1 model endpoints), feedback (/v1/feedback; its labels may "
+        "train `vlmops retrain`), admin (/metrics, /dashboard).",
+    ),
+    tenant: str | None = typer.Option(
+        None, "--tenant", help="Keys of one tenant may give feedback on each other's requests (rotation)."
+    ),
     store: str | None = StoreOption,
     json_out: Path | None = JsonOption,
 ) -> None:
     """Create a key and print it once; only its hash is stored."""
-    from vlmops.serve.keys import KeyStore
+    from vlmops.serve.keys import KeyStore, parse_scopes
 
-    token = KeyStore(store).create(name, rate, burst)
-    console.print("[green]created[/] (store it now, it cannot be shown again):")
+    granted = parse_scopes(scopes)
+    token = KeyStore(store).create(name, rate, burst, granted, tenant)
+    console.print(
+        f"[green]created[/] with scopes {','.join(granted)} (store it now, it cannot be shown again):"
+    )
     if json_out is None:
         typer.echo(token)
-    write_json(
-        {"key": token, "key_id": token.split("_")[1], "name": name, "rate": rate, "burst": burst}, json_out
-    )
+    summary = {"key": token, "key_id": token.split("_")[1], "name": name, "rate": rate, "burst": burst}
+    write_json({**summary, "scopes": list(granted), "tenant": tenant}, json_out)
 
 
 @keys_app.command("list")
 @handle_errors
 def keys_list(store: str | None = StoreOption, json_out: Path | None = JsonOption) -> None:
-    """List keys (ids, names, limits, revoked or not); secrets are never shown."""
+    """List keys (ids, names, scopes, tenants, limits, revoked or not); secrets are never shown."""
     from vlmops.serve.keys import KeyStore
 
     keys = KeyStore(store).list()
-    table = Table("key id", "name", "rate/s", "burst", "active")
+    table = Table("key id", "name", "scopes", "tenant", "rate/s", "burst", "active")
     for key in keys:
         table.add_row(
-            key.key_id, key.name, f"{key.rate_per_s:g}", str(key.burst), "yes" if key.active else "revoked"
+            key.key_id,
+            key.name,
+            ",".join(key.scopes),
+            key.tenant or "",
+            f"{key.rate_per_s:g}",
+            str(key.burst),
+            "yes" if key.active else "revoked",
         )
     console.print(table)
     write_json([k.to_dict() for k in keys], json_out)
