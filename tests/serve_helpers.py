@@ -8,7 +8,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -59,6 +62,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def serve_in_thread(app) -> Iterator[int]:
+    """Run an ASGI app under a real uvicorn server on a free loopback port (in this process); the port."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        assert server.started, "uvicorn did not start in 30 s"
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def start_server(tmp_path: Path, *args: str, timeout: float = 120.0) -> tuple[subprocess.Popen, int]:

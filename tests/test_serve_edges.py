@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
-import time
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
-from serve_helpers import free_port, make_app
+from serve_helpers import make_app, serve_in_thread
 
 
 @pytest.fixture
@@ -87,20 +84,9 @@ def test_after_a_500_the_same_connection_serves_the_next_request(tmp_path, fake_
         return describe()
 
     app.state.gateway.describe = broken_once
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 30
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            status, headers, body = _exchange(sock, "/v1/models", key)
-            assert status == 500 and json.loads(body)["error"]["code"] == "internal_error"
-            assert headers.get("connection") != "close" and "x-request-id" in headers
-            status, headers, body = _exchange(sock, "/v1/models", key)  # same socket
-            assert status == 200 and json.loads(body)["model"]["version"] == "fake-1", body
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve_in_thread(app) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        status, headers, body = _exchange(sock, "/v1/models", key)
+        assert status == 500 and json.loads(body)["error"]["code"] == "internal_error"
+        assert headers.get("connection") != "close" and "x-request-id" in headers
+        status, headers, body = _exchange(sock, "/v1/models", key)  # same socket
+        assert status == 200 and json.loads(body)["model"]["version"] == "fake-1", body
