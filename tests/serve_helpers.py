@@ -8,7 +8,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -16,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from vlmops.serve.app import create_app
-from vlmops.serve.keys import CachedVerifier, KeyStore
+from vlmops.serve.keys import SCOPES, CachedVerifier, KeyStore
 from vlmops.serve.resources import LabelSet
 from vlmops.serve.service import Gateway, ServeConfig
 from vlmops.store.log import PredictionLog
@@ -35,7 +38,7 @@ def b64(data: bytes) -> str:
 
 
 def make_app(tmp_path: Path, model, auth: bool = True, **config):
-    """(app, api key or None, store url) around `model`."""
+    """(app, api key or None, store url) around `model`; the key holds every scope."""
     url = f"sqlite:///{tmp_path / 'store.sqlite'}"
     sets = config.pop(
         "label_sets_obj", {"colours": LabelSet("colours", ("red", "green", "blue"), "a {} image")}
@@ -49,7 +52,7 @@ def make_app(tmp_path: Path, model, auth: bool = True, **config):
     verifier = None
     if auth:
         keys = KeyStore(url)
-        key = keys.create("tests", rate_per_s=1000, burst=1000)
+        key = keys.create("tests", rate_per_s=1000, burst=1000, scopes=SCOPES)
         verifier = CachedVerifier(keys)
     return create_app(gateway, verifier), key, url
 
@@ -59,6 +62,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def serve_in_thread(app) -> Iterator[int]:
+    """Run an ASGI app under a real uvicorn server on a free loopback port (in this process); the port."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        assert server.started, "uvicorn did not start in 30 s"
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def start_server(tmp_path: Path, *args: str, timeout: float = 120.0) -> tuple[subprocess.Popen, int]:

@@ -142,3 +142,26 @@ def test_serve_help_lists_the_options():
         "--pixels-in-flight",
     ):
         assert option in result.output
+
+
+def test_serve_on_a_port_in_use_fails_at_once_without_loading_the_model(tmp_path, monkeypatch):
+    import socket
+
+    import vlmops.serve.build as build
+
+    def no_loading(*_a, **_k):
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(build, "build_app", no_loading)
+    monkeypatch.setattr(build, "build_gateway", no_loading)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            app, ["serve", "--port", str(port), "--store", str(tmp_path / "s.sqlite"), "--insecure-no-auth"]
+        )
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(port) in lines[0] and "--port" in lines[0], result.output
+    assert "serving" not in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from html_check import TagBalance
-from serve_helpers import make_app
+from serve_helpers import make_app, serve_in_thread
 from test_monitor_run import DIM, K, Reference, draw, image_stat, log_window, unit
 from vlmops.monitor.alerts import AlertConfig, AlertRule, AlertStore, evaluate_rules
 from vlmops.monitor.dashboard import render_dashboard
@@ -92,5 +93,118 @@ def test_charts_render_with_data_in_chromium(store):
                 assert d.count("L") >= 2, (gid, d[:80])  # one segment per pass after the first: 3 passes
         assert page.locator("#alerts tbody tr").count() == 1
         page.screenshot(path=str(tmp / "dashboard.png"), full_page=True)
+        browser.close()
+    assert not errors
+
+
+def _chromium() -> str:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is missing: run `make setup` (scripts/system-deps.sh installs it)"
+    return chromium
+
+
+def test_browser_sign_in_exchanges_an_admin_key_for_an_httponly_cookie(tmp_path, fake_model):
+    app, admin, url = make_app(tmp_path, fake_model())
+    from vlmops.serve.keys import KeyStore
+
+    client_key = KeyStore(url).create("client")  # predict,feedback: no dashboard
+    browser = {"accept": "text/html,application/xhtml+xml"}
+    with TestClient(app) as client:
+        page = client.get("/dashboard", headers=browser)
+        assert page.status_code == 401 and 'action="/dashboard/login"' in page.text
+        assert client.get("/dashboard").json()["error"]["code"] == "missing_key"  # API clients: JSON
+        bad = client.post("/dashboard/login", data={"key": "vlm_000000000000_" + "x" * 43})
+        assert bad.status_code == 401 and "unknown or revoked" in bad.text
+        assert client.post("/dashboard/login", data={"key": client_key}).status_code == 403
+        r = client.post("/dashboard/login", data={"key": admin}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/dashboard"
+        cookie = r.headers["set-cookie"].lower()
+        assert all(p in cookie for p in ("httponly", "samesite=strict", "path=/dashboard")), cookie
+        assert admin.split("_")[2].lower() not in cookie  # a session token, not the key
+        client.cookies.clear()
+        client.cookies.set("vlmops_session", r.cookies["vlmops_session"])
+        ok = client.get("/dashboard", headers=browser)
+        assert ok.status_code == 200 and "Nothing yet" in ok.text
+        assert client.get("/v1/models").status_code == 401  # the API never takes the session
+        out = client.post("/dashboard/logout", follow_redirects=False)
+        assert out.status_code == 303 and out.headers["location"] == "/dashboard/login"
+        client.cookies.set("vlmops_session", r.cookies["vlmops_session"])
+        assert client.get("/dashboard", headers=browser).status_code == 401  # ended for good
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return not (
+        a["x"] + a["width"] <= b["x"]
+        or b["x"] + b["width"] <= a["x"]
+        or a["y"] + a["height"] <= b["y"]
+        or b["y"] + b["height"] <= a["y"]
+    )
+
+
+def _inside(a: dict, box: dict) -> bool:
+    cx, cy = a["x"] + a["width"] / 2, a["y"] + a["height"] / 2
+    return box["x"] <= cx <= box["x"] + box["width"] and box["y"] <= cy <= box["y"] + box["height"]
+
+
+def test_served_dashboard_in_chromium_after_sign_in_one_pass_tiny_p_values(tmp_path, fake_model):
+    """One monitor pass with p-values down to 1e-50: every detector visible, none under the legend."""
+    app, admin, url = make_app(tmp_path, fake_model())
+    rng = np.random.default_rng(0)
+    classes = unit(rng.normal(size=(K, DIM)))
+    ref_emb, ref_targets = draw(rng, classes, 300)
+    stats = [image_stat(b) for b in rng.normal(150, 20, 300)]
+    reference = Reference(ref_emb, ref_targets, classes, 20.0, image_stats=stats)
+    log = PredictionLog(url)
+    log_window(log, rng, classes, 200, 0, noise=1.4, offset=0.15, brightness=110.0)
+    p_values = {
+        name: value
+        for name, value in run_monitor(log, "m-1", reference, window=200).metrics.items()
+        if name.endswith(".p_value")
+    }
+    names = [k.split(".")[1] for k in p_values]
+    assert len(names) == 5 and min(p_values.values()) < 1e-20
+    assert sum(v < 1e-4 for v in p_values.values()) >= 2  # what the old 1e-4 floor pinned together
+    from playwright.sync_api import sync_playwright
+
+    with serve_in_thread(app) as port, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"http://127.0.0.1:{port}/dashboard")
+        page.screenshot(path=str(tmp_path / "login.png"))
+        page.fill("input[name=key]", admin)
+        page.click("button[type=submit]")
+        page.wait_for_selector('figure.plot[data-kind="drift"] svg')
+        assert page.url == f"http://127.0.0.1:{port}/dashboard"
+        (cookie,) = context.cookies()
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert page.evaluate("document.cookie") == ""  # no script on the page can read the session
+        figure = page.locator('figure.plot[data-kind="drift"]')
+        figure.screenshot(path=str(tmp_path / "drift.png"))
+        page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+        ticks = figure.locator('[id*="xtick_"] text').evaluate_all("els => els.map(e => e.textContent)")
+        assert ticks == ["1"], ticks  # one pass is pass 1, not an axis from 0.945 to 1.05
+        axes = figure.locator('[id$="drift-axes"]').bounding_box()
+        legend = figure.locator('[id$="drift-legend"]').bounding_box()
+        centres = {}
+        for name in names:
+            markers = figure.locator(f'[id$="drift-{name}"] use, [id$="drift-{name}-below"] use')
+            assert markers.count() == 1, (name, markers.count())
+            box = markers.first.bounding_box()
+            assert box and box["width"] > 2 and _inside(box, axes), (name, box, axes)
+            assert not _overlap(box, legend), (name, box, legend)
+            centres[name] = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            if p_values[f"drift.{name}.p_value"] < 1e-12:  # on the floor, with its value written out
+                text = figure.locator(f'[id$="drift-{name}-value"] text').text_content()
+                assert re.search(r"p=\d(\.\d+)?e-\d+", text), text
+        for a in names:  # no detector hides behind another
+            for b in names:
+                if a < b:
+                    (ax_, ay), (bx, by) = centres[a], centres[b]
+                    assert abs(ax_ - bx) > 5 or abs(ay - by) > 5, (a, b, centres)
+        drawn = sorted((v, centres[k.split(".")[1]][1]) for k, v in p_values.items() if v >= 1e-12)
+        assert [y for _, y in drawn] == sorted((y for _, y in drawn), reverse=True)  # lower p, lower down
         browser.close()
     assert not errors

@@ -225,12 +225,19 @@ def retrain(
         "test", "--gate-split", help="Evaluate both models on this split of --data and gate ('' = skip)."
     ),
     rules: str | None = typer.Option(None, "--rules", help="Gate rules (default: top-1, worst slice, ECE)."),
+    feedback_from: str = typer.Option(
+        "labellers",
+        "--feedback-from",
+        help="labellers: only feedback from active keys with the feedback scope (and keyless feedback "
+        "of an --insecure-no-auth server); any: every key's feedback.",
+    ),
     store: str | None = StoreOption,
     json_out: Path | None = JsonOption,
 ) -> None:
     """Fine-tune the image tower on human-verified feedback plus replay of the original training data.
 
     Labels that came from a model (feedback source "model") are never used: the feedback-loop guard.
+    By default neither are labels from revoked keys or keys without the feedback scope (--feedback-from).
     The result is registered (default alias: challenger) with the served model as its parent; then both
     are evaluated (quick suite) on --gate-split and gated. Exit 1 when the gate fails.
     """
@@ -245,7 +252,7 @@ def retrain(
     task = build_task(resolve_data(data), "emoji" if data == "emoji" else "other", "all", labels)
     config = RetrainConfig(epochs=epochs, lr=lr, seed=seed)
     summary = retrain_from_feedback(
-        vlm, task, PredictionLog(store), ImageArchive(archive), out, config, replay
+        vlm, task, PredictionLog(store), ImageArchive(archive), out, config, replay, feedback_from
     )
     if register_as:
         registry = _registry(store)

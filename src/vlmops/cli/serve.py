@@ -39,6 +39,26 @@ def _parse_label_sets(values: list[str]) -> dict[str, str]:
     return sets
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Raise VlmopsError unless `host:port` can be bound now (as uvicorn binds: SO_REUSEADDR)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise VlmopsError(f"--host {host!r} does not resolve here ({exc}); try 127.0.0.1") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise VlmopsError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): another server has it; "
+                "stop it or pick another --port"
+            ) from None
+
+
 @handle_errors
 def serve(
     model: str = ModelOption,
@@ -106,8 +126,10 @@ def serve(
     """Serve a model over HTTP: /v1/embeddings, /v1/classify, /v1/search, /v1/tag, /v1/feedback.
 
     Requests are micro-batched, every prediction is written to the store before its response, and
-    every /v1 endpoint and /metrics need an API key (`vlmops keys create`). OpenAPI: /openapi.json.
+    every /v1 endpoint and /metrics need an API key (`vlmops keys create`) with the right scope;
+    /dashboard also opens in a browser after signing in with an admin key. OpenAPI: /openapi.json.
     """
+    check_port_free(host, port)  # before the model loads: a taken port fails in a second, not a minute
     import uvicorn
 
     from vlmops.data.emoji import manifest_path
@@ -178,32 +200,49 @@ def keys_create(
     name: str = typer.Option(..., "--name", help="Who uses the key (a client, team or service)."),
     rate: float = typer.Option(50.0, "--rate", help="Requests per second allowed (token bucket)."),
     burst: int = typer.Option(100, "--burst", help="Requests allowed at once after a quiet period."),
+    scopes: str = typer.Option(
+        "predict,feedback",
+        "--scopes",
+        help="Comma-separated: predict (/v1 model endpoints), feedback (/v1/feedback; its labels may "
+        "train `vlmops retrain`), admin (/metrics, /dashboard).",
+    ),
+    tenant: str | None = typer.Option(
+        None, "--tenant", help="Keys of one tenant may give feedback on each other's requests (rotation)."
+    ),
     store: str | None = StoreOption,
     json_out: Path | None = JsonOption,
 ) -> None:
     """Create a key and print it once; only its hash is stored."""
-    from vlmops.serve.keys import KeyStore
+    from vlmops.serve.keys import KeyStore, parse_scopes
 
-    token = KeyStore(store).create(name, rate, burst)
-    console.print("[green]created[/] (store it now, it cannot be shown again):")
+    granted = parse_scopes(scopes)
+    token = KeyStore(store).create(name, rate, burst, granted, tenant)
+    console.print(
+        f"[green]created[/] with scopes {','.join(granted)} (store it now, it cannot be shown again):"
+    )
     if json_out is None:
         typer.echo(token)
-    write_json(
-        {"key": token, "key_id": token.split("_")[1], "name": name, "rate": rate, "burst": burst}, json_out
-    )
+    summary = {"key": token, "key_id": token.split("_")[1], "name": name, "rate": rate, "burst": burst}
+    write_json({**summary, "scopes": list(granted), "tenant": tenant}, json_out)
 
 
 @keys_app.command("list")
 @handle_errors
 def keys_list(store: str | None = StoreOption, json_out: Path | None = JsonOption) -> None:
-    """List keys (ids, names, limits, revoked or not); secrets are never shown."""
+    """List keys (ids, names, scopes, tenants, limits, revoked or not); secrets are never shown."""
     from vlmops.serve.keys import KeyStore
 
     keys = KeyStore(store).list()
-    table = Table("key id", "name", "rate/s", "burst", "active")
+    table = Table("key id", "name", "scopes", "tenant", "rate/s", "burst", "active")
     for key in keys:
         table.add_row(
-            key.key_id, key.name, f"{key.rate_per_s:g}", str(key.burst), "yes" if key.active else "revoked"
+            key.key_id,
+            key.name,
+            ",".join(key.scopes),
+            key.tenant or "",
+            f"{key.rate_per_s:g}",
+            str(key.burst),
+            "yes" if key.active else "revoked",
         )
     console.print(table)
     write_json([k.to_dict() for k in keys], json_out)

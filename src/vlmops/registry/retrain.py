@@ -2,9 +2,13 @@
 
 The feedback-loop guard: only feedback whose source is "human" becomes a training label. A label
 that a model produced (an auto-accept, a pseudo-label) would teach the model its own mistakes, so
-such rows are counted and dropped, never used. Accepted predictions take the logged predicted label;
-rejected ones take the correction. Every feedback image is mixed with replay images from the
-original training data, so the fine-tune learns the new cases without forgetting the old ones.
+such rows are counted and dropped, never used. By default (``feedback_from="labellers"``) a label
+also needs a sender allowed to label: an active API key that holds the ``feedback`` scope, so revoking
+a key (or creating clients' keys with ``--scopes predict``) keeps their labels out of training.
+Feedback sent without a key (a server run with ``--insecure-no-auth``) has no key to check and counts.
+Accepted predictions take the logged predicted label; rejected ones take the correction. Every
+feedback image is mixed with replay images from the original training data, so the fine-tune learns
+the new cases without forgetting the old ones.
 """
 
 from __future__ import annotations
@@ -48,14 +52,27 @@ class Example:
     label: str
 
 
-def verified_examples(log: PredictionLog, archive: ImageArchive, labels: tuple[str, ...]):
-    """Human-verified (image sha256, label) pairs and the counts of what was left out and why."""
+FEEDBACK_FROM = ("labellers", "any")
+
+
+def verified_examples(
+    log: PredictionLog,
+    archive: ImageArchive,
+    labels: tuple[str, ...],
+    labellers: set[str] | None = None,
+):
+    """Human-verified (image sha256, label) pairs and the counts of what was left out and why.
+
+    `labellers`: the key ids whose feedback may train (None: every key's).
+    """
     requests = {r.request_id: r for r in log.requests() if r.endpoint == "classify"}
     counts: Counter[str] = Counter()
     latest = {}
     for fb in log.feedback():
         if fb.source != "human":
             counts["model_label_refused"] += 1  # the feedback-loop guard
+        elif labellers is not None and fb.key_id is not None and fb.key_id not in labellers:
+            counts["key_may_not_label"] += 1  # revoked, or never given the feedback scope
         else:
             latest[fb.request_id] = fb  # a person's last word on a request counts
     known = set(labels)
@@ -137,8 +154,12 @@ def retrain_from_feedback(
     out: Path,
     config: RetrainConfig = RetrainConfig(),
     replay: int = 1024,
+    feedback_from: str = "labellers",
 ) -> dict:
-    """Fine-tune on verified feedback (labels: `task`'s class names) plus replay; write the model to `out`."""
+    """Fine-tune on verified feedback (labels: `task`'s class names) plus replay; write the model to `out`.
+
+    `feedback_from`: "labellers" (keys with the feedback scope, not revoked) or "any" key.
+    """
     from vlmops.data.images import load_image
     from vlmops.errors import VlmopsError
     from vlmops.models import load_model
@@ -148,8 +169,15 @@ def retrain_from_feedback(
         raise VlmopsError(
             f"retrain fine-tunes the built-in image tower; {model.info.uri} is not builtin:emoji-lit"
         )
+    if feedback_from not in FEEDBACK_FROM:
+        raise VlmopsError(f"feedback_from={feedback_from!r}: use one of {', '.join(FEEDBACK_FROM)}")
+    labellers = None
+    if feedback_from == "labellers":
+        from vlmops.serve.keys import KeyStore
+
+        labellers = KeyStore(engine=log.engine).labellers()
     names = tuple(task.class_names)
-    examples, counts = verified_examples(log, archive, names)
+    examples, counts = verified_examples(log, archive, names, labellers)
     if not examples:
         raise VlmopsError(
             f"no human-verified feedback with archived images to learn from ({counts}); "
@@ -173,6 +201,7 @@ def retrain_from_feedback(
     extra = {
         "parent": model.info.version,
         "feedback": counts,
+        "feedback_from": feedback_from,
         "replay": len(chosen),
         "config": asdict(config),
         "history": history,

@@ -18,7 +18,7 @@ from typing import Any
 
 import matplotlib
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FixedLocator, MaxNLocator
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies.
 PALETTE: tuple[str, ...] = (
@@ -98,6 +98,21 @@ def label(text: object, limit: int = 32) -> str:
 def finite(value: object) -> bool:
     """True for a real, finite number (not None, NaN, inf, bool or text)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def index_axis(ax, n: int, name: str = "x") -> None:
+    """An axis of n integer positions 1..n with room either side: one pass reads "1", never 0.95-1.05."""
+    set_lim, axis = (ax.set_xlim, ax.xaxis) if name == "x" else (ax.set_ylim, ax.yaxis)
+    set_lim(0.5, n + 0.5)
+    if n <= 12:
+        axis.set_major_locator(FixedLocator(range(1, n + 1)))
+    else:
+        axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def legend_outside(ax, **kw) -> None:
+    """The legend right of the axes, so it never sits on the data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
 
 
 def reliability_svg(before: dict, after: dict | None = None, titles: Sequence[str] = ("", "")) -> str:

@@ -15,20 +15,31 @@ from contextlib import asynccontextmanager
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vlmops.serve import schemas
 from vlmops.serve.admission import Ticket
+from vlmops.serve.browser import add_dashboard_routes
 from vlmops.serve.errors import ApiError
 from vlmops.serve.keys import ApiKey
 from vlmops.serve.limits import RateLimiter
 from vlmops.serve.middleware import GatewayMiddleware, error_json
 from vlmops.serve.parsing import body_doc, check_texts, describe, parse_body
 from vlmops.serve.service import Gateway, sha256_hex
-from vlmops.store.log import PredictionRow
+from vlmops.serve.unexpected import UnexpectedErrorMiddleware
+from vlmops.store.log import PredictionRow, RequestOwner
 
-ERRORS = {code: {"model": schemas.ErrorResponse} for code in (401, 404, 409, 413, 415, 422, 429, 503, 504)}
+ERRORS = {
+    code: {"model": schemas.ErrorResponse} for code in (401, 403, 404, 409, 413, 415, 422, 429, 503, 504)
+}
+
+
+def may_give_feedback(key: ApiKey | None, owner: RequestOwner) -> bool:
+    """Feedback binds to the request's key: the same key, a key of the same tenant, or no auth at all."""
+    if key is None:
+        return True
+    return owner.key_id == key.key_id or (key.tenant is not None and owner.tenant == key.tenant)
 
 
 def create_app(gateway: Gateway, keys=None) -> FastAPI:
@@ -44,7 +55,10 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         _app.state.ready = False
         await gateway.stop()
 
-    app = FastAPI(title="vlmops gateway", version="1", lifespan=lifespan, responses=ERRORS)
+    # redirect_slashes off: Starlette builds that redirect from the request's Host header (an open redirect)
+    app = FastAPI(
+        title="vlmops gateway", version="1", lifespan=lifespan, responses=ERRORS, redirect_slashes=False
+    )
     app.state.ready = False
     app.state.gateway = gateway
 
@@ -66,14 +80,18 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        message = f"{exc.detail}: {request.method} {request.url.path}; the API is described at /openapi.json"
+        path = request.url.path
+        message = f"{exc.detail}: {request.method} {path}; the API is described at /openapi.json"
+        if exc.status_code == 404 and path.endswith("/") and path.rstrip("/") in route_paths:
+            message = f"{exc.detail}: {request.method} {path}; did you mean {path.rstrip('/')} (no '/')?"
         return error_response(request, ApiError(exc.status_code, code, message, dict(exc.headers or {})))
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):  # pragma: no cover - a bug, still JSON
+    async def _unexpected(request: Request, exc: Exception):  # pragma: no cover - UnexpectedErrorMiddleware
         return error_response(request, ApiError(500, "internal_error", f"{type(exc).__name__}: {exc}"))
 
-    async def authorise(request: Request) -> ApiKey | None:  # async: no thread hop per request
+    async def authorise(request: Request, scope: str | None = None) -> ApiKey | None:  # async: no thread hop
+        """The request's API key, checked: known, active, under its rate, holding `scope`."""
         if keys is None:
             return None
         header = request.headers.get("authorization", "")
@@ -102,9 +120,24 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
                 f"key {key.key_id} is over {key.rate_per_s:g} requests/s",
                 {"Retry-After": str(max(1, round(wait)))},
             )
+        if scope is not None and not key.allows(scope):
+            raise ApiError(
+                403,
+                "missing_scope",
+                f"key {key.key_id} lacks the '{scope}' scope that {request.url.path} needs "
+                f"(it has: {','.join(key.scopes)}); create one with `vlmops keys create --scopes {scope}`",
+            )
         return key
 
-    async def admitted(request: Request, key: ApiKey | None = Depends(authorise)):
+    def needs(scope: str | None):
+        async def dependency(request: Request) -> ApiKey | None:
+            return await authorise(request, scope)
+
+        return dependency
+
+    predict_key, feedback_key, admin_key, any_key = (needs(s) for s in ("predict", "feedback", "admin", None))
+
+    async def admitted(request: Request, key: ApiKey | None = Depends(predict_key)):
         """Admit the request (counted from its arrival, before its body was read) for its key."""
         # without keys, each client address is budgeted on its own
         client = request.client.host if request.client else "anonymous"
@@ -187,7 +220,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         openapi_extra=body_doc(schemas.EmbeddingsRequest),
     )
     async def embeddings(
-        request: Request, key: ApiKey | None = Depends(authorise), ticket: Ticket = Depends(admitted)
+        request: Request, key: ApiKey | None = Depends(predict_key), ticket: Ticket = Depends(admitted)
     ):
         """Embed images and/or texts (L2-normalised vectors)."""
         t0 = time.perf_counter()
@@ -227,7 +260,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         openapi_extra=body_doc(schemas.ClassifyRequest),
     )
     async def classify(
-        request: Request, key: ApiKey | None = Depends(authorise), ticket: Ticket = Depends(admitted)
+        request: Request, key: ApiKey | None = Depends(predict_key), ticket: Ticket = Depends(admitted)
     ):
         """Zero-shot classification over given labels or a named label set; a conformal set if calibrated."""
         t0 = time.perf_counter()
@@ -259,7 +292,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         openapi_extra=body_doc(schemas.SearchRequest),
     )
     async def search(
-        request: Request, key: ApiKey | None = Depends(authorise), ticket: Ticket = Depends(admitted)
+        request: Request, key: ApiKey | None = Depends(predict_key), ticket: Ticket = Depends(admitted)
     ):
         """Top-k gallery records for a text or image query."""
         t0 = time.perf_counter()
@@ -307,7 +340,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         openapi_extra=body_doc(schemas.TagRequest),
     )
     async def tag(
-        request: Request, key: ApiKey | None = Depends(authorise), ticket: Ticket = Depends(admitted)
+        request: Request, key: ApiKey | None = Depends(predict_key), ticket: Ticket = Depends(admitted)
     ):
         """Keywords from the server's vocabulary and an alt text for an image."""
         t0 = time.perf_counter()
@@ -332,13 +365,14 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         return {**ids(request, target), **result}
 
     @app.post("/v1/feedback", response_model=schemas.FeedbackResponse)
-    async def feedback(request: Request, key: ApiKey | None = Depends(authorise)):
-        """A user's verdict on an earlier request: accepted, or the corrected label."""
+    async def feedback(request: Request, key: ApiKey | None = Depends(feedback_key)):
+        """A verdict on an earlier request of the same key (or tenant): accepted, or the right label."""
         body, _ = await parse_body(request, schemas.FeedbackRequest)
         if not body.accepted and not (body.label or "").strip():
             raise ApiError(422, "missing_label", "a rejected prediction needs the correct 'label'")
         loop = asyncio.get_running_loop()
-        if not await loop.run_in_executor(None, gateway.log.has_request, body.request_id):
+        owner = await loop.run_in_executor(None, gateway.log.request_owner, body.request_id)
+        if owner is None or not may_give_feedback(key, owner):  # another key's request reads as unknown
             raise ApiError(
                 404,
                 "unknown_request",
@@ -353,7 +387,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         return {"request_id": body.request_id, "feedback_id": feedback_id}
 
     @app.get("/v1/models", response_model=schemas.ModelsResponse)
-    async def models(key: ApiKey | None = Depends(authorise)):
+    async def models(key: ApiKey | None = Depends(any_key)):
         """The served model, its runtime, label sets, calibration, gallery and vocabulary size."""
         return gateway.describe()
 
@@ -369,21 +403,22 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
             raise ApiError(503, "not_ready", "the model is still loading", {"Retry-After": "1"})
         return {"status": "ready", "model_version": gateway.version}
 
-    @app.get("/dashboard", response_class=HTMLResponse)
-    async def dashboard(key: ApiKey | None = Depends(authorise)):
-        """The monitoring dashboard (drift, estimated vs realised accuracy, alerts, versions)."""
+    def render_dashboard() -> str:
         from vlmops.monitor.dashboard import render_dashboard
 
-        loop = asyncio.get_running_loop()
-        return HTMLResponse(await loop.run_in_executor(None, render_dashboard, config.store))
+        return render_dashboard(config.store)
+
+    add_dashboard_routes(app, keys, authorise, render_dashboard)
 
     @app.get("/metrics")
-    async def metrics(key: ApiKey | None = Depends(authorise)):
+    async def metrics(key: ApiKey | None = Depends(admin_key)):
         """Prometheus metrics."""
         for kind, batcher in (("image", gateway.images), ("text", gateway.texts)):
             gateway.metrics.queue_depth.labels(kind).set(batcher.depth)
         return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    route_paths = {getattr(r, "path", None) for r in app.routes}
+    app.add_middleware(UnexpectedErrorMiddleware)  # inside GatewayMiddleware: its 500s carry the ids
     app.add_middleware(
         GatewayMiddleware,
         metrics=gateway.metrics,

@@ -65,6 +65,10 @@ async def parse_body(request: Request, model: type[M]) -> tuple[M, list[bytes]]:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(422, "invalid_json", f"the body is not valid UTF-8 JSON ({exc})") from None
+    except RecursionError:  # arrays/objects nested ~1,000 deep: no request of this API needs more than 3
+        raise ApiError(
+            422, "json_too_deep", "the JSON body is nested too deeply; send the fields /openapi.json lists"
+        ) from None
     parsed = _validate(model, data)
     images: list[bytes] = []
     if image_field:

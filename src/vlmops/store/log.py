@@ -68,7 +68,26 @@ api_keys = sa.Table(
     sa.Column("revoked_at", sa.Float),
     sa.Column("rate_per_s", sa.Float, nullable=False),
     sa.Column("burst", sa.Integer, nullable=False),
+    sa.Column("scopes", sa.String(64)),  # comma-separated; NULL only in a store older than scopes
+    sa.Column("tenant", sa.String(128)),  # keys of one tenant may give feedback on each other's requests
 )
+
+key_sessions = sa.Table(  # browser sessions of the dashboard: a key exchanged for an HttpOnly cookie
+    "key_sessions",
+    metadata,
+    sa.Column("token_sha256", sa.String(64), primary_key=True),
+    sa.Column("key_id", sa.String(32), sa.ForeignKey("api_keys.key_id"), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
+
+@dataclass(frozen=True)
+class RequestOwner:
+    """Who made a logged request: its key id and that key's tenant (both None without auth)."""
+
+    key_id: str | None
+    tenant: str | None
 
 
 @dataclass
@@ -153,11 +172,14 @@ def make_engine(url: str | None = None) -> sa.Engine:
 def add_missing_columns(engine: sa.Engine, table: sa.Table) -> None:
     """Add nullable columns that a newer vlmops defines to a table an older one created (keeps the rows)."""
     present = {c["name"] for c in sa.inspect(engine).get_columns(table.name)}
-    missing = [c for c in table.columns if c.name not in present]
-    with engine.begin() as conn:
-        for column in missing:
-            kind = column.type.compile(dialect=engine.dialect)
-            conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+    for column in [c for c in table.columns if c.name not in present]:
+        kind = column.type.compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+        except sa.exc.SQLAlchemyError:  # another process (a second worker) added it first
+            if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+                raise
 
 
 class PredictionLog:
@@ -168,6 +190,7 @@ class PredictionLog:
         try:
             metadata.create_all(self.engine)
             add_missing_columns(self.engine, requests)
+            add_missing_columns(self.engine, api_keys)
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"cannot open the prediction log at {self.engine.url}: {exc}") from exc
 
@@ -183,6 +206,17 @@ class PredictionLog:
         with self.engine.connect() as conn:
             query = sa.select(requests.c.request_id).where(requests.c.request_id == request_id)
             return conn.execute(query).first() is not None
+
+    def request_owner(self, request_id: str) -> RequestOwner | None:
+        """The key (and its tenant) that made a logged request, or None when no such request was logged."""
+        query = (
+            sa.select(requests.c.key_id, api_keys.c.tenant)
+            .select_from(requests.outerjoin(api_keys, requests.c.key_id == api_keys.c.key_id))
+            .where(requests.c.request_id == request_id)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else RequestOwner(row.key_id, row.tenant)
 
     def add_feedback(
         self, request_id: str, accepted: bool, label: str | None, key_id: str | None, source: str = "human"
