@@ -43,9 +43,9 @@ def stop_later():
 
 
 def test_open_loop_overload_is_shed_at_once_and_answers_stay_within_the_deadline(tmp_path, stop_later):
-    # A queue far deeper than the server can drain in its 2 s timeout: admission must look at time, not
+    # A queue far deeper than the server can drain in its 3 s timeout: admission must look at time, not
     # only at the count of requests in flight, or the backlog grows and answers come long after it.
-    proc, port = start_server(tmp_path, "--insecure-no-auth", "--queue", "4096", "--timeout", "2")
+    proc, port = start_server(tmp_path, "--insecure-no-auth", "--queue", "4096", "--timeout", "3")
     stop_later(proc)
     request = _classify_request(port)
     capacity = asyncio.run(run_load("127.0.0.1", port, request, 16, 100_000, 3.0)).summary()["per_s"]
@@ -73,7 +73,7 @@ def test_open_loop_overload_is_shed_at_once_and_answers_stay_within_the_deadline
     assert set(result.statuses) <= {200, 503}, summary
     assert result.errors == 0 and result.abandoned == 0, summary
     assert result.ok > 0 and result.statuses.get(503, 0) > 0, summary
-    assert summary["p99_ms"] <= 2 * 2000, summary  # latency counted from when each request was due
+    assert summary["p99_ms"] <= 2 * 3000, summary  # latency counted from when each request was due
     # /healthz within 1 s nearly always; the box is shared with other jobs, so one slow probe may happen
     # (bench/serve_load.py --open-loop records the maximum)
     assert sorted(health)[int(0.95 * len(health))] <= 1.0 and max(health) <= 2.5, sorted(health)[-5:]

@@ -4,10 +4,10 @@ A `Ticket` is issued when a request is admitted and returned when it ends. It ca
 owner (its API key), its deadline (arrival + timeout, so body reading, decoding, queueing and logging
 all count) and what it holds: model items (images and texts not in the cache) and decoded pixels.
 
-- requests in flight are capped (`queue`); a request that has already spent half its time before it
-  could be admitted, or that would wait longer than half its time behind the requests in flight (their
-  number over the completion rate measured while the server was saturated: Little's law), is refused
-  at once (503) rather than answered late;
+- requests in flight are capped (`queue`); a request that has already spent a quarter of its time
+  before it could be admitted, or that would wait longer than a quarter of it behind the requests in
+  flight (their number over the completion rate measured while the server was saturated: Little's
+  law), is refused at once (503) rather than answered late;
 - each key has a budget of model items per second (429 with Retry-After when spent) and a cap on the
   items it may have queued or running at once, so one key cannot occupy the model;
 - decoded pixels in flight are budgeted across all requests (503 when the budget is spent).
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from vlmops.serve.errors import ApiError
 from vlmops.serve.limits import TokenBucket
 
-ADMIT_SHARE = 0.5  # refuse a request expected to spend more than this share of its time waiting
+ADMIT_SHARE = 0.25  # refuse a request expected to spend more than this share of its time waiting
 RATE_WINDOW_S = 0.5  # completions are counted over windows this long
 
 

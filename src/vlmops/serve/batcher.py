@@ -67,6 +67,7 @@ class MicroBatcher(Generic[T]):
         self._queues: dict[Hashable, deque[_Item[T]]] = {}  # per owner; dict order = round-robin order
         self._live = 0  # queued items whose caller still waits
         self._busy = False
+        self._running = 0  # items in the batch the model is running
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.seconds_per_item = 0.0  # moving average of the time per item (0 until measured)
@@ -79,7 +80,7 @@ class MicroBatcher(Generic[T]):
 
     def expected_wait(self, extra: int = 0) -> float:
         """Seconds until `extra` more items would be done, from the measured model time per item."""
-        return (self._live + extra + (self.max_batch if self._busy else 0)) * self.seconds_per_item
+        return (self._live + extra + self._running) * self.seconds_per_item
 
     def start(self) -> None:
         """Start the batching task on the running event loop."""
@@ -183,7 +184,7 @@ class MicroBatcher(Generic[T]):
             live = [item for item in batch if not item.future.done()]
             if not live:
                 continue
-            self._busy = True
+            self._busy, self._running = True, len(live)
             try:
                 start = time.perf_counter()
                 if self.on_batch is not None:
@@ -195,7 +196,7 @@ class MicroBatcher(Generic[T]):
                 if not self._live:  # no backlog: the model time alone
                     self._measure((time.perf_counter() - start) / len(live))
             finally:
-                self._busy = False
+                self._busy, self._running = False, 0
 
     def _measure(self, per_item: float) -> None:
         """Fold one sample of seconds per item (model time, plus the loop's lag under a backlog)."""

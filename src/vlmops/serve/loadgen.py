@@ -175,7 +175,9 @@ async def run_open_loop(
                     conn = None
                     if isinstance(exc, asyncio.CancelledError):
                         raise
-                    stale = isinstance(exc, asyncio.IncompleteReadError) and not exc.partial
+                    stale = isinstance(exc, ConnectionResetError | BrokenPipeError) or (
+                        isinstance(exc, asyncio.IncompleteReadError) and not exc.partial
+                    )
                     if reused and stale and attempt == 1:  # the server closed an idle keep-alive connection
                         continue
                     result.errors += 1
