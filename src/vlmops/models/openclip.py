@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from vlmops._optional import require
-from vlmops.data.images import to_rgb_on_white
 from vlmops.errors import ModelLoadError
 from vlmops.models.base import ModelInfo, embed_in_batches, sha256_files
+from vlmops.models.preprocess import to_rgb
 
 FORMAT_HINT = "use open_clip:ARCH@CHECKPOINT, e.g. open_clip:ViT-B-32@/models/vit-b-32.pt"
 
@@ -72,7 +72,7 @@ class OpenCLIPModel:
         return embed_in_batches(items, self.batch_size, encode, self.info.dim)
 
     def _encode_images(self, batch: list[Image.Image]) -> torch.Tensor:
-        rgb = [im if im.mode == "RGB" else to_rgb_on_white(im) for im in batch]
+        rgb = [to_rgb(im) for im in batch]
         pixels = torch.stack([self.preprocess(im) for im in rgb]).to(self.device)
         return self.model.encode_image(pixels)
 

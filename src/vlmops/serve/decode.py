@@ -2,9 +2,10 @@
 
 Checks run cheapest first: empty body, format sniffed from the header (not the file name or
 content-type), pixel count from the header (before any decoding, so a decompression bomb costs
-nothing), animation, then the full decode (truncated files fail here). Accepted images are turned
-upright by their EXIF orientation, 16-bit and CMYK are mapped to 8-bit RGB, and transparency is
-composited on white, exactly as the data loaders do for training and evaluation.
+nothing), animation, then the full decode (truncated files fail here). Accepted images go through
+`vlmops.models.preprocess.to_rgb`, the same conversion every model adapter applies (upright by EXIF
+orientation, 16-bit and CMYK to 8-bit RGB, transparency on white), so the statistics logged and the
+vectors served are those of the image a library user or `vlmops eval` would embed.
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ import binascii
 import io
 import warnings
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from vlmops.data.images import to_rgb_on_white
+from vlmops.models.preprocess import to_rgb
 from vlmops.monitor.image_stats import describe_image
 from vlmops.serve.errors import ApiError
 from vlmops.serve.limits import Limits
-
-ORIENTATION = 0x0112  # EXIF tag
 
 
 def decode_base64(data: str, field: str) -> bytes:
@@ -35,15 +34,6 @@ def decode_base64(data: str, field: str) -> bytes:
         raise ApiError(
             422, "invalid_base64", f"{field} is not valid base64 ({exc}); encode the file bytes with base64"
         ) from exc
-
-
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """16-bit and 32-bit single-channel images scaled to 8 bit (PIL's convert would clip them)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return image.point(lambda v: v / 256).convert("L")
-    if image.mode == "F":
-        return image.convert("L")
-    return image
 
 
 def decode_image(data: bytes, limits: Limits, field: str = "image") -> Image.Image:
@@ -92,17 +82,15 @@ def _decode(data: bytes, limits: Limits, field: str) -> tuple[Image.Image, str]:
         raise ApiError(
             422, "animated_image", f"{field} has {image.n_frames} frames; send a single still frame"
         )
+    if image.width == 0 or image.height == 0:
+        raise ApiError(422, "empty_image", f"{field} has no pixels ({image.width}x{image.height})")
     try:
         image.load()
-        if image.getexif().get(ORIENTATION, 1) != 1:  # exif_transpose copies even when nothing turns
-            image = ImageOps.exif_transpose(image)
+        return to_rgb(image), image_format
     except (OSError, SyntaxError, ValueError) as exc:
         raise ApiError(
             422, "corrupt_image", f"{field} could not be decoded ({exc}); the file is truncated or corrupt"
         ) from exc
-    if image.width == 0 or image.height == 0:
-        raise ApiError(422, "empty_image", f"{field} has no pixels ({image.width}x{image.height})")
-    return to_rgb_on_white(_to_8bit(image)), image_format
 
 
 def _names(limits: Limits) -> str:
