@@ -48,3 +48,17 @@ def check_size(image: Image.Image, name: str) -> None:
         raise DataError(f"image {name} has {image.width}x{image.height} pixels, over {MAX_PIXELS}")
     if image.width == 0 or image.height == 0:
         raise DataError(f"image {name} has no pixels ({image.width}x{image.height})")
+
+
+def to_rgb_on_white(image: Image.Image) -> Image.Image:
+    """Deprecated: use `vlmops.models.preprocess.to_rgb`, the one conversion every model applies."""
+    import warnings
+
+    from vlmops.models.preprocess import to_rgb  # deferred: the conversion lives in the models layer
+
+    warnings.warn(
+        "vlmops.data.images.to_rgb_on_white is deprecated; use vlmops.models.preprocess.to_rgb",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return to_rgb(image)
