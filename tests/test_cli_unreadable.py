@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -50,6 +51,17 @@ def test_probe_names_each_kind_of_damage(broken):
     assert "not an image" in found[0].reason and "not an image" in found[2].reason
     assert found[1].reason.startswith("corrupt image file")  # truncated PNG: chunk checksums fail
     assert probe_image(str(manifest.parent / "missing.png")) == "file not found"
+
+
+def test_probe_finds_a_truncated_jpeg_and_passes_whole_ones(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(path, quality=90)
+    assert probe_image(str(path)) is None
+    path.write_bytes(path.read_bytes()[:4000])  # the header is intact, the scan data is cut short
+    assert probe_image(str(path)).startswith("corrupt image file")
 
 
 @pytest.mark.parametrize("command", ["embed", "eval"])

@@ -47,10 +47,12 @@ class UnreadableImagesError(DataError):
 
 
 def probe_image(path: str) -> str | None:
-    """Why the image file at `path` cannot be used, or None: header, pixel count, PNG chunk checksums.
+    """Why the image file at `path` cannot be used, or None: header, pixel count, then the data.
 
-    Cheaper than decoding (no pixels are unpacked); a file whose compressed data is damaged behind a
-    valid header can still fail later, when it is decoded.
+    Cheaper than decoding: PNG (and other formats Pillow can verify) are checked chunk by chunk
+    without unpacking pixels, JPEG is decoded at 1/8 scale (its DCT draft mode reads every byte of
+    the entropy-coded data, so a truncated file fails). A format whose damage neither check sees can
+    still fail later, when it is decoded in full.
     """
     try:
         with Image.open(path) as image:
@@ -59,7 +61,11 @@ def probe_image(path: str) -> str | None:
                 return f"the image has no pixels ({width}x{height})"
             if width * height > MAX_PIXELS:
                 return f"{width}x{height} pixels is over the limit of {MAX_PIXELS}"
-            image.verify()
+            if image.format == "JPEG":
+                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+                image.load()
+            else:
+                image.verify()
     except FileNotFoundError:
         return "file not found"
     except UnidentifiedImageError:
