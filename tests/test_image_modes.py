@@ -145,3 +145,11 @@ def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_the_conversion_version_is_part_of_the_cache_key(setup):
+    """Vectors cached under an older `to_rgb` (16-bit clipped, EXIF ignored) are not reused."""
+    from vlmops.models.preprocess import TO_RGB_ID
+
+    model, bundle, _ = setup
+    assert TO_RGB_ID in model.transform_id and bundle.transform_id == model.transform_id

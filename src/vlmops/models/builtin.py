@@ -13,6 +13,7 @@ from PIL import Image
 
 from vlmops.errors import ModelLoadError
 from vlmops.models.base import ModelInfo, embed_in_batches, sha256_file
+from vlmops.models.preprocess import TO_RGB_ID
 from vlmops.models.towers import ImageTower, ImageTowerConfig, TextTower, pixels_from_images
 
 if TYPE_CHECKING:
@@ -66,8 +67,8 @@ class EmojiLit:
 
     @property
     def transform_id(self) -> str:
-        """Preprocessing: RGB on white, bicubic resize to the tower's size, scaled to [-1, 1]."""
-        return f"rgb-white-bicubic{self.tower.config.image_size}-pm1"
+        """Preprocessing: `to_rgb` (on white), bicubic resize to the tower's size, scaled to [-1, 1]."""
+        return f"{TO_RGB_ID}-white-bicubic{self.tower.config.image_size}-pm1"
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, 384) float32 unit vectors."""

@@ -19,7 +19,7 @@ from PIL import Image
 from vlmops._optional import require
 from vlmops.errors import ModelLoadError
 from vlmops.models.base import ModelInfo, embed_in_batches, sha256_files
-from vlmops.models.preprocess import to_rgb
+from vlmops.models.preprocess import TO_RGB_ID, to_rgb
 
 FORMAT_HINT = "use open_clip:ARCH@CHECKPOINT, e.g. open_clip:ViT-B-32@/models/vit-b-32.pt"
 
@@ -34,9 +34,10 @@ def parse_target(target: str) -> tuple[str, Path]:
 
 
 def _transform_id(arch: str, preprocess: Any) -> str:
-    """open_clip, the architecture and a hash of the preprocessing pipeline's description."""
+    """open_clip, the architecture and a hash of `to_rgb`'s version and the pipeline's description."""
     description = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(preprocess))  # function reprs hold addresses
-    return f"open_clip-{arch}-{hashlib.sha256(description.encode()).hexdigest()[:12]}"
+    digest = hashlib.sha256(f"{TO_RGB_ID}|{description}".encode()).hexdigest()[:12]
+    return f"open_clip-{arch}-{digest}"
 
 
 class OpenCLIPModel:

@@ -17,6 +17,10 @@ from PIL import Image, ImageOps
 ORIENTATION = 0x0112  # EXIF tag
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16/32-bit integer grey: scaled, not clipped
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# Version of `to_rgb`, part of every adapter's transform_id (the embedding cache key): bump it when the
+# conversion changes, so vectors cached under the old one are not reused. rgb2: 16-bit grey scaled
+# (not clipped) and EXIF orientation applied everywhere.
+TO_RGB_ID = "rgb2"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
