@@ -15,11 +15,11 @@ from PIL import Image
 
 from adapter_contract import check_adapter
 from hf_models import make_clip_dir, make_siglip_dir
-from vlmops.data.images import to_rgb_on_white
 from vlmops.errors import ModelLoadError
 from vlmops.models import load_model
 from vlmops.models.base import l2_normalise, sha256_files
 from vlmops.models.hf import HFModel
+from vlmops.models.preprocess import to_rgb as to_rgb_on_white
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 
 from adapter_contract import check_adapter
-from vlmops.data.images import to_rgb_on_white
 from vlmops.errors import MissingDependencyError, ModelLoadError
 from vlmops.models import load_model
 from vlmops.models.base import l2_normalise, sha256_files
 from vlmops.models.openclip import OpenCLIPModel, parse_target
+from vlmops.models.preprocess import to_rgb as to_rgb_on_white
 
 SIDE, DIM, CONTEXT = 8, 16, 12
 

@@ -31,6 +31,7 @@ from vlmops.audit.duplicates import (
 from vlmops.audit.near_search import colour_distance
 from vlmops.data.emoji import manifest_path
 from vlmops.data.images import load_image
+from vlmops.models.preprocess import to_rgb
 
 
 def _shapes(seed: int, size: int = 128) -> Image.Image:
@@ -364,7 +365,7 @@ def test_emoji_tone_and_colour_variants_are_not_near_duplicates(tmp_path) -> Non
     assert phash_only.metrics["near_dup_rate"] >= 0.5  # luma alone: the variants hash alike
     copies = []
     for k, kind in ((0, "jpg"), (6, "png")):  # a JPEG copy of the thumbs up, a 0.7x copy of the blue heart
-        path, image = tmp_path / f"copy{k}.{kind}", load_image(frame.at[k, "image"])  # on white
+        path, image = tmp_path / f"copy{k}.{kind}", to_rgb(load_image(frame.at[k, "image"]))  # on white
         if kind == "png":
             image = image.resize((45, 45), Image.Resampling.BILINEAR)
         image.save(path, **({"quality": 40} if kind == "jpg" else {}))

@@ -356,11 +356,12 @@ def test_tiny_images_are_rejected(shape: tuple[int, int]) -> None:
     corrupt_array(np.full((8, 8, 3), 0.5, dtype=np.float32), "pixelate", 5, np.random.default_rng(0))
 
 
-def test_bad_arrays_and_modes_are_rejected() -> None:
+def test_bad_arrays_are_rejected_and_any_mode_is_read_on_white() -> None:
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         corrupt_array(np.zeros((16, 16), dtype=np.float32), "fog", 1, rng)
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         corrupt_array(np.full((16, 16, 3), 255.0, dtype=np.float32), "fog", 1, rng)
-    with pytest.raises(ValueError, match="RGB"):
-        corrupt(Image.new("RGBA", (16, 16)), "fog", 1, seed=0)
+    # any mode is read as the models read it: transparent pixels are white, not black
+    clear = corrupt(Image.new("RGBA", (16, 16)), "fog", 1, seed=0)
+    assert clear.tobytes() == corrupt(Image.new("RGB", (16, 16), "white"), "fog", 1, seed=0).tobytes()

@@ -6,6 +6,7 @@ import pytest
 
 from vlmops.data.emoji import manifest_path
 from vlmops.demo_loop import DemoSizes, run_loop, write_story
+from vlmops.monitor.dashboard import dashboard_context
 
 pytestmark = pytest.mark.skipif(not manifest_path().exists(), reason="run `vlmops data fetch emoji` first")
 
@@ -29,3 +30,16 @@ def test_the_loop_detects_retrains_gates_promotes_and_rolls_back(tmp_path):
     assert kinds.count("rollback") == 1 and kinds.count("promote") >= 2
     story = write_story(results, str(tmp_path / "store.sqlite"), tmp_path / "story.html").read_text()
     assert "What happened" in story and story.count("<svg") == 2 and "refused" in story
+    # lineage: every version the loop registered names the data it learned from; gated ones their report's
+    lineage = {row["version"]: row for row in results["lineage"]}
+    retrained = results["retrain"]["version"]
+    shipped = lineage[retrained]["parent"]
+    assert len(lineage) == 3 and all(row["data_version"] for row in lineage.values())
+    assert lineage[retrained]["data_version"] != lineage[shipped]["data_version"]  # feedback + replay
+    assert lineage[shipped]["eval_data_version"] == lineage[retrained]["eval_data_version"] is not None
+    for row in lineage.values():
+        assert row["data_version"] in story
+    # the dashboard's realised accuracy per pass is the one the story's summary reports
+    passes = dashboard_context(str(tmp_path / "store.sqlite"))["passes"]
+    realised = [p["realised_accuracy"] for p in results["phases"]]
+    assert [p["realised"] for p in passes] == pytest.approx(realised) and None not in realised

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -11,6 +12,7 @@ from eval_data import write_manifest
 from serve_helpers import b64
 from vlmops.cli import app
 from vlmops.data.manifest import resolve_data
+from vlmops.data.version import dataset_version
 from vlmops.evaluate.task import build_task
 from vlmops.models import load_model
 from vlmops.registry.retrain import verified_examples
@@ -118,6 +120,20 @@ def test_retrain_uses_only_human_labels_and_learns_them(tmp_path):
     assert registry.alias("challenger") == retrained.info.version
     assert registry.get("challenger")["parent"] == base.info.version
     assert summary["gate"]["passed"] and registry.get("challenger")["eval_report"]["headline"]["top1"] >= 0.9
+    # lineage: each version records the data it learned from; the retrain's is its feedback (no replay)
+    card = json.loads((out / "emoji-lit.json").read_text())
+    learned = pd.DataFrame(
+        {
+            "id": [e.request_id for e in examples],
+            "sha256": [e.sha256 for e in examples],
+            "label": [e.label for e in examples],
+        }
+    )
+    assert summary["data_version"] == card["data"]["train_version"] == dataset_version(learned)
+    assert registry.get("challenger")["data_version"] == summary["data_version"]
+    assert registry.get(base.info.version)["data_version"] == base.card["data"]["train_version"]
+    assert card["data"]["parent_train_version"] == base.card["data"]["train_version"]
+    assert registry.get("challenger")["eval_report"]["data"]["dataset_version"]  # the report names its data
     impossible = CliRunner().invoke(
         app,
         [

@@ -6,7 +6,13 @@ real prediction log, monitor, registry and retraining code, in a fresh work fold
 emoji test images in phases: google/twitter first (what the model was trained on), then
 facebook/openmoji drawings plus low-contrast copies (the shift). Feedback comes from the known labels,
 as a user correcting the model would give it; a tenth more arrives marked as a model's opinion and
-must be refused by the retraining guard.
+must be refused by the retraining guard. Verdicts on the other phases' answers arrive at the end (after
+the retrain, so the gate's held-out images never become training data), and the dashboard's realised
+accuracy per monitoring pass is computed from them.
+
+Lineage: every version the loop registers records the data version it was trained or retrained on
+(from its model card), and the gate's eval reports, each naming the data version it measured, are
+attached to the champion and the challenger.
 """
 
 from __future__ import annotations
@@ -96,6 +102,8 @@ class Loop:
         self.alerts = AlertStore(self.store)
         self.log = PredictionLog(self.store)
         self.results: dict = {"phases": []}
+        self.answered: list[dict] = []  # every classify answer, in order
+        self.judged: set[str] = set()  # request ids a user has given feedback on
 
     # -- building blocks ---------------------------------------------------------------------------
     def gateway(self, model, canary=None, share: float = 0.5) -> Gateway:
@@ -132,7 +140,26 @@ class Loop:
             r = client.post("/v1/classify", json=body, headers={"X-Route-Key": f"user-{row}"})
             r.raise_for_status()
             answers.append({**r.json(), "row": int(row)})
+        self.answered += answers
         return answers
+
+    def give_feedback(self, client: TestClient, answers: list[dict], model_opinions: bool = False) -> int:
+        """Users' verdicts (from the known labels) on answers not yet judged; with `model_opinions`, every
+        tenth also gets an auto-labeller's acceptance (source "model"), which retraining must refuse."""
+        given = 0
+        for i, answer in enumerate(answers):
+            if answer["request_id"] in self.judged:
+                continue
+            truth = self.names[self.truth[answer["row"]]]
+            right = answer["label"] == truth
+            body = {"request_id": answer["request_id"], "accepted": right, "label": None if right else truth}
+            client.post("/v1/feedback", json=body).raise_for_status()
+            self.judged.add(answer["request_id"])
+            given += 1
+            if model_opinions and i % 10 == 0:
+                body = {"request_id": answer["request_id"], "accepted": True, "source": "model"}
+                client.post("/v1/feedback", json=body).raise_for_status()
+        return given
 
     def reference(self, model) -> Reference:
         rows = self.rows["reference"]
@@ -235,22 +262,7 @@ def run_loop(workdir: Path, sizes: DemoSizes = DemoSizes(), say: Callable[[str],
         shifted = loop.send(client, loop.rows["shifted"]) + loop.send(client, loop.rows["corrupted"], True)
         loop.monitor("shifted traffic", champion, reference, rules, shifted)
         say("3. users correct the model's answers (and an auto-labeller sends its own guesses)")
-        for i, answer in enumerate(shifted[: sizes.shifted]):
-            truth = loop.names[loop.truth[answer["row"]]]
-            right = answer["label"] == truth
-            client.post(
-                "/v1/feedback",
-                json={
-                    "request_id": answer["request_id"],
-                    "accepted": right,
-                    "label": None if right else truth,
-                },
-            )
-            if i % 10 == 0:
-                client.post(
-                    "/v1/feedback",
-                    json={"request_id": answer["request_id"], "accepted": True, "source": "model"},
-                )
+        loop.give_feedback(client, shifted[: sizes.shifted], model_opinions=True)
     say("4. retrain on human-verified feedback plus replay of the training data")
     config = RetrainConfig(epochs=sizes.epochs)
     retrained = retrain_from_feedback(
@@ -268,6 +280,8 @@ def run_loop(workdir: Path, sizes: DemoSizes = DemoSizes(), say: Callable[[str],
     say(f"   {challenger.info.version}: feedback {retrained['feedback']}, replay {retrained['replay']}")
     say("5. gate: challenger vs champion on held-out images (new vendors and old)")
     base_report, cand_report = loop.evaluate(champion), loop.evaluate(challenger)
+    loop.registry.attach_eval(champion.info.version, base_report)  # model -> report lineage
+    loop.registry.attach_eval(challenger.info.version, cand_report)
     decision = gate(cand_report, base_report, "top1_drop<=0.01,worst_slice_drop<=0.02,ece_increase<=0.05")
     loop.results["gate"] = {
         "passed": decision.passed,
@@ -312,10 +326,32 @@ def run_loop(workdir: Path, sizes: DemoSizes = DemoSizes(), say: Callable[[str],
         f"   alerts {summary['alerts']}; "
         f"afterwards every answer comes from {loop.results['rollback']['after']}"
     )
+    say("8. the other users' verdicts arrive: realised accuracy for every monitoring pass")
+    with TestClient(create_app(loop.gateway(champion))) as client:
+        late = loop.give_feedback(client, loop.answered)
+    loop.results["late_feedback"] = late
     loop.results["champion"] = champion.info.version
+    loop.results["lineage"] = lineage(loop.registry)
     loop.results["history"] = loop.registry.history()
     loop.results["seconds"] = time.perf_counter() - started
     return loop.results
+
+
+def lineage(registry: Registry) -> list[dict]:
+    """Per registered version: the data it was trained on, its parent, and the data its report measured."""
+    rows = []
+    for version in registry.list():
+        report = registry.get(version["version"])["eval_report"]
+        rows.append(
+            {
+                "version": version["version"],
+                "parent": version["parent"],
+                "data_version": version["data_version"],
+                "eval_data_version": (report or {}).get("data", {}).get("dataset_version"),
+                "eval_top1": (report or {}).get("headline", {}).get("top1"),
+            }
+        )
+    return rows
 
 
 def write_story(results: dict, store: str, path: Path) -> Path:

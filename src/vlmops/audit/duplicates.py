@@ -77,9 +77,10 @@ from vlmops.audit.near_search import (
     planar,
     popcount,
 )
-from vlmops.data.images import load_image, to_rgb_on_white
+from vlmops.data.images import load_image
 from vlmops.errors import DataError
 from vlmops.hashing import sha256_file
+from vlmops.models.preprocess import to_rgb
 
 MAX_HAMMING = 7
 MIN_COSINE = 0.92
@@ -98,7 +99,7 @@ _BIT_WEIGHTS = np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64)
 
 def phash(image: Image.Image) -> int:
     """64-bit perceptual hash: 8x8 lowest DCT frequencies of a 32x32 gray copy vs their median (no DC)."""
-    gray = to_rgb_on_white(image).convert("L").resize((32, 32), Image.Resampling.LANCZOS)
+    gray = to_rgb(image).convert("L").resize((32, 32), Image.Resampling.LANCZOS)
     block = dctn(np.asarray(gray, dtype=np.float64), type=2, norm="ortho")[:8, :8].ravel()
     bits = block > np.median(block[1:])
     bits[0] = False  # the DC term (mean brightness) carries no shape
@@ -113,7 +114,7 @@ def colour_signature(image: Image.Image) -> np.ndarray:
     lines differently from 64 -> 32, and OpenMoji line art resized to 0.7x differed from its source by
     13-19 in the largest cell, against 2 when both are first brought to 64 px.
     """
-    canvas = to_rgb_on_white(image).resize((CANVAS, CANVAS), Image.Resampling.BICUBIC)
+    canvas = to_rgb(image).resize((CANVAS, CANVAS), Image.Resampling.BICUBIC)
     small = np.asarray(canvas.resize((32, 32), Image.Resampling.BOX), dtype=np.float32)
     blurred = gaussian_filter(small, sigma=(2, 2, 0), mode="nearest")
     return blurred.reshape(16, 2, 16, 2, 3).mean(axis=(1, 3)).round().astype(np.uint8)
@@ -121,7 +122,7 @@ def colour_signature(image: Image.Image) -> np.ndarray:
 
 def signature(image: Image.Image) -> np.ndarray:
     """One SIGNATURE record: pHash and colour signature of the image and of its centre `CROP` crop."""
-    rgb = to_rgb_on_white(image)
+    rgb = to_rgb(image)
     w, h = rgb.size
     dx, dy = round(w * (1 - CROP) / 2), round(h * (1 - CROP) / 2)
     crop = rgb.crop((dx, dy, w - dx, h - dy))

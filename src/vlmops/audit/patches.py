@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from vlmops.data.images import load_image, to_rgb_on_white
+from vlmops.data.images import load_image
 from vlmops.errors import DataError
+from vlmops.models.preprocess import to_rgb
 
 BATCH = 128  # images of one shape hashed together
 
@@ -184,7 +185,7 @@ def _hash_images(
     with progress_bar(progress) as bar:
         task = bar.add_task("hashing image patches", total=len(images))
         for i, source in enumerate(images):
-            image = to_rgb_on_white(source) if isinstance(source, Image.Image) else load_image(source)
+            image = to_rgb(source if isinstance(source, Image.Image) else load_image(source))
             codes = _pixel_codes(image, quant_bits)
             pending.setdefault(codes.shape, []).append((i, codes))
             if len(pending[codes.shape]) >= BATCH:

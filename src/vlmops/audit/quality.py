@@ -49,7 +49,8 @@ from scipy import ndimage
 
 from vlmops.audit.findings import CheckResult, Finding
 from vlmops.audit.stats import robust_z
-from vlmops.data.images import MAX_PIXELS, to_rgb_on_white
+from vlmops.data.images import MAX_PIXELS
+from vlmops.models.preprocess import to_rgb
 
 STATS_MAX_SIDE = 1024
 ERROR_KINDS = ("unreadable", "zero_byte", "truncated", "decompression_bomb")
@@ -90,8 +91,9 @@ def _extension_ok(path: str, fmt: str | None) -> bool | None:
 
 def _pixel_stats(image: Image.Image) -> dict:
     """Grayscale flag, brightness, Laplacian variance and entropy of an RGB-on-white copy."""
-    rgb = to_rgb_on_white(image)
+    rgb = to_rgb(image)
     if max(rgb.size) > STATS_MAX_SIDE:
+        rgb = rgb.copy()  # to_rgb returns an RGB image itself; thumbnail works in place
         rgb.thumbnail((STATS_MAX_SIDE, STATS_MAX_SIDE))
     arr = np.asarray(rgb, dtype=np.uint8)
     luma = arr.astype(np.float32) @ _LUMA

@@ -31,6 +31,12 @@ def embed(
         help="Embedding store: sqlite:///path or a file path. Default: VLMOPS_STORE_URL, "
         "else store.sqlite under VLMOPS_HOME.",
     ),
+    skip_unreadable: bool = typer.Option(
+        False,
+        "--skip-unreadable",
+        help="Leave out rows whose image cannot be read (listed in the output and --json) instead of "
+        "stopping with the list of them.",
+    ),
     json_out: Path | None = JsonOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -41,13 +47,17 @@ def embed(
     Output: one Parquet row per record with id, model_version, image_embedding and text_embedding.
 
     text_embedding is present when any record has a text, and null for records without one.
+
+    Every image's header is checked before any embedding: unreadable images are listed together with
+    their row numbers (exit 2), or left out with --skip-unreadable.
     """
     from vlmops.data.manifest import resolve_data
+    from vlmops.data.screen import screen_images, skipped_summary
     from vlmops.store.cache import open_cache
     from vlmops.store.embed import embed_images_cached, embed_texts_cached
 
     start = time.perf_counter()
-    frame = resolve_data(data)
+    frame, skipped = screen_images(resolve_data(data), data, skip=skip_unreadable)
     vlm = load_model(model)
     with open_cache(store) as cache:
         images, image_stats = embed_images_cached(vlm, list(frame["image"]), cache, batch_size, progress)
@@ -68,6 +78,7 @@ def embed(
         "out": str(out),
         "images": image_stats.to_dict(),
         "texts": text_stats.to_dict() if text_stats else None,
+        "skipped_unreadable": skipped_summary(skipped),
         "seconds": round(seconds, 3),
     }
     _print_summary(summary)
@@ -120,4 +131,16 @@ def _print_summary(summary: dict) -> None:
             row = [str(stats[k]) for k in ("n", "unique", "hits", "misses")]
             table.add_row(kind, *row, f"{stats['seconds']:.2f}")
     console.print(table)
+    print_skipped(summary["skipped_unreadable"])
     console.print(f"total {summary['seconds']:.2f} s -> {summary['out']}", highlight=False)
+
+
+def print_skipped(skipped: dict | None) -> None:
+    """One yellow line naming the rows left out by --skip-unreadable (nothing when none were)."""
+    if not skipped or not skipped["n"]:
+        return
+    rows = ", ".join(str(r["row"]) for r in skipped["rows"][:20])
+    more = f" and {skipped['n'] - 20} more" if skipped["n"] > 20 else ""
+    console.print(
+        f"[yellow]warning:[/] skipped {skipped['n']} unreadable image(s), rows {rows}{more}", highlight=False
+    )

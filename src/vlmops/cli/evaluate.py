@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from vlmops.cli._common import EXIT_FAILED_CHECK, JsonOption, console, handle_errors, write_json
+from vlmops.cli.embed import print_skipped
 
 
 def _split_list(value: str | None) -> list[str] | None:
@@ -75,6 +76,12 @@ def evaluate(
         None, "--store", help="Embedding store URL/path (default under VLMOPS_HOME)."
     ),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Images per model call."),
+    skip_unreadable: bool = typer.Option(
+        False,
+        "--skip-unreadable",
+        help="Leave out rows whose image cannot be read (recorded under data.skipped_unreadable in the "
+        "report) instead of stopping with the list of them.",
+    ),
     html: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML report here."),
     json_out: Path | None = JsonOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -84,9 +91,13 @@ def evaluate(
 
     Embeddings go through the store, so a re-run with the same model is fast.
 
+    Every image's header is checked first: unreadable images are listed together with their row
+    numbers (exit 2), or left out with --skip-unreadable.
+
     Exit codes: 0 ok, 1 a --fail-on rule is violated, 2 bad input (message says what to fix).
     """
     from vlmops.data.manifest import resolve_data
+    from vlmops.data.screen import screen_images, skipped_summary
     from vlmops.data.version import dataset_version
     from vlmops.evaluate.context import EvalContext
     from vlmops.evaluate.headline import HEADLINE
@@ -107,7 +118,7 @@ def evaluate(
         seed=seed,
         dollars_per_hour=dollars_per_hour,
     )
-    manifest = resolve_data(data)
+    manifest, skipped = screen_images(resolve_data(data), data, skip=skip_unreadable)
     task = build_task(manifest, "emoji" if data == "emoji" else "other", split, labels, template, cluster_by)
     vlm = load_model(model)
     with open_cache(store) as cache:
@@ -115,6 +126,7 @@ def evaluate(
         data_meta = {
             "spec": data,
             "dataset_version": dataset_version(task.frame.assign(sha256=ctx.content_keys)),
+            "skipped_unreadable": skipped_summary(skipped),
         }
         report = run_eval(ctx, options, data_meta, manifest, on_section=_announce(progress))
     payload = report.to_dict()
@@ -155,6 +167,7 @@ def _print_summary(payload: dict, results: list) -> None:
         shown = "[dim]skipped[/]" if value is None else f"{value:.4g}"
         table.add_row(name, shown, HEADLINE[name][1])
     console.print(table)
+    print_skipped(data.get("skipped_unreadable"))
     for slice_field in payload["slices"]["fields"]:
         for stat in slice_field["slices"]:
             if stat.get("warning"):

@@ -44,7 +44,9 @@ def export(
         "Required with --int8; without it an fp32 export is only checked on a few synthetic images.",
     ),
     calibration_split: str = typer.Option(
-        "train", "--calibration-split", help="Split whose images calibrate int8 activation ranges."
+        "train",
+        "--calibration-split",
+        help="Split whose images calibrate int8 activation ranges; 'all' = every row (data without splits).",
     ),
     calibration_size: int = typer.Option(
         256, "--calibration-size", min=1, help="Calibration images, drawn at random (--seed)."
@@ -53,7 +55,7 @@ def export(
         "val",
         "--gate-split",
         help="Split the gate measures on: image-vector cosine to the source and zero-shot top-1 of both, "
-        "at the finest label tier (emoji: concept).",
+        "at the finest label tier (emoji: concept). 'all' = every row (data without splits).",
     ),
     max_drop: float = typer.Option(
         0.01,
@@ -89,12 +91,15 @@ def export(
     from vlmops.models.onnx_export import GateFailed, Int8Recipe, export_bundle, exportable_tower
 
     _check_inputs(fmt, out, int8, int8_text, data)
+    frame = None if data is None else resolve_data(data)
+    if frame is not None:
+        _check_splits(frame, data, int8, gate_split, calibration_split)
     source = load_model(model)
     exportable_tower(source)
     images, check = None, None
-    if data is not None:
-        frame = resolve_data(data)
-        task = build_task(frame, "emoji" if data == "emoji" else "other", gate_split)
+    if frame is not None:
+        kind = "emoji" if data == "emoji" else "other"
+        task = build_task(frame, kind, gate_split, split_option="--gate-split")
         if int8:
             images = sample_images(frame, calibration_split, calibration_size, seed)
 
@@ -129,6 +134,26 @@ def _check_inputs(fmt: str, out: Path, int8: bool, int8_text: bool, data: str | 
         raise DataError("--int8-text quantizes the text tower of an int8 export: add --int8, or drop it")
     if int8 and data is None:
         raise DataError("--int8 needs --data (e.g. --data emoji) to calibrate activations and run the gate")
+
+
+def _check_splits(frame, data: str, int8: bool, gate_split: str, calibration_split: str) -> None:
+    """Data without a split column: name the export options that make it usable (before loading)."""
+    from vlmops.errors import DataError
+
+    if "split" in frame.columns and frame["split"].notna().any():
+        return  # a split that is not there is reported with the splits that are
+    wanted = {"--gate-split": gate_split}
+    if int8:
+        wanted["--calibration-split"] = calibration_split
+    missing = {option: split for option, split in wanted.items() if split != "all"}
+    if missing:
+        asked = ", ".join(f"{option} {split}" for option, split in missing.items())
+        fix = " and ".join(f"{option} all" for option in missing)
+        raise DataError(
+            f"{data} has no splits (no 'split' column) but the export asks for {asked}: pass {fix} "
+            "(calibration and gate then share images, so the gate is optimistic), or add a 'split' "
+            "column (e.g. train/val) to the data"
+        )
 
 
 def _gate_line(gate: dict) -> str:

@@ -98,7 +98,9 @@ def build_reference(
 @handle_errors
 def run(
     model: str = typer.Option("builtin:emoji-lit", "--model", "-m", help="The served model's URI."),
-    runtime: str = typer.Option("torch", "--runtime", help="The served runtime (its version is in the log)."),
+    runtime: str = typer.Option(
+        "auto", "--runtime", help="The served runtime (its version is in the log); auto: as `serve`."
+    ),
     reference_data: str = typer.Option("emoji", "--reference-data", help="Labelled data of healthy traffic."),
     reference_split: str = typer.Option("val", "--reference-split", help="Split of the reference data."),
     reference_filter: str | None = typer.Option(

@@ -23,7 +23,8 @@ ModelOption = typer.Option(
     "builtin:emoji-lit", "--model", "-m", help="Model URI, e.g. builtin:emoji-lit, onnx:/dir."
 )
 RUNTIME_HELP = (
-    "torch | torch-int8 | onnx | onnx-int8 (onnx runtimes export and gate the model once, then cache it)."
+    "auto | torch | torch-int8 | onnx | onnx-int8 (onnx runtimes export and gate the model once, then "
+    "cache it). auto: an onnx:DIR bundle's own runtime, else torch."
 )
 
 
@@ -62,7 +63,7 @@ def check_port_free(host: str, port: int) -> None:
 @handle_errors
 def serve(
     model: str = ModelOption,
-    runtime: str = typer.Option("torch", "--runtime", help=RUNTIME_HELP),
+    runtime: str = typer.Option("auto", "--runtime", help=RUNTIME_HELP),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Interface to bind; keep loopback unless behind a proxy."
     ),
@@ -133,6 +134,7 @@ def serve(
     import uvicorn
 
     from vlmops.data.emoji import manifest_path
+    from vlmops.models.runtimes import resolve_runtime
     from vlmops.serve.build import CONFIG_ENV, build_app, config_to_env
     from vlmops.serve.limits import Limits
     from vlmops.serve.service import ServeConfig
@@ -169,7 +171,8 @@ def serve(
     )
     if insecure_no_auth:
         console.print("[bold yellow]warning:[/] serving without API keys (--insecure-no-auth)")
-    console.print(f"serving {model} ({runtime}) on http://{host}:{port}  docs: /docs")
+    shown = resolve_runtime(model, runtime)  # auto -> the bundle's runtime; a mismatch fails here
+    console.print(f"serving {model} ({shown}) on http://{host}:{port}  docs: /docs")
     if workers == 1:
         uvicorn.run(
             build_app(config), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30

@@ -91,6 +91,7 @@ from vlmops.evaluate.corruptions_kernels import (
     _zoom_sum,
 )
 from vlmops.evaluate.corruptions_weather import _fog, _frost, _snow
+from vlmops.models.preprocess import to_rgb
 
 __all__ = ["FAMILIES", "MIN_SIZE", "REFERENCE_SIZE", "SEVERITIES", "corrupt", "corrupt_array"]
 
@@ -155,12 +156,10 @@ def corrupt_array(pixels: np.ndarray, family: str, severity: int, rng: np.random
 
 
 def corrupt(image: Image.Image, family: str, severity: int, seed: int) -> Image.Image:
-    """Corrupt an RGB (or L) PIL image; same size, RGB, deterministic for a given seed."""
+    """Corrupt a PIL image of any mode (read as `to_rgb` reads it); same size, RGB, deterministic per seed."""
     check_family(family)
     check_severity(severity)
-    if image.mode not in ("RGB", "L"):
-        raise ValueError(f"corrupt needs an RGB image, got mode {image.mode!r}: composite alpha first")
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    pixels = np.asarray(to_rgb(image), dtype=np.float32) / 255.0
     out = corrupt_array(pixels, family, severity, np.random.default_rng(seed))
     return Image.fromarray(np.round(out * 255.0).astype(np.uint8))
 

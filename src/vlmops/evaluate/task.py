@@ -71,7 +71,9 @@ def tier_names_for(data_spec: str, depth: int) -> tuple[str, ...]:
     return tuple(f"level{i}" for i in range(1, depth + 1))
 
 
-def _select_split(frame: pd.DataFrame, split: str | None) -> tuple[pd.DataFrame, str | None]:
+def _select_split(
+    frame: pd.DataFrame, split: str | None, option: str = "--split"
+) -> tuple[pd.DataFrame, str | None]:
     available = sorted({s for s in frame["split"].dropna().unique()})
     if split is None:
         if "test" in available:
@@ -82,7 +84,7 @@ def _select_split(frame: pd.DataFrame, split: str | None) -> tuple[pd.DataFrame,
     if split not in available:
         raise DataError(
             f"split {split!r} not in the data (splits: {', '.join(available) or 'none'}); "
-            "pass --split with one of them, or --split all"
+            f"pass {option} with one of them, or {option} all"
         )
     return frame[frame["split"] == split], split
 
@@ -107,9 +109,13 @@ def build_task(
     tier: str | None = None,
     templates: Sequence[str] | None = None,
     cluster_by: str | None = None,
+    split_option: str = "--split",
 ) -> EvalTask:
-    """Select `split`, truncate labels to `tier`, and collect the candidate classes."""
-    rows, split_name = _select_split(frame, split)
+    """Select `split`, truncate labels to `tier`, and collect the candidate classes.
+
+    `split_option` is the command-line option that chose `split`, named in the error for a missing one.
+    """
+    rows, split_name = _select_split(frame, split, split_option)
     unlabelled = rows["label"].isna()
     if unlabelled.all():
         raise DataError("no labelled rows to evaluate: add a 'label' column (a/b/c paths allowed)")

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from vlmops.evaluate.context import EvalContext
+from vlmops.models.preprocess import to_rgb
 
 BAND_FRACTION = 0.3
 MIN_FONT = 6
@@ -21,7 +22,7 @@ VERSION = "v1"
 
 def write_label(image: Image.Image, text: str) -> Image.Image:
     """A copy of `image` with `text` on a white band over its lower `BAND_FRACTION` (no text if empty)."""
-    out = image.convert("RGB").copy()
+    out = to_rgb(image).copy()
     width, height = out.size
     band = max(round(height * BAND_FRACTION), MIN_FONT + 2)
     size = band - 2

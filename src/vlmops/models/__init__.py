@@ -51,6 +51,15 @@ def load_model(uri: str, **options) -> VLM:
     return module.load(parsed.target, **options)
 
 
+def training_data_version(uri: str) -> str | None:
+    """Version of the data the model named by `uri` was trained (or last retrained) on, from its card
+    (builtin) or bundle (onnx); None where the model does not record it. Reads no weights."""
+    parsed = parse_uri(uri)
+    module = importlib.import_module(SCHEMES[parsed.scheme][0])
+    reader = getattr(module, "training_data_version", None)
+    return reader(parsed.target) if reader is not None else None
+
+
 def list_models() -> list[dict]:
     """Built-in models and the URI schemes that load external ones."""
     from vlmops.models.builtin import BUILTIN_MODELS
@@ -67,4 +76,13 @@ def list_models() -> list[dict]:
     return rows
 
 
-__all__ = ["VLM", "GenerativeVLM", "ModelInfo", "ModelURI", "list_models", "load_model", "parse_uri"]
+__all__ = [
+    "VLM",
+    "GenerativeVLM",
+    "ModelInfo",
+    "ModelURI",
+    "list_models",
+    "load_model",
+    "parse_uri",
+    "training_data_version",
+]

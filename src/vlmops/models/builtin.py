@@ -13,6 +13,7 @@ from PIL import Image
 
 from vlmops.errors import ModelLoadError
 from vlmops.models.base import ModelInfo, embed_in_batches, sha256_file
+from vlmops.models.preprocess import TO_RGB_ID
 from vlmops.models.towers import ImageTower, ImageTowerConfig, TextTower, pixels_from_images
 
 if TYPE_CHECKING:
@@ -66,8 +67,8 @@ class EmojiLit:
 
     @property
     def transform_id(self) -> str:
-        """Preprocessing: RGB on white, bicubic resize to the tower's size, scaled to [-1, 1]."""
-        return f"rgb-white-bicubic{self.tower.config.image_size}-pm1"
+        """Preprocessing: `to_rgb` (on white), bicubic resize to the tower's size, scaled to [-1, 1]."""
+        return f"{TO_RGB_ID}-white-bicubic{self.tower.config.image_size}-pm1"
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, 384) float32 unit vectors."""
@@ -89,10 +90,8 @@ class EmojiLit:
         return self.tower(pixels * 2.0 - 1.0)
 
 
-def load(target: str, device: str = "cpu", batch_size: int = 64) -> EmojiLit:
-    """Load a built-in model: `emoji-lit` (shipped weights) or `emoji-lit@FOLDER` (from `vlmops train`)."""
-    from safetensors.torch import load_file
-
+def _files(target: str) -> tuple[str, BuiltinSpec, Path, Path]:
+    """(name, spec, weights file, card file) of `emoji-lit` or `emoji-lit@FOLDER`, checked to exist."""
     name, _, folder_arg = target.partition("@")
     spec = BUILTIN_MODELS.get(name)
     if spec is None:
@@ -103,6 +102,20 @@ def load(target: str, device: str = "cpu", batch_size: int = 64) -> EmojiLit:
         raise ModelLoadError(
             f"weights of builtin:{target} are missing ({weights}); reinstall vlmops or run `vlmops train`"
         )
+    return name, spec, weights, card_path
+
+
+def training_data_version(target: str) -> str | None:
+    """Version of the data the model was trained (or last retrained) on, from its card; no weights read."""
+    card = json.loads(_files(target)[3].read_text())
+    return (card.get("data") or {}).get("train_version")
+
+
+def load(target: str, device: str = "cpu", batch_size: int = 64) -> EmojiLit:
+    """Load a built-in model: `emoji-lit` (shipped weights) or `emoji-lit@FOLDER` (from `vlmops train`)."""
+    from safetensors.torch import load_file
+
+    name, spec, weights, card_path = _files(target)
     card = json.loads(card_path.read_text())
     tower = ImageTower(ImageTowerConfig.from_dict(card["tower"]))
     tower.load_state_dict(load_file(weights))

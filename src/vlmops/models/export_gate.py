@@ -111,15 +111,18 @@ def embed_with_progress(
 
 
 def sample_images(frame: pd.DataFrame, split: str, n: int, seed: int = 0) -> list[Image.Image]:
-    """`n` images drawn without replacement (seeded) from `split` of a manifest, read as RGB on white."""
+    """`n` images drawn without replacement (seeded) from `split` of a manifest ("all": every row)."""
     from vlmops.data.images import load_image
 
-    rows = frame[frame["split"] == split] if "split" in frame.columns else frame.iloc[:0]
+    if split == "all":
+        rows = frame
+    else:
+        rows = frame[frame["split"] == split] if "split" in frame.columns else frame.iloc[:0]
     if rows.empty:
         splits = sorted(frame["split"].dropna().unique()) if "split" in frame.columns else []
         raise DataError(
             f"no images in split {split!r} for calibration (splits: {', '.join(splits) or 'none'}); "
-            "pass --calibration-split with one of them"
+            "pass --calibration-split with one of them, or --calibration-split all"
         )
     chosen = rows.sample(min(n, len(rows)), random_state=seed)
     return [load_image(p) for p in chosen["image"]]

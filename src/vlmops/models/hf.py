@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmops.data.images import to_rgb_on_white
 from vlmops.errors import ModelLoadError
 from vlmops.models.base import ModelInfo, embed_in_batches, sha256_files
+from vlmops.models.preprocess import TO_RGB_ID, to_rgb
 
 # model_type -> tokenizer outputs the text tower gets. SigLIP was trained without a text attention
 # mask (its own tokenizer returns input_ids only) and with text padded to max_length.
@@ -90,7 +90,7 @@ class HFModel:
         self.logit_bias = None if bias is None else float(bias.detach().reshape(-1)[0])
         config = json.dumps(image_processor.to_dict(), sort_keys=True, default=str)
         digest = hashlib.sha256(config.encode()).hexdigest()[:12]
-        self._transform_id = f"hf-{type(image_processor).__name__}-{digest}"
+        self._transform_id = f"hf-{TO_RGB_ID}-{type(image_processor).__name__}-{digest}"
 
     @property
     def transform_id(self) -> str:
@@ -133,7 +133,7 @@ class HFModel:
         return 255.0 * rescale, mean, std
 
     def _pixel_values(self, batch: list[Image.Image]) -> torch.Tensor:
-        rgb = [im if im.mode == "RGB" else to_rgb_on_white(im) for im in batch]
+        rgb = [to_rgb(im) for im in batch]
         return self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
 
     def _encode_images(self, batch: list[Image.Image]) -> torch.Tensor:

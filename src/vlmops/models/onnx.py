@@ -154,6 +154,11 @@ class OnnxVLM:
         return self._text.run(None, feed)[0]
 
 
+def training_data_version(target: str) -> str | None:
+    """The training-data version of the bundle's source model, as its bundle.json records it."""
+    return (read_bundle(Path(target).expanduser()).get("source") or {}).get("data_version")
+
+
 def load(target: str, batch_size: int = 64, threads: int | None = None, device: str = "cpu") -> OnnxVLM:
     """Load the ONNX bundle in folder `target` (CPU only)."""
     if device != "cpu":

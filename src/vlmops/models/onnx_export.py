@@ -145,7 +145,12 @@ def _write_bundle(model, tower, folder: Path, int8: bool, images, recipe: Int8Re
         "name": info.name,
         "version": f"{info.version}+{tag}",
         "runtime": runtime,
-        "source": {"uri": info.uri, "version": info.version, "weights_sha256": info.weights_sha256},
+        "source": {
+            "uri": info.uri,
+            "version": info.version,
+            "weights_sha256": info.weights_sha256,
+            "data_version": ((getattr(model, "card", None) or {}).get("data") or {}).get("train_version"),
+        },
         "dim": info.dim,
         "image_size": size,
         "logit_scale": float(model.logit_scale),

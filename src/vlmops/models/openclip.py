@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from vlmops._optional import require
-from vlmops.data.images import to_rgb_on_white
 from vlmops.errors import ModelLoadError
 from vlmops.models.base import ModelInfo, embed_in_batches, sha256_files
+from vlmops.models.preprocess import TO_RGB_ID, to_rgb
 
 FORMAT_HINT = "use open_clip:ARCH@CHECKPOINT, e.g. open_clip:ViT-B-32@/models/vit-b-32.pt"
 
@@ -34,9 +34,10 @@ def parse_target(target: str) -> tuple[str, Path]:
 
 
 def _transform_id(arch: str, preprocess: Any) -> str:
-    """open_clip, the architecture and a hash of the preprocessing pipeline's description."""
+    """open_clip, the architecture and a hash of `to_rgb`'s version and the pipeline's description."""
     description = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(preprocess))  # function reprs hold addresses
-    return f"open_clip-{arch}-{hashlib.sha256(description.encode()).hexdigest()[:12]}"
+    digest = hashlib.sha256(f"{TO_RGB_ID}|{description}".encode()).hexdigest()[:12]
+    return f"open_clip-{arch}-{digest}"
 
 
 class OpenCLIPModel:
@@ -72,7 +73,7 @@ class OpenCLIPModel:
         return embed_in_batches(items, self.batch_size, encode, self.info.dim)
 
     def _encode_images(self, batch: list[Image.Image]) -> torch.Tensor:
-        rgb = [im if im.mode == "RGB" else to_rgb_on_white(im) for im in batch]
+        rgb = [to_rgb(im) for im in batch]
         pixels = torch.stack([self.preprocess(im) for im in rgb]).to(self.device)
         return self.model.encode_image(pixels)
 

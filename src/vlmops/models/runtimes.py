@@ -1,5 +1,8 @@
 """One model, four ways to run it: `load_runtime(uri, runtime)` for torch / torch-int8 / onnx / onnx-int8.
 
+The default runtime, ``auto``, is the model's own: an ``onnx:DIR`` bundle's runtime as its bundle.json
+records it (``onnx`` or ``onnx-int8``), ``torch`` for any other URI.
+
 - ``torch``: the model as `load_model` gives it.
 - ``torch-int8``: torch dynamic int8 quantization (per-channel weights) of every ``nn.Linear``. That
   covers the whole MiniLM text tower but only the *head* of the built-in CNN image tower (its
@@ -22,22 +25,35 @@ from vlmops.models import load_model, parse_uri
 from vlmops.models.base import VLM, ModelInfo
 
 RUNTIMES = ("torch", "torch-int8", "onnx", "onnx-int8")
+AUTO = "auto"
 AUTO_CALIBRATION_SIZE = 256
 AUTO_MAX_DROP = 0.01
 
 
-def load_runtime(uri: str, runtime: str = "torch", progress: bool = False, **options) -> VLM:
-    """Load the model named by `uri` under `runtime` (one of RUNTIMES); options go to the adapter."""
-    if runtime not in RUNTIMES:
-        raise ModelLoadError(f"unknown runtime {runtime!r}; use one of: {', '.join(RUNTIMES)}")
+def resolve_runtime(uri: str, runtime: str = AUTO) -> str:
+    """The runtime `load_runtime` uses for `uri`: `runtime` itself, or for ``auto`` the model's own."""
+    if runtime not in (AUTO, *RUNTIMES):
+        raise ModelLoadError(f"unknown runtime {runtime!r}; use one of: {', '.join((*RUNTIMES, AUTO))}")
+    parsed = parse_uri(uri)
+    if parsed.scheme != "onnx":
+        return "torch" if runtime == AUTO else runtime
+    from vlmops.models.onnx import read_bundle
+
+    meta = read_bundle(Path(parsed.target).expanduser())
+    if runtime not in (AUTO, meta["runtime"]):
+        source = meta.get("source", {}).get("uri")
+        raise ModelLoadError(
+            f"{uri} is a {meta['runtime']} bundle but runtime {runtime!r} was asked for; leave the runtime "
+            f"out (it is read from the bundle), or load the source model ({source}) under {runtime!r}"
+        )
+    return meta["runtime"]
+
+
+def load_runtime(uri: str, runtime: str = AUTO, progress: bool = False, **options) -> VLM:
+    """Load the model named by `uri` under `runtime` (``auto`` or one of RUNTIMES); options go to it."""
+    runtime = resolve_runtime(uri, runtime)
     if parse_uri(uri).scheme == "onnx":
-        model = load_model(uri, **options)
-        if runtime != model.runtime:
-            raise ModelLoadError(
-                f"{uri} is a {model.runtime} bundle but runtime {runtime!r} was asked for; "
-                f"pass runtime {model.runtime!r}, or the source model's URI ({model.bundle['source']['uri']})"
-            )
-        return model
+        return load_model(uri, **options)
     if runtime == "torch":
         return load_model(uri, **options)
     if runtime == "torch-int8":

@@ -143,7 +143,7 @@ def dashboard_context(store: str | None = None) -> dict:
     from vlmops.monitor.run import monitor_history
     from vlmops.registry.store import Registry
 
-    runs = monitor_history(store)
+    runs = monitor_history(store, late_feedback=True)  # realised accuracy: feedback that came after
     alerts = AlertStore(store).list()
     registry = Registry(store)
     passes = [

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageStat
 from scipy import stats as sps
 
+from vlmops.models.preprocess import to_rgb
 from vlmops.monitor.base import Detector, DriftInputError, DriftResult
 
 NUMERIC = ("width", "height", "aspect", "brightness", "contrast", "bytes")
@@ -36,7 +37,9 @@ def describe_image(image: Image.Image, data: bytes, image_format: str | None = N
     """Statistics of one decoded image and its encoded bytes (brightness/contrast on a grey thumbnail).
 
     `image_format` is the format its decoder saw; without it the header of `data` is read again.
+    Any PIL mode is read as the models see it (`to_rgb`: upright, transparency on white).
     """
+    image = to_rgb(image)
     width, height = image.size
     factor = max(1, max(width, height) // THUMBNAIL_SIDE)
     small = image.reduce(factor) if factor > 1 else image  # box-average first: a 12 MP photo costs ~20 ms

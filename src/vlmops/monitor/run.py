@@ -22,7 +22,7 @@ from vlmops.monitor.feedback import feedback_metrics
 from vlmops.monitor.image_stats import ImageStatsDetector
 from vlmops.monitor.mmd import MMDDetector
 from vlmops.monitor.univariate import KSDetector, KSPCADetector, PredictionShiftDetector
-from vlmops.store.log import PredictionLog, embedding_of, make_engine, metadata, requests
+from vlmops.store.log import PredictionLog, embedding_of, feedback, make_engine, metadata, requests
 
 monitor_runs = sa.Table(
     "monitor_runs",
@@ -203,10 +203,39 @@ def store_run(url: str, report: MonitorReport) -> None:
         )
 
 
-def monitor_history(url: str | None = None) -> list[dict]:
-    """Every stored pass, oldest first."""
+def monitor_history(url: str | None = None, late_feedback: bool = False) -> list[dict]:
+    """Every stored pass, oldest first.
+
+    With `late_feedback`, each pass's ``feedback.*`` metrics are recomputed from all feedback logged
+    so far on the requests of its window: a pass runs before people judge the answers, so the accuracy
+    they realise is known only later (the stored values are those at the time of the pass).
+    """
     engine = make_engine(url)
     metadata.create_all(engine, tables=[monitor_runs])
     with engine.connect() as conn:
         rows = conn.execute(sa.select(monitor_runs).order_by(monitor_runs.c.id)).fetchall()
-    return [{**r._mapping, "metrics": json.loads(r.metrics), "results": json.loads(r.results)} for r in rows]
+        runs = [
+            {**r._mapping, "metrics": json.loads(r.metrics), "results": json.loads(r.results)} for r in rows
+        ]
+        if late_feedback:
+            for run in runs:
+                run["metrics"].update(_feedback_now(conn, run))
+    return runs
+
+
+def _feedback_now(conn, run: dict) -> dict:
+    """The ``feedback.*`` metrics of one stored pass's window, from the feedback logged until now."""
+    if run["window_start"] is None or run["window_end"] is None:
+        return {}
+    window = conn.execute(
+        sa.select(requests.c.request_id, requests.c.endpoint, requests.c.prediction).where(
+            requests.c.model_version == run["model_version"],
+            requests.c.endpoint == "classify",
+            requests.c.embedding.is_not(None),
+            requests.c.time.between(run["window_start"], run["window_end"]),
+        )
+    ).fetchall()
+    ids = [r.request_id for r in window]
+    given = conn.execute(sa.select(feedback).where(feedback.c.request_id.in_(ids))).fetchall() if ids else []
+    fb = feedback_metrics(window, given).to_dict()
+    return {f"feedback.{k}": (None if v is None else float(v)) for k, v in fb.items()}

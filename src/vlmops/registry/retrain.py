@@ -127,8 +127,37 @@ def fine_tune(
     return tuned.eval(), history
 
 
-def save_retrained(model: EmojiLit, tower: ImageTower, out: Path, extra: dict) -> Path:
-    """Write a `builtin:emoji-lit@FOLDER` model: the new weights and the parent's card plus `retrain`."""
+def retrain_data_version(examples: list[Example], task: EvalTask, replay: np.ndarray) -> str:
+    """Content version (`vlmops.data.version`) of what a retrain learned from: feedback plus replay."""
+    import pandas as pd
+
+    from vlmops.data.version import dataset_version
+    from vlmops.hashing import sha256_file
+
+    frame = task.frame
+    replay_sha = (
+        [frame["sha256"][i] for i in replay]
+        if "sha256" in frame.columns and frame["sha256"].notna().all()
+        else [sha256_file(frame["image"][i]) for i in replay]
+    )
+    records = pd.DataFrame(
+        {
+            "id": [e.request_id for e in examples] + [str(frame["id"][i]) for i in replay],
+            "sha256": [e.sha256 for e in examples] + replay_sha,
+            "label": [e.label for e in examples] + [task.labels[i] for i in replay],
+        }
+    )
+    return dataset_version(records)
+
+
+def save_retrained(
+    model: EmojiLit, tower: ImageTower, out: Path, extra: dict, data: dict | None = None
+) -> Path:
+    """Write a `builtin:emoji-lit@FOLDER` model: the new weights and the parent's card plus `retrain`.
+
+    `data` replaces the card's training-data section (its `train_version` is what the registry
+    records); without it the parent's stays, as for a model whose weights changed without new data.
+    """
     from safetensors.torch import save_file
 
     from vlmops.hashing import sha256_file
@@ -140,6 +169,8 @@ def save_retrained(model: EmojiLit, tower: ImageTower, out: Path, extra: dict) -
     save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, str(tmp))
     tmp.replace(weights)
     card = {**(model.card or {}), "weights_sha256": sha256_file(weights), "retrain": extra}
+    if data is not None:
+        card["data"] = data
     card.setdefault("tower", tower.config.to_dict())
     card.setdefault("logit_scale", model.logit_scale)
     (out / spec.card).write_text(json.dumps(card, indent=2, default=str) + "\n")
@@ -198,15 +229,26 @@ def retrain_from_feedback(
     tower, history = fine_tune(
         model.tower, pixels, torch.tensor(targets), class_emb, model.logit_scale, config, weights
     )
+    data_version = retrain_data_version(examples, task, chosen)
     extra = {
         "parent": model.info.version,
+        "data_version": data_version,
         "feedback": counts,
         "feedback_from": feedback_from,
         "replay": len(chosen),
         "config": asdict(config),
         "history": history,
     }
-    save_retrained(model, tower, out, extra)
+    parent_data = (model.card or {}).get("data") or {}
+    data = {
+        **parent_data,
+        "train_version": data_version,
+        "parent_train_version": parent_data.get("train_version"),
+        "n_train_images": len(images),
+        "feedback_examples": len(examples),
+        "replay_images": len(chosen),
+    }
+    save_retrained(model, tower, out, extra, data)
     info = load_model(f"builtin:emoji-lit@{out}").info  # its version comes from the one place that names it
     return {"out": str(out), "version": info.version, "weights_sha256": info.weights_sha256, **extra}
 

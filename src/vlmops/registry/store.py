@@ -59,6 +59,16 @@ class RegistryError(VlmopsError):
     """A registry reference or operation is invalid."""
 
 
+def recorded_data_version(uri: str) -> str | None:
+    """The training-data version the model at `uri` records, or None (unknown scheme, no card)."""
+    from vlmops.models import training_data_version
+
+    try:
+        return training_data_version(uri)
+    except VlmopsError:  # a URI the registry keeps but this process cannot read (moved, other host)
+        return None
+
+
 class Registry:
     """Versions, aliases and their history in the store database."""
 
@@ -79,16 +89,29 @@ class Registry:
         notes: str | None = None,
         copy_from: Path | None = None,
     ) -> dict:
-        """Add a version (idempotent for the same version and weights); optionally copy its files."""
+        """Add a version (idempotent for the same version and weights); optionally copy its files.
+
+        Without `data_version`, the training-data version recorded by the model itself (its card or
+        bundle, see `vlmops.models.training_data_version`) is stored, so every version has its lineage.
+        """
         existing = self.find(version)
         if existing is not None:
             if existing["weights_sha256"] != weights_sha256:
                 raise RegistryError(f"version {version} is registered with other weights; use a new version")
             if eval_report is not None:
                 self.attach_eval(version, eval_report)
+            if existing["data_version"] is None:  # registered before its lineage was recorded
+                known = data_version or recorded_data_version(uri)
+                if known is not None:
+                    with self.engine.begin() as conn:
+                        conn.execute(
+                            versions.update().where(versions.c.version == version).values(data_version=known)
+                        )
             return self.get(version)
         if parent is not None:
             self.get(parent)
+        if data_version is None:
+            data_version = recorded_data_version(uri)
         if copy_from is not None:
             target = self.artifacts / version
             if not target.exists():

@@ -67,9 +67,10 @@ def _encode(path: str | Path) -> dict | Exception:
     from PIL import Image
 
     from vlmops.data.images import load_image
+    from vlmops.models.preprocess import to_rgb
 
     try:
-        image = load_image(Path(path))
+        image = to_rgb(load_image(Path(path))).copy()
         image.thumbnail((THUMB_PX, THUMB_PX), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         image.save(buf, format="PNG", optimize=True)

@@ -48,8 +48,10 @@ def load_label_set(name: str, spec: str, template: str) -> LabelSet:
 
 def build_gateway(config: ServeConfig) -> Gateway:
     """Load the model through its runtime and every configured resource."""
-    from vlmops.models.runtimes import load_runtime
+    from vlmops.models.runtimes import load_runtime, resolve_runtime
 
+    requested = config.runtime
+    config.runtime = resolve_runtime(config.model, requested)  # `auto`: what /v1/models reports is real
     model = load_runtime(config.model, config.runtime)
     version = model.info.version
     template = config.template or (
@@ -78,7 +80,7 @@ def build_gateway(config: ServeConfig) -> Gateway:
     )
     for role, uri in (("canary", config.canary), ("shadow", config.shadow)):
         if uri:  # same label sets and vocabulary; calibration and gallery belong to the primary version
-            variant = load_runtime(uri, config.runtime)
+            variant = load_runtime(uri, requested)
             gateway.attach(
                 role,
                 Gateway(variant, config, PredictionLog(config.store), label_sets, None, None, vocabulary),

@@ -2,9 +2,10 @@
 
 Checks run cheapest first: empty body, format sniffed from the header (not the file name or
 content-type), pixel count from the header (before any decoding, so a decompression bomb costs
-nothing), animation, then the full decode (truncated files fail here). Accepted images are turned
-upright by their EXIF orientation, 16-bit and CMYK are mapped to 8-bit RGB, and transparency is
-composited on white, exactly as the data loaders do for training and evaluation.
+nothing), animation, then the full decode (truncated files fail here). Accepted images go through
+`vlmops.models.preprocess.to_rgb`, the same conversion every model adapter applies (upright by EXIF
+orientation, 16-bit and CMYK to 8-bit RGB, transparency on white), so the statistics logged and the
+vectors served are those of the image a library user or `vlmops eval` would embed.
 
 Images far larger than the model's input are reduced as early as the format allows (a JPEG is
 decoded at 1/2, 1/4 or 1/8 scale in draft mode; others are box-reduced right after decoding) to no
@@ -22,17 +23,15 @@ import time
 import warnings
 from collections.abc import Callable
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from vlmops.data.images import to_rgb_on_white
+from vlmops.models.preprocess import ORIENTATION, to_rgb
 from vlmops.monitor.image_stats import describe_image
 from vlmops.serve.errors import ApiError
 from vlmops.serve.limits import Limits
 
-ORIENTATION = 0x0112  # EXIF tag
 REDUCE_MARGIN = 4  # keep at least 4x the model's input side: its own resize sees nearly the same pixels
 SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees
-REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "CMYK"})
 
 
 def decode_base64(data: str, field: str) -> bytes:
@@ -46,15 +45,6 @@ def decode_base64(data: str, field: str) -> bytes:
         raise ApiError(
             422, "invalid_base64", f"{field} is not valid base64 ({exc}); encode the file bytes with base64"
         ) from exc
-
-
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """16-bit and 32-bit single-channel images scaled to 8 bit (PIL's convert would clip them)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return image.point(lambda v: v / 256).convert("L")
-    if image.mode == "F":
-        return image.convert("L")
-    return image
 
 
 def decode_image(data: bytes, limits: Limits, field: str = "image") -> Image.Image:
@@ -158,24 +148,20 @@ def _load(
             image.draft("RGB", target)  # libjpeg scales while decoding: the full image never exists
         image.load()
         orientation = image.getexif().get(ORIENTATION, 1)
-        if orientation != 1:  # exif_transpose copies even when nothing turns
-            image = ImageOps.exif_transpose(image)
-            if orientation in SWAPS_SIDES:
-                size = size[::-1]
+        image = to_rgb(image)  # upright, 8-bit, transparency on white
+        if orientation in SWAPS_SIDES:
+            size = size[::-1]
     except (OSError, SyntaxError, ValueError) as exc:
         raise ApiError(
             422, "corrupt_image", f"{field} could not be decoded ({exc}); the file is truncated or corrupt"
         ) from exc
     if image.width == 0 or image.height == 0:
         raise ApiError(422, "empty_image", f"{field} has no pixels ({image.width}x{image.height})")
-    image = _to_8bit(image)
     if target is not None:
         factors = (max(1, image.width // target[0]), max(1, image.height // target[1]))
         if factors != (1, 1):  # a box average, close to what the model's own resize does
-            if image.mode not in REDUCIBLE:
-                image = to_rgb_on_white(image)
             image = image.reduce(factors)
-    return to_rgb_on_white(image), image_format, size
+    return image, image_format, size
 
 
 def _names(limits: Limits) -> str:

@@ -45,7 +45,7 @@ class ServeConfig:
     """Everything `vlmops serve` configures, as plain values (it travels to worker processes as JSON)."""
 
     model: str = "builtin:emoji-lit"
-    runtime: str = "torch"
+    runtime: str = "auto"  # `auto`: an onnx:DIR bundle's own runtime, else torch (see models.runtimes)
     store: str | None = None
     max_batch: int = 64
     max_wait_ms: float = 5.0
