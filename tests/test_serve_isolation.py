@@ -239,3 +239,12 @@ def test_work_of_a_client_that_hung_up_never_reaches_the_model(tmp_path, fake_mo
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def test_limits_that_do_not_fit_together_are_refused_at_start(tmp_path, fake_model):
+    from vlmops.errors import VlmopsError
+
+    with pytest.raises(VlmopsError, match=r"--key-items-in-flight 100 .* at least 1000"):
+        make_app(tmp_path, fake_model(), key_items_in_flight=100)
+    with pytest.raises(VlmopsError, match="--pixels-in-flight"):
+        make_app(tmp_path, fake_model(), pixels_in_flight=1000)
