@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from vlmops.cli._common import JsonOption, console, handle_errors, write_json
+from vlmops.cli._common import JsonOption, handle_errors, results_console, write_json
 from vlmops.models import load_model
 
 
@@ -119,5 +119,5 @@ def _print_summary(summary: dict) -> None:
         if stats:
             row = [str(stats[k]) for k in ("n", "unique", "hits", "misses")]
             table.add_row(kind, *row, f"{stats['seconds']:.2f}")
-    console.print(table)
-    console.print(f"total {summary['seconds']:.2f} s -> {summary['out']}", highlight=False)
+    results_console.print(table)
+    results_console.print(f"total {summary['seconds']:.2f} s -> {summary['out']}", highlight=False)
