@@ -241,3 +241,28 @@ def test_calibrate_warns_when_the_sets_are_uninformative(tmp_path: Path, png_wri
     assert "--alpha" in text and "more data" in text
     assert not uninformative(1.3, 1923) and not uninformative(2.0, 4) and uninformative(3.0, 4)
     assert np.isclose(summary["threshold"], json.loads(out.read_text())["threshold"])
+
+
+def test_monitor_reference_filter_narrows_the_reference(tmp_path: Path) -> None:
+    """The README's `--reference-filter 'vendor=google,twitter'` crashed on a read-only pandas array."""
+    from eval_data import write_manifest
+    from vlmops.cli.monitor import _parse_filter, build_reference
+    from vlmops.models import load_model
+
+    manifest = write_manifest(tmp_path / "shapes", per_class=12)
+    where = _parse_filter("style=flat")
+    reference = build_reference(
+        load_model("builtin:emoji-lit"), str(manifest), "test", where, None, str(tmp_path / "s.sqlite"), False
+    )
+    assert len(reference.targets) == len(pd.read_json(manifest, lines=True).query("style == 'flat'"))
+
+
+def test_audit_rule_on_a_check_not_run_says_which_checks_ran(tmp_path: Path, png_writer) -> None:
+    for i in range(4):
+        png_writer(tmp_path / "folder" / f"c{i % 2}" / f"{i}.png", seed=i)
+    args = ("audit", "--data", str(tmp_path / "folder"), "--checks", "pii", "--no-progress")
+    result = invoke(*args, "--fail-on", "leakage>0")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "unknown metric 'leakage'" in text
+    assert "(from the checks run: pii)" in text and "needs it in --checks (provenance," in text
+    assert invoke(*args, "--fail-on", "pii>>0").exit_code == 2  # syntax: refused before the audit runs

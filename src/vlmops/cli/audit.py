@@ -72,15 +72,21 @@ def audit(
         return
     if data is None:
         raise typer.BadParameter("--data is required (e.g. --data emoji)")
-    from vlmops.audit.run import parse_checks
-    from vlmops.report.rules import check_rules, parse_rules
+    from vlmops.audit.run import CHECKS, parse_checks
+    from vlmops.report.rules import RuleError, check_rules, parse_rules
 
     chosen = parse_checks(checks)
     if label_method not in ("knn", "logistic"):
         raise typer.BadParameter(f"--label-method must be knn or logistic, got {label_method!r}")
+    parse_rules(fail_on)  # bad syntax fails now, before the audit's work
     report, frame = _run(data, model, chosen, min_n, label_method, store, progress)
     metrics = report.metrics
-    rules = parse_rules(fail_on, metrics)
+    try:
+        rules = parse_rules(fail_on, metrics)
+    except RuleError as exc:
+        others = [c for c in CHECKS if c not in chosen]
+        hint = f"; a metric of another check needs it in --checks ({', '.join(others)})" if others else ""
+        raise RuleError(f"{exc} (from the checks run: {', '.join(chosen)}){hint}") from None
     results = check_rules(rules, metrics)
     payload = report.to_dict()
     payload["fail_on"] = [r.to_dict() for r in results]

@@ -280,7 +280,7 @@ def retrain(
     )
     if gate_split:
         summary["gate"] = _gate_retrained(
-            vlm, summary, out, data, gate_split, labels, rules, store if register_as else None
+            vlm, summary, out, data, gate_split, labels, rules, store, attach=bool(register_as)
         )
     write_json(summary, json_out)
     if gate_split and not summary["gate"]["passed"]:
@@ -296,6 +296,7 @@ def _gate_retrained(
     labels: str | None,
     rules: str | None,
     store: str | None,
+    attach: bool,
 ) -> dict:
     """Quick-suite evals of parent and retrained model on `split`, the gate; reports go to the registry."""
     from vlmops.data.manifest import resolve_data
@@ -308,7 +309,7 @@ def _gate_retrained(
     base = eval_report(parent, task)
     candidate = eval_report(load_model(f"builtin:emoji-lit@{out}"), task)
     decision = gate(candidate, base, rules or None)  # default rules follow the quick suite's sections
-    if store is not None:
+    if attach:  # the default store (store=None) counts too
         registry = _registry(store)
         registry.attach_eval(parent.info.version, base)
         registry.attach_eval(summary["version"], candidate)
