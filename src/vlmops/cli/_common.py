@@ -2,9 +2,10 @@
 
 Results (tables, summaries, verdicts) go to `results_console`, on stdout, so that
 `vlmops data info > counts.txt` and pipes get them; progress bars, announcements, warnings and errors
-go to `console`, on stderr. When a console's stream is not a terminal (a pipe, a file, a test runner)
-it is not cut at 80 columns: rows are written at their full width, with no ellipsis. While `--json -`
-owns stdout, results move to stderr so that stdout stays one JSON document.
+go to `console`, on stderr. When the results' stream is not a terminal (a pipe, a file, a test runner)
+they are not cut at 80 columns: rows are written at their full width, with no ellipsis. While
+`--json -` owns stdout, results move to stderr so that stdout stays one JSON document. Logs keep the
+terminal's width (80 off a terminal), so rules and bars stay a sensible length.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _is_tty(stream: IO[str]) -> bool:
 
 
 class _CliConsole(Console):
-    """A rich Console that follows the current sys streams and is unlimited in width off a terminal."""
+    """A rich Console that follows the current sys streams; for results, unlimited width off a terminal."""
 
     def __init__(self, results: bool = False, **kwargs: Any) -> None:
         self._results = results  # read by `file`, which Console.__init__ already uses
@@ -55,8 +56,8 @@ class _CliConsole(Console):
 
     @property
     def size(self) -> ConsoleDimensions:
-        """The terminal's size on a terminal; unlimited width on a pipe or file (unless set explicitly)."""
-        if self._width is None and not _is_tty(self.file):
+        """The terminal's size; for results on a pipe or file, unlimited width (unless set explicitly)."""
+        if self._results and self._width is None and not _is_tty(self.file):
             return ConsoleDimensions(UNLIMITED_WIDTH, self._height or 25)
         return super().size
 
