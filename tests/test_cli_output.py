@@ -95,7 +95,7 @@ def test_rules_read_the_same_in_the_eval_and_audit_html(tmp_path: Path) -> None:
     )
     for page in (eval_page, audit_page):
         html = page.read_text()
-        assert "none of the 1 rules fired" in html and "not fired: top1=0.625 not &lt; 0.5" in html
+        assert "PASS</span> no rule fired (1 checked)" in html and "not fired: top1=0.625 not &lt; 0.5" in html
         assert "rules met" not in html and "meets" not in html
 
 
