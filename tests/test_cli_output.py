@@ -95,7 +95,8 @@ def test_rules_read_the_same_in_the_eval_and_audit_html(tmp_path: Path) -> None:
     )
     for page in (eval_page, audit_page):
         html = page.read_text()
-        assert "PASS</span> no rule fired (1 checked)" in html and "not fired: top1=0.625 not &lt; 0.5" in html
+        assert "PASS</span> no rule fired (1 checked)" in html
+        assert "not fired: top1=0.625 not &lt; 0.5" in html
         assert "rules met" not in html and "meets" not in html
 
 
@@ -204,6 +205,8 @@ def test_registry_alias_says_unset_rather_than_none(tmp_path: Path) -> None:
     result = invoke("registry", "alias", "canary", "v1", "--store", store)
     assert result.exit_code == 0, result.output
     assert "canary: (unset) -> v1" in result.output and "None" not in result.output
+    history = invoke("registry", "history", "--store", store)
+    assert history.exit_code == 0 and "(unset)" in history.output and "None" not in history.output
 
 
 def test_hf_hub_id_explains_that_nothing_is_downloaded(tmp_path: Path, monkeypatch) -> None:

@@ -159,8 +159,7 @@ def history(
             format_time(r["time"]),
             r["kind"],
             r["alias"] or "",
-            r["from_version"] or "",
-            r["to_version"] or "",
+            *(r[k] or ("(unset)" if r["alias"] else "") for k in ("from_version", "to_version")),
             r["reason"] or "",
         )
     results_console.print(table)
