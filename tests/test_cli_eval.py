@@ -111,7 +111,8 @@ def test_fail_on_exit_codes(manifest: Path, store: str, tmp_path: Path, rule: st
     result = invoke(*eval_args(manifest, store, "--suite", "quick", "--fail-on", rule, "--json", str(out)))
     assert result.exit_code == code, result.output
     (checked,) = json.loads(out.read_text())["fail_on"]
-    assert checked["violated"] is bool(code)
+    assert checked["fired"] is bool(code)
+    assert ("fired:" if code else "not fired:") in result.output
 
 
 @pytest.mark.parametrize(

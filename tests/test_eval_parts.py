@@ -127,7 +127,7 @@ def test_rules_parse_and_check() -> None:
     rules = parse_rules("top1<0.5, ece>=0.08,slice_gap>1e-1", HEADLINE)
     assert [str(r) for r in rules] == ["top1<0.5", "ece>=0.08", "slice_gap>0.1"]
     results = check_rules(rules, {"top1": 0.4, "ece": 0.05, "slice_gap": None})
-    assert [r.violated for r in results] == [True, False, True]
+    assert [r.fired for r in results] == [True, False, True]
     assert "not measured" in results[2].reason
     assert parse_rules(None) == [] and parse_rules("  ") == []
 

@@ -115,10 +115,10 @@ def make_payload(images: dict[str, str]) -> dict:
     )
     payload = report.to_dict()
     payload["fail_on"] = [
-        {"rule": "near_dup_rate>0.1", "metric": "near_dup_rate", "value": 0.5, "violated": True,
-         "reason": "near_dup_rate=0.5 violates near_dup_rate>0.1"},
-        {"rule": "leakage>0", "metric": "leakage", "value": 0, "violated": False,
-         "reason": "leakage=0 meets leakage>0"},
+        {"rule": "near_dup_rate>0.1", "metric": "near_dup_rate", "value": 0.5, "fired": True,
+         "reason": "fired: near_dup_rate=0.5 > 0.1"},
+        {"rule": "leakage>0", "metric": "leakage", "value": 0, "fired": False,
+         "reason": "not fired: leakage=0 not > 0"},
     ]  # fmt: skip
     payload["images"] = images
     return payload
@@ -210,8 +210,8 @@ def test_tables_notes_skips_and_fail_on(html: str) -> None:
     assert "Skipped: no --model given: label issues need embeddings" in html
     assert "Skipped: not in this report" in html  # alignment was run but has no result
     assert "2 files could not be read" in html
-    assert "FAIL</span> 1 of 2 rules violated" in html
-    assert "<code>near_dup_rate&gt;0.1</code>" in html and "leakage=0 meets leakage&gt;0" in html
+    assert "FAIL</span> 1 of 2 rules fired" in html
+    assert "<code>near_dup_rate&gt;0.1</code>" in html and "not fired: leakage=0 not &gt; 0" in html
     assert "First 200 of 250 findings." in html and html.count("small patch") == 200
     assert "Sha256:feed" not in html and "sha256:feed" in html and "non_commercial" in html  # details
     assert '<th scope="row">google</th>' in html and "Google" not in html  # per-field counts, values as is

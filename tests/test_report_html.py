@@ -81,15 +81,15 @@ def full_payload() -> dict:
                 "rule": "top1<0.7",
                 "metric": "top1",
                 "value": 0.61234,
-                "violated": True,
-                "reason": "top1=0.6123 violates top1<0.7",
+                "fired": True,
+                "reason": "fired: top1=0.6123 < 0.7",
             },
             {
                 "rule": "ece>0.08",
                 "metric": "ece",
                 "value": 0.0512,
-                "violated": False,
-                "reason": "ece=0.0512 meets ece>0.08",
+                "violated": False,  # a report written before rules said "fired"
+                "reason": "not fired: ece=0.0512 not > 0.08",
             },
         ],
         "accuracy": {
@@ -319,8 +319,8 @@ def test_content_of_each_section(full_html: str) -> None:
 def test_fail_on_rows(full_html: str, skipped_html: str) -> None:
     assert 'href="#fail-on"' in full_html and '<section id="fail-on">' in full_html
     assert "<code>top1&lt;0.7</code>" in full_html and "<code>ece&gt;0.08</code>" in full_html
-    assert "FAIL</span> 1 of 2 rules violated" in full_html
-    assert 'class="bad"' in full_html and "violated" in full_html
+    assert "FAIL</span> 1 of 2 rules fired" in full_html
+    assert 'class="bad"' in full_html and "<td>fired</td>" in full_html and "<td>not fired</td>" in full_html
     assert "fail-on" not in skipped_html
 
 

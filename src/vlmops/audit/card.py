@@ -31,7 +31,12 @@ def _md(value: object) -> str:
 
 
 def _environment() -> Environment:
-    env = Environment(loader=PackageLoader("vlmops.report", "templates"), autoescape=False, trim_blocks=True)
+    env = Environment(
+        loader=PackageLoader("vlmops.report", "templates"),
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["md"] = _md
     return env
 
@@ -44,7 +49,14 @@ def _labels(frame: pd.DataFrame, tier_names: list[str]) -> dict | None:
         {"name": name, "n_classes": len({"/".join(x.split("/")[: d + 1]) for x in labels})}
         for d, name in enumerate(tier_names)
     ]
-    return {"n_labelled": len(labels), "tiers": tiers, "top": Counter(labels).most_common(10)}
+    top = Counter(labels).most_common(10)
+    return {
+        "n_labelled": len(labels),
+        "tiers": tiers,
+        "top": top,
+        "tiers_text": ", ".join(f"{_md(t['name'])}: {t['n_classes']} classes" for t in tiers),
+        "top_text": ", ".join(f"{_md(label)} ({count})" for label, count in top),
+    }
 
 
 def _issues(audit: dict | None) -> list[dict]:
@@ -82,8 +94,12 @@ def data_card(
         for lic, n in (licences.value_counts().items() if licences is not None else [("(none)", len(frame))])
     ]
     flags = sorted({f for row in licence_rows for f in row["flags"]})
+    attributes = {f: frame[f].astype(str).value_counts().to_dict() for f in fields}
     balance = checks.get("balance", {})
     pii = checks.get("pii", {}).get("metrics", {})
+    found = {
+        k.removeprefix("pii_"): v for k, v in pii.items() if k.startswith("pii_") and v and k != "pii_rate"
+    }
     return (
         _environment()
         .get_template("data_card.md.j2")
@@ -97,20 +113,26 @@ def data_card(
             dataset_version=dataset_version,
             splits=frame["split"].fillna("(none)").value_counts().to_dict(),
             labels=_labels(frame, tier_names),
-            attributes={f: frame[f].astype(str).value_counts().to_dict() for f in fields},
+            attributes=attributes,
+            attribute_lines=[
+                f"**{_md(field)}**: " + " · ".join(f"{_md(value)} {count}" for value, count in counts.items())
+                for field, counts in attributes.items()
+            ],
             under_represented=[f["record_id"].removeprefix("group:") for f in balance.get("findings", [])][
                 :30
             ],
             min_n=min_n,
             sources=provenance.get("by_source") or _sources(frame),
             licences=licence_rows,
+            licence_lines=[
+                f"`{_md(row['licence'])}`: {row['n']} records"
+                + (f" — **{', '.join(row['flags'])}**" if row["flags"] else "")
+                for row in licence_rows
+            ],
             licence_notes=[f"{flag.replace('_', ' ')}: {WHAT[flag]}" for flag in flags],
             issues=_issues(audit),
-            pii={
-                k.removeprefix("pii_"): v
-                for k, v in pii.items()
-                if k.startswith("pii_") and v and k != "pii_rate"
-            },
+            pii=found,
+            pii_text=", ".join(f"{_md(kind)} {count}" for kind, count in found.items()),
         )
     )
 

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from vlmops.cli._common import EXIT_FAILED_CHECK, JsonOption, console, handle_errors, write_json
+from vlmops.cli._common import (
+    EXIT_FAILED_CHECK,
+    JsonOption,
+    console,
+    handle_errors,
+    print_rule_results,
+    results_console,
+    write_json,
+)
 
 app = typer.Typer(
     help="Audit an image-text data set: provenance, quality, duplicates, leakage, labels, PII, poisoning.",
@@ -36,7 +44,9 @@ def audit(
     ),
     checks: str = typer.Option("all", "--checks", help="'all' or a comma list, e.g. quality,duplicates,pii."),
     fail_on: str | None = typer.Option(
-        None, "--fail-on", help="Exit 1 when a rule holds, e.g. 'near_dup_rate>0.01,pii>0,leakage>0'."
+        None,
+        "--fail-on",
+        help="Failure conditions: exit 1 when one fires (is true), e.g. 'near_dup_rate>0.01,pii>0'.",
     ),
     quarantine: Path | None = typer.Option(
         None, "--quarantine", help="Write records with error-severity findings to this JSONL file."
@@ -56,34 +66,40 @@ def audit(
 ) -> None:
     """Audit a data set and report every finding (record id, check, severity, evidence).
 
-    Exit codes: 0 ok, 1 a --fail-on rule holds, 2 bad input (the message says what to fix).
+    Exit codes: 0 ok, 1 a --fail-on rule fired, 2 bad input (the message says what to fix).
     """
     if ctx.invoked_subcommand is not None:
         return
     if data is None:
         raise typer.BadParameter("--data is required (e.g. --data emoji)")
-    from vlmops.audit.run import parse_checks
-    from vlmops.report.rules import check_rules, parse_rules
+    from vlmops.audit.run import CHECKS, parse_checks
+    from vlmops.report.rules import RuleError, check_rules, parse_rules
 
     chosen = parse_checks(checks)
     if label_method not in ("knn", "logistic"):
         raise typer.BadParameter(f"--label-method must be knn or logistic, got {label_method!r}")
+    parse_rules(fail_on)  # bad syntax fails now, before the audit's work
     report, frame = _run(data, model, chosen, min_n, label_method, store, progress)
     metrics = report.metrics
-    rules = parse_rules(fail_on, metrics)
+    try:
+        rules = parse_rules(fail_on, metrics)
+    except RuleError as exc:
+        others = [c for c in CHECKS if c not in chosen]
+        hint = f"; a metric of another check needs it in --checks ({', '.join(others)})" if others else ""
+        raise RuleError(f"{exc} (from the checks run: {', '.join(chosen)}){hint}") from None
     results = check_rules(rules, metrics)
     payload = report.to_dict()
     payload["fail_on"] = [r.to_dict() for r in results]
     write_json(payload, json_out)
     if quarantine is not None:
         n = _write_quarantine(report, quarantine)
-        console.print(f"quarantine: {n} records -> {quarantine}")
+        results_console.print(f"quarantine: {n} records -> {quarantine}", highlight=False)
     if html is not None:
         from vlmops.report.audit_html import write_audit_html
 
         write_audit_html(payload, html, images=dict(zip(frame["id"], frame["image"], strict=True)))
     _print_summary(payload, results)
-    if any(r.violated for r in results):
+    if any(r.fired for r in results):
         raise typer.Exit(EXIT_FAILED_CHECK)
 
 
@@ -140,10 +156,8 @@ def _print_summary(payload: dict, results: list) -> None:
             continue
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in list(check["metrics"].items())[:4])
         table.add_row(name, str(counts["error"]), str(counts["warning"]), str(counts["info"]), shown)
-    console.print(table)
-    for result in results:
-        style = "red" if result.violated else "green"
-        console.print(f"[{style}]{'FAIL' if result.violated else 'ok'}[/] {result.rule}: {result.reason}")
+    results_console.print(table)
+    print_rule_results(results)
 
 
 def _fmt(value) -> str:
@@ -177,5 +191,5 @@ def redact(
 
         raise DataError(str(exc)) from None
     texts, images = summary.get("texts_redacted", 0), summary.get("images_cleaned", 0)
-    console.print(f"redacted {texts} texts, cleaned {images} images -> {out}")
+    results_console.print(f"redacted {texts} texts, cleaned {images} images -> {out}", highlight=False)
     write_json(summary, json_out)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from vlmops.cli._common import JsonOption, console, handle_errors, write_json
+from vlmops.cli._common import JsonOption, console, handle_errors, results_console, write_json
 from vlmops.errors import DataError
 
 app = typer.Typer(help="Fetch and describe data sets.", no_args_is_help=True)
@@ -31,7 +31,7 @@ def fetch(
 
     path = fetch_emoji(seed=seed, force=force, progress=progress)
     frame = load_emoji_manifest()
-    console.print(f"emoji data: {len(frame)} images in {path}")
+    results_console.print(f"emoji data: {len(frame)} images in {path}", highlight=False)
     write_json({"manifest": str(path), "n": len(frame)}, json_out)
 
 
@@ -49,14 +49,14 @@ def info(
     scalar = [c for c in attribute_columns(frame) if c not in columns and _is_scalar(frame[c])]
     columns += [c for c in scalar if frame[c].nunique() <= 50]
     counts = {col: frame[col].astype(str).value_counts().to_dict() for col in columns}
-    console.print(f"[bold]{data}[/]: {len(frame)} records")
+    results_console.print(f"[bold]{data}[/]: {len(frame)} records", highlight=False)
     for col, values in counts.items():
         table = Table(title=col, title_justify="left")
         table.add_column(col)
         table.add_column("count", justify="right")
         for value, count in values.items():
             table.add_row(value, str(count))
-        console.print(table)
+        results_console.print(table)
     write_json({"n": len(frame), "counts": counts}, json_out)
 
 

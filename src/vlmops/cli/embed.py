@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from vlmops.cli._common import JsonOption, console, handle_errors, write_json
+from vlmops.cli._common import JsonOption, handle_errors, print_skipped, results_console, write_json
 from vlmops.models import load_model
 
 
@@ -130,17 +130,6 @@ def _print_summary(summary: dict) -> None:
         if stats:
             row = [str(stats[k]) for k in ("n", "unique", "hits", "misses")]
             table.add_row(kind, *row, f"{stats['seconds']:.2f}")
-    console.print(table)
+    results_console.print(table)
     print_skipped(summary["skipped_unreadable"])
-    console.print(f"total {summary['seconds']:.2f} s -> {summary['out']}", highlight=False)
-
-
-def print_skipped(skipped: dict | None) -> None:
-    """One yellow line naming the rows left out by --skip-unreadable (nothing when none were)."""
-    if not skipped or not skipped["n"]:
-        return
-    rows = ", ".join(str(r["row"]) for r in skipped["rows"][:20])
-    more = f" and {skipped['n'] - 20} more" if skipped["n"] > 20 else ""
-    console.print(
-        f"[yellow]warning:[/] skipped {skipped['n']} unreadable image(s), rows {rows}{more}", highlight=False
-    )
+    results_console.print(f"total {summary['seconds']:.2f} s -> {summary['out']}", highlight=False)

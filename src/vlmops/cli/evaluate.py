@@ -6,8 +6,16 @@ from pathlib import Path
 
 import typer
 
-from vlmops.cli._common import EXIT_FAILED_CHECK, JsonOption, console, handle_errors, write_json
-from vlmops.cli.embed import print_skipped
+from vlmops.cli._common import (
+    EXIT_FAILED_CHECK,
+    JsonOption,
+    console,
+    handle_errors,
+    print_rule_results,
+    print_skipped,
+    results_console,
+    write_json,
+)
 
 
 def _split_list(value: str | None) -> list[str] | None:
@@ -64,7 +72,9 @@ def evaluate(
         1.0, "--dollars-per-hour", min=0.0, help="Machine price used for the cost per 1,000 images."
     ),
     fail_on: str | None = typer.Option(
-        None, "--fail-on", help="Exit 1 when a rule holds, e.g. 'top1<0.5,ece>0.08,slice_gap>0.10'."
+        None,
+        "--fail-on",
+        help="Failure conditions: exit 1 when one fires (is true), e.g. 'top1<0.5,ece>0.08,slice_gap>0.10'.",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for every sample, split, bootstrap and attack."),
     cluster_by: str | None = typer.Option(
@@ -94,7 +104,7 @@ def evaluate(
     Every image's header is checked first: unreadable images are listed together with their row
     numbers (exit 2), or left out with --skip-unreadable.
 
-    Exit codes: 0 ok, 1 a --fail-on rule is violated, 2 bad input (message says what to fix).
+    Exit codes: 0 ok, 1 a --fail-on rule fired, 2 bad input (message says what to fix).
     """
     from vlmops.data.manifest import resolve_data
     from vlmops.data.screen import screen_images, skipped_summary
@@ -138,7 +148,7 @@ def evaluate(
 
         write_eval_html(payload, html)
     _print_summary(payload, results)
-    if any(r.violated for r in results):
+    if any(r.fired for r in results):
         raise typer.Exit(EXIT_FAILED_CHECK)
 
 
@@ -166,7 +176,7 @@ def _print_summary(payload: dict, results: list) -> None:
     for name, value in payload["headline"].items():
         shown = "[dim]skipped[/]" if value is None else f"{value:.4g}"
         table.add_row(name, shown, HEADLINE[name][1])
-    console.print(table)
+    results_console.print(table)
     print_skipped(data.get("skipped_unreadable"))
     for slice_field in payload["slices"]["fields"]:
         for stat in slice_field["slices"]:
@@ -174,6 +184,4 @@ def _print_summary(payload: dict, results: list) -> None:
                 console.print(
                     f"[yellow]warning:[/] {slice_field['field']}={stat['value']}: {stat['warning']}"
                 )
-    for result in results:
-        style = "red" if result.violated else "green"
-        console.print(f"[{style}]{'FAIL' if result.violated else 'ok'}[/] {result.rule}: {result.reason}")
+    print_rule_results(results)

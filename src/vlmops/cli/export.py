@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from vlmops.cli._common import EXIT_FAILED_CHECK, JsonOption, console, handle_errors, write_json
+from vlmops.cli._common import (
+    EXIT_FAILED_CHECK,
+    JsonOption,
+    console,
+    handle_errors,
+    results_console,
+    write_json,
+)
 
 FORMATS = ("onnx",)
 
@@ -183,6 +190,6 @@ def _print_summary(meta: dict, out: Path) -> None:
     else:
         verdict = "[green]passed[/]" if gate["passed"] else "[bold yellow]FAILED, forced[/]"
         table.add_row("gate", f"{verdict}: {_gate_line(gate)}")
-    console.print(table)
+    results_console.print(table)
     size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
-    console.print(f"wrote {out} ({size:.1f} MB); load it as onnx:{out}", highlight=False)
+    results_console.print(f"wrote {out} ({size:.1f} MB); load it as onnx:{out}", highlight=False)

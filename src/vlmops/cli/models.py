@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from vlmops.cli._common import JsonOption, console, handle_errors, write_json
+from vlmops.cli._common import JsonOption, handle_errors, results_console, write_json
 
 app = typer.Typer(help="List and inspect models.", no_args_is_help=True)
 
@@ -22,7 +22,7 @@ def list_(json_out: Path | None = JsonOption) -> None:
     table = Table("uri", "description", "licence")
     for row in rows:
         table.add_row(row["uri"], row["description"], row["licence"])
-    console.print(table)
+    results_console.print(table)
     write_json(rows, json_out)
 
 
@@ -40,5 +40,5 @@ def info(
     table = Table("field", "value")
     for key, value in payload.items():
         table.add_row(key, str(value))
-    console.print(table)
+    results_console.print(table)
     write_json(payload, json_out)

@@ -7,7 +7,15 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from vlmops.cli._common import EXIT_FAILED_CHECK, JsonOption, console, handle_errors, write_json
+from vlmops.cli._common import (
+    EXIT_FAILED_CHECK,
+    JsonOption,
+    console,
+    format_time,
+    handle_errors,
+    results_console,
+    write_json,
+)
 from vlmops.errors import VlmopsError
 
 app = typer.Typer(
@@ -55,7 +63,8 @@ def build_reference(
 
     task = build_task(resolve_data(data), "emoji" if data == "emoji" else "other", "all", tier)
     frame = task.frame
-    keep = (frame["split"] == split).to_numpy() if "split" in frame else None
+    # a copy: pandas may hand out a read-only view, and the filter below narrows `keep` in place
+    keep = (frame["split"] == split).to_numpy(copy=True) if "split" in frame else None
     if keep is None or not keep.any():
         raise VlmopsError(f"no records in split {split!r} of {data}; pick another --reference-split")
     for column, values in where.items():
@@ -164,9 +173,9 @@ def run(
     for key, value in report.metrics.items():
         if key.endswith((".p_value", ".drifted")) or key.startswith(("estimate.", "feedback.acc", "window")):
             table.add_row(key, "n/a" if value is None else f"{value:.4g}")
-    console.print(table)
+    results_console.print(table)
     for alert in fired:
-        console.print(f"[bold red]ALERT[/] {alert['rule']}: {alert['metric']} = {alert['value']:.4g}")
+        results_console.print(f"[bold red]ALERT[/] {alert['rule']}: {alert['metric']} = {alert['value']:.4g}")
     if fired and rollback_canary:
         from vlmops.registry.store import Registry
 
@@ -188,24 +197,31 @@ def history(store: str | None = StoreOption, json_out: Path | None = JsonOption)
     from vlmops.monitor.run import monitor_history
 
     runs = monitor_history(store)
-    table = Table("time", "model", "n", "mmd p", "est. acc (ATC)")
-    for r in runs:
+    fired = AlertStore(store).list()
+    table = Table("time (UTC)", "model", "n", "mmd p", "est. acc (ATC)", "alerts fired")
+    for i, r in enumerate(runs):
         m = r["metrics"]
+        end = runs[i + 1]["time"] if i + 1 < len(runs) else float("inf")
+        during = [a for a in fired if r["time"] <= a["time"] < end]  # alerts are stored after their pass
         table.add_row(
-            f"{r['time']:.0f}",
+            format_time(r["time"]),
             r["model_version"],
             str(r["n"]),
-            f"{m['drift.mmd.p_value']:.3g}",
-            f"{m['estimate.atc']:.3f}",
+            _num(m.get("drift.mmd.p_value"), ".3g"),
+            _num(m.get("estimate.atc"), ".3f"),
+            "\n".join(f"[red]{a['rule']}[/] ({a['metric']} = {a['value']:.4g})" for a in during) or "none",
         )
-    console.print(table)
-    write_json(
-        {
-            "runs": [{k: v for k, v in r.items() if k != "results"} for r in runs],
-            "alerts": AlertStore(store).list(),
-        },
-        json_out,
-    )
+    results_console.print(table)
+    for a in [a for a in fired if not runs or a["time"] < runs[0]["time"]]:
+        results_console.print(
+            f"[red]alert[/] {format_time(a['time'])} {a['rule']}: {a['metric']} = {a['value']:.4g}"
+        )
+    runs_out = [{k: v for k, v in r.items() if k != "results"} for r in runs]
+    write_json({"runs": runs_out, "alerts": fired}, json_out)
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 @app.command("dashboard")
@@ -219,4 +235,4 @@ def dashboard(
     from vlmops.report.html import write_html
 
     path = write_html(render_dashboard(store), out)
-    console.print(f"dashboard: {path}")
+    results_console.print(f"dashboard: {path}", highlight=False)

@@ -8,7 +8,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from vlmops.cli._common import EXIT_FAILED_CHECK, JsonOption, console, handle_errors, write_json
+from vlmops.cli._common import (
+    EXIT_FAILED_CHECK,
+    JsonOption,
+    format_time,
+    handle_errors,
+    results_console,
+    write_json,
+)
 from vlmops.errors import VlmopsError
 
 app = typer.Typer(
@@ -44,6 +51,11 @@ def _model_folder(uri: str) -> Path | None:
     return Path(folder).expanduser() if folder and Path(folder).expanduser().is_dir() else None
 
 
+def _change(event: dict) -> str:
+    """'old -> new' for an alias event; an alias that pointed nowhere reads '(unset)'."""
+    return f"{event['from_version'] or '(unset)'} -> {event['to_version'] or '(unset)'}"
+
+
 @app.command("register")
 @handle_errors
 def register(
@@ -74,7 +86,7 @@ def register(
     )
     if alias:
         registry.set_alias(alias, row["version"], reason=notes)
-    console.print(f"registered {row['version']}" + (f" as {alias}" if alias else ""))
+    results_console.print(f"registered {row['version']}" + (f" as {alias}" if alias else ""))
     write_json({k: v for k, v in row.items() if k != "eval_report"}, json_out)
 
 
@@ -92,7 +104,7 @@ def list_versions(store: str | None = StoreOption, json_out: Path | None = JsonO
             (r["data_version"] or "")[:12],
             "yes" if r["has_eval"] else "",
         )
-    console.print(table)
+    results_console.print(table)
     write_json(rows, json_out)
 
 
@@ -105,7 +117,7 @@ def promote(
 ) -> None:
     """Make a version the champion (recorded with its reason)."""
     event = _registry(store).promote(ref, reason=reason)
-    console.print(f"champion: {event['from_version']} -> {event['to_version']}")
+    results_console.print(f"champion: {_change(event)}", highlight=False)
 
 
 @app.command("rollback")
@@ -117,7 +129,7 @@ def rollback(
 ) -> None:
     """Point an alias back at the version it held before."""
     event = _registry(store).rollback(alias, reason=reason)
-    console.print(f"{alias}: {event['from_version']} -> {event['to_version']} (rollback)")
+    results_console.print(f"{alias}: {_change(event)} (rollback)", highlight=False)
 
 
 @app.command("alias")
@@ -129,7 +141,7 @@ def set_alias(
 ) -> None:
     """Point an alias at a version."""
     event = _registry(store).set_alias(alias, ref)
-    console.print(f"{alias}: {event['from_version']} -> {event['to_version']}")
+    results_console.print(f"{alias}: {_change(event)}", highlight=False)
 
 
 @app.command("history")
@@ -141,20 +153,16 @@ def history(
 ) -> None:
     """Every registry event (which version served when, and why it changed)."""
     rows = _registry(store).history(alias)
-    table = Table("time", "kind", "alias", "from", "to", "reason")
-    from datetime import UTC, datetime
-
+    table = Table("time (UTC)", "kind", "alias", "from", "to", "reason")
     for r in rows:
-        when = datetime.fromtimestamp(r["time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(
-            when,
+            format_time(r["time"]),
             r["kind"],
             r["alias"] or "",
-            r["from_version"] or "",
-            r["to_version"] or "",
+            *(r[k] or ("(unset)" if r["alias"] else "") for k in ("from_version", "to_version")),
             r["reason"] or "",
         )
-    console.print(table)
+    results_console.print(table)
     write_json(rows, json_out)
 
 
@@ -174,7 +182,12 @@ def gate(
     baseline: str = typer.Option(
         "champion", "--baseline", help="Eval report JSON, or a registry version/alias."
     ),
-    rules: str | None = typer.Option(None, "--rules", help="e.g. 'top1_drop<=0.01,ece_increase<=0.02'."),
+    rules: str | None = typer.Option(
+        None,
+        "--rules",
+        help="e.g. 'top1_drop<=0.01,ece_increase<=0.02'. Default: top1_drop<=0.01, worst_slice_drop<=0.02, "
+        "ece_increase<=0.02 and robustness_drop<=0.02, each where both reports have its metric.",
+    ),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the paired McNemar test."),
     store: str | None = StoreOption,
     json_out: Path | None = JsonOption,
@@ -184,20 +197,19 @@ def gate(
     Checks tolerances on top-1, worst-slice top-1, ECE and corruption top-1, and an exact McNemar test
     on the per-item outcomes of the same evaluation items.
     """
-    from vlmops.registry.gate import DEFAULT_RULES
     from vlmops.registry.gate import gate as run_gate
 
-    decision = run_gate(
-        _report_for(candidate, store), _report_for(baseline, store), rules or DEFAULT_RULES, alpha
-    )
+    decision = run_gate(_report_for(candidate, store), _report_for(baseline, store), rules or None, alpha)
     table = Table("check", "value", "limit", "result", "note")
     for check in decision.checks:
         value = "n/a" if check.value is None else f"{check.value:+.4f}"
         table.add_row(
             check.rule, value, f"{check.limit:g}", "[green]pass" if check.passed else "[red]FAIL", check.note
         )
-    console.print(table)
-    console.print("[bold green]gate passed" if decision.passed else "[bold red]gate failed")
+    results_console.print(table)
+    for line in decision.not_checked:
+        results_console.print(f"[yellow]not checked[/] {line}", highlight=False)
+    results_console.print("[bold green]gate passed" if decision.passed else "[bold red]gate failed")
     write_json(decision.to_dict(), json_out)
     if not decision.passed:
         raise typer.Exit(EXIT_FAILED_CHECK)
@@ -268,13 +280,13 @@ def retrain(
         )
         registry.set_alias(register_as, summary["version"], reason="retrained from feedback", evidence=counts)
     counts = summary["feedback"]
-    console.print(
+    results_console.print(
         f"retrained {vlm.info.version} -> {summary['version']} on {counts.get('used', 0)} verified examples "
         f"+ {summary['replay']} replay images; feedback: {counts}"
     )
     if gate_split:
         summary["gate"] = _gate_retrained(
-            vlm, summary, out, data, gate_split, labels, rules, store if register_as else None
+            vlm, summary, out, data, gate_split, labels, rules, store, attach=bool(register_as)
         )
     write_json(summary, json_out)
     if gate_split and not summary["gate"]["passed"]:
@@ -290,6 +302,7 @@ def _gate_retrained(
     labels: str | None,
     rules: str | None,
     store: str | None,
+    attach: bool,
 ) -> dict:
     """Quick-suite evals of parent and retrained model on `split`, the gate; reports go to the registry."""
     from vlmops.data.manifest import resolve_data
@@ -301,14 +314,13 @@ def _gate_retrained(
     task = build_task(resolve_data(data), "emoji" if data == "emoji" else "other", split, labels)
     base = eval_report(parent, task)
     candidate = eval_report(load_model(f"builtin:emoji-lit@{out}"), task)
-    # the quick suite has no corruption robustness, so that rule of vlmops gate's default set is left out
-    decision = gate(candidate, base, rules or "top1_drop<=0.01,worst_slice_drop<=0.02,ece_increase<=0.02")
-    if store is not None:
+    decision = gate(candidate, base, rules or None)  # default rules follow the quick suite's sections
+    if attach:  # the default store (store=None) counts too
         registry = _registry(store)
         registry.attach_eval(parent.info.version, base)
         registry.attach_eval(summary["version"], candidate)
     verdict = "[green]passed" if decision.passed else "[red]FAILED"
-    console.print(
+    results_console.print(
         f"gate on {split}: top-1 {base['headline']['top1']:.3f} -> {candidate['headline']['top1']:.3f}, "
         f"{verdict}"
     )

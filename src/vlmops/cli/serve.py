@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from vlmops.cli._common import JsonOption, console, handle_errors, write_json
+from vlmops.cli._common import JsonOption, console, handle_errors, results_console, write_json
 from vlmops.errors import VlmopsError
 
 StoreOption = typer.Option(
@@ -247,7 +247,7 @@ def keys_list(store: str | None = StoreOption, json_out: Path | None = JsonOptio
             str(key.burst),
             "yes" if key.active else "revoked",
         )
-    console.print(table)
+    results_console.print(table)
     write_json([k.to_dict() for k in keys], json_out)
 
 
@@ -261,7 +261,7 @@ def keys_revoke(
     from vlmops.serve.keys import KeyStore
 
     key = KeyStore(store).revoke(key_id)
-    console.print(f"revoked {key.key_id} ({key.name})")
+    results_console.print(f"revoked {key.key_id} ({key.name})")
 
 
 index_app = typer.Typer(help="Gallery indexes for /v1/search.", no_args_is_help=True)
@@ -304,7 +304,7 @@ def index_build(
         "model_version": vlm.info.version,
         "dim": int(vectors.shape[1]),
     }
-    console.print(f"indexed {summary['n']} records into {out}")
+    results_console.print(f"indexed {summary['n']} records into {out}")
     write_json(summary, json_out)
 
 
@@ -354,18 +354,47 @@ def calibrate(
         raise VlmopsError("two classes share a display name at this tier; pick another --labels tier")
     result = fit_calibration(vlm, label_set, emb, targets, alpha, split)
     result.save(out)
-    console.print(
+    set_size = _mean_set_size(vlm, label_set, emb, result.temperature, result.threshold)
+    results_console.print(
         f"calibrated {len(label_set.labels)} labels on {len(rows)} {split} images: "
-        f"T = {result.temperature:.3f}, LAC threshold {result.threshold:.4f} (alpha {alpha}) -> {out}"
+        f"T = {result.temperature:.3f}, LAC threshold {result.threshold:.4f} (alpha {alpha}), "
+        f"mean set size {set_size:.1f} -> {out}",
+        highlight=False,
     )
+    if uninformative(set_size, len(label_set.labels)):
+        console.print(
+            f"[bold yellow]warning:[/] the {1 - alpha:.0%} prediction sets are uninformative: on average "
+            f"{set_size:.1f} of {len(label_set.labels)} labels (threshold {result.threshold:.4f}), because "
+            f"the true label gets a probability under {1 - result.threshold:.2g} on {alpha:.0%} of these "
+            f"{len(rows)} images. Calibrate on more data, "
+            f"raise --alpha (e.g. {min(0.5, 2 * alpha):g}: smaller sets, lower coverage), or classify at a "
+            "coarser --labels tier",
+            highlight=False,
+            soft_wrap=True,
+        )
     write_json(
         {
             "out": str(out),
             "temperature": result.temperature,
             "threshold": result.threshold,
+            "mean_set_size": set_size,
+            "uninformative": uninformative(set_size, len(label_set.labels)),
             "n": result.n,
             "labels": len(label_set.labels),
             "model_version": result.model_version,
         },
         json_out,
     )
+
+
+def _mean_set_size(vlm, label_set, emb, temperature: float, threshold: float) -> float:
+    """Mean LAC set size on the calibration images: labels whose 1 - p is within the threshold."""
+    from vlmops.evaluate.calibration import softmax
+
+    logits = vlm.logit_scale * emb @ vlm.embed_texts(label_set.prompts()).T
+    return float(((1.0 - softmax(logits, temperature)) <= threshold).sum(axis=1).mean())
+
+
+def uninformative(mean_set_size: float, n_labels: int) -> bool:
+    """Sets are uninformative when they hold more than 2 labels and over a tenth of all labels on average."""
+    return mean_set_size > 2 and mean_set_size > 0.1 * n_labels

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from vlmops.cli._common import JsonOption, console, handle_errors, progress_bar, write_json
+from vlmops.cli._common import JsonOption, handle_errors, progress_bar, results_console, write_json
 
 
 @handle_errors
@@ -49,11 +49,11 @@ def train(
         text_tower = TextTower()
         result = train_emoji_lit(manifest, config, text_tower, on_epoch=on_epoch)
     card = save_emoji_lit(result, config, manifest, out, evaluate=evaluate, text_tower=text_tower)
-    console.print(
+    results_console.print(
         f"best epoch {result.best_epoch}: val top-1 {result.best_val_top1:.3f} "
         f"in {result.seconds / 60:.1f} min; wrote {out}"
     )
     for key, bar_result in card.get("quality", {}).get("bars", {}).items():
         mark = "[green]pass[/]" if bar_result["passed"] else "[red]FAIL[/]"
-        console.print(f"  {key}: {bar_result['value']:.3f} (bar {bar_result['threshold']}) {mark}")
+        results_console.print(f"  {key}: {bar_result['value']:.3f} (bar {bar_result['threshold']}) {mark}")
     write_json(card, json_out)

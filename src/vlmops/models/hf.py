@@ -148,6 +148,22 @@ class HFModel:
         return _features(self.model.get_text_features(**inputs))
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # 'org/name', as on the Hugging Face Hub
+
+
+def hub_id_hint(target: str) -> str:
+    """Why `hf:ORG/NAME` fails (hub ids are not downloaded) and how to point at a local folder instead."""
+    folder = f"./models/{target.rsplit('/', 1)[-1]}"
+    return (
+        f"hf:{target} looks like a Hugging Face Hub id, and vlmops does not download models (no network "
+        f"at run time); hf: takes a local folder saved with save_pretrained. Where the hub is reachable, run "
+        f'`python -c "from transformers import AutoModel, AutoProcessor; '
+        f"AutoModel.from_pretrained('{target}').save_pretrained('{folder}'); "
+        f"AutoProcessor.from_pretrained('{target}').save_pretrained('{folder}')\"`, "
+        f"copy the folder here and pass hf:{folder} (or its absolute path)"
+    )
+
+
 def _check_dir(path: Path) -> tuple[list[Path], str]:
     """Weight files and model_type of a save_pretrained directory, or a ModelLoadError naming the fix."""
     if not path.is_dir():
@@ -181,6 +197,8 @@ def load(target: str, device: str = "cpu", batch_size: int = 64) -> HFModel:
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
     path = Path(target).expanduser().resolve()
+    if not path.exists() and _HUB_ID.fullmatch(target):
+        raise ModelLoadError(hub_id_hint(target))
     weights, model_type = _check_dir(path)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)

@@ -2,8 +2,10 @@
 
 Tolerance rules on headline metrics (a drop in top-1, worst-slice top-1 or corruption top-1, a rise
 in ECE), plus a paired test on the per-item outcomes of the same evaluation items: an exact McNemar
-test (binomial on the discordant pairs) that the candidate is worse. A rule whose metric is missing
-from either report fails rather than passing silently.
+test (binomial on the discordant pairs) that the candidate is worse. The default rules follow the
+sections both reports have (a quick-suite report has no corruption robustness, so robustness_drop is
+left out and the decision says so); a rule given explicitly whose metric is missing from either report
+fails rather than passing silently, and its note says which suite produces the metric.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ DELTAS = {
     "ece_increase": ("ece", +1),
 }
 DEFAULT_RULES = "top1_drop<=0.01,worst_slice_drop<=0.02,ece_increase<=0.02,robustness_drop<=0.02"
+# headline name -> (report section that holds it, which `vlmops eval --suite` runs that section)
+SOURCES = {
+    "top1": ("accuracy", "every suite"),
+    "worst_slice_top1": ("slices", "every suite"),
+    "ece": ("calibration", "every suite"),
+    "corruption_top1": ("robustness", "--suite standard or full"),
+}
 _RULE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|<)\s*(-?[0-9.]+(?:e-?\d+)?)\s*$")
 
 
@@ -48,10 +57,16 @@ class GateDecision:
     passed: bool
     checks: list[GateCheck]
     paired: dict = field(default_factory=dict)
+    not_checked: list[str] = field(default_factory=list)  # default rules left out, with the reason
 
     def to_dict(self) -> dict:
         """Plain dict for JSON."""
-        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks], "paired": self.paired}
+        return {
+            "passed": self.passed,
+            "checks": [asdict(c) for c in self.checks],
+            "paired": self.paired,
+            "not_checked": self.not_checked,
+        }
 
 
 def parse_gate_rules(text: str) -> list[tuple[str, str, float]]:
@@ -88,17 +103,40 @@ def _paired(candidate: dict, baseline: dict) -> tuple[list[int], list[int]]:
     return ci["correct"], bi["correct"]
 
 
-def gate(candidate: dict, baseline: dict, rules: str = DEFAULT_RULES, alpha: float = 0.05) -> GateDecision:
-    """Decide whether `candidate` may replace `baseline` (both vlmops.eval/1 reports)."""
+def _missing(name: str, candidate: dict, baseline: dict) -> str:
+    """Which report lacks `name`, why (its suite, the section's skip reason) and which suite has it."""
+    section, suites = SOURCES[name]
+    where = []
+    for role, report in (("candidate", candidate), ("baseline", baseline)):
+        if report.get("headline", {}).get(name) is None:
+            reason = (
+                (report.get(section) or {}).get("skipped") if isinstance(report.get(section), dict) else None
+            )
+            suite = report.get("suite", "?")
+            where.append(f"the {role} report (suite {suite}" + (f": {reason})" if reason else ")"))
+    return (
+        f"{name} missing from {' and '.join(where)}; it comes from the {section} section, which "
+        f"{suites} runs: evaluate both models with it, or leave this rule out of --rules"
+    )
+
+
+def gate(candidate: dict, baseline: dict, rules: str | None = None, alpha: float = 0.05) -> GateDecision:
+    """Decide whether `candidate` may replace `baseline` (both vlmops.eval/1 reports).
+
+    `rules=None` takes DEFAULT_RULES, less those whose metric one of the reports lacks (listed in
+    `not_checked`); an explicit rule on a missing metric fails with a note naming the suite that has it.
+    """
     cand_items, base_items = _paired(candidate, baseline)
-    checks = []
-    for metric, op, limit in parse_gate_rules(rules):
+    checks, not_checked = [], []
+    for metric, op, limit in parse_gate_rules(DEFAULT_RULES if rules is None else rules):
         name, sign = DELTAS[metric]
         a, b = candidate["headline"].get(name), baseline["headline"].get(name)
         if a is None or b is None:
-            checks.append(
-                GateCheck(f"{metric}{op}{limit:g}", None, limit, False, f"{name} missing from a report")
-            )
+            note = _missing(name, candidate, baseline)
+            if rules is None:
+                not_checked.append(f"{metric}{op}{limit:g}: {note}")
+            else:
+                checks.append(GateCheck(f"{metric}{op}{limit:g}", None, limit, False, note))
             continue
         delta = sign * (a - b)
         ok = delta <= limit if op == "<=" else delta < limit
@@ -116,4 +154,4 @@ def gate(candidate: dict, baseline: dict, rules: str = DEFAULT_RULES, alpha: flo
             "exact McNemar on per-item top-1 outcomes",
         )
     )
-    return GateDecision(all(c.passed for c in checks), checks, paired)
+    return GateDecision(all(c.passed for c in checks), checks, paired, not_checked)

@@ -18,6 +18,7 @@ from typing import Any
 
 from vlmops.report import plots
 from vlmops.report.html import Markup, format_number, humanize, render, write_html
+from vlmops.report.rules import count_fired
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,7 @@ def audit_context(payload: Mapping, images: Mapping[str, str] | None = None) -> 
         "findings_plot": plot,
         "totals": totals,
         "fail_on": fail_on,
-        "failed": sum(bool(r.get("violated")) for r in fail_on),
+        "failed": count_fired(fail_on),
         "model": model,
         "data": data,
         "timing": _mapping(payload, "timing_seconds"),

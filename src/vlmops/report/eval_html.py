@@ -15,6 +15,7 @@ from typing import Any
 
 from vlmops.report import plots
 from vlmops.report.html import Markup, is_skipped, render, write_html
+from vlmops.report.rules import count_fired
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def eval_context(payload: Mapping) -> dict:
         "payload": payload,
         "headline": _headline(payload),
         "fail_on": fail_on,
-        "failed": sum(bool(r.get("violated")) for r in fail_on if isinstance(r, Mapping)),
+        "failed": count_fired(fail_on),
         "accuracy": _section(payload, "accuracy"),
         "calibration": _calibration(_section(payload, "calibration")),
         "conformal": _conformal(_section(payload, "conformal")),

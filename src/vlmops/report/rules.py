@@ -1,8 +1,9 @@
-"""`--fail-on` rules: "top1<0.5,ece>0.08" -> which metrics violate their limits (CI exit codes).
+"""`--fail-on` rules: "top1<0.5,ece>0.08" -> which failure conditions fired (CI exit codes).
 
-A rule names a metric, a comparison and a number, and is violated when the comparison holds: `ece>0.08`
-fails the run when ECE is above 0.08. A metric that was not measured (its section was skipped) violates
-its rule, with that reason: a gate must not pass because nothing was checked. Shared by eval and audit.
+A rule is a failure condition: a metric, a comparison and a number. It *fires* when the comparison
+holds: `ece>0.08` fires (and fails the run) when ECE is above 0.08. A metric that was not measured (its
+section was skipped) fires its rule, with that reason: a gate must not pass because nothing was
+checked. Shared by eval and audit, their CLI lines, JSON (`fired`, `reason`) and HTML.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class RuleError(VlmopsError):
 
 @dataclass(frozen=True)
 class Rule:
-    """metric <op> threshold; violated when the comparison is true."""
+    """metric <op> threshold; fires when the comparison is true."""
 
     metric: str
     op: str
@@ -44,13 +45,18 @@ class Rule:
 
 @dataclass(frozen=True)
 class RuleResult:
-    """One rule checked against the measured value."""
+    """One rule checked against the measured value; `fired` means the failure condition holds."""
 
     rule: str
     metric: str
     value: float | None
-    violated: bool
+    fired: bool
     reason: str
+
+    @property
+    def verdict(self) -> str:
+        """'fired' or 'not fired', the word every output uses."""
+        return verdict(self.fired)
 
     def to_dict(self) -> dict:
         """Plain dict for JSON output."""
@@ -77,15 +83,28 @@ def parse_rules(text: str | None, known: Mapping[str, object] | None = None) -> 
     return rules
 
 
+def verdict(fired: bool) -> str:
+    """The word for a rule's outcome: a rule is a failure condition, so it either fired or did not."""
+    return "fired" if fired else "not fired"
+
+
 def check_rules(rules: list[Rule], metrics: Mapping[str, float | None]) -> list[RuleResult]:
-    """Evaluate each rule against `metrics`."""
+    """Evaluate each rule against `metrics`: reasons read "fired: top1=0.42 < 0.5" or "not fired: ..."."""
     results = []
     for rule in rules:
         value = metrics.get(rule.metric)
         if value is None:
-            results.append(RuleResult(str(rule), rule.metric, None, True, "not measured (section skipped)"))
+            reason = f"fired: {rule.metric} not measured (section skipped), so {rule} cannot be ruled out"
+            results.append(RuleResult(str(rule), rule.metric, None, True, reason))
             continue
-        violated = OPERATORS[rule.op](value, rule.threshold)
-        reason = f"{rule.metric}={value:.4g} {'violates' if violated else 'meets'} {rule}"
-        results.append(RuleResult(str(rule), rule.metric, float(value), violated, reason))
+        fired = bool(OPERATORS[rule.op](value, rule.threshold))
+        comparison = f"{rule.op} {rule.threshold:g}" if fired else f"not {rule.op} {rule.threshold:g}"
+        reason = f"{verdict(fired)}: {rule.metric}={value:.4g} {comparison}"
+        results.append(RuleResult(str(rule), rule.metric, float(value), fired, reason))
     return results
+
+
+def count_fired(results: object) -> int:
+    """How many rules fired in a report's `fail_on` list (reports written before `fired` say `violated`)."""
+    rows = [r for r in results or [] if isinstance(r, Mapping)]  # type: ignore[union-attr]
+    return sum(bool(r.get("fired", r.get("violated"))) for r in rows)
