@@ -172,8 +172,8 @@ def test_poisoning_check_reports_a_dirty_label_trigger_with_its_test(patch_data)
 def test_poisoning_check_reports_nothing_the_test_does_not_reject(patch_data) -> None:
     """Shared artwork (a patch on images that look like their label) and the embedding screens' hits
     are no findings: no test rejects "no backdoor"."""
-    images, labels, stamped, _ = patch_data
-    x, _, poisoned = planted(n_labels=3, per=40, fraction=0.1)
+    images, labels, _, _ = patch_data
+    x, _, _ = planted(n_labels=3, per=40, fraction=0.1)
     frame = pd.DataFrame({"id": [f"r{i}" for i in range(120)], "image": images, "label": labels})
     result = poisoning_check(frame, x, progress=False, epsilon=0.1, min_per_label=20)
     assert result.findings == [] and result.metrics["backdoor_suspects"] == 0
