@@ -14,7 +14,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import audit_clean
 from vlmops.audit.run import AuditInputs, run_audit
+from vlmops.data.emoji import manifest_path
 from vlmops.store.embed import content_sha256
+
+pytestmark = [
+    pytest.mark.emoji,
+    pytest.mark.skipif(not manifest_path().exists(), reason="run `vlmops data fetch emoji` first"),
+]
 
 # the two pairs of distinct smileys that were reported as near duplicates (and as leakage)
 LOOK_ALIKES = (("google:1F47F", "google:1F608"), ("google:1F617", "google:1F619"))
