@@ -24,7 +24,8 @@ settings with `builtin:emoji-lit`, as `vlmops audit` runs them. A finding on thi
 construction, except two kinds of true statements about the data, printed apart and not counted:
 provenance (a folder records no source or licence; the emoji manifests carry the real licences,
 facebook "unclear" and openmoji CC-BY-SA) and balance (groups with fewer records than `--min-n`, 30:
-small subsets have small labels). Prints each
+small subsets have small labels). Info-level findings (a grayscale image in a colour data set) are
+listed by kind, marked "(info)", and not counted: they note a property, not a problem. Prints each
 subset's findings by kind, then per check the findings per 1,000 clean records (target: at most 1).
 
     python bench/audit_clean.py --store /tmp/clean.sqlite
@@ -212,8 +213,12 @@ def audit_counts(frame: pd.DataFrame, model, cache, template: str) -> tuple[dict
     fields = default_slice_fields(frame, attribute_columns(frame))
     tiers = tier_names_for("other", tiers_of([x for x in frame["label"] if x is not None]))  # as the CLI
     report = run_audit(inputs, CHECKS, {"spec": "clean"}, fields, tiers)
-    per_check = {name: len(result.findings) for name, result in report.checks.items()}
-    kinds = Counter(f"{f.check}/{f.kind}" for f in report.findings)
+    per_check = {
+        name: sum(f.severity != "info" for f in result.findings) for name, result in report.checks.items()
+    }
+    kinds = Counter(
+        f"{f.check}/{f.kind}" + ("(info)" if f.severity == "info" else "") for f in report.findings
+    )
     return per_check, dict(kinds)
 
 
