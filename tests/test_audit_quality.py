@@ -221,6 +221,9 @@ def test_stats_must_match_frame(tmp_path) -> None:
     frame = pd.DataFrame({"id": ["a", "b"], "image": [str(path)] * 2})
     with pytest.raises(ValueError, match="rows"):
         quality_check(frame, stats=image_stats([path], progress=False), progress=False)
+    old_stats = image_stats([path] * 2, progress=False).drop(columns=["edge_sharpness"])
+    with pytest.raises(ValueError, match="edge_sharpness"):
+        quality_check(frame, stats=old_stats, progress=False)
 
 
 def _drawing(seed: int) -> Image.Image:

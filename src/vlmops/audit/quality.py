@@ -227,6 +227,9 @@ def quality_check(
         stats = image_stats(frame["image"], progress=progress)
     if len(stats) != len(frame):
         raise ValueError(f"stats has {len(stats)} rows but the frame has {len(frame)}; compute them together")
+    missing = {"edge_sharpness", "laplacian_var", "entropy", "grayscale"} - set(stats.columns)
+    if missing:
+        raise ValueError(f"stats lacks columns {sorted(missing)}; compute them with image_stats()")
     stats = stats.reset_index(drop=True)
     ids = frame["id"].astype(str).tolist()
     flagged: dict[str, np.ndarray] = {}
