@@ -40,8 +40,8 @@ with a file problem: 193 grayscale at info level (black-and-white designs: OpenM
 media buttons, Google's family silhouettes) and 11 low_information warnings (flat one-colour squares
 under 0.5 bits). The 22 blurry ones before the edge test (faint low-contrast drawings, not out of
 focus: Twitter's white shapes, light-skin-tone hands) have crisp edges and are no longer flagged.
-Sharpness and histogram statistics are
-computed on a copy whose longer side is at most ``STATS_MAX_SIDE``.
+Sharpness and histogram statistics are computed on a copy whose longer side is at most
+``STATS_MAX_SIDE``.
 """
 
 from __future__ import annotations
