@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of every injection (default: 0)")
     parser.add_argument("--store", default=None, help="embedding store (default: a temporary one, run twice)")
     parser.add_argument("--json", type=Path, default=None, help="also write the scores to this JSON file")
+    parser.add_argument(
+        "--phases", default="cold,warm", help="audit runs, e.g. 'warm' for one run (default: %(default)s)"
+    )
     return parser.parse_args(argv)
 
 
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         store = args.store or str(Path(tmp) / "store.sqlite")
         fields = default_slice_fields(frame, ["vendor", "category", "skin_tone", "gender"])
         with open_cache(store) as cache:
-            for phase in ("cold", "warm"):
+            for phase in args.phases.split(","):
                 start = time.perf_counter()
                 hashes = [content_sha256(p) for p in frame["image"]]
                 inputs = AuditInputs(frame, hashes, model, cache, False, prompt_template="an emoji of {}")

@@ -389,3 +389,26 @@ def test_colour_signature_does_not_depend_on_the_image_size() -> None:
         small = image.resize((44, 44), Image.Resampling.BILINEAR)
         distance = colour_distance(colour_signature(image)[None], colour_signature(small)[None])[0]
         assert distance <= MAX_COLOUR / 2, (seed, distance)
+
+
+def test_a_drawing_with_one_small_stroke_more_is_not_a_near_duplicate(tmp_path) -> None:
+    """The pixel check: a 1-px stroke (a mouth) is a different drawing though pHash and colour agree;
+    the drawing's resized and JPEG copies are still its near duplicates."""
+    image = _drawing(5)
+    other = image.copy()
+    ImageDraw.Draw(other).line((26, 44, 36, 44), fill=(60, 60, 60), width=1)
+    paths = []
+    for name, picture in (("a", image), ("b", other)):
+        paths.append(tmp_path / f"{name}.png")
+        picture.save(paths[-1])
+    paths.append(tmp_path / "a.jpg")
+    image.save(paths[-1], quality=40)
+    paths.append(tmp_path / "a_small.png")
+    image.resize((45, 45), Image.Resampling.BILINEAR).save(paths[-1])
+    frame = pd.DataFrame({"id": ["a", "b", "a_jpeg", "a_small"], "image": [str(p) for p in paths]})
+    sigs = signatures(frame["image"], progress=False)
+    assert popcount(sigs["phash"][0] ^ sigs["phash"][1]) <= MAX_HAMMING  # pHash cannot tell them apart
+    clusters = duplicates_check(frame, hashes=sigs, progress=False).details["clusters"]
+    assert [c["ids"] for c in clusters] == [["a", "a_jpeg", "a_small"]]
+    unchecked = duplicates_check(frame, hashes=sigs, progress=False, max_pixel=None).details["clusters"]
+    assert [c["ids"] for c in unchecked] == [["a", "b", "a_jpeg", "a_small"]]

@@ -139,29 +139,45 @@ def test_alignment_flags_swapped_captions() -> None:
     assert result.details["labels_scored_separately"] == 4 and result.details["z_threshold"] == -3.5
 
 
-def test_alignment_pairs_exchanged_captions_that_are_no_similarity_outliers() -> None:
-    """Noisy captions and two related images: after exchanging their captions neither similarity is a
-    robust-z outlier, but each caption fits the other's image better; both are reported as a pair."""
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(200, 32))
-    images[11] = 0.5 * images[10] + np.sqrt(0.75) * images[11]
-    texts = images + 1.3 * rng.normal(size=images.shape)
-    texts[[10, 11]] = texts[[11, 10]]
+def exchange_frame(n: int = 2000) -> pd.DataFrame:
     frame = pd.DataFrame(
         {
-            "id": [f"r{i}" for i in range(200)],
-            "texts": [[f"caption {i}"] for i in range(200)],
-            "label": [f"l{i // 50}" for i in range(200)],
+            "id": [f"r{i}" for i in range(n)],
+            "texts": [[f"caption {i}"] for i in range(n)],
+            "label": [f"l{i // 500}" for i in range(n)],
         }
     )
     frame.loc[10, "texts"], frame.loc[11, "texts"] = ["caption 11"], ["caption 10"]
-    result = alignment_check(frame, images, texts)
+    return frame
+
+
+def test_alignment_pairs_exchanged_captions_that_are_no_similarity_outliers() -> None:
+    """Captions of very uneven quality (noise 0.1 to 2.5 x signal), so a caption on the wrong image is no
+    robust-z outlier; but each of the two exchanged captions fits the other's image best, and the own
+    captions of almost every other record rank better: both are reported as a pair."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2000, 32))
+    texts = images + rng.uniform(0.1, 2.5, (2000, 1)) * rng.normal(size=images.shape)
+    texts[[10, 11]] = texts[[11, 10]]
+    result = alignment_check(exchange_frame(), images, texts)
     found = {f.record_id: f for f in result.findings}
     assert set(found) == {"r10", "r11"} and {f.kind for f in found.values()} == {"swapped_caption"}
     assert (
         found["r10"].evidence["partner"] == "r11" and found["r10"].evidence["partner_caption"] == "caption 10"
     )
     assert result.metrics["swapped_captions"] == 2 and result.metrics["misaligned"] == 2
+
+
+def test_alignment_reports_no_exchange_the_data_cannot_prove() -> None:
+    """Two related images exchange captions and each caption fits the other's image best; but with
+    captions this noisy one record in twenty has some caption that fits its image better than its own,
+    so that is no proof of an exchange (nor are the similarities outliers): nothing is reported."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2000, 32))
+    images[11] = 0.7 * images[10] + np.sqrt(0.51) * images[11]
+    texts = images + 0.8 * rng.normal(size=images.shape)
+    texts[[10, 11]] = texts[[11, 10]]
+    assert alignment_check(exchange_frame(), images, texts).findings == []
 
 
 def test_alignment_skips_records_without_captions() -> None:

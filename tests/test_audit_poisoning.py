@@ -145,19 +145,38 @@ def test_patch_finder_ignores_a_patch_common_outside_the_label() -> None:
     assert find_repeated_patches([Image.fromarray(p) for p in pool], labels, progress=False) == []
 
 
-def test_poisoning_check_combines_the_three_screens(patch_data) -> None:
+def blob_embeddings(labels: list[str], seed: int = 0, dim: int = 16) -> np.ndarray:
+    """One tight Gaussian blob per label."""
+    rng = np.random.default_rng(seed)
+    names = sorted(set(labels))
+    centres = {name: rng.normal(size=dim) for name in names}
+    return np.stack([centres[v] + 0.3 * rng.normal(size=dim) for v in labels])
+
+
+def test_poisoning_check_reports_a_dirty_label_trigger_with_its_test(patch_data) -> None:
     images, labels, stamped, _ = patch_data
-    x, _, poisoned = planted(n_labels=3, per=40, fraction=0.1)
+    # the stamped images of "a" were drawn from "b" and relabelled: their content reads as b
+    content = ["b" if i in stamped else v for i, v in enumerate(labels)]
     frame = pd.DataFrame({"id": [f"r{i}" for i in range(120)], "image": images, "label": labels})
-    # embeddings follow the planted blobs, relabelled l0/l1/l2 -> a/b/c
-    result = poisoning_check(frame, x, progress=False, epsilon=0.1, min_per_label=20)
-    kinds = {f.kind for f in result.findings}
-    assert {"repeated_patch", "spectral_outlier", "small_cluster"} <= kinds
-    flagged = {f.record_id for f in result.findings}
-    assert {f"r{i}" for i in stamped} | {f"r{i}" for i in poisoned} <= flagged
-    assert result.metrics["backdoor_suspects"] == len(flagged) and result.metrics["patch_groups"] == 1
-    patch = next(f for f in result.findings if f.kind == "repeated_patch")
+    result = poisoning_check(frame, blob_embeddings(content), progress=False)
+    assert {f.record_id for f in result.findings} == {f"r{i}" for i in stamped}
+    assert {f.kind for f in result.findings} == {"repeated_patch"}
+    assert result.metrics["backdoor_suspects"] == 5 and result.metrics["patch_groups"] == 1
+    patch = result.findings[0]
     assert patch.evidence["label"] == "a" and patch.evidence["n_carriers"] == 5
+    assert patch.evidence["doubted_carriers"] == 5 and patch.evidence["q_value"] <= 0.05
     assert len(patch.evidence["carriers"]) == 4 and patch.evidence["location"]["width"] == 6
     assert result.details["patch_size"] == 6 and "patch_seconds" in result.details
-    assert result.to_dict()["metrics"]["patch_groups"] == 1
+
+
+def test_poisoning_check_reports_nothing_the_test_does_not_reject(patch_data) -> None:
+    """Shared artwork (a patch on images that look like their label) and the embedding screens' hits
+    are no findings: no test rejects "no backdoor"."""
+    images, labels, _, _ = patch_data
+    x, _, _ = planted(n_labels=3, per=40, fraction=0.1)
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(120)], "image": images, "label": labels})
+    result = poisoning_check(frame, x, progress=False, epsilon=0.1, min_per_label=20)
+    assert result.findings == [] and result.metrics["backdoor_suspects"] == 0
+    assert result.metrics["spectral_outliers"] > 0 and result.metrics["small_cluster_members"] > 0
+    assert result.details["patch_candidates"] == 1 and result.details["patch_tests"][0]["q_value"] > 0.05
+    assert poisoning_check(frame, None, progress=False).findings == []  # untested without embeddings

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFile, ImageFilter
 
-from vlmops.audit.quality import DEFAULT_THRESHOLDS, KINDS, image_stats, quality_check
+from vlmops.audit.quality import DEFAULT_THRESHOLDS, INFO_KINDS, KINDS, image_stats, quality_check
 from vlmops.data.images import MAX_PIXELS
 
 
@@ -133,7 +133,7 @@ def test_kinds_do_not_leak_to_other_bad_files(audit) -> None:
 
 def test_metrics_and_thresholds(audit) -> None:
     frame, kinds, result = audit
-    flagged = sum(bool(k) for k in kinds.values())
+    flagged = sum(bool(k - set(INFO_KINDS)) for k in kinds.values())  # info is not an issue
     assert result.check == "quality"
     assert result.metrics["quality_issues"] == flagged
     assert result.metrics["quality_issue_rate"] == pytest.approx(flagged / len(frame))
@@ -221,3 +221,38 @@ def test_stats_must_match_frame(tmp_path) -> None:
     frame = pd.DataFrame({"id": ["a", "b"], "image": [str(path)] * 2})
     with pytest.raises(ValueError, match="rows"):
         quality_check(frame, stats=image_stats([path], progress=False), progress=False)
+    old_stats = image_stats([path] * 2, progress=False).drop(columns=["edge_sharpness"])
+    with pytest.raises(ValueError, match="edge_sharpness"):
+        quality_check(frame, stats=old_stats, progress=False)
+
+
+def _drawing(seed: int) -> Image.Image:
+    """A flat drawing: one small crisp filled shape on white (little detail, sharp edges)."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (64, 64), "white")
+    x, y = (int(v) for v in rng.integers(8, 40, size=2))
+    ImageDraw.Draw(image).ellipse((x, y, x + 14, y + 14), fill=(200, 60, 40))
+    return image
+
+
+def test_flat_drawing_is_not_blurry_but_blurred_one_is(tmp_path) -> None:
+    """Little detail with crisp edges is not blur; the same drawing with soft edges is."""
+    paths = [_save(_noise(100 + i, (64, 64)), tmp_path / f"busy{i}.png") for i in range(30)]
+    paths.append(_save(_drawing(0), tmp_path / "drawing.png"))
+    paths.append(_save(_drawing(1).filter(ImageFilter.GaussianBlur(2)), tmp_path / "soft.png"))
+    frame = pd.DataFrame({"id": [p.stem for p in paths], "image": [str(p) for p in paths]})
+    stats = image_stats(frame["image"], progress=False)
+    blurry = {f.record_id for f in quality_check(frame, stats, progress=False).findings if f.kind == "blurry"}
+    assert blurry == {"soft"}
+    sharpness = dict(zip(frame["id"], stats["edge_sharpness"], strict=True))
+    assert sharpness["drawing"] > 1.0 > 0.5 > sharpness["soft"]
+
+
+def test_grayscale_is_info_not_an_issue(tmp_path) -> None:
+    """A grayscale image in a colour data set is listed at info level and not counted as an issue."""
+    paths = [_save(_noise(200 + i, (64, 64)), tmp_path / f"c{i}.png") for i in range(20)]
+    paths.append(_save(_noise(300, (64, 64)).convert("L"), tmp_path / "gray.png"))
+    frame = pd.DataFrame({"id": [p.stem for p in paths], "image": [str(p) for p in paths]})
+    result = quality_check(frame, progress=False)
+    assert [(f.record_id, f.kind, f.severity) for f in result.findings] == [("gray", "grayscale", "info")]
+    assert result.metrics["quality_grayscale"] == 1 and result.metrics["quality_issues"] == 0

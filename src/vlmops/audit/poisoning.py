@@ -7,8 +7,14 @@
   "silhouette" criteria); our cheap stand-in for its exclusionary reclassification asks whether the
   small cluster's members sit closer to another label's centroid than to their own.
 * Repeated patches: a trigger stamped onto images shows up as one small pixel pattern repeated across
-  many images of one label and (almost) nowhere else. The finder lives in `vlmops.audit.patches`; this
-  module turns its compact groups into findings.
+  many images of one label and (almost) nowhere else. The finder lives in `vlmops.audit.patches`.
+
+Findings come only from a test that rejects "no backdoor" at a controlled false-discovery rate
+(`test_patch_groups`, Benjamini-Hochberg over the compact patch groups): small clean data shares plenty of
+compact artwork (eyes, rims) within a label, and the first two screens flag vendor styles and label
+confusion on clean emoji, with no null distribution to calibrate them against; their hits stay in the
+details. `bench/audit_clean.py` counts the findings on clean data (see bench/RESULTS.md). A clean-label
+trigger (stamped on images that already look like their label) does not move the test and is not reported.
 """
 
 from __future__ import annotations
@@ -147,39 +153,57 @@ def _patch_findings(groups: list[dict], ids: np.ndarray) -> list[Finding]:
                         "carriers": others[:MAX_LISTED],
                         "n_elsewhere": len(elsewhere),
                         "elsewhere": elsewhere[:MAX_LISTED],
+                        "doubted_carriers": group["doubted_carriers"],
+                        "p_value": group["p_value"],
+                        "q_value": group["q_value"],
                     },
                 )
             )
     return out
 
 
-def _embedding_findings(spectral: list[dict], clusters: list[dict], ids: np.ndarray) -> list[Finding]:
-    out = []
-    for hit in spectral:
-        out.append(
-            Finding(
-                record_id=str(ids[hit["row"]]),
-                check="poisoning",
-                kind="spectral_outlier",
-                severity="warning",
-                message=f"outlier along the top spectral direction of label {hit['label']!r} "
-                f"(score {hit['score']:.3g} > threshold {hit['threshold']:.3g})",
-                evidence={k: hit[k] for k in ("label", "score", "threshold")},
-            )
-        )
-    for hit in clusters:
-        out.append(
-            Finding(
-                record_id=str(ids[hit["row"]]),
-                check="poisoning",
-                kind="small_cluster",
-                severity="warning",
-                message=f"in a small cluster ({hit['cluster_size']} items, {hit['cluster_fraction']:.0%}) of "
-                f"label {hit['label']!r} that lies nearer label {hit['nearer_label']!r}",
-                evidence={k: v for k, v in hit.items() if k != "row"},
-            )
-        )
+def content_doubts_label(embeddings: np.ndarray, labels: Sequence) -> np.ndarray:
+    """Per record: an out-of-sample k-NN on the embeddings reads the image as another label (False where
+    the label is missing)."""
+    from vlmops.audit.labels import out_of_sample_probs
+
+    names = [None if v is None or v != v else str(v) for v in labels]
+    known = np.flatnonzero([v is not None for v in names])
+    out = np.zeros(len(names), dtype=bool)
+    if len(known) < 2:
+        return out
+    probs, classes = out_of_sample_probs(np.asarray(embeddings)[known], [names[i] for i in known])
+    out[known] = classes[probs.argmax(axis=1)] != np.asarray([names[i] for i in known], dtype=object)
     return out
+
+
+def test_patch_groups(groups: list[dict], labels: Sequence, doubted: np.ndarray, fdr: float) -> list[dict]:
+    """Each group with its p-value under "no backdoor"; `rejected` where Benjamini-Hochberg at `fdr` rejects.
+
+    Without a backdoor a patch shared by images of one label is artwork, and its carriers are a sample of
+    the label's images: the share whose content a k-NN reads as another label is the label's own rate r
+    (estimated from its other images, add-one smoothed). A dirty-label trigger (BadNets: the patch on
+    other labels' images, relabelled) makes that share large. p = P(Binomial(k, r) >= c) for c doubted
+    carriers of k.
+    """
+    from scipy.stats import binom, false_discovery_control
+
+    names = np.asarray([None if v is None or v != v else str(v) for v in labels], dtype=object)
+    for group in groups:
+        carriers = np.fromiter(group["carriers"], dtype=np.int64)
+        others = np.setdiff1d(np.flatnonzero(names == group["label"]), carriers)
+        rate = (doubted[others].sum() + 1) / (len(others) + 2)
+        c, k = int(doubted[carriers].sum()), len(carriers)
+        group |= {
+            "doubted_carriers": c,
+            "label_doubt_rate": float(rate),
+            "p_value": float(binom.sf(c - 1, k, rate)),
+        }
+    if groups:
+        adjusted = false_discovery_control([g["p_value"] for g in groups])
+        for group, q in zip(groups, adjusted, strict=True):
+            group |= {"q_value": float(q), "rejected": bool(q <= fdr)}
+    return groups
 
 
 def poisoning_check(
@@ -194,11 +218,16 @@ def poisoning_check(
     patches: bool = True,
     max_patch_groups: int = 50,
     seed: int = 0,
+    fdr: float = 0.05,
 ) -> CheckResult:
-    """Backdoor suspects: spectral signatures and activation clusters per label, and repeated patches."""
+    """Backdoor suspects: carriers of repeated-patch groups whose test rejects "no backdoor" at `fdr`.
+
+    Spectral signatures and activation clusters are screens without a calibrated null (on clean emoji
+    they flag vendor styles): their hits are listed in details, not reported as findings.
+    """
     labels = list(frame["label"] if labels is None else labels)
     ids = frame["id"].astype(str).to_numpy()
-    settings = {"epsilon": epsilon, "z_threshold": z_threshold, "min_per_label": min_per_label}
+    settings = {"epsilon": epsilon, "z_threshold": z_threshold, "min_per_label": min_per_label, "fdr": fdr}
     result = CheckResult(check="poisoning", details=settings)
     spectral, clusters = [], []
     if embeddings is not None:
@@ -207,9 +236,15 @@ def poisoning_check(
         spectral = spectral_signatures(embeddings, labels, epsilon, z_threshold, min_per_label)
         clusters = activation_clusters(embeddings, labels, min_per_label, seed=seed)
         result.details["labels_checked"] = len(_label_groups(labels, min_per_label))
+        result.details["screens"] = {
+            "spectral_outliers": [str(ids[h["row"]]) for h in spectral][:MAX_LISTED],
+            "small_cluster_members": [str(ids[h["row"]]) for h in clusters][:MAX_LISTED],
+        }
     else:
-        result.notes.append("no embeddings: spectral signatures and activation clustering skipped")
-    compact: list[dict] = []
+        result.notes.append(
+            "no embeddings: spectral signatures, activation clustering and the patch test skipped"
+        )
+    rejected: list[dict] = []
     if patches:
         start = time.perf_counter()
         groups = find_repeated_patches(frame["image"].tolist(), labels, size=patch_size, progress=progress)
@@ -218,16 +253,26 @@ def poisoning_check(
             "patch_size": patch_size,
             "patch_seconds": round(time.perf_counter() - start, 2),
             "shared_artwork_groups": len(groups) - len(compact),
+            "patch_candidates": len(compact),
         }
-        if len(compact) > max_patch_groups:
-            result.notes.append(f"{len(compact) - max_patch_groups} more patch groups not listed")
-    result.findings = _embedding_findings(spectral, clusters, ids) + _patch_findings(
-        compact[:max_patch_groups], ids
-    )
-    suspects = {h["row"] for h in spectral + clusters} | {i for g in compact for i in g["carriers"]}
+        if embeddings is not None:
+            test_patch_groups(compact, labels, content_doubts_label(embeddings, labels), fdr)
+            rejected = [g for g in compact if g["rejected"]]
+            result.details["patch_tests"] = [
+                {k: g[k] for k in ("label", "doubted_carriers", "label_doubt_rate", "p_value", "q_value")}
+                | {"carriers": len(g["carriers"])}
+                for g in compact[:MAX_LISTED]
+            ]
+        elif compact:
+            result.notes.append(
+                f"{len(compact)} compact patch groups not tested (no embeddings): no findings"
+            )
+        if len(rejected) > max_patch_groups:
+            result.notes.append(f"{len(rejected) - max_patch_groups} more patch groups not listed")
+    result.findings = _patch_findings(rejected[:max_patch_groups], ids)
     result.metrics = {
-        "backdoor_suspects": len(suspects),
-        "patch_groups": len(compact),
+        "backdoor_suspects": len({f.record_id for f in result.findings}),
+        "patch_groups": len(rejected),
         "spectral_outliers": len(spectral),
         "small_cluster_members": len(clusters),
     }
