@@ -4,7 +4,7 @@ The commands run as written, through bash, in a scratch folder whose VLMOPS_HOME
 set (a few hundred real emoji images of the installed set, with its manifest columns and splits), so
 `--data emoji` and every default that reads the emoji data stay as they are. The only rewrites are what
 a reader would also change: `hf:/models/clip` points at a tiny saved CLIP, port 8000 at a free port,
-`vlm_...` and `<from a response>` at the real key and request id. Files the README takes as given
+`vlm_...` and `<from a response>` at the real keys and request id. Files the README takes as given
 (my_manifest.jsonl, grinning.png, alerts.yaml) are made first. Servers are started, probed and stopped.
 A README command this file does not know fails `test_every_readme_command_is_covered`.
 """
@@ -39,11 +39,12 @@ ELSEWHERE = {
 }
 SERVE_BLOCK = [
     "vlmops keys create --name my-app",
+    "vlmops keys create --name ops --scopes admin",
     "vlmops calibrate --data emoji --split val --out cal.json",
     "vlmops index build --data emoji --split test --out gallery/",
     "vlmops serve --model builtin:emoji-lit --calibration cal.json --gallery gallery/ --port 8000",
 ]
-CURL_PRELUDE = 'KEY=vlm_...; IMG=$(base64 -w0 grinning.png); H="Authorization: Bearer $KEY"'
+CURL_PRELUDE = 'KEY=vlm_...; OPS_KEY=vlm_...; IMG=$(base64 -w0 grinning.png); H="Authorization: Bearer $KEY"'
 MONITOR_REF = (
     "vlmops monitor run --reference-data emoji --reference-split val --reference-filter "
     "'vendor=google,twitter' --window 200 --rules alerts.yaml --json monitor.json"
@@ -172,6 +173,7 @@ class Workspace:
             self.env.pop(name, None)
         self.port = free_port()
         self.key = ""
+        self.ops_key = ""  # holds the admin scope (/metrics)
         self.request_id = ""
         self.clip = ""
         self.timings: list[tuple[float, str]] = []
@@ -182,6 +184,7 @@ class Workspace:
         command = command.replace("--port 8000", f"--port {self.port}").replace(":8000/", f":{self.port}/")
         if command.startswith("vlmops serve") and "--port" not in command:
             command += f" --port {self.port}"
+        command = command.replace("OPS_KEY=vlm_...", f"OPS_KEY={self.ops_key}")
         return command.replace("vlm_...", self.key).replace("<from a response>", self.request_id)
 
     def run(self, command: str, codes: tuple[int, ...] = (0,), timeout: float = 300) -> str:
@@ -282,11 +285,12 @@ def eval_and_audit(ws: Workspace) -> None:
 
 def serve_and_call(ws: Workspace) -> None:
     ws.key = ws.run(SERVE_BLOCK[0]).strip().splitlines()[-1]
-    assert ws.key.startswith("vlm_")
-    out = ws.run(SERVE_BLOCK[1])
+    ws.ops_key = ws.run(SERVE_BLOCK[1]).strip().splitlines()[-1]
+    assert ws.key.startswith("vlm_") and ws.ops_key.startswith("vlm_") and ws.ops_key != ws.key
+    out = ws.run(SERVE_BLOCK[2])
     assert "mean set size" in out and json.loads((ws.dir / "cal.json").read_text())["labels"]
-    ws.run(SERVE_BLOCK[2])
-    server = ws.serve(SERVE_BLOCK[3])
+    ws.run(SERVE_BLOCK[3])
+    server = ws.serve(SERVE_BLOCK[4])
     try:
         for line in curl_lines():
             answer = ws.run(f"{CURL_PRELUDE}; {line}")
@@ -337,7 +341,7 @@ def loop(ws: Workspace) -> None:
     assert "not checked robustness_drop" in out  # the champion's report is the quick suite's
     server = ws.serve(CANARY_SERVE)
     try:
-        metrics = httpx.get(f"{ws.url}/metrics", headers={"Authorization": f"Bearer {ws.key}"})
+        metrics = httpx.get(f"{ws.url}/metrics", headers={"Authorization": f"Bearer {ws.ops_key}"})
         assert metrics.status_code == 200 and 'role="canary"' in metrics.text  # the retrained model routes
     finally:
         ws.stop(server)
