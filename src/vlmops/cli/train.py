@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from vlmops.cli._common import JsonOption, handle_errors, progress_bar, results_console, write_json
+from vlmops.cli._common import JsonOption, handle_errors, results_console, write_json
+from vlmops.progress import progress_bar
 
 
 @handle_errors

@@ -31,7 +31,7 @@ def quantize_image(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from vlmops.cli._common import progress_bar
+    from vlmops.progress import progress_bar
 
     batches = list(batched(list(images), CALIBRATION_BATCH))
 
