@@ -56,7 +56,7 @@ def build_reference(
     from vlmops.data.images import load_image
     from vlmops.data.manifest import resolve_data
     from vlmops.evaluate.task import build_task
-    from vlmops.monitor.image_stats import describe_image
+    from vlmops.models.image_stats import describe_image
     from vlmops.monitor.run import Reference
     from vlmops.store.cache import open_cache
     from vlmops.store.embed import embed_images_cached

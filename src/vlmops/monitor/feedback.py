@@ -7,9 +7,10 @@ feedback loop. Such rows are counted separately and never used for accuracy or r
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+
+from vlmops.store.log import prediction_of
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,6 @@ class FeedbackMetrics:
 
 def _rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
-
-
-def prediction_of(row) -> dict:
-    """The JSON prediction stored with a logged request ({} when none)."""
-    value = row.prediction if hasattr(row, "prediction") else row.get("prediction")
-    return json.loads(value) if value else {}
 
 
 def feedback_metrics(requests: Iterable, feedback: Iterable) -> FeedbackMetrics:

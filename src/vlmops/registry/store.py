@@ -17,42 +17,9 @@ import sqlalchemy as sa
 from vlmops.config import get_settings
 from vlmops.errors import VlmopsError
 from vlmops.store.log import make_engine, metadata
+from vlmops.store.registry_tables import aliases, events, versions
 
 ALIASES = ("champion", "challenger", "canary", "shadow")
-
-versions = sa.Table(
-    "model_versions",
-    metadata,
-    sa.Column("version", sa.String(128), primary_key=True),
-    sa.Column("uri", sa.Text, nullable=False),
-    sa.Column("weights_sha256", sa.String(64)),
-    sa.Column("data_version", sa.String(128)),
-    sa.Column("parent", sa.String(128)),
-    sa.Column("eval_report", sa.Text),  # JSON of a vlmops.eval/1 report
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("notes", sa.Text),
-)
-
-aliases = sa.Table(
-    "model_aliases",
-    metadata,
-    sa.Column("alias", sa.String(32), primary_key=True),
-    sa.Column("version", sa.String(128), sa.ForeignKey("model_versions.version"), nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-)
-
-events = sa.Table(
-    "registry_events",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("time", sa.Float, nullable=False, index=True),
-    sa.Column("kind", sa.String(32), nullable=False),  # register, promote, rollback, alias, canary ...
-    sa.Column("alias", sa.String(32)),
-    sa.Column("from_version", sa.String(128)),
-    sa.Column("to_version", sa.String(128)),
-    sa.Column("reason", sa.Text),
-    sa.Column("evidence", sa.Text),  # JSON
-)
 
 
 class RegistryError(VlmopsError):
