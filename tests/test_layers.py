@@ -20,11 +20,6 @@ BASE = "base"  # the layer of the modules at the package's top level (config, er
 KNOWN: set[tuple[str, str]] = {
     # the deprecated to_rgb_on_white shim forwards to models.preprocess.to_rgb; goes with the shim
     ("vlmops.data.images", "vlmops.models.preprocess"),
-    # issue 14 item 2: the export accuracy gate and the quality bar move above models
-    ("vlmops.models.builtin", "vlmops.evaluate.emoji_bar"),
-    ("vlmops.models.export_gate", "vlmops.evaluate.task"),
-    ("vlmops.models.export_gate", "vlmops.evaluate.zeroshot"),
-    ("vlmops.models.runtimes", "vlmops.evaluate.task"),
     # issue 14 item 4: the dashboard's page moves into report, its readers into store
     ("vlmops.serve.app", "vlmops.monitor.dashboard"),
 }

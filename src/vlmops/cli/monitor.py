@@ -146,7 +146,7 @@ def run(
     window.n, window.queries. image_stats tests the logged image statistics and query_text the /v1/search
     text queries; each runs only when the log holds enough of them.
     """
-    from vlmops.models.runtimes import load_runtime
+    from vlmops.export.runtimes import load_runtime
     from vlmops.monitor.alerts import AlertStore, evaluate_rules, load_rules
     from vlmops.monitor.run import run_monitor
     from vlmops.store.log import PredictionLog
