@@ -121,3 +121,27 @@ def test_the_order_is_read_from_the_docstring() -> None:
     assert {"audit", "report"} in layers
     packages = {p.name for p in SRC.iterdir() if (p / "__init__.py").exists()}
     assert packages <= set().union(*layers), "every package sits in a layer"
+
+
+def mutual_imports(sources: dict[str, str]) -> set[tuple[str, str]]:
+    """Pairs of modules (not packages) that import each other, lazily or not: each pair must point one way."""
+    modules = set(sources)
+    packages = {m for m in modules if any(n.startswith(m + ".") for n in modules)}
+    edges = {m: imported_modules(m, s, modules) for m, s in sources.items()}
+    return {
+        (a, b)
+        for a, targets in edges.items()
+        for b in targets
+        if a < b and a in edges.get(b, set()) and not {a, b} & packages
+    }
+
+
+def test_no_two_modules_import_each_other() -> None:
+    found = mutual_imports(module_sources())
+    assert not found, "modules importing each other: " + "; ".join(f"{a} <-> {b}" for a, b in sorted(found))
+
+
+def test_an_added_circle_is_found() -> None:
+    sources = module_sources()
+    sources["vlmops.audit.labels"] += "\ndef _g():\n    from vlmops.audit.label_views import build_views\n"
+    assert mutual_imports(sources) == {("vlmops.audit.label_views", "vlmops.audit.labels")}
