@@ -20,8 +20,6 @@ BASE = "base"  # the layer of the modules at the package's top level (config, er
 KNOWN: set[tuple[str, str]] = {
     # the deprecated to_rgb_on_white shim forwards to models.preprocess.to_rgb; goes with the shim
     ("vlmops.data.images", "vlmops.models.preprocess"),
-    # issue 14 item 4: the dashboard's page moves into report, its readers into store
-    ("vlmops.serve.app", "vlmops.monitor.dashboard"),
 }
 
 

@@ -14,7 +14,7 @@ Layers, top to bottom. A module imports from its own layer or below, never above
     audit, report  data governance; HTML/Markdown rendering shared by every report
     evaluate       tasks and metrics
     scale          Ray backends for embedding/generation jobs
-    store          embedding cache, prediction log, the registry's tables
+    store          embedding cache, prediction log, feedback, the monitor's and registry's tables
     models         adapters behind load_model(uri); image preprocessing and statistics
     data           records, manifests, loaders, the emoji set
     base           config, errors, hashing, jsonable, progress, _optional (modules at the top level)

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from vlmops.config import get_settings
 from vlmops.errors import VlmopsError
 from vlmops.store.log import make_engine, metadata
-from vlmops.store.registry_tables import aliases, events, versions
+from vlmops.store.registry_tables import aliases, events, list_events, list_versions, versions
 
 ALIASES = ("champion", "challenger", "canary", "shadow")
 
@@ -137,20 +137,7 @@ class Registry:
 
     def list(self) -> list[dict]:
         """Every version (without eval reports), oldest first, with the aliases pointing to it."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(versions).order_by(versions.c.created_at)).fetchall()
-            held = conn.execute(sa.select(aliases)).fetchall()
-        by_version: dict[str, list[str]] = {}
-        for alias in held:
-            by_version.setdefault(alias.version, []).append(alias.alias)
-        return [
-            {
-                **{k: v for k, v in r._mapping.items() if k != "eval_report"},
-                "has_eval": r.eval_report is not None,
-                "aliases": sorted(by_version.get(r.version, [])),
-            }
-            for r in rows
-        ]
+        return list_versions(self.engine)
 
     # -- aliases and history ----------------------------------------------------------------------
     def alias(self, alias: str) -> str | None:
@@ -235,11 +222,7 @@ class Registry:
 
     def history(self, alias: str | None = None) -> list[dict]:
         """Events in time order (all, or those of one alias)."""
-        query = sa.select(events).order_by(events.c.id)
-        if alias is not None:
-            query = query.where(events.c.alias == alias)
-        with self.engine.connect() as conn:
-            return [{**r._mapping, "evidence": json.loads(r.evidence or "{}")} for r in conn.execute(query)]
+        return list_events(self.engine, alias)
 
     def served_at(self, when: float, alias: str = "champion") -> str | None:
         """Which version held the alias at a given time."""

@@ -1,10 +1,13 @@
 """The registry's tables (versions, aliases, events) and reading an alias from them.
 
 The tables live in the store so that layers below the registry can read them: the gateway follows
-the canary and shadow aliases (`alias_of`) without importing `vlmops.registry`, which writes them.
+the canary and shadow aliases (`AliasReader`) and the dashboard lists versions and events without
+importing `vlmops.registry`, which writes them.
 """
 
 from __future__ import annotations
+
+import json
 
 import sqlalchemy as sa
 
@@ -56,3 +59,30 @@ class AliasReader:
         """The version an alias points to (None when it points nowhere)."""
         with self.engine.connect() as conn:
             return conn.execute(sa.select(aliases.c.version).where(aliases.c.alias == alias)).scalar()
+
+
+def list_versions(engine: sa.Engine) -> list[dict]:
+    """Every version (without eval reports), oldest first, with the aliases pointing to it."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(versions).order_by(versions.c.created_at)).fetchall()
+        held = conn.execute(sa.select(aliases)).fetchall()
+    by_version: dict[str, list[str]] = {}
+    for alias in held:
+        by_version.setdefault(alias.version, []).append(alias.alias)
+    return [
+        {
+            **{k: v for k, v in r._mapping.items() if k != "eval_report"},
+            "has_eval": r.eval_report is not None,
+            "aliases": sorted(by_version.get(r.version, [])),
+        }
+        for r in rows
+    ]
+
+
+def list_events(engine: sa.Engine, alias: str | None = None) -> list[dict]:
+    """Registry events in time order (all, or those of one alias)."""
+    query = sa.select(events).order_by(events.c.id)
+    if alias is not None:
+        query = query.where(events.c.alias == alias)
+    with engine.connect() as conn:
+        return [{**r._mapping, "evidence": json.loads(r.evidence or "{}")} for r in conn.execute(query)]
