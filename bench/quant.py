@@ -52,8 +52,8 @@ def build_runtimes(args, frame, tmp: Path) -> dict:
     """name -> model, for every runtime compared (exports go to `tmp`)."""
     import torch
 
+    from vlmops.export.gate import sample_images
     from vlmops.models import load_model
-    from vlmops.models.export_gate import sample_images
     from vlmops.models.onnx import load as load_bundle
     from vlmops.models.onnx_export import Int8Recipe, export_bundle
     from vlmops.models.runtimes import torch_int8

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vlmops.data.emoji import manifest_path
-from vlmops.demo_loop import DemoSizes, run_loop, write_story
+from vlmops.demo import DemoSizes, run_loop, write_story
 from vlmops.monitor.dashboard import dashboard_context
 
 pytestmark = pytest.mark.skipif(not manifest_path().exists(), reason="run `vlmops data fetch emoji` first")

@@ -78,7 +78,7 @@ def test_export_with_split_all_writes_a_gated_int8_bundle(folder, tiny_uri, tmp_
 
 
 def test_runtime_is_read_from_the_bundle(int8_bundle):
-    from vlmops.models.runtimes import load_runtime, resolve_runtime
+    from vlmops.export.runtimes import load_runtime, resolve_runtime
 
     uri = f"onnx:{int8_bundle}"
     assert resolve_runtime(uri) == "onnx-int8"

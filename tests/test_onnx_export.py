@@ -17,8 +17,8 @@ from adapter_contract import TEXTS, check_adapter, sample_images
 from onnx_helpers import save_tiny_model
 from vlmops.cli import app
 from vlmops.errors import DataError, ModelLoadError
+from vlmops.export.gate import compare
 from vlmops.models import load_model
-from vlmops.models.export_gate import compare
 from vlmops.models.onnx_export import GateFailed, export_bundle
 
 runner = CliRunner()

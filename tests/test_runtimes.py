@@ -13,8 +13,8 @@ from onnx_helpers import save_tiny_model
 from vlmops.config import get_settings
 from vlmops.data.emoji import manifest_path
 from vlmops.errors import DataError, ModelLoadError
+from vlmops.export import runtimes as rt
 from vlmops.models import load_model
-from vlmops.models import runtimes as rt
 
 EMOJI_DATA = get_settings().data_dir  # before any test points VLMOPS_HOME elsewhere
 

@@ -30,9 +30,11 @@ import numpy as np
 
 from vlmops.models.base import l2_normalise
 
+CAPTION_RANK_SHARE = 0.02  # a contradicting caption must fit its image worse than 2 % of all captions
+
 CANDIDATES = 10  # best-fitting images per caption searched for the caption's owner
 BLOCK = 1024
-RANK_POOL = 3000  # distinct captions a partner's caption is ranked against (a seeded sample beyond)
+RANK_POOL = 3000  # distinct captions a caption is ranked against (a seeded sample beyond)
 FDR = 0.05
 
 
@@ -154,3 +156,21 @@ def _peers_vouch(image: np.ndarray, code: np.ndarray, partner: np.ndarray) -> np
     out = np.zeros(len(image), dtype=bool)
     out[rows] = here > there
     return out
+
+
+def caption_rank_share(image_emb: np.ndarray, text_emb: np.ndarray, texts: list[str], seed: int = 0):
+    """Per record: the share of the data set's distinct captions that fit its image better than its own.
+
+    A rank, unlike a raw cosine, is comparable across images: some images are close to every caption.
+    Measured against at most `RANK_POOL` distinct captions (a seeded sample beyond that).
+    """
+    _, first = np.unique(np.asarray(texts, dtype=object).astype(str), return_index=True)
+    if len(first) > RANK_POOL:
+        first = np.random.default_rng(seed).choice(first, RANK_POOL, replace=False)
+    image, text = l2_normalise(image_emb), l2_normalise(text_emb)
+    own = np.einsum("nd,nd->n", image, text)
+    share = np.empty(len(image))
+    for start in range(0, len(image), 2048):
+        sims = image[start : start + 2048] @ text[first].T
+        share[start : start + 2048] = (sims > own[start : start + 2048, None]).mean(1)
+    return share

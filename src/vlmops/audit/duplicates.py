@@ -142,7 +142,7 @@ def signature(image: Image.Image) -> np.ndarray:
 
 def signatures(paths: Iterable[str | Path], progress: bool = True) -> np.ndarray:
     """SIGNATURE record per image path (all zero, ``ok`` False, where the file cannot be read)."""
-    from vlmops.cli._common import progress_bar
+    from vlmops.progress import progress_bar
 
     paths = [str(p) for p in paths]
     out = np.zeros(len(paths), SIGNATURE)

@@ -40,11 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from vlmops.audit.caption_swaps import CAPTION_RANK_SHARE, caption_rank_share
 from vlmops.audit.findings import CheckResult, Finding
-from vlmops.models.base import l2_normalise
-
-CAPTION_RANK_SHARE = 0.02  # a contradicting caption must fit its image worse than 2 % of all captions
-RANK_POOL = 3000  # distinct captions the rank is measured against (a seeded sample when there are more)
 
 
 @dataclass(frozen=True)
@@ -109,24 +106,6 @@ def peers_back_label(texts: list[str], y: np.ndarray) -> np.ndarray:
             others[label] -= 1  # not itself
             out[i] = others.argmax() == label and others[label] > 0
     return out
-
-
-def caption_rank_share(image_emb: np.ndarray, text_emb: np.ndarray, texts: list[str], seed: int = 0):
-    """Per record: the share of the data set's distinct captions that fit its image better than its own.
-
-    A rank, unlike a raw cosine, is comparable across images: some images are close to every caption.
-    Measured against at most `RANK_POOL` distinct captions (a seeded sample beyond that).
-    """
-    _, first = np.unique(np.asarray(texts, dtype=object).astype(str), return_index=True)
-    if len(first) > RANK_POOL:
-        first = np.random.default_rng(seed).choice(first, RANK_POOL, replace=False)
-    image, text = l2_normalise(image_emb), l2_normalise(text_emb)
-    own = np.einsum("nd,nd->n", image, text)
-    share = np.empty(len(image))
-    for start in range(0, len(image), 2048):
-        sims = image[start : start + 2048] @ text[first].T
-        share[start : start + 2048] = (sims > own[start : start + 2048, None]).mean(1)
-    return share
 
 
 def caption_contradictions(frame, views: LabelViews, image_emb: np.ndarray | None = None) -> list[Finding]:

@@ -330,8 +330,7 @@ def _misaligned(
 def _swapped(scored: np.ndarray, skip: set, img, txt, texts: np.ndarray, ids: np.ndarray) -> list[Finding]:
     """swapped_caption findings: mutual `swap_partners` whose caption also ranks poorly on its image
     (fits it worse than `CAPTION_RANK_SHARE` of the distinct captions); rows in `skip` are already flagged."""
-    from vlmops.audit.caption_swaps import swap_partners
-    from vlmops.audit.label_views import CAPTION_RANK_SHARE, caption_rank_share
+    from vlmops.audit.caption_swaps import CAPTION_RANK_SHARE, caption_rank_share, swap_partners
 
     image, text, captions = img[scored], txt[scored], list(texts[scored])
     partner = swap_partners(image, text, captions)

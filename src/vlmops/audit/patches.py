@@ -168,7 +168,7 @@ def _hash_images(
 
     Slots number the images in hashing order (images of one shape are hashed in batches).
     """
-    from vlmops.cli._common import progress_bar
+    from vlmops.progress import progress_bar
 
     hashes, slots, places = [np.empty(0, np.uint64)], [np.empty(0, np.int64)], [np.empty((0, 2), np.int32)]
     slot_image: list[int] = []

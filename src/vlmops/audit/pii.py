@@ -201,7 +201,7 @@ def text_columns(frame: pd.DataFrame) -> list[str]:
 
 def pii_check(frame: pd.DataFrame, progress: bool = True, scan_images: bool = True) -> CheckResult:
     """Scan texts, labels, string attributes and image metadata; one finding per (record, kind)."""
-    from vlmops.cli._common import progress_bar
+    from vlmops.progress import progress_bar
 
     ids = [str(i) for i in frame["id"]] if "id" in frame.columns else [str(i) for i in range(len(frame))]
     hits: dict[tuple[int, str], list[tuple[str, str]]] = defaultdict(list)  # (row, kind) -> (field, value)

@@ -170,7 +170,7 @@ def _one(path: str) -> dict:
 
 def image_stats(paths: Iterable[str | Path], progress: bool = True) -> pd.DataFrame:
     """One row per path: size, readability, real format, geometry and pixel statistics."""
-    from vlmops.cli._common import progress_bar
+    from vlmops.progress import progress_bar
 
     paths = [str(p) for p in paths]
     rows = []

@@ -117,7 +117,7 @@ def redact_manifest(
     frame: pd.DataFrame, out_dir: str | Path, progress: bool = True, overwrite: bool = False
 ) -> dict[str, Any]:
     """Write `out_dir/manifest.jsonl` with PII redacted and images stripped of metadata; return a summary."""
-    from vlmops.cli._common import progress_bar
+    from vlmops.progress import progress_bar
 
     out = Path(out_dir).expanduser().resolve()
     paths = [str(p) for p in frame["image"]]

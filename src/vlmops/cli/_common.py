@@ -20,8 +20,8 @@ from typing import IO, Any
 
 import typer
 from rich.console import Console, ConsoleDimensions
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from vlmops import progress
 from vlmops.errors import VlmopsError
 
 UNLIMITED_WIDTH = 100_000  # wider than any row: nothing is wrapped or truncated off a terminal
@@ -68,6 +68,7 @@ class _CliConsole(Console):
 
 console = _CliConsole()  # progress, announcements, warnings, errors: stderr
 results_console = _CliConsole(results=True)  # results: stdout
+progress.configure(console=console)  # library progress bars share the CLI's stderr console
 
 EXIT_OK, EXIT_FAILED_CHECK, EXIT_USAGE = 0, 1, 2
 
@@ -108,19 +109,6 @@ def format_time(epoch_seconds: float) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def progress_bar(enabled: bool = True) -> Progress:
-    """A rich progress bar on stderr; disabled (no output) when `enabled` is False."""
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not enabled,
-        transient=False,
-    )
 
 
 def print_rule_results(results: Iterable[Any]) -> None:

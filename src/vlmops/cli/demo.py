@@ -84,7 +84,7 @@ def _run_loop(workdir: Path | None) -> dict:
     import time
 
     from vlmops.config import get_settings
-    from vlmops.demo_loop import run_loop, write_story
+    from vlmops.demo import run_loop, write_story
 
     workdir = workdir or get_settings().home / "demo" / time.strftime("%Y%m%d-%H%M%S")
     console.rule("[bold]the closed loop")

@@ -93,8 +93,8 @@ def export(
     """
     from vlmops.data.manifest import resolve_data
     from vlmops.evaluate.task import build_task
+    from vlmops.export.gate import run_gate, sample_images
     from vlmops.models import load_model
-    from vlmops.models.export_gate import run_gate, sample_images
     from vlmops.models.onnx_export import GateFailed, Int8Recipe, export_bundle, exportable_tower
 
     _check_inputs(fmt, out, int8, int8_text, data)

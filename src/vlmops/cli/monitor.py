@@ -56,7 +56,7 @@ def build_reference(
     from vlmops.data.images import load_image
     from vlmops.data.manifest import resolve_data
     from vlmops.evaluate.task import build_task
-    from vlmops.monitor.image_stats import describe_image
+    from vlmops.models.image_stats import describe_image
     from vlmops.monitor.run import Reference
     from vlmops.store.cache import open_cache
     from vlmops.store.embed import embed_images_cached
@@ -146,7 +146,7 @@ def run(
     window.n, window.queries. image_stats tests the logged image statistics and query_text the /v1/search
     text queries; each runs only when the log holds enough of them.
     """
-    from vlmops.models.runtimes import load_runtime
+    from vlmops.export.runtimes import load_runtime
     from vlmops.monitor.alerts import AlertStore, evaluate_rules, load_rules
     from vlmops.monitor.run import run_monitor
     from vlmops.store.log import PredictionLog

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from vlmops.cli._common import JsonOption, handle_errors, progress_bar, results_console, write_json
+from vlmops.cli._common import JsonOption, handle_errors, results_console, write_json
+from vlmops.progress import progress_bar
 
 
 @handle_errors
@@ -31,6 +32,7 @@ def train(
     """
     from vlmops.config import get_settings
     from vlmops.data.emoji import load_emoji_manifest
+    from vlmops.evaluate.emoji_bar import quality_report
     from vlmops.models.builtin import save_emoji_lit
     from vlmops.models.towers import TextTower
     from vlmops.models.training import TrainConfig, train_emoji_lit
@@ -48,7 +50,9 @@ def train(
 
         text_tower = TextTower()
         result = train_emoji_lit(manifest, config, text_tower, on_epoch=on_epoch)
-    card = save_emoji_lit(result, config, manifest, out, evaluate=evaluate, text_tower=text_tower)
+    card = save_emoji_lit(
+        result, config, manifest, out, evaluate=evaluate, text_tower=text_tower, quality=quality_report
+    )
     results_console.print(
         f"best epoch {result.best_epoch}: val top-1 {result.best_val_top1:.3f} "
         f"in {result.seconds / 60:.1f} min; wrote {out}"

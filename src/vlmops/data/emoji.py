@@ -205,7 +205,7 @@ def fetch_emoji(seed: int = DEFAULT_SEED, force: bool = False, progress: bool = 
     target = manifest_path()
     if target.exists() and not force and load_emoji_manifest().attrs.get("seed") == seed:
         return target
-    from vlmops.cli._common import progress_bar
+    from vlmops.progress import progress_bar
 
     modules = install_packages(emoji_dir() / "npm")
     with progress_bar(progress) as bar:

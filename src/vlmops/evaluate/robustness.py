@@ -23,8 +23,8 @@ def corruptions_section(
     ctx: EvalContext, sample: int | None, severities: Sequence[int] = (1, 2, 3, 4, 5)
 ) -> dict:
     """Top-1 per family x severity on a seeded sample of rows, with mCE and relative robustness."""
-    from vlmops.cli._common import progress_bar
     from vlmops.evaluate.corruptions import FAMILIES, corrupt
+    from vlmops.progress import progress_bar
 
     rows = ctx.sample(sample, "corruptions")
     targets = ctx.task.targets[rows]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from vlmops.errors import ModelLoadError
-from vlmops.models.base import ModelInfo, embed_in_batches, sha256_file
+from vlmops.models.base import VLM, ModelInfo, embed_in_batches, sha256_file
 from vlmops.models.preprocess import TO_RGB_ID
 from vlmops.models.towers import ImageTower, ImageTowerConfig, TextTower, pixels_from_images
 
@@ -139,8 +139,13 @@ def save_emoji_lit(
     out: Path,
     evaluate: bool = True,
     text_tower: TextTower | None = None,
+    quality: Callable[[VLM, pd.DataFrame], dict] | None = None,
 ) -> dict:
-    """Write a trained emoji-lit (TrainResult) as safetensors plus its model card; returns the card."""
+    """Write a trained emoji-lit (TrainResult) as safetensors plus its model card; returns the card.
+
+    With `evaluate` and a `quality` function (the CLI passes `evaluate.emoji_bar.quality_report`: the
+    model layer does not import evaluation), the card's "quality" section is `quality(model, manifest)`.
+    """
     from safetensors.torch import save_file
 
     from vlmops.data.version import dataset_version
@@ -180,11 +185,9 @@ def save_emoji_lit(
             "frozen": True,
         },
     }
-    if evaluate:
-        from vlmops.evaluate.emoji_bar import quality_report
-
+    if evaluate and quality is not None:
         info = ModelInfo("emoji-lit", "candidate", result.tower.config.out_dim, f"builtin:emoji-lit@{out}")
         model = EmojiLit(result.tower, result.logit_scale, info, text_tower=text_tower)
-        card["quality"] = quality_report(model, manifest)
+        card["quality"] = quality(model, manifest)
     (out / spec.card).write_text(json.dumps(card, indent=2, default=str) + "\n")
     return card

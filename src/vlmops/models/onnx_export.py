@@ -14,7 +14,6 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,32 +23,13 @@ from PIL import Image
 from vlmops.errors import DataError, ModelLoadError, VlmopsError
 from vlmops.models import onnx as bundle
 from vlmops.models.base import VLM, sha256_files
+from vlmops.models.onnx_quant import Int8Recipe
 from vlmops.models.preprocess import pixel_array
 
 SUPPORTED = "builtin:emoji-lit and builtin:emoji-lit@FOLDER (models trained by `vlmops train`)"
 OPSET = 20  # the first opset with a Gelu op: one node instead of five, and one float island in int8
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 PARITY_TEXTS = ("an emoji of grinning face", "a dog", "", "keycap: #", "an emoji of a red heart " * 12)
-
-
-@dataclass(frozen=True)
-class Int8Recipe:
-    """What the int8 bundle quantizes; defaults picked by bench/quant.py on a 2-core AVX2 CPU."""
-
-    image_ops: tuple[str, ...] = ("Conv",)  # GELU, BatchNorm, residual adds and the head stay fp32
-    skip_first_conv: bool = (
-        True  # the 3-channel stem on raw pixels: int8 there gains no speed, a bit of cosine
-    )
-    per_channel: bool = True  # one weight scale per output channel
-    reduce_range: bool = True  # 7-bit weights: u8 x s8 kernels without VNNI saturate int16 otherwise
-    quant_format: str = "QDQ"  # or "QOperator"
-    # dynamic int8 MiniLM: -1 to -2.5 pp zero-shot top-1 on emoji, and its activation scale is set per
-    # batch, so a text's vector depends on its batch-mates; opt-in only
-    text: bool = False
-
-    def to_dict(self) -> dict:
-        """Plain dict for bundle.json."""
-        return {**asdict(self), "image_ops": list(self.image_ops)}
 
 
 class GateFailed(VlmopsError):

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from vlmops.errors import VlmopsError
 from vlmops.store.log import make_engine, metadata
+from vlmops.store.monitor_tables import alerts, list_alerts
 
 OPS = {
     "<": operator.lt,
@@ -34,19 +35,6 @@ OPS = {
     "==": operator.eq,
     "!=": operator.ne,
 }
-
-alerts = sa.Table(
-    "alerts",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("time", sa.Float, nullable=False, index=True),
-    sa.Column("rule", sa.String(128), nullable=False, index=True),
-    sa.Column("metric", sa.String(128), nullable=False),
-    sa.Column("value", sa.Float, nullable=False),
-    sa.Column("threshold", sa.Float, nullable=False),
-    sa.Column("model_version", sa.String(128)),
-    sa.Column("evidence", sa.Text),  # JSON
-)
 
 
 class AlertRuleError(VlmopsError):
@@ -150,11 +138,7 @@ class AlertStore:
 
     def list(self, since: float | None = None) -> list[dict]:
         """Fired alerts, oldest first."""
-        query = sa.select(alerts).order_by(alerts.c.time)
-        if since is not None:
-            query = query.where(alerts.c.time >= since)
-        with self.engine.connect() as conn:
-            return [{**r._mapping, "evidence": json.loads(r.evidence or "{}")} for r in conn.execute(query)]
+        return list_alerts(self.engine, since)
 
 
 def evaluate_rules(

@@ -1,58 +1,26 @@
 """Image statistics as a drift signal: size, shape, brightness, contrast, file size and format.
 
-The server describes every decoded image (`describe_image`: brightness and contrast on a box-reduced
-thumbnail of at most ~64 px; timed once with a one-off script: 0.12 ms for a 72-px emoji, 22 ms for a
-12 MP photo whose decode took 190 ms) and logs the description with the request; the monitor
-describes the reference images the same way. `ImageStatsDetector` then runs a KS test per numeric
-statistic and a chi-squared test on the format counts, with Benjamini–Hochberg over all of them: a new
-camera, a resizing proxy, a dark scene or a switch from PNG to JPEG each shows up as its own named
-finding, before any embedding moves.
+The server describes every decoded image (`models.image_stats.describe_image`: brightness and
+contrast on a box-reduced thumbnail of at most ~64 px; timed once with a one-off script: 0.12 ms for a
+72-px emoji, 22 ms for a 12 MP photo whose decode took 190 ms) and logs the description with the
+request; the monitor describes the reference images the same way. `ImageStatsDetector` then runs a KS
+test per numeric statistic and a chi-squared test on the format counts, with Benjamini–Hochberg over
+all of them: a new camera, a resizing proxy, a dark scene or a switch from PNG to JPEG each shows up as
+its own named finding, before any embedding moves.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageStat
 from scipy import stats as sps
 
-from vlmops.models.preprocess import to_rgb
+from vlmops.models.image_stats import THUMBNAIL_SIDE, describe_image, sniff_format
 from vlmops.monitor.base import Detector, DriftInputError, DriftResult
 
 NUMERIC = ("width", "height", "aspect", "brightness", "contrast", "bytes")
-THUMBNAIL_SIDE = 64
-
-
-def sniff_format(data: bytes) -> str:
-    """The image format named by the file's header ("PNG", "JPEG", ...), or "unknown"."""
-    try:
-        return Image.open(io.BytesIO(data)).format or "unknown"
-    except (OSError, SyntaxError, ValueError):  # a header Pillow cannot read
-        return "unknown"
-
-
-def describe_image(image: Image.Image, data: bytes, image_format: str | None = None) -> dict:
-    """Statistics of one decoded image and its encoded bytes (brightness/contrast on a grey thumbnail).
-
-    `image_format` is the format its decoder saw; without it the header of `data` is read again.
-    Any PIL mode is read as the models see it (`to_rgb`: upright, transparency on white).
-    """
-    image = to_rgb(image)
-    width, height = image.size
-    factor = max(1, max(width, height) // THUMBNAIL_SIDE)
-    small = image.reduce(factor) if factor > 1 else image  # box-average first: a 12 MP photo costs ~20 ms
-    stat = ImageStat.Stat(small.convert("L"))
-    return {
-        "width": width,
-        "height": height,
-        "aspect": width / height,
-        "brightness": stat.mean[0],
-        "contrast": stat.stddev[0],
-        "bytes": len(data),
-        "format": image_format or sniff_format(data),
-    }
+__all__ = ["NUMERIC", "THUMBNAIL_SIDE", "ImageStatsDetector", "describe_image", "sniff_format"]
 
 
 def _numeric(described: Sequence[dict], name: str) -> np.ndarray:

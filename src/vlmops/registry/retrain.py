@@ -27,9 +27,8 @@ from vlmops.evaluate.task import EvalTask
 from vlmops.models.builtin import BUILTIN_MODELS, EmojiLit
 from vlmops.models.towers import ImageTower
 from vlmops.models.training import augment
-from vlmops.monitor.feedback import prediction_of
 from vlmops.serve.archive import ImageArchive
-from vlmops.store.log import PredictionLog
+from vlmops.store.log import PredictionLog, prediction_of
 
 
 @dataclass(frozen=True)

@@ -17,42 +17,9 @@ import sqlalchemy as sa
 from vlmops.config import get_settings
 from vlmops.errors import VlmopsError
 from vlmops.store.log import make_engine, metadata
+from vlmops.store.registry_tables import aliases, events, list_events, list_versions, versions
 
 ALIASES = ("champion", "challenger", "canary", "shadow")
-
-versions = sa.Table(
-    "model_versions",
-    metadata,
-    sa.Column("version", sa.String(128), primary_key=True),
-    sa.Column("uri", sa.Text, nullable=False),
-    sa.Column("weights_sha256", sa.String(64)),
-    sa.Column("data_version", sa.String(128)),
-    sa.Column("parent", sa.String(128)),
-    sa.Column("eval_report", sa.Text),  # JSON of a vlmops.eval/1 report
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("notes", sa.Text),
-)
-
-aliases = sa.Table(
-    "model_aliases",
-    metadata,
-    sa.Column("alias", sa.String(32), primary_key=True),
-    sa.Column("version", sa.String(128), sa.ForeignKey("model_versions.version"), nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-)
-
-events = sa.Table(
-    "registry_events",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("time", sa.Float, nullable=False, index=True),
-    sa.Column("kind", sa.String(32), nullable=False),  # register, promote, rollback, alias, canary ...
-    sa.Column("alias", sa.String(32)),
-    sa.Column("from_version", sa.String(128)),
-    sa.Column("to_version", sa.String(128)),
-    sa.Column("reason", sa.Text),
-    sa.Column("evidence", sa.Text),  # JSON
-)
 
 
 class RegistryError(VlmopsError):
@@ -170,20 +137,7 @@ class Registry:
 
     def list(self) -> list[dict]:
         """Every version (without eval reports), oldest first, with the aliases pointing to it."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(versions).order_by(versions.c.created_at)).fetchall()
-            held = conn.execute(sa.select(aliases)).fetchall()
-        by_version: dict[str, list[str]] = {}
-        for alias in held:
-            by_version.setdefault(alias.version, []).append(alias.alias)
-        return [
-            {
-                **{k: v for k, v in r._mapping.items() if k != "eval_report"},
-                "has_eval": r.eval_report is not None,
-                "aliases": sorted(by_version.get(r.version, [])),
-            }
-            for r in rows
-        ]
+        return list_versions(self.engine)
 
     # -- aliases and history ----------------------------------------------------------------------
     def alias(self, alias: str) -> str | None:
@@ -268,11 +222,7 @@ class Registry:
 
     def history(self, alias: str | None = None) -> list[dict]:
         """Events in time order (all, or those of one alias)."""
-        query = sa.select(events).order_by(events.c.id)
-        if alias is not None:
-            query = query.where(events.c.alias == alias)
-        with self.engine.connect() as conn:
-            return [{**r._mapping, "evidence": json.loads(r.evidence or "{}")} for r in conn.execute(query)]
+        return list_events(self.engine, alias)
 
     def served_at(self, when: float, alias: str = "champion") -> str | None:
         """Which version held the alias at a given time."""

@@ -404,7 +404,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         return {"status": "ready", "model_version": gateway.version}
 
     def render_dashboard() -> str:
-        from vlmops.monitor.dashboard import render_dashboard
+        from vlmops.report.dashboard import render_dashboard
 
         return render_dashboard(config.store)
 

@@ -48,7 +48,7 @@ def load_label_set(name: str, spec: str, template: str) -> LabelSet:
 
 def build_gateway(config: ServeConfig) -> Gateway:
     """Load the model through its runtime and every configured resource."""
-    from vlmops.models.runtimes import load_runtime, resolve_runtime
+    from vlmops.export.runtimes import load_runtime, resolve_runtime
 
     requested = config.runtime
     config.runtime = resolve_runtime(config.model, requested)  # `auto`: what /v1/models reports is real

@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 from PIL import Image, UnidentifiedImageError
 
+from vlmops.models.image_stats import describe_image
 from vlmops.models.preprocess import ORIENTATION, to_rgb
-from vlmops.monitor.image_stats import describe_image
 from vlmops.serve.errors import ApiError
 from vlmops.serve.limits import Limits
 

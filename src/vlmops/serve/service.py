@@ -190,9 +190,9 @@ class Gateway:
 
     async def _follow_registry(self) -> None:
         """Every follow_registry_s: end a canary or shadow whose registry alias no longer names it."""
-        from vlmops.registry.store import Registry
+        from vlmops.store.registry_tables import AliasReader
 
-        registry = Registry(self.config.store)
+        registry = AliasReader(self.config.store)
         loop = asyncio.get_running_loop()
         while self.variants:
             await asyncio.sleep(self.config.follow_registry_s)

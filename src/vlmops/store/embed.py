@@ -189,7 +189,7 @@ def _embed_cached(
     vectors = cache.get_many(version, transform_id, unique)
     misses = [k for k in unique if k not in vectors]
     if misses:
-        from vlmops.cli._common import progress_bar
+        from vlmops.progress import progress_bar
 
         with progress_bar(progress) as bar:
             task = bar.add_task(f"embedding {what} ({model.info.name})", total=len(misses))

@@ -43,7 +43,7 @@ requests = sa.Table(
     sa.Column("confidence", sa.Float),
     sa.Column("latency_ms", sa.Float, nullable=False),
     sa.Column("texts", sa.Text),  # JSON list of the request's texts, PII-redacted
-    sa.Column("image_stats", sa.Text),  # JSON list, one dict per image (monitor.image_stats.describe_image)
+    sa.Column("image_stats", sa.Text),  # JSON list, one dict per image (models.image_stats.describe_image)
 )
 
 feedback = sa.Table(
@@ -133,6 +133,12 @@ def embedding_of(row: sa.Row | dict) -> np.ndarray | None:
     if data["embedding"] is None:
         return None
     return np.frombuffer(data["embedding"], dtype=_DTYPE).reshape(-1, data["dim"]).copy()
+
+
+def prediction_of(row) -> dict:
+    """The JSON prediction stored with a logged request ({} when none)."""
+    value = row.prediction if hasattr(row, "prediction") else row.get("prediction")
+    return json.loads(value) if value else {}
 
 
 def sqlite_url(path: str | Path) -> str:

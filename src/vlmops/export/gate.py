@@ -99,7 +99,7 @@ def embed_with_progress(
     model: VLM, images: Sequence[Image.Image], what: str, progress: bool, batch_size: int = 64
 ) -> np.ndarray:
     """`model.embed_images` in batches under a rich progress bar labelled `what`."""
-    from vlmops.cli._common import progress_bar
+    from vlmops.progress import progress_bar
 
     chunks = [np.zeros((0, model.info.dim), dtype=np.float32)]
     with progress_bar(progress) as bar:
