@@ -91,13 +91,7 @@ def drift_svg(runs: list[dict], alpha: float = 0.05) -> str:
             ax.plot([], [], linestyle="none", marker="v", color=MUTED, label=f"p < {floor:.0e} (written)")
         ax.set_yscale("log")
         ax.set_ylim(floor / 10, 1.5)
-        index_axis(ax, len(runs))
-        ax.set_xlabel("monitoring pass")
-        ax.set_ylabel("p-value (lower = drift)")
-        legend_outside(ax)
-        ax.get_legend().set_gid("drift-legend")
-        ax.patch.set_gid("drift-axes")
-        return figure_to_svg(fig)
+        return _per_pass_svg(fig, ax, len(runs), "p-value (lower = drift)", "drift")
 
 
 def accuracy_svg(runs: list[dict]) -> str:
@@ -130,13 +124,18 @@ def accuracy_svg(runs: list[dict]) -> str:
                 gid="realised",
             )
         ax.set_ylim(0, 1)
-        index_axis(ax, len(runs))
-        ax.set_xlabel("monitoring pass")
-        ax.set_ylabel("accuracy")
-        legend_outside(ax)
-        ax.get_legend().set_gid("accuracy-legend")
-        ax.patch.set_gid("accuracy-axes")
-        return figure_to_svg(fig)
+        return _per_pass_svg(fig, ax, len(runs), "accuracy", "accuracy")
+
+
+def _per_pass_svg(fig, ax, n_runs: int, ylabel: str, gid: str) -> str:
+    """Finish a per-pass plot (integer pass axis, legend outside, gids the browser test finds) as SVG."""
+    index_axis(ax, n_runs)
+    ax.set_xlabel("monitoring pass")
+    ax.set_ylabel(ylabel)
+    legend_outside(ax)
+    ax.get_legend().set_gid(f"{gid}-legend")
+    ax.patch.set_gid(f"{gid}-axes")
+    return figure_to_svg(fig)
 
 
 def dashboard_context(store: str | None = None) -> dict:
