@@ -20,15 +20,20 @@ from vlmops.report.html import write_html
 from vlmops.store.log import PredictionLog
 
 
+def _reference(rng: np.random.Generator) -> tuple[np.ndarray, Reference]:
+    """K unit class directions and a 300-row reference drawn around them, with image statistics."""
+    classes = unit(rng.normal(size=(K, DIM)))
+    ref_emb, ref_targets = draw(rng, classes, 300)
+    stats = [image_stat(b) for b in rng.normal(150, 20, 300)]
+    return classes, Reference(ref_emb, ref_targets, classes, 20.0, image_stats=stats)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dash")
     url = str(tmp / "s.sqlite")
     rng = np.random.default_rng(0)
-    classes = unit(rng.normal(size=(K, DIM)))
-    ref_emb, ref_targets = draw(rng, classes, 300)
-    stats = [image_stat(b) for b in rng.normal(150, 20, 300)]
-    reference = Reference(ref_emb, ref_targets, classes, 20.0, image_stats=stats)
+    classes, reference = _reference(rng)
     log = PredictionLog(url)
     rule = AlertConfig((AlertRule("drift", "drift.mmd.p_value", "<", 0.01),))
     for i, kw in enumerate([{}, {}, {"noise": 1.4, "offset": 0.15, "brightness": 110.0}]):
@@ -150,10 +155,7 @@ def test_served_dashboard_in_chromium_after_sign_in_one_pass_tiny_p_values(tmp_p
     """One monitor pass with p-values down to 1e-50: every detector visible, none under the legend."""
     app, admin, url = make_app(tmp_path, fake_model())
     rng = np.random.default_rng(0)
-    classes = unit(rng.normal(size=(K, DIM)))
-    ref_emb, ref_targets = draw(rng, classes, 300)
-    stats = [image_stat(b) for b in rng.normal(150, 20, 300)]
-    reference = Reference(ref_emb, ref_targets, classes, 20.0, image_stats=stats)
+    classes, reference = _reference(rng)
     log = PredictionLog(url)
     log_window(log, rng, classes, 200, 0, noise=1.4, offset=0.15, brightness=110.0)
     p_values = {

@@ -62,18 +62,25 @@ def test_batches_never_exceed_max_batch_and_a_lone_item_waits_at_most_max_wait()
     assert 0.015 < lone < 1.0  # it waited for company, then ran alone
 
 
-def test_a_full_queue_refuses_at_once():
-    release = threading.Event()
+async def _one_item_running(release: threading.Event) -> tuple[MicroBatcher, asyncio.Future]:
+    """A batcher (one item per batch, queue of 2) whose model holds its first item until `release`."""
 
     def slow(items):
         release.wait(5)
         return items
 
+    batcher = MicroBatcher(slow, ThreadPoolExecutor(1), max_batch=1, max_wait_ms=0, queue_size=2)
+    batcher.start()
+    first = batcher.submit(0)
+    await asyncio.sleep(0.05)  # the first item is now running, so the queue is empty
+    return batcher, first
+
+
+def test_a_full_queue_refuses_at_once():
+    release = threading.Event()
+
     async def main():
-        batcher = MicroBatcher(slow, ThreadPoolExecutor(1), max_batch=1, max_wait_ms=0, queue_size=2)
-        batcher.start()
-        first = batcher.submit(0)
-        await asyncio.sleep(0.05)  # the first item is now running, so the queue is empty
+        batcher, first = await _one_item_running(release)
         queued = [batcher.submit(1), batcher.submit(2)]
         with pytest.raises(Overloaded):
             batcher.submit(3)
@@ -155,15 +162,8 @@ def test_batches_take_owners_in_turn_and_drop_expired_items():
 def test_cancelled_items_free_their_queue_slot_at_once():
     release = threading.Event()
 
-    def slow(items):
-        release.wait(5)
-        return items
-
     async def main():
-        batcher = MicroBatcher(slow, ThreadPoolExecutor(1), max_batch=1, max_wait_ms=0, queue_size=2)
-        batcher.start()
-        first = batcher.submit(0)
-        await asyncio.sleep(0.05)
+        batcher, first = await _one_item_running(release)
         queued = [batcher.submit(1), batcher.submit(2)]
         for future in queued:
             future.cancel()  # their requests timed out
