@@ -178,3 +178,21 @@ def test_streamed_patch_hashes_give_the_same_groups(data) -> None:
     assert find_repeated_patches(paths, labels, progress=False, hashed=hashed) == groups
     with pytest.raises(ValueError, match="hashed has 30 images"):
         find_repeated_patches(paths[:-1], labels[:-1], progress=False, hashed=hashed)
+
+
+def test_metadata_pii_from_the_scan_equals_reading_each_file(tmp_path) -> None:
+    from test_audit_pii import write_exif_jpeg, write_text_png
+
+    jpeg = write_exif_jpeg(tmp_path / "gps.jpg")
+    with Image.open(jpeg) as image:  # the same EXIF in a TIFF (its Exif and GPS IFDs are sub-IFDs)
+        image.save(tmp_path / "gps.tif", exif=image.getexif())
+    write_text_png(tmp_path / "text.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    names = ["gps.jpg", "gps.tif", "text.png", "broken.png"]
+    frame = pd.DataFrame({"id": names, "image": [str(tmp_path / n) for n in names], "label": None})
+    frame["texts"] = [["a caption"]] * len(names)
+    report = _audit(frame, ["quality", "pii"])
+    alone = pii_check(frame, progress=False)
+    assert report.checks["pii"].to_dict() == alone.to_dict()
+    kinds = {(f.record_id, f.kind) for f in alone.findings}
+    assert {("gps.jpg", "gps"), ("gps.tif", "gps"), ("gps.tif", "serial"), ("text.png", "phone")} <= kinds
