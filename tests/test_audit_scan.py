@@ -196,3 +196,26 @@ def test_metadata_pii_from_the_scan_equals_reading_each_file(tmp_path) -> None:
     assert report.checks["pii"].to_dict() == alone.to_dict()
     kinds = {(f.record_id, f.kind) for f in alone.findings}
     assert {("gps.jpg", "gps"), ("gps.tif", "gps"), ("gps.tif", "serial"), ("text.png", "phone")} <= kinds
+
+
+def test_the_scan_keeps_no_decoded_image(data) -> None:
+    import gc
+    import weakref
+
+    class Watch:
+        def __init__(self) -> None:
+            self.refs: list = []
+
+        def add(self, index, decoded) -> None:
+            if decoded.image is not None:
+                self.refs.append(weakref.ref(decoded.image))
+
+        def result(self) -> int:
+            return len(self.refs)
+
+    consumers = scan.consumers_for(["quality", "duplicates", "pii", "poisoning"], data, has_model=False)
+    watch = Watch()
+    found = scan.scan_images(data["image"], consumers | {"watch": watch}, progress=False)
+    gc.collect()
+    assert found["watch"] == len(_good_files(data))  # the broken files have no image
+    assert [r for r in watch.refs if r() is not None] == []
