@@ -8,7 +8,12 @@ dynamic batching (at most 64 per batch, a ~5 ms window where the framework has o
 processes of one torch thread each, from its own virtual environment under VLMOPS_HOME/bench-venvs that
 this script builds on first use: `python -m venv`, torch 2.13.0 first, then the framework and this
 repository (for its dependencies), torch pinned; at run time the repository's src comes first on
-PYTHONPATH, so every system runs the checkout's own model code. Service code: bench/peers/.
+PYTHONPATH, so every system runs the checkout's own model code. Service code: bench/peers/. Ray Serve
+is optional (`--peers bentoml litserve ray`): a private single-node Ray on 127.0.0.1, usage stats off and
+its cloud-metadata probe prevented (see peer_system).
+
+vlmops's clients take turns over 8 API keys (created with a high request rate), so the gateway's
+default per-key item budget cannot cap a loop that stands for many users; the peers have no auth.
 
 The client is vlmops.serve.loadgen (closed-loop keep-alive clients, one pre-built request with a real
 emoji PNG) at each concurrency; rounds are interleaved (each round starts every system afresh, in a
@@ -55,7 +60,8 @@ REPO = BENCH.parent
 PEERS_DIR = BENCH / "peers"
 NETGUARD_DIR = PEERS_DIR / "netguard"
 TORCH = "torch==2.13.0"
-PEER_SPECS = {"bentoml": "bentoml==1.4.40", "litserve": "litserve==0.2.19"}
+PEER_SPECS = {"bentoml": "bentoml==1.4.40", "litserve": "litserve==0.2.19", "ray": "ray[serve]==2.60.0"}
+DEFAULT_PEERS = ("bentoml", "litserve")  # ray is optional: --peers bentoml litserve ray
 LABELS = ["grinning face", "cat face", "red heart"]
 N_KEYS = 8  # vlmops: clients share 8 API keys, so one key's default item budget does not cap the loop
 
@@ -79,7 +85,7 @@ def peer_python(peer: str) -> Path:
     from vlmops.config import get_settings
 
     spec = PEER_SPECS[peer]
-    venv = get_settings().home / "bench-venvs" / spec.replace("==", "-")
+    venv = get_settings().home / "bench-venvs" / re.sub(r"\[.*\]", "", spec).replace("==", "-")
     python = venv / "bin" / "python"
     if not (venv / ".ready").exists():
         print(f"building {venv} ({TORCH}, then {spec} and vlmops's dependencies; minutes, once)", flush=True)
@@ -152,6 +158,21 @@ def peer_system(peer: str, tmp: Path, port: int, image_b64: str) -> System:
     if peer == "litserve":
         command = [str(python), str(PEERS_DIR / "litserve_app.py"), str(port)]
         return System(peer, command, env, "/health", "/v1/classify", body, cwd=PEERS_DIR)
+    if peer == "ray":  # a private single-node Ray on loopback; see bench/peers/ray_app.py
+        home = tmp / f"ray-home-{port}"
+        home.mkdir()
+        # Ray's dashboard process asks cloud metadata servers (169.254.169.254, metadata.google.internal)
+        # which cloud it runs on unless ~/ray_bootstrap_config.yaml names the provider, even with usage
+        # stats off; a private HOME holding one that says "local" prevents the probe.
+        (home / "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
+        env.update(
+            HOME=str(home),
+            RAY_USAGE_STATS_ENABLED="0",
+            # single-node mode: the node's address is 127.0.0.1, not the machine's interface address
+            RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        )
+        command = [str(python), str(PEERS_DIR / "ray_app.py"), str(port), str(tmp / f"ray-{port}")]
+        return System(peer, command, env, "/-/healthz", "/v1/classify", body, cwd=PEERS_DIR)
     raise ValueError(f"unknown peer {peer!r}; choose from {sorted(PEER_SPECS)}")
 
 
@@ -313,13 +334,17 @@ def drive(server: Server, concurrency: int, seconds: float, warmup: float) -> di
 
 def answer(server: Server) -> tuple[str, float]:
     """The label and confidence a system gives the benchmark request (a check they compute the same)."""
-    system = server.system
-    response = httpx.post(
-        f"http://127.0.0.1:{server.port}{system.path}",
-        json=system.body,
-        headers=system.headers[0],
-        timeout=30,
-    )
+    system, deadline = server.system, time.time() + 120
+    while True:  # a ready server may still be deploying its app (Ray Serve): retry for a while
+        response = httpx.post(
+            f"http://127.0.0.1:{server.port}{system.path}",
+            json=system.body,
+            headers=system.headers[0],
+            timeout=30,
+        )
+        if response.status_code == 200 or time.time() > deadline:
+            break
+        time.sleep(1)
     response.raise_for_status()
     out = response.json()
     out = out[0] if isinstance(out, list) else out
@@ -442,7 +467,7 @@ def report(summary: dict, found: dict, concurrencies: list[int]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--peers", nargs="+", default=list(PEER_SPECS), choices=list(PEER_SPECS))
+    parser.add_argument("--peers", nargs="+", default=list(DEFAULT_PEERS), choices=list(PEER_SPECS))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 64])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per point")
