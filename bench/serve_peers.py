@@ -264,15 +264,17 @@ class Server:
         raise RuntimeError(f"{self.system.name} did not become ready on port {self.port}:\n{tail}")
 
     def stop(self) -> None:
-        """SIGTERM every process of the tree, then SIGKILL whatever is left after 30 s."""
-        tree = process_tree(self.proc.pid)
-        for pid in tree[1:] if self.wrapped else tree:
+        """SIGTERM every process of the tree (not strace), then SIGKILL whatever is left after 30 s."""
+        started = {pid: _start_time(pid) for pid in process_tree(self.proc.pid)}
+        servers = [pid for pid in started if not (self.wrapped and pid == self.proc.pid)]
+        for pid in servers:
             _signal(pid, signal.SIGTERM)
         deadline = time.time() + 30
-        while time.time() < deadline and any(_alive(pid) for pid in tree[1:]):
+        while time.time() < deadline and any(_start_time(pid) == started[pid] for pid in servers):
             time.sleep(0.2)
-        for pid in tree:
-            _signal(pid, signal.SIGKILL)
+        for pid, start in started.items():
+            if _start_time(pid) == start:  # the same process, not a reused pid
+                _signal(pid, signal.SIGKILL)
         self.proc.wait(30)
 
     def remote_destinations(self) -> list[str]:
@@ -285,12 +287,13 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def _alive(pid: int) -> bool:
+def _start_time(pid: int) -> int | None:
+    """When a live process started (clock ticks since boot); None when gone or a zombie."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return False
-    return state != "Z"
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
 
 
 async def _load(port: int, requests: list[bytes], concurrency: int, seconds: float):
