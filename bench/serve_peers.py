@@ -215,6 +215,14 @@ def strace_destinations(trace: str) -> list[str]:
     return sorted({host for host in hosts if not is_loopback_host(host)})
 
 
+def strace_works() -> bool:
+    """True when strace exists and may trace here (containers often forbid ptrace)."""
+    if shutil.which("strace") is None:
+        return False
+    probe = ["strace", "-f", "--seccomp-bpf", "-qq", "-e", "trace=connect", "-o", os.devnull, "true"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
 class Server:
     """One running system: started under strace when it exists, stopped with its whole tree."""
 
@@ -368,7 +376,7 @@ def build_system(name: str, tmp: Path, port: int, image_b64: str) -> System:
 def run_rounds(args: argparse.Namespace, tmp: Path, image_b64: str) -> tuple[list[dict], list[str]]:
     """Every round starts each system afresh (order rotated per round) and measures every concurrency."""
     systems = ["vlmops", *args.peers]
-    use_strace = shutil.which("strace") is not None and not args.no_strace
+    use_strace = not args.no_strace and strace_works()
     rows, remote, answers = [], [], {}
     for round_ in range(args.rounds):
         order = systems[round_ % len(systems) :] + systems[: round_ % len(systems)]
