@@ -215,6 +215,14 @@ def strace_destinations(trace: str) -> list[str]:
     return sorted({host for host in hosts if not is_loopback_host(host)})
 
 
+def audit_findings(log: Path) -> list[str]:
+    """One line per non-loopback destination the network guard's audit hook recorded (and refused)."""
+    if not log.exists():
+        return []
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [f"{' '.join(r['argv'])}: {r['event']} {r['host']} (audit hook)" for r in records]
+
+
 def strace_works() -> bool:
     """True when strace exists and may trace here (containers often forbid ptrace)."""
     if shutil.which("strace") is None:
@@ -398,11 +406,7 @@ def run_rounds(args: argparse.Namespace, tmp: Path, image_b64: str) -> tuple[lis
             finally:
                 server.stop()
                 remote += [f"{name}: connect {host} (strace)" for host in server.remote_destinations()]
-    guard_log = tmp / "netguard.jsonl"
-    if guard_log.exists():
-        for line in guard_log.read_text().splitlines():
-            record = json.loads(line)
-            remote.append(f"{' '.join(record['argv'])}: {record['event']} {record['host']} (audit hook)")
+    remote += audit_findings(tmp / "netguard.jsonl")
     labels = {name: label for name, (label, _) in answers.items()}
     confidences = [conf for _, conf in answers.values()]
     if len(set(labels.values())) > 1 or max(confidences) - min(confidences) > 1e-3:

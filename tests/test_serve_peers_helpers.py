@@ -111,3 +111,19 @@ def test_summary_medians_spread_and_ratios():
     assert found["throughput_c1"] == {"best_peer": "bentoml", "ratio": 50 / 80}
     assert found["p50_c1"] == {"best_peer": "bentoml", "ratio": 11 / 9}
     assert found["throughput_c32"] == {"best_peer": "bentoml", "ratio": 600 / 500}
+
+
+def test_guard_records_what_it_refuses_and_the_script_reports_it(tmp_path, monkeypatch):
+    log = tmp_path / "netguard.jsonl"
+    monkeypatch.setenv(netguard.LOG_ENV, str(log))
+    inet = socket.socket()
+    try:
+        with pytest.raises(PermissionError, match=r"169\.254\.169\.254"):
+            netguard._hook("socket.connect", (inet, ("169.254.169.254", 80)))
+        netguard._hook("socket.connect", (inet, ("127.0.0.1", 80)))  # loopback: allowed, not recorded
+    finally:
+        inet.close()
+    findings = serve_peers.audit_findings(log)
+    assert len(findings) == 1
+    assert "socket.connect 169.254.169.254 (audit hook)" in findings[0]
+    assert serve_peers.audit_findings(tmp_path / "absent.jsonl") == []
