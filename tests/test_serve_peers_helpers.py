@@ -1,5 +1,6 @@
-"""Pure helpers of `bench/serve_peers.py`: the loopback classifier and network-guard hook it relies on
-to prove no benchmarked server touched the network, the strace parser, and the per-point summary."""
+"""Pure helpers of `bench/serve_peers.py` and `bench/peers/` (procs, netguard): the loopback classifier
+and network-guard hook it relies on to prove no benchmarked server touched the network, the strace
+parser, and the per-point summary."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "peers"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "peers" / "netguard"))
 import netguard
+import procs
 
 import serve_peers
 
@@ -86,7 +89,7 @@ def test_strace_destinations_keep_only_remote_addresses():
             '14 connect(7, {sa_family=AF_UNIX, sun_path="/tmp/ray/session/sockets/raylet"}, 110) = 0',
         ]
     )
-    assert serve_peers.strace_destinations(trace) == ["169.254.169.254", "2001:db8::1"]
+    assert procs.strace_destinations(trace) == ["169.254.169.254", "2001:db8::1"]
 
 
 def test_summary_medians_spread_and_ratios():
@@ -123,7 +126,7 @@ def test_guard_records_what_it_refuses_and_the_script_reports_it(tmp_path, monke
         netguard._hook("socket.connect", (inet, ("127.0.0.1", 80)))  # loopback: allowed, not recorded
     finally:
         inet.close()
-    findings = serve_peers.audit_findings(log)
+    findings = procs.audit_findings(log)
     assert len(findings) == 1
     assert "socket.connect 169.254.169.254 (audit hook)" in findings[0]
-    assert serve_peers.audit_findings(tmp_path / "absent.jsonl") == []
+    assert procs.audit_findings(tmp_path / "absent.jsonl") == []
