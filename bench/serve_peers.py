@@ -104,7 +104,7 @@ def vlmops_system(tmp: Path, port: int, image_b64: str) -> System:
     """`vlmops serve --port P` with default flags, a fresh store and N_KEYS API keys."""
     from vlmops.serve.keys import KeyStore
 
-    store = f"sqlite:///{tmp / 'vlmops-store.sqlite'}"
+    store = f"sqlite:///{tmp / f'vlmops-store-{port}.sqlite'}"  # fresh each round
     keys = KeyStore(store)
     tokens = [keys.create(f"bench-{i}", 1e6, 10**6, ("predict",), None) for i in range(N_KEYS)]
     env = base_env(tmp)
@@ -189,7 +189,7 @@ def drive(server: Server, concurrency: int, seconds: float, warmup: float) -> di
     system = server.system
     requests = [
         build_request("127.0.0.1", server.port, system.path, system.body, headers)
-        for i, headers in enumerate(system.headers)
+        for headers in system.headers
     ]
     asyncio.run(_load(server.port, requests, concurrency, warmup))
     cpu0, client0 = server.cpu_seconds(), time.process_time()
