@@ -65,9 +65,16 @@ def _near_copy(image: Image.Image, kind: str) -> Image.Image:
     return image  # jpeg: the re-encoding is the change
 
 
+def load_image(source) -> Image.Image:
+    """The image as RGB on white, as the model and the audit see it (`load_image` keeps the stored mode)."""
+    from vlmops.data.images import load_image as load
+    from vlmops.models.preprocess import to_rgb
+
+    return to_rgb(load(source))
+
+
 def inject(frame: pd.DataFrame, root: Path, seed: int) -> tuple[pd.DataFrame, dict]:
     """A faulty copy of `frame` (labels at category/subcategory) and the ground truth per check."""
-    from vlmops.data.images import load_image
 
     rng = np.random.default_rng(seed)
     df = frame.copy().reset_index(drop=True)
@@ -163,13 +170,11 @@ def _pixel_twin_pairs(flagged: set, near_pairs: set, frame: pd.DataFrame) -> set
     64x64 RGB rendering on white, an independent pixel yardstick (the audit uses pHash, a blurred colour
     thumbnail and embeddings), stricter than any injected edit (JPEG q40 copies differ by 6.5 on median).
     """
-    from vlmops.data.images import load_image
-
     source = {copy: src for src, copy in near_pairs}
     path = dict(zip(frame["id"], frame["image"], strict=True))
 
     def pixels(record: str) -> np.ndarray:
-        return np.asarray(load_image(path[record]).convert("RGB").resize((64, 64)), dtype=np.float32)
+        return np.asarray(load_image(path[record]).resize((64, 64)), dtype=np.float32)
 
     out = set()
     for record, copy in flagged - near_pairs:

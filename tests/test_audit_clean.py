@@ -102,3 +102,19 @@ def test_a_planted_backdoor_in_clean_data_is_still_found(pool, model, tmp_path) 
     frame = pd.concat([frame, pd.DataFrame(rows)], ignore_index=True)
     report = audit(frame, model, tmp_path / "s.sqlite", ["poisoning"])
     assert {f.record_id for f in report.findings} == {f"poison{j}" for j in range(12)}
+
+
+def test_one_record_per_concept_gives_no_label_alignment_or_blank_findings(model, tmp_path) -> None:
+    """The 600-record Twitter manifest of `bench/audit_clean.py` (emoji names as captions, subcategory
+    labels, one record per concept): 39 label issues, 49 caption findings and 7 coloured squares under the
+    low-information limit before look-alike evidence and the blank test; 2, 1 and 1 after."""
+    from vlmops.data.emoji import load_emoji_manifest
+
+    twitter = audit_clean.clean_emoji_pool(load_emoji_manifest(), "twitter")
+    rng = np.random.default_rng([0, 1, 2])  # as `audit_clean.subsets` draws it
+    frame = audit_clean.as_manifest(audit_clean.sample_classes(twitter, 600, rng), rng)
+    report = audit(frame, model, tmp_path / "s.sqlite", ["quality", "labels", "alignment"])
+    assert len(report.checks["labels"].findings) <= 2
+    assert len(report.checks["alignment"].findings) <= 1
+    blank = [f for f in report.checks["quality"].findings if f.kind == "low_information"]
+    assert len(blank) <= 1

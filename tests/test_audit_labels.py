@@ -442,3 +442,87 @@ def test_a_label_too_rare_to_be_supported_is_not_an_issue_for_lack_of_support() 
     assert not unsupported(probs, y)[y == 4].any() and unsupported(probs, y)[y == 3].all()
     flagged = both_views_flag(probs, probs.copy(), y)
     assert set(np.flatnonzero(flagged)) & set(rare) == set(np.flatnonzero(y == 3))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_label_issues_need_look_alikes_that_agree_on_another_label() -> None:
+    """One record per concept (neighbours far and unrelated): no view supports many labels, yet nothing is
+    proven, so nothing is reported. Concepts drawn five times (look-alikes at cosine ~0.9): a record whose
+    label was flipped is contradicted by its look-alikes and is still reported."""
+    from vlmops.audit.labels import LOOKALIKE_PRIOR, label_check
+
+    rng = np.random.default_rng(0)
+    dim, n_labels = 64, 12
+    # clean: 240 distinct concepts, 20 per label; image and caption embeddings unrelated to the label
+    y_clean = np.repeat(np.arange(n_labels), 20)
+    img_clean, txt_clean = _unit(rng.normal(size=(240, dim))), _unit(rng.normal(size=(240, dim)))
+    # faulty: 48 concepts, 4 per label, 5 look-alike images (and captions) each; 12 labels flipped
+    y_true = np.repeat(np.repeat(np.arange(n_labels), 4), 5)
+    centres_i, centres_t = rng.normal(size=(48, dim)), rng.normal(size=(48, dim))
+    concept = np.repeat(np.arange(48), 5)
+    img_faulty = _unit(centres_i[concept] + 0.3 * rng.normal(size=(240, dim)))
+    txt_faulty = _unit(centres_t[concept] + 0.3 * rng.normal(size=(240, dim)))
+    flipped = rng.choice(240, 12, replace=False)
+    y_faulty = y_true.copy()
+    y_faulty[flipped] = (y_true[flipped] + rng.integers(1, n_labels, 12)) % n_labels
+
+    def findings(img: np.ndarray, txt: np.ndarray, y: np.ndarray, gate: bool) -> set[int]:
+        labels = [f"l{c:02d}" for c in y]
+        frame = pd.DataFrame({"id": [str(i) for i in range(len(y))], "label": labels})
+        image, classes = out_of_sample_probs(img, labels)
+        caption, _ = out_of_sample_probs(txt, labels)
+        evidence = None
+        if gate:
+            evidence = (out_of_sample_probs(img, labels, prior=LOOKALIKE_PRIOR)[0]
+                        + out_of_sample_probs(txt, labels, prior=LOOKALIKE_PRIOR)[0]) / 2  # fmt: skip
+        result = label_check(frame, image, classes, "knn", confirm=caption, evidence=evidence)
+        return {int(f.record_id) for f in result.findings}
+
+    assert len(findings(img_clean, txt_clean, y_clean, gate=False)) >= 5  # the false alarms of old
+    assert findings(img_clean, txt_clean, y_clean, gate=True) == set()
+    before = findings(img_faulty, txt_faulty, y_faulty, gate=False) & set(flipped)
+    found = findings(img_faulty, txt_faulty, y_faulty, gate=True)
+    assert before <= found and len(found & set(flipped)) >= 10 and len(found - set(flipped)) <= 2
+
+
+def test_caption_findings_need_evidence_that_the_caption_belongs_elsewhere() -> None:
+    """A caption the caption view doubts is reported only where its look-alike captions (or the records
+    with the very same caption) point at another label; without that (one record per concept) neither a
+    contradiction nor a similarity outlier is reported."""
+    from vlmops.audit.findings import CheckResult, Finding
+    from vlmops.audit.label_views import LabelViews, add_contradictions
+
+    rng = np.random.default_rng(7)
+    n, k = 300, 3
+    y = rng.integers(0, k, n)
+    doubted = rng.choice(n, 30, replace=False)
+    proven, twin_proven, unproven = doubted[:10], doubted[10:12], doubted[12:]
+
+    def probs(pred: np.ndarray, high: float = 0.9) -> np.ndarray:
+        out = np.full((n, k), (1 - high) / (k - 1))
+        out[np.arange(n), pred] = high
+        return out
+
+    text_pred = y.copy()
+    text_pred[doubted] = (y[doubted] + 1) % k  # the caption view reads every doubted caption elsewhere
+    lookalike = probs(y)
+    lookalike[proven] = probs((y + 1) % k, 0.8)[proven]  # close look-alike captions agree on another label
+    lookalike[np.r_[twin_proven, unproven]] = 1 / k  # far, unrelated neighbours: no evidence
+    texts = [f"t{i}" for i in range(n)]
+    donors = [i for i in range(n) if i not in set(doubted) and y[i] != y[twin_proven[0]]][:1]
+    donors += [i for i in range(n) if i not in set(doubted) and y[i] != y[twin_proven[1]]][1:2]
+    for record, donor in zip(twin_proven, donors, strict=True):
+        texts[record] = texts[donor]  # the same caption on a record of another label
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "label": [str(c) for c in y],
+                          "texts": [[t] for t in texts]})  # fmt: skip
+    views = LabelViews(np.arange(n), ["0", "1", "2"], y, probs(y), probs(text_pred), None, "knn",
+                       caption_lookalike=lookalike)  # fmt: skip
+    outliers = [f"r{proven[0]}", f"r{unproven[0]}"]
+    findings = [Finding(r, "alignment", "misaligned_caption", "warning", "poor fit", {}) for r in outliers]
+    result = add_contradictions(CheckResult("alignment", findings=findings), frame, views)
+    kinds = {f.record_id: f.kind for f in result.findings}
+    assert kinds[f"r{proven[0]}"] == "misaligned_caption"
+    assert set(kinds) == {f"r{i}" for i in np.r_[proven, twin_proven]}

@@ -256,3 +256,39 @@ def test_grayscale_is_info_not_an_issue(tmp_path) -> None:
     result = quality_check(frame, progress=False)
     assert [(f.record_id, f.kind, f.severity) for f in result.findings] == [("gray", "grayscale", "info")]
     assert result.metrics["quality_grayscale"] == 1 and result.metrics["quality_issues"] == 0
+
+
+def _drawn(paint, background: str = "white") -> Image.Image:
+    """A 64-px image drawn at 256 px by `paint` and reduced (anti-aliased edges, as emoji are)."""
+    image = Image.new("RGB", (256, 256), background)
+    paint(ImageDraw.Draw(image))
+    return image.resize((64, 64), Image.Resampling.LANCZOS)
+
+
+def _outlined_square() -> Image.Image:
+    """A square outlined by a crisp 1-px black line on white (as OpenMoji's white squares, 0.47 bits)."""
+    image = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(image).rectangle((16, 16, 47, 47), outline=(0, 0, 0))
+    return image
+
+
+def test_low_information_hard_limit_is_for_blank_images_only(tmp_path) -> None:
+    """Few grey levels are not blankness: a frame-filling coloured square (Twitter's square emoji, 0.2
+    bits) and an outlined square on white are drawings; blank and near-blank images stay flagged."""
+    images = {f"busy{i}": _noise(400 + i) for i in range(4)}  # too few for a robust-z outlier rule
+    images |= {
+        "purple_square": _drawn(lambda d: d.rounded_rectangle((0, 0, 255, 255), 24, fill=(170, 142, 214))),
+        "outlined_square": _outlined_square(),
+        "blank_white": Image.new("RGB", (64, 64), "white"),
+        "blank_grey": Image.new("RGB", (64, 64), (128, 128, 128)),
+        "grey_square": _drawn(lambda d: d.rounded_rectangle((0, 0, 255, 255), 24, fill=(128, 128, 128))),
+        "speck": _drawn(lambda d: d.ellipse((100, 100, 108, 108), fill=(0, 0, 0))),
+        "dot": _drawn(lambda d: d.ellipse((80, 80, 112, 112), fill=(0, 0, 0))),
+    }
+    paths = [_save(image, tmp_path / f"{name}.png") for name, image in images.items()]
+    frame = pd.DataFrame({"id": list(images), "image": [str(p) for p in paths]})
+    stats = image_stats(frame["image"], progress=False)
+    assert (stats["entropy"][4:] < DEFAULT_THRESHOLDS["low_information_hard"]).all()  # all past the limit
+    result = quality_check(frame, stats, progress=False)
+    flagged = {f.record_id for f in result.findings if f.kind == "low_information"}
+    assert flagged == {"blank_white", "blank_grey", "grey_square", "speck", "dot"}

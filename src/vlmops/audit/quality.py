@@ -22,7 +22,7 @@ odd_aspect         longer / shorter side       > 3         > 10        high (log
 too_dark           mean luma (0-255)           < 40        < 8         low
 too_bright         mean luma (0-255)           > 235       > 254.5     high
 blurry             var of 3x3 Laplacian (luma) < 50 (*)    < 1         low (log1p)
-low_information    luma entropy (bits)         < 2.5       < 0.5       low
+low_information    luma entropy (bits)         < 2.5       < 0.5 (**)  low
 =================  ==========================  ==========  ==========  =================
 
 (*) Little detail is not blur: a flat drawing with a few crisp outlines has a low Laplacian variance
@@ -32,13 +32,25 @@ whatever the edge's contrast or how much of the image is edges) below ``blurry_e
 sigma >= 1 px on the stats copy). Clean emoji and generated shapes measure 1.5 or more; the same images
 blurred with sigma 1.5 px measure at most 0.72.
 
+(**) Few grey levels are not blankness: a flat coloured square that fills the frame (Twitter's square
+emoji, 0.16-0.20 bits) has the luma histogram of a blank image, and an outlined shape on white (OpenMoji's
+white square, 0.47 bits) little more. The hard limit therefore applies to *blank* images only: no
+coloured area (``colour_share``, the share of pixels whose max - min of R, G, B exceeds `COLOUR_LEVEL`,
+below ``blank_colour`` 1 %) and nothing outlined (``edge_share``, the share of pixels whose luma
+gradient exceeds `EDGE_LEVEL` grey levels per px, below ``blank_edges`` 5 %). On the emoji, drawings
+with outlines have an edge share of 7 % or more and the frame-filling squares 1.1-2.0 % (their rounded
+corners); the coloured squares are 99 % coloured, the white and black ones 0 %. A blank white, black or
+grey image, or one with a speck, a dot or a word, stays past the hard limit; a uniformly coloured one is
+a colour swatch and is flagged only by the soft limit and robust z (an outlier of its data set).
+
 The soft-and-relative rule is what keeps emoji (mostly white background) from all being "too bright":
 567 of the 15,170 emoji (`resolve_data("emoji")`) are brighter than 235, but their median luma is 200
 with MAD 18, so z > 3.5 would need luma > 296 and none is flagged; the hard limits still catch blank,
-black or flat images even where they are common. Measured on the emoji this lists 204 records, none
+black or blank images even where they are common. Measured on the emoji this lists 195 records, none
 with a file problem: 193 grayscale at info level (black-and-white designs: OpenMoji clocks, arrows and
-media buttons, Google's family silhouettes) and 11 low_information warnings (flat one-colour squares
-under 0.5 bits). The 22 blurry ones before the edge test (faint low-contrast drawings, not out of
+media buttons, Google's family silhouettes) and 2 low_information warnings (Twitter's white and black
+large squares: one grey level filling the frame; before the blank test 11, with 7 coloured squares and
+2 outlined OpenMoji buttons). The 22 blurry ones before the edge test (faint low-contrast drawings, not out of
 focus: Twitter's white shapes, light-skin-tone hands) have crisp edges and are no longer flagged.
 Sharpness and histogram statistics are computed on a copy whose longer side is at most
 ``STATS_MAX_SIDE``.
@@ -60,6 +72,8 @@ from vlmops.audit.stats import robust_z
 from vlmops.models.preprocess import to_rgb
 
 STATS_MAX_SIDE = 1024
+EDGE_LEVEL = 8.0  # luma gradient (grey levels per px) above which a pixel is part of a drawn edge
+COLOUR_LEVEL = 24  # chroma (max - min of R, G, B, of 255) above which a pixel is coloured, not grey
 ERROR_KINDS = ("unreadable", "zero_byte", "truncated", "decompression_bomb")
 CONTINUOUS_KINDS = ("tiny", "huge", "odd_aspect", "too_dark", "too_bright", "blurry", "low_information")
 INFO_KINDS = ("grayscale",)  # true of the image, not a defect: listed for review
@@ -73,6 +87,7 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "too_bright": 235.0, "too_bright_hard": 254.5,
     "blurry": 50.0, "blurry_hard": 1.0, "blurry_edge": 0.5,
     "low_information": 2.5, "low_information_hard": 0.5,
+    "blank_colour": 0.01, "blank_edges": 0.05,
     "grayscale_max_share": 0.2,
 }  # fmt: skip
 # kind -> (stats column, True if low values are bad, transform applied before robust z)
@@ -119,6 +134,7 @@ def _pixel_stats(image: Image.Image) -> dict:
     arr = np.asarray(rgb, dtype=np.uint8)
     luma = arr.astype(np.float32) @ _LUMA
     laplacian = ndimage.laplace(luma, mode="reflect")
+    gy, gx = np.gradient(luma) if min(luma.shape) > 1 else (np.zeros_like(luma),) * 2
     hist = np.bincount(np.clip(np.rint(luma), 0, 255).astype(np.intp).ravel(), minlength=256)
     p = hist[hist > 0] / luma.size
     return {
@@ -127,6 +143,8 @@ def _pixel_stats(image: Image.Image) -> dict:
         "laplacian_var": float(laplacian.var()),
         "edge_sharpness": _edge_sharpness(luma, laplacian),
         "entropy": float(max(0.0, -(p * np.log2(p)).sum())),
+        "colour_share": float((arr.max(axis=2).astype(np.int16) - arr.min(axis=2) > COLOUR_LEVEL).mean()),
+        "edge_share": float((np.hypot(gx, gy) > EDGE_LEVEL).mean()),
     }
 
 
@@ -154,6 +172,7 @@ def stats_frame(rows: Iterable[dict]) -> pd.DataFrame:
     """The `image_stats` table from `quality_row` dicts, with the derived geometry columns."""
     columns = ["path", "bytes", "readable", "error", "error_message", "format", "extension_ok"]
     columns += ["width", "height", "grayscale", "brightness", "laplacian_var", "edge_sharpness", "entropy"]
+    columns += ["colour_share", "edge_share"]
     out = pd.DataFrame.from_records(list(rows), columns=columns)
     width, height = out["width"].astype(float), out["height"].astype(float)
     out.insert(9, "pixels", width * height)
@@ -194,6 +213,13 @@ def _flags(values: np.ndarray, low_bad: bool, soft: float, hard: float, z_limit:
     return past_hard | (past_soft & outlier), z, np.where(past_hard, "hard", "soft+z")
 
 
+def _blank(stats: pd.DataFrame, readable: np.ndarray, limits: dict) -> np.ndarray:
+    """Images with neither a coloured area nor drawn structure (shares of coloured and of edge pixels)."""
+    colour = np.where(readable, stats["colour_share"].to_numpy(dtype=float), np.nan)
+    edges = np.where(readable, stats["edge_share"].to_numpy(dtype=float), np.nan)
+    return (colour < limits["blank_colour"]) & (edges < limits["blank_edges"])
+
+
 def _describe(column: str, values, z, rule, low_bad: bool, soft: float, hard: float):
     """Message maker for one continuous check."""
     word = "below" if low_bad else "above"
@@ -220,7 +246,8 @@ def quality_check(
         stats = image_stats(frame["image"], progress=progress)
     if len(stats) != len(frame):
         raise ValueError(f"stats has {len(stats)} rows but the frame has {len(frame)}; compute them together")
-    missing = {"edge_sharpness", "laplacian_var", "entropy", "grayscale"} - set(stats.columns)
+    missing = {"edge_sharpness", "laplacian_var", "entropy", "grayscale", "colour_share", "edge_share"}
+    missing -= set(stats.columns)
     if missing:
         raise ValueError(f"stats lacks columns {sorted(missing)}; compute them with image_stats()")
     stats = stats.reset_index(drop=True)
@@ -259,6 +286,10 @@ def quality_check(
         if kind == "blurry":  # little detail is blur only where the edges there are soft
             edges = np.where(readable, stats["edge_sharpness"].to_numpy(dtype=float), np.nan)
             mask = mask & ((rule == "hard") | (edges < limits["blurry_edge"]))
+        if kind == "low_information":  # the hard limit is for blank images: no colour, nothing drawn
+            soft = (values < limits[key]) & (z < -limits["z"])
+            rule = np.where((rule == "hard") & _blank(stats, readable, limits), "hard", "soft+z")
+            mask = (rule == "hard") | soft
         add(
             kind,
             mask,

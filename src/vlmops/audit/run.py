@@ -226,11 +226,11 @@ def _labels(inputs: AuditInputs, options: dict) -> CheckResult:
     rows = inputs.frame.iloc[views.rows].reset_index(drop=True)
     method = views.method
     if views.text_probs is None:
-        return label_check(
-            rows, views.image_probs, views.classes, source=f"{method} on image embeddings, 5-fold"
-        )
+        source = f"{method} on image embeddings, 5-fold"
+        return label_check(rows, views.image_probs, views.classes, source=source, evidence=views.lookalike)
     source = f"{method} on image embeddings, confirmed by {method} on caption embeddings, 5-fold"
-    return label_check(rows, views.image_probs, views.classes, source=source, confirm=views.text_probs)
+    confirm, evidence = views.text_probs, views.lookalike
+    return label_check(rows, views.image_probs, views.classes, source, confirm=confirm, evidence=evidence)
 
 
 def _alignment(inputs: AuditInputs, options: dict) -> CheckResult:
