@@ -26,7 +26,7 @@ from vlmops.evaluate.calibration import softmax
 from vlmops.models.base import VLM
 from vlmops.serve.admission import Admission, Ticket, overloaded
 from vlmops.serve.archive import ImageArchive
-from vlmops.serve.batcher import MicroBatcher, Overloaded
+from vlmops.serve.batcher import MicroBatcher, ModelSlot, Overloaded
 from vlmops.serve.decode import decode_and_describe
 from vlmops.serve.errors import ApiError
 from vlmops.serve.limits import Limits
@@ -100,6 +100,7 @@ class Gateway:
         self._decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="vlmops-decode")
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._in_flight = 0
+        self._slot = ModelSlot()  # both batchers share the model thread: one waits while the other runs
         self.images = self._batcher("image", model.embed_images)
         self.texts = self._batcher("text", model.embed_texts)
         self.writer: LogWriter | None = None
@@ -121,7 +122,15 @@ class Gateway:
         size = max(c.queue, 4 * c.key_items_in_flight)
         cost, max_cost = (len, c.max_batch * TEXT_BATCH_CHARS) if kind == "text" else (None, None)
         return MicroBatcher(
-            fn, self._model_thread, c.max_batch, c.max_wait_ms, size, observe, cost=cost, max_cost=max_cost
+            fn,
+            self._model_thread,
+            c.max_batch,
+            c.max_wait_ms,
+            size,
+            observe,
+            cost=cost,
+            max_cost=max_cost,
+            slot=self._slot,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------------
