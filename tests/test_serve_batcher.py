@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from vlmops.errors import StoreError
 from vlmops.serve.batcher import MicroBatcher, ModelSlot, Overloaded
 from vlmops.serve.keys import KeyStore
 from vlmops.serve.limits import TokenBucket
@@ -270,6 +271,44 @@ def test_log_writer_groups_rows_into_few_commits(tmp_path):
     _run(main())
     writer.close()
     assert len(log.request_ids()) == 200 and sum(commits) == 200 and len(commits) < 200
+
+
+def test_group_sync_acknowledges_rows_before_their_fsync_and_shares_one_fsync(tmp_path):
+    # kill -9 safety needs the commit (SQLite has written the WAL); only a power cut needs the fsync, which
+    # the writer pays once for every commit since the last one instead of once per request
+    log = PredictionLog(str(tmp_path / "s.sqlite"), sync="group")
+    fsyncs: list[int] = []
+    disk = threading.Event()
+    flush = log.sync
+
+    def slow_sync():
+        disk.wait(10)  # the disk is slow: the first fsync holds until the test lets it go
+        fsyncs.append(1)
+        flush()
+
+    log.sync = slow_sync
+    writer = LogWriter(log, sync_interval_s=0)
+
+    async def main():
+        for i in range(20):  # one at a time, as at concurrency 1: each answered while the fsync waits
+            await asyncio.wait_for(writer.write(_row(i)), 10)
+
+    _run(main())
+    assert fsyncs == [] and len(PredictionLog(str(tmp_path / "s.sqlite")).request_ids()) == 20
+    disk.set()
+    writer.close()
+    assert len(fsyncs) == 2  # the one that held, then one for the 19 commits made while it held
+
+
+def test_full_sync_fsyncs_every_commit_and_group_sync_does_not(tmp_path):
+    def synchronous(log: PredictionLog) -> int:
+        with log.engine.connect() as conn:
+            return conn.exec_driver_sql("PRAGMA synchronous").scalar()
+
+    assert synchronous(PredictionLog(str(tmp_path / "a.sqlite"))) == 2  # FULL, the library default
+    assert synchronous(PredictionLog(str(tmp_path / "b.sqlite"), sync="group")) == 1  # NORMAL
+    with pytest.raises(StoreError, match="full, group"):
+        PredictionLog(str(tmp_path / "c.sqlite"), sync="never")
 
 
 def _write_from_process(path: str, prefix: str, n: int) -> None:

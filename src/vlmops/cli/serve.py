@@ -40,6 +40,14 @@ def _parse_label_sets(values: list[str]) -> dict[str, str]:
     return sets
 
 
+def _check_log_sync(value: str) -> str:
+    from vlmops.store.log import SYNC_MODES
+
+    if value not in SYNC_MODES:
+        raise VlmopsError(f"--log-sync {value!r}: use one of {', '.join(SYNC_MODES)}")
+    return value
+
+
 def check_port_free(host: str, port: int) -> None:
     """Raise VlmopsError unless `host:port` can be bound now (as uvicorn binds: SO_REUSEADDR)."""
     import socket
@@ -70,7 +78,12 @@ def serve(
     port: int = typer.Option(8000, "--port", min=0, max=65535),
     store: str | None = StoreOption,
     max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most images (or texts) per model call."),
-    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0, help="How long a batch waits to fill."),
+    max_wait_ms: float = typer.Option(
+        5.0,
+        "--max-wait-ms",
+        min=0,
+        help="How long a batch may wait to fill while the model is busy (an idle model starts at once).",
+    ),
     queue: int = typer.Option(512, "--queue", min=1, help="Requests in flight before new ones get 503."),
     timeout_s: float = typer.Option(
         10.0, "--timeout", min=0.01, help="Time limit from arrival, decoding included (504 after)."
@@ -85,6 +98,13 @@ def serve(
         64_000_000, "--pixels-in-flight", min=1, help="Decoded pixels in flight across requests (503 over)."
     ),
     workers: int = typer.Option(1, "--workers", min=1, help="Server processes (each loads the model)."),
+    log_sync: str = typer.Option(
+        "group",
+        "--log-sync",
+        help="group: answer once the log row is committed (a killed server loses none) and fsync the "
+        "log once per group of commits (a power cut may take the last ~50 ms); full: fsync every "
+        "commit before answering (slower).",
+    ),
     label_set: list[str] = typer.Option(
         [],
         "--label-set",
@@ -154,6 +174,7 @@ def serve(
         key_items_per_s=key_items_per_s,
         key_items_in_flight=key_items_in_flight,
         pixels_in_flight=pixels_in_flight,
+        log_sync=_check_log_sync(log_sync),
         auth=not insecure_no_auth,
         abstain_below=abstain_below,
         template=template,

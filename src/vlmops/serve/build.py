@@ -75,15 +75,22 @@ def build_gateway(config: ServeConfig) -> Gateway:
         vocabulary = emoji_vocabulary()
     elif config.vocabulary:
         vocabulary = read_lines(Path(config.vocabulary).expanduser(), "vocabulary")
-    gateway = Gateway(
-        model, config, PredictionLog(config.store), label_sets, calibration, gallery, vocabulary
-    )
+    log = PredictionLog(config.store, config.log_sync)
+    gateway = Gateway(model, config, log, label_sets, calibration, gallery, vocabulary)
     for role, uri in (("canary", config.canary), ("shadow", config.shadow)):
         if uri:  # same label sets and vocabulary; calibration and gallery belong to the primary version
             variant = load_runtime(uri, requested)
             gateway.attach(
                 role,
-                Gateway(variant, config, PredictionLog(config.store), label_sets, None, None, vocabulary),
+                Gateway(
+                    variant,
+                    config,
+                    PredictionLog(config.store, config.log_sync),
+                    label_sets,
+                    None,
+                    None,
+                    vocabulary,
+                ),
             )
     return gateway
 

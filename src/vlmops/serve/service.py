@@ -54,6 +54,7 @@ class ServeConfig:
     key_items_per_s: float = 500.0  # images + new texts per second and key (burst: key_items_in_flight)
     key_items_in_flight: int = 1024  # per key, queued or running; the model queue holds 4x this
     pixels_in_flight: int = 64_000_000  # decoded at once, across requests
+    log_sync: str = "group"  # the prediction log's fsync: per group of commits, or "full" (every commit)
     decode_threads: int = 2
     auth: bool = True
     abstain_below: float = 0.0
