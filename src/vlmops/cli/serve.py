@@ -97,7 +97,18 @@ def serve(
     pixels_in_flight: int = typer.Option(
         64_000_000, "--pixels-in-flight", min=1, help="Decoded pixels in flight across requests (503 over)."
     ),
-    workers: int = typer.Option(1, "--workers", min=1, help="Server processes (each loads the model)."),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        help="Server processes, each with its own model (default: one per usable core, at most 8).",
+    ),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="Model threads per process (default: the usable cores shared out among the processes).",
+    ),
     log_sync: str = typer.Option(
         "group",
         "--log-sync",
@@ -158,7 +169,10 @@ def serve(
     from vlmops.serve.build import CONFIG_ENV, build_app, config_to_env
     from vlmops.serve.limits import Limits
     from vlmops.serve.service import ServeConfig
+    from vlmops.serve.workers import PARENT_ENV, choose_parallelism, usable_cores
 
+    cores = usable_cores()
+    workers, threads = choose_parallelism(cores, workers, threads)
     sets = _parse_label_sets(label_set)
     emoji_ready = manifest_path().exists()
     if not sets and emoji_ready:
@@ -174,6 +188,7 @@ def serve(
         key_items_per_s=key_items_per_s,
         key_items_in_flight=key_items_in_flight,
         pixels_in_flight=pixels_in_flight,
+        model_threads=threads,
         log_sync=_check_log_sync(log_sync),
         auth=not insecure_no_auth,
         abstain_below=abstain_below,
@@ -193,13 +208,20 @@ def serve(
     if insecure_no_auth:
         console.print("[bold yellow]warning:[/] serving without API keys (--insecure-no-auth)")
     shown = resolve_runtime(model, runtime)  # auto -> the bundle's runtime; a mismatch fails here
-    console.print(f"serving {model} ({shown}) on http://{host}:{port}  docs: /docs")
+    console.print(
+        f"serving {model} ({shown}) on http://{host}:{port}  docs: /docs\n"
+        f"{workers} worker process{'es' if workers > 1 else ''} x {threads} model "
+        f"thread{'s' if threads > 1 else ''} ({cores} usable core{'s' if cores > 1 else ''}; "
+        "--workers/--threads to change)",
+        highlight=False,
+    )
     if workers == 1:
         uvicorn.run(
             build_app(config), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30
         )
         return
     os.environ[CONFIG_ENV] = config_to_env(config)
+    os.environ[PARENT_ENV] = str(os.getpid())  # workers die with this process, even by kill -9
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # a fresh folder per server, removed at exit
         metrics_dir = tempfile.mkdtemp(prefix="vlmops-metrics-")
         atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)

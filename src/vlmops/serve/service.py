@@ -56,6 +56,7 @@ class ServeConfig:
     pixels_in_flight: int = 64_000_000  # decoded at once, across requests
     log_sync: str = "group"  # the prediction log's fsync: per group of commits, or "full" (every commit)
     decode_threads: int = 2
+    model_threads: int | None = None  # intra-op threads of the model (torch or ONNX Runtime); None: theirs
     auth: bool = True
     abstain_below: float = 0.0
     template: str | None = None
