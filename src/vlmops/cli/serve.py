@@ -24,7 +24,8 @@ ModelOption = typer.Option(
 )
 RUNTIME_HELP = (
     "auto | torch | torch-int8 | onnx | onnx-int8 (onnx runtimes export and gate the model once, then "
-    "cache it). auto: an onnx:DIR bundle's own runtime, else torch."
+    "cache it). auto: an onnx:DIR bundle's own runtime; a built-in model's cached onnx export when one "
+    "exists (faster); else torch."
 )
 
 
