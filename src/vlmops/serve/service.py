@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -76,6 +77,14 @@ class ServeConfig:
 def sha256_hex(data: bytes) -> str:
     """Hex sha256 of bytes."""
     return hashlib.sha256(data).hexdigest()
+
+
+class Decoded(NamedTuple):
+    """An image as `Gateway.decode` gives it: pixels, statistics for the monitor, sha256 of the bytes."""
+
+    image: Image.Image
+    stats: dict
+    sha256: str
 
 
 class Gateway:
@@ -226,35 +235,40 @@ class Gateway:
         """A request admitted with `admit` has finished."""
         self.admission.release(ticket)
 
-    async def decode(
-        self, data: bytes, field_name: str, ticket: Ticket | None = None
-    ) -> tuple[Image.Image, dict]:
+    async def decode(self, data: bytes, field_name: str, ticket: Ticket | None = None) -> Decoded:
         """Decode untrusted bytes on the decode pool, within the request's deadline and the pixel budget.
 
-        Returns the image (reduced towards the model's input size) and its statistics for the monitor.
+        Returns the image (reduced towards the model's input size), its statistics for the monitor and
+        the sha256 of its bytes: the one hash of this input, which the log and the archive share.
         """
-        loop = asyncio.get_running_loop()
         admission = self.admission if ticket is None else ticket.admission
         deadline = None if ticket is None else ticket.deadline
-        job = loop.run_in_executor(
-            self._decode_pool,
-            lambda: decode_and_describe(
-                data,
-                self.config.limits,
-                field_name,
-                self.model.info.image_size,
-                admission.reserve_pixels,
-                admission.release_pixels,
-                deadline,
-            ),
+        job = asyncio.get_running_loop().run_in_executor(
+            self._decode_pool, self._decode_job, data, field_name, admission, deadline
         )
         try:
-            image, stats = await asyncio.wait_for(job, self._time_left(ticket))
+            async with asyncio.timeout(self._time_left(ticket)):  # no task per request, unlike wait_for
+                return await job
         except TimeoutError:
             raise self._timeout("decoding the image") from None
+
+    def _decode_job(
+        self, data: bytes, field_name: str, admission: Admission, deadline: float | None
+    ) -> Decoded:
+        """On a decode thread: decode, describe, hash and (with --keep-images) archive one image."""
+        image, stats = decode_and_describe(
+            data,
+            self.config.limits,
+            field_name,
+            self.model.info.image_size,
+            admission.reserve_pixels,
+            admission.release_pixels,
+            deadline,
+        )
+        digest = sha256_hex(data)
         if self.archive is not None:  # only images that decoded; written before the answer leaves
-            await loop.run_in_executor(self._decode_pool, self.archive.put, data)
-        return image, stats
+            self.archive.put(data, digest)
+        return Decoded(image, stats, digest)
 
     def _time_left(self, ticket: Ticket | None) -> float:
         return self.config.timeout_s if ticket is None else max(0.0, ticket.remaining())
