@@ -27,7 +27,6 @@ from vlmops.serve.limits import RateLimiter
 from vlmops.serve.middleware import GatewayMiddleware, error_json
 from vlmops.serve.parsing import body_doc, check_texts, describe, parse_body
 from vlmops.serve.service import Gateway, sha256_hex
-from vlmops.serve.unexpected import UnexpectedErrorMiddleware
 from vlmops.store.log import PredictionRow, RequestOwner
 
 ERRORS = {
@@ -94,7 +93,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         return error_response(request, ApiError(exc.status_code, code, message, dict(exc.headers or {})))
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):  # pragma: no cover - UnexpectedErrorMiddleware
+    async def _unexpected(request: Request, exc: Exception):  # pragma: no cover - GatewayMiddleware
         return error_response(request, ApiError(500, "internal_error", f"{type(exc).__name__}: {exc}"))
 
     async def authorise(request: Request, scope: str | None = None) -> ApiKey | None:  # async: no thread hop
@@ -156,10 +155,10 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
                 await asyncio.sleep(0.05)
 
         ticket.watch = gone
-        try:
-            yield ticket
-        finally:
-            gateway.release(ticket)
+        # GatewayMiddleware releases it when the request ends, however it ends: a plain dependency (no
+        # generator, so no exit stack and cancel scope per request)
+        request.scope["state"]["ticket"] = ticket
+        return ticket
 
     def row(
         request: Request,
@@ -424,12 +423,12 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
 
     route_paths = {getattr(r, "path", None) for r in app.routes}
-    app.add_middleware(UnexpectedErrorMiddleware)  # inside GatewayMiddleware: its 500s carry the ids
     app.add_middleware(
         GatewayMiddleware,
         metrics=gateway.metrics,
         model_version=gateway.version,
         max_body_bytes=limits.max_body_bytes,
+        release=gateway.release,
     )
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

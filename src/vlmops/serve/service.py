@@ -39,6 +39,8 @@ from vlmops.store.log import PredictionLog, PredictionRow
 TEXT_CACHE_SIZE = 50_000
 TEXT_BATCH_CHARS = 32  # a text batch holds at most max_batch texts of this many characters (padded)
 GIL_SWITCH_S = 0.0005
+WATCH_ITEMS = 4  # a request with more model items than this watches for its client going away
+WATCH_WAIT_S = 0.05  # ... and so does every request while the model queue takes longer than this
 
 
 @dataclass
@@ -279,30 +281,53 @@ class Gateway:
         )
 
     async def _await(self, futures: list[asyncio.Future], ticket: Ticket | None) -> list:
-        """The futures' results, within the request's deadline; cancelled if its client goes away."""
+        """The futures' results, within the request's deadline; cancelled if its client goes away.
+
+        Watching for the client costs a task per request, so it is done only where it can save model
+        work: a request of several items, or a queue that takes a while to pass.
+        """
+        try:
+            if self._worth_watching(len(futures), ticket):
+                return await self._await_watched(futures, ticket)
+            try:
+                async with asyncio.timeout(self._time_left(ticket)):
+                    return [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
+            except TimeoutError:
+                raise self._timeout("waiting for the model") from None
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():  # this request itself is being cancelled
+                    raise
+                raise self._timeout("in the model queue") from None  # the batcher dropped an expired item
+        finally:
+            for future in futures:
+                future.cancel()  # no-op on the finished ones
+            if ticket is not None:
+                ticket.admission.return_items(ticket, len(futures))
+
+    def _worth_watching(self, items: int, ticket: Ticket | None) -> bool:
+        if ticket is None or ticket.watch is None:
+            return False
+        return items > WATCH_ITEMS or self.images.expected_wait() + self.texts.expected_wait() > WATCH_WAIT_S
+
+    async def _await_watched(self, futures: list[asyncio.Future], ticket: Ticket) -> list:
+        """`_await`, racing the model against the client going away (`ticket.watch`)."""
         gathered = asyncio.gather(*futures)
         gathered.add_done_callback(_retrieve)
-        watch = None if ticket is None or ticket.watch is None else asyncio.ensure_future(ticket.watch())
+        watch = asyncio.ensure_future(ticket.watch())
         try:
-            waiting = {gathered} if watch is None else {gathered, watch}
             done, _ = await asyncio.wait(
-                waiting, timeout=self._time_left(ticket), return_when=asyncio.FIRST_COMPLETED
+                {gathered, watch}, timeout=self._time_left(ticket), return_when=asyncio.FIRST_COMPLETED
             )
             if gathered in done:
                 try:
                     return gathered.result()
                 except asyncio.CancelledError:  # the batcher dropped an item whose deadline had passed
                     raise self._timeout("in the model queue") from None
-            for future in futures:
-                future.cancel()
-            if watch is not None and watch in done:
+            if watch in done:
                 raise ApiError(499, "client_gone", "the client closed the connection")
             raise self._timeout("waiting for the model")
         finally:
-            if watch is not None:
-                watch.cancel()
-            if ticket is not None:
-                ticket.admission.return_items(ticket, len(futures))
+            watch.cancel()
             if not gathered.done():
                 gathered.cancel()
 
