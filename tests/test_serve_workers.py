@@ -52,7 +52,9 @@ def test_serve_starts_one_worker_per_core_with_one_thread_each_and_says_so(tmp_p
     assert "2 worker processes x 1 model thread (2 usable cores" in result.output
     ((target, kwargs),) = calls
     assert kwargs["workers"] == 2 and target == "vlmops.serve.build:app_from_env"
-    assert json.loads(os.environ[build.CONFIG_ENV])["model_threads"] == 1
+    config = json.loads(os.environ[build.CONFIG_ENV])
+    assert config["model_threads"] == 1
+    assert config["shared_limits"] and Path(config["shared_limits"]).parent.is_dir()  # one budget per key
     assert os.environ[PARENT_ENV] == str(os.getpid())
 
     calls.clear()  # an explicit --workers 1 serves in this process, its model on both cores
@@ -93,3 +95,35 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def _take_all(path: str, name: str, tries: int, out) -> None:
+    from vlmops.serve.shared_limits import SharedTokenBuckets
+
+    buckets = SharedTokenBuckets(path)
+    out.put(sum(buckets.take(name, rate=0.001, burst=10) == 0.0 for _ in range(tries)))
+
+
+def test_worker_processes_share_each_keys_budget(tmp_path):
+    import multiprocessing
+
+    from vlmops.serve.limits import RateLimiter
+    from vlmops.serve.shared_limits import SharedTokenBuckets
+
+    path = str(tmp_path / "buckets")
+    # two workers' limiters: a key with a burst of 5 gets 5 requests in all, not 5 from each
+    first, second = RateLimiter(SharedTokenBuckets(path)), RateLimiter(SharedTokenBuckets(path))
+    granted = [limiter.check("key-a", 0.001, 5) == 0.0 for _ in range(4) for limiter in (first, second)]
+    assert sum(granted) == 5
+    assert first.check("key-b", 0.001, 5) == 0.0  # another key has its own bucket
+    assert second.check("key-a", 1.0, 5) > 0  # spent; Retry-After from the key's rate
+
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_take_all, args=(path, "items:key-c", 10, out)) for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    counts = [out.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    assert sum(counts) == 10, counts  # three processes, one budget of 10

@@ -221,6 +221,9 @@ def serve(
             build_app(config), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30
         )
         return
+    limits_dir = tempfile.mkdtemp(prefix="vlmops-limits-")  # key buckets every worker shares
+    atexit.register(shutil.rmtree, limits_dir, ignore_errors=True)
+    config.shared_limits = str(Path(limits_dir) / "buckets")
     os.environ[CONFIG_ENV] = config_to_env(config)
     os.environ[PARENT_ENV] = str(os.getpid())  # workers die with this process, even by kill -9
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # a fresh folder per server, removed at exit

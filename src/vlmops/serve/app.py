@@ -51,7 +51,7 @@ def may_give_feedback(key: ApiKey | None, owner: RequestOwner) -> bool:
 def create_app(gateway: Gateway, keys=None) -> FastAPI:
     """The ASGI app around a Gateway. `keys`: a callable token -> ApiKey | None (None = no auth)."""
     config, limits = gateway.config, gateway.config.limits
-    limiter = RateLimiter()
+    limiter = RateLimiter(gateway.shared_buckets)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):

@@ -34,6 +34,7 @@ from vlmops.serve.limits import Limits
 from vlmops.serve.logwriter import LogWriter
 from vlmops.serve.metrics import GatewayMetrics
 from vlmops.serve.resources import Calibration, Gallery, LabelSet
+from vlmops.serve.shared_limits import SharedTokenBuckets
 from vlmops.store.log import PredictionLog, PredictionRow
 
 TEXT_CACHE_SIZE = 50_000
@@ -57,6 +58,7 @@ class ServeConfig:
     key_items_per_s: float = 500.0  # images + new texts per second and key (burst: key_items_in_flight)
     key_items_in_flight: int = 1024  # per key, queued or running; the model queue holds 4x this
     pixels_in_flight: int = 64_000_000  # decoded at once, across requests
+    shared_limits: str | None = None  # file of the key buckets the worker processes share (--workers N)
     log_sync: str = "group"  # the prediction log's fsync: per group of commits, or "full" (every commit)
     decode_threads: int = 2
     model_threads: int | None = None  # intra-op threads of the model (torch or ONNX Runtime); None: theirs
@@ -108,7 +110,8 @@ class Gateway:
         self.vocabulary = vocabulary
         self.default_template = config.template or "a photo of {}."
         self.metrics = GatewayMetrics()
-        self.admission = _admission(config)
+        self.shared_buckets = SharedTokenBuckets(config.shared_limits) if config.shared_limits else None
+        self.admission = _admission(config, self.shared_buckets)
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="vlmops-model")
         self._decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="vlmops-decode")
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -498,7 +501,7 @@ def _retrieve(future: asyncio.Future) -> None:
         future.exception()
 
 
-def _admission(config: ServeConfig) -> Admission:
+def _admission(config: ServeConfig, shared: SharedTokenBuckets | None = None) -> Admission:
     """The admission counters for a config, after checking that its limits fit together."""
     limits = config.limits
     largest = max(limits.max_labels, limits.max_texts, limits.max_images)
@@ -519,6 +522,7 @@ def _admission(config: ServeConfig) -> Admission:
         config.key_items_in_flight,
         config.pixels_in_flight,
         saturated=config.max_batch,
+        shared=shared,
     )
 
 
