@@ -9,6 +9,7 @@ then to milliseconds of CPU per request: samples / rate / requests. The server's
 also measured from /proc, without the profiler, before the profiled run.
 
     python bench/profile_gateway.py --seconds 8 --concurrency 32
+    python bench/profile_gateway.py --src /tmp/old/src --gateway /tmp/old/bench/null_gateway.py  # before
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import collections
+import os
 import re
 import shutil
 import subprocess
@@ -78,6 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--src", type=Path, default=None, help="PYTHONPATH of the server (another checkout)")
+    parser.add_argument("--gateway", type=Path, default=BENCH / "null_gateway.py", help="its null gateway")
+    parser.add_argument(
+        "--all-threads",
+        action="store_true",
+        help="sample every thread that is not idle (a thread waiting for the GIL counts as busy); "
+        "default: only the thread holding the GIL, the resource one server process runs out of first",
+    )
     args = parser.parse_args(argv)
     if shutil.which(args.py_spy) is None and not Path(args.py_spy).is_file():
         parser.error(f"py-spy not found ({args.py_spy}): pip install py-spy, or pass --py-spy PATH")
@@ -90,8 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     port = 8791
     request = build_request("127.0.0.1", port, "/v1/classify", body)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(BENCH / "null_gateway.py"), str(port), str(Path(tmp) / "null.sqlite")]
-        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cmd = [sys.executable, str(args.gateway), str(port), str(Path(tmp) / "null.sqlite")]
+        env = None if args.src is None else {**os.environ, "PYTHONPATH": str(args.src)}
+        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         try:
             wait_ready(port, server)
             asyncio.run(run_load("127.0.0.1", port, request, args.concurrency, 10**9, 1.0))  # warm-up
@@ -102,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
             raw = Path(tmp) / "profile.txt"
             spy = subprocess.Popen(
                 [args.py_spy, "record", "-p", str(server.pid), "-r", str(args.rate), "-d",
-                 str(int(args.seconds)), "--threads", "--nonblocking", "--format", "raw", "-o", str(raw)],
+                 str(int(args.seconds)), "--threads", "--nonblocking", "--format", "raw", "-o", str(raw),
+                 *([] if args.all_threads else ["--gil"])],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
@@ -120,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
         f"null-model gateway, /v1/classify, c={args.concurrency}: {plain_rate:.0f} req/s, "
         f"server CPU {cpu_ms:.2f} ms per request (/proc, no profiler)"
     )
-    print(f"py-spy ({args.rate} Hz, ~{sampled:.0f} requests while sampled): active ms per request by thread")
+    what = "busy" if args.all_threads else "holding the GIL"
+    print(f"py-spy ({args.rate} Hz, ~{sampled:.0f} requests while sampled): ms per request {what}, by thread")
     for name, ms in sorted(threads.items(), key=lambda kv: -kv[1]):
         print(f"  {ms:6.3f}  {name}")
     print(f"top {args.top} (thread, component):")
