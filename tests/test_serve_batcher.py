@@ -311,6 +311,25 @@ def test_full_sync_fsyncs_every_commit_and_group_sync_does_not(tmp_path):
         PredictionLog(str(tmp_path / "c.sqlite"), sync="never")
 
 
+def test_a_process_that_checked_before_another_created_the_tables_still_opens_the_log(tmp_path, monkeypatch):
+    # `vlmops serve --workers 2` on a fresh store: both workers look for the tables, both see none, one
+    # creates them and the other's CREATE TABLE fails with "already exists"; it must look again instead
+    from sqlalchemy.dialects.sqlite.base import SQLiteDialect
+
+    path = str(tmp_path / "s.sqlite")
+    PredictionLog(path)  # the other worker, first
+    real, checks = SQLiteDialect.has_table, []
+
+    def stale_first_check(self, *args, **kwargs):  # this worker's first look predates the other's tables
+        checks.append(1)
+        return False if len(checks) == 1 else real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SQLiteDialect, "has_table", stale_first_check)
+    log = PredictionLog(path)
+    log.write([_row(1)])
+    assert log.request_ids() == {"r1"}
+
+
 def _write_from_process(path: str, prefix: str, n: int) -> None:
     log = PredictionLog(path)
     for i in range(n):

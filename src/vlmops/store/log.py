@@ -189,6 +189,22 @@ def make_engine(url: str | None = None, synchronous: str = "FULL") -> sa.Engine:
     raise StoreError(f"unsupported store URL {url!r}: use sqlite:///path/to/store.sqlite or postgresql://...")
 
 
+def create_tables(engine: sa.Engine, tables: Sequence[sa.Table] | None = None) -> None:
+    """`metadata.create_all`, safe when several processes (`vlmops serve --workers N`) start at once.
+
+    Each checks which tables exist, then creates the missing ones; a process that checked before another
+    created them gets "already exists", and checks again.
+    """
+    for attempt in range(5):
+        try:
+            metadata.create_all(engine, tables=tables)
+            return
+        except sa.exc.DBAPIError as exc:
+            if "already exists" not in str(exc.orig) or attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 def add_missing_columns(engine: sa.Engine, table: sa.Table) -> None:
     """Add nullable columns that a newer vlmops defines to a table an older one created (keeps the rows)."""
     present = {c["name"] for c in sa.inspect(engine).get_columns(table.name)}
@@ -213,7 +229,7 @@ class PredictionLog:
         # group: acknowledged rows sit in the WAL, written but not yet fsync'd, until `sync` is called
         self.wal_path = Path(f"{database}-wal") if sync == "group" and database else None
         try:
-            metadata.create_all(self.engine)
+            create_tables(self.engine)
             add_missing_columns(self.engine, requests)
             add_missing_columns(self.engine, api_keys)
         except sa.exc.SQLAlchemyError as exc:
