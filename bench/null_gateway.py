@@ -41,5 +41,6 @@ class NullModel:
 if __name__ == "__main__":
     port, store = int(sys.argv[1]), sys.argv[2]
     labels = LabelSet("bench", ("grinning face", "cat face", "red heart"), "an emoji of {}")
-    gateway = Gateway(NullModel(), ServeConfig(store=store), PredictionLog(store), {"bench": labels})
+    config = ServeConfig(store=store)
+    gateway = Gateway(NullModel(), config, PredictionLog(store, config.log_sync), {"bench": labels})
     uvicorn.run(create_app(gateway), host="127.0.0.1", port=port, log_level="warning")

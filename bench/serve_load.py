@@ -8,6 +8,12 @@ pre-built request). The client shares the 2 cores with the server, so its CPU ti
     python bench/serve_load.py                      # concurrency 1, 8, 32, 64; 8 s each
     python bench/serve_load.py --seconds 4 --concurrency 1 32
     python bench/serve_load.py --open-loop          # capacity, then 2x capacity open loop for 60 s
+    python bench/serve_load.py --baseline-src /tmp/old/src --servers vlmops baseline  # side by side
+
+`vlmops` is `vlmops serve` with its default flags (workers and threads from the cores, the runtime
+`auto` picks, group-synced log); `vlmops-1w` the same with `--workers 1`, `vlmops-torch` with
+`--runtime torch` (what `auto` picks when no ONNX export is cached); `baseline` is `vlmops serve`
+with its default flags from another checkout's source (`--baseline-src`), for before/after in one run.
 
 `--open-loop` measures the gateway's capacity (closed loop, concurrency 32), then sends requests at
 `--load-factor` times that rate whatever the answers (an open loop: latency counts from when a request
@@ -32,8 +38,7 @@ from pathlib import Path
 import httpx
 
 BENCH = Path(__file__).parent
-# vlmops-2w: the same gateway with --workers 2 (one process per core, so the GIL is not shared)
-SERVERS = ("vlmops", "vlmops-2w", "naive", "null-model")
+SERVERS = ("vlmops", "vlmops-1w", "vlmops-torch", "baseline", "naive", "null-model")
 
 
 def _stat(pid: int) -> list[str]:
@@ -73,9 +78,15 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 
 def start(
-    kind: str, port: int, tmp: Path, max_batch: int, extra: tuple[str, ...] = ("--queue", "4096")
+    kind: str,
+    port: int,
+    tmp: Path,
+    max_batch: int,
+    extra: tuple[str, ...] = ("--queue", "4096"),
+    baseline_src: Path | None = None,
 ) -> subprocess.Popen:
     """Start one of SERVERS on `port` (`extra`: more `vlmops serve` options)."""
+    env = None
     if kind == "naive":
         cmd = [sys.executable, str(BENCH / "naive_server.py"), str(port)]
     elif kind == "null-model":
@@ -95,13 +106,17 @@ def start(
             f"bench={labels}",
             "--vocabulary",
             str(labels),
-            "--workers",
-            "2" if kind == "vlmops-2w" else "1",
+            *(["--workers", "1"] if kind == "vlmops-1w" else []),
+            *(["--runtime", "torch"] if kind == "vlmops-torch" else []),
             "--max-batch",
             str(max_batch),
             *extra,
         ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if kind == "baseline":
+            if baseline_src is None:
+                raise SystemExit("server 'baseline' needs --baseline-src DIR (another checkout's src)")
+            env = {**os.environ, "PYTHONPATH": str(baseline_src)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     wait_ready(port, proc)
     return proc
 
@@ -123,11 +138,20 @@ def drive(port: int, pid: int, image: bytes, concurrency: int, seconds: float) -
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory in MiB of a process and its live children (the worker processes of `--workers N`)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int(entry.name) != pid and int(_stat(int(entry.name))[1]) != pid:
+                continue
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total
 
 
 def open_loop(port: int, pid: int, image: bytes, args: argparse.Namespace) -> dict:
@@ -235,8 +259,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
     parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
+    parser.add_argument("--servers", nargs="+", default=None, choices=SERVERS, help="default: not baseline")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds; medians are reported")
+    parser.add_argument("--baseline-src", type=Path, default=None, help="src folder of the 'baseline' server")
     parser.add_argument("--open-loop", action="store_true", help="capacity, then an open loop above it")
     parser.add_argument("--load-factor", type=float, default=2.0, help="open loop rate / capacity")
     parser.add_argument("--open-seconds", type=float, default=60.0, help="open loop duration")
@@ -244,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queue", type=int, default=512, help="open loop: the server's --queue")
     parser.add_argument("--server-timeout", type=float, default=10.0, help="the server's --timeout")
     args = parser.parse_args(argv)
+    if args.servers is None:
+        args.servers = [kind for kind in SERVERS if kind != "baseline" or args.baseline_src]
 
     from vlmops.data.manifest import resolve_data
 
@@ -252,30 +280,36 @@ def main(argv: list[str] | None = None) -> None:
         return main_open_loop(args, image)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in args.servers:
-            port = 8700 + len(rows)
-            proc = start(kind, port, Path(tmp), args.max_batch)
-            try:
+        procs: dict[str, subprocess.Popen] = {}
+        try:  # every server up at once (an idle one costs memory only): the points interleave
+            for i, kind in enumerate(args.servers):
+                folder = Path(tmp) / kind
+                folder.mkdir()
+                procs[kind] = start(kind, 8700 + i, folder, args.max_batch, baseline_src=args.baseline_src)
+            for round_ in range(args.rounds):
                 for c in args.concurrency:
-                    summary = drive(port, proc.pid, image, c, args.seconds)
-                    rows.append({"server": kind, "concurrency": c, **summary})
-                    print(
-                        f"{kind:10s} c={c:3d}  {summary['per_s']:7.1f} img/s  "
-                        f"p50 {summary['p50_ms']:7.1f} ms  "
-                        f"p99 {summary['p99_ms']:7.1f} ms  client {summary['client_cpu_cores']:.2f} cores  "
-                        f"server {summary['server_cpu_cores']:.2f} cores  {summary['statuses']}",
-                        flush=True,
-                    )
-            finally:
+                    for i, kind in enumerate(args.servers):
+                        summary = drive(8700 + i, procs[kind].pid, image, c, args.seconds)
+                        rows.append({"server": kind, "concurrency": c, "round": round_, **summary})
+                        _print_row(kind, c, summary)
+        finally:
+            for proc in procs.values():
                 proc.terminate()
+            for proc in procs.values():
                 proc.wait(30)
+    if args.rounds > 1:
+        rows = _medians(rows)
+        print(f"medians of {args.rounds} interleaved rounds:")
+        for row in rows:
+            _print_row(row["server"], row["concurrency"], row)
+            print(f"{'':18s}img/s by round: {row['per_s_rounds']}")
     ceiling = offline_ceiling(image, args.seconds)
     print(
         f"offline ceiling (batch 32): model only {ceiling['model_only']:.1f} img/s, "
         f"decode+model {ceiling['decode_and_model']:.1f} img/s"
     )
     by = {(r["server"], r["concurrency"]): r["per_s"] for r in rows}
-    for kind in ("vlmops", "vlmops-2w"):
+    for kind in ("vlmops", "vlmops-1w", "vlmops-torch", "baseline"):
         for c in args.concurrency:
             if (kind, c) not in by or ("naive", c) not in by:
                 continue
@@ -302,6 +336,33 @@ def main(argv: list[str] | None = None) -> None:
         f"-> CPU bound on {os.cpu_count()} cores = {bound:.0f} req/s"
     )
     _write(args.json, rows, ceiling)
+
+
+def _print_row(kind: str, c: int, summary: dict) -> None:
+    print(
+        f"{kind:12s} c={c:3d}  {summary['per_s']:7.1f} img/s  p50 {summary['p50_ms']:7.1f} ms  "
+        f"p99 {summary['p99_ms']:7.1f} ms  client {summary['client_cpu_cores']:.2f} cores  "
+        f"server {summary['server_cpu_cores']:.2f} cores  {summary['statuses']}",
+        flush=True,
+    )
+
+
+def _medians(rows: list[dict]) -> list[dict]:
+    """One row per (server, concurrency): the median of each number over the rounds."""
+    keys = ("per_s", "p50_ms", "p99_ms", "client_cpu_cores", "server_cpu_cores")
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["server"], row["concurrency"]), []).append(row)
+    out = []
+    for (kind, c), group in groups.items():
+        merged = {k: statistics.median(r[k] for r in group) for k in keys}
+        statuses: dict = {}
+        for r in group:
+            for code, n in r["statuses"].items():
+                statuses[code] = statuses.get(code, 0) + n
+        spread = [round(r["per_s"]) for r in group]
+        out.append({"server": kind, "concurrency": c, **merged, "statuses": statuses, "per_s_rounds": spread})
+    return out
 
 
 def _write(path: Path | None, rows: list[dict], ceiling: dict) -> None:

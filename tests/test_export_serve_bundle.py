@@ -77,13 +77,20 @@ def test_export_with_split_all_writes_a_gated_int8_bundle(folder, tiny_uri, tmp_
     assert meta["gate"]["n"] == 6 * 4 and meta["gate"]["split"] is None  # the gate measured every row
 
 
-def test_runtime_is_read_from_the_bundle(int8_bundle):
+def test_runtime_is_read_from_the_bundle(int8_bundle, tmp_path, monkeypatch):
+    from vlmops.config import get_settings
     from vlmops.export.runtimes import load_runtime, resolve_runtime
 
     uri = f"onnx:{int8_bundle}"
     assert resolve_runtime(uri) == "onnx-int8"
     assert load_runtime(uri).runtime == "onnx-int8"
-    assert resolve_runtime("builtin:emoji-lit") == "torch"
+    monkeypatch.setenv("VLMOPS_HOME", str(tmp_path))  # a home without a cached ONNX export of it
+    get_settings(fresh=True)
+    try:
+        assert resolve_runtime("builtin:emoji-lit") == "torch"
+    finally:
+        monkeypatch.undo()
+        get_settings(fresh=True)
     with pytest.raises(ModelLoadError, match="leave the runtime out"):
         load_runtime(uri, "onnx")
 

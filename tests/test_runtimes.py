@@ -94,6 +94,20 @@ def test_onnx_runtime_exports_once_into_the_home_and_reuses_it_and_checks_onnx_u
         rt.load_runtime(f"onnx:{folder}", "torch")
 
 
+def test_auto_runs_a_builtin_model_under_onnx_once_its_export_is_cached(tiny_uri, home, monkeypatch):
+    assert rt.resolve_runtime(tiny_uri) == "torch"  # nothing exported yet: no export at start-up either
+    exported = rt.load_runtime(tiny_uri, "onnx")
+    assert rt.resolve_runtime(tiny_uri) == "onnx"
+
+    def no_torch(*args, **kwargs):
+        raise AssertionError("the torch model was loaded")
+
+    monkeypatch.setattr("vlmops.models.builtin.load", no_torch)  # the cached export is found by its hash
+    auto = rt.load_runtime(tiny_uri)
+    assert auto.info.version == exported.info.version == f"{exported.info.version.split('+')[0]}+onnx"
+    assert rt.resolve_runtime(tiny_uri, "torch") == "torch"  # asking for torch still gets torch
+
+
 def test_onnx_int8_without_emoji_data_says_how_to_export(tiny_uri, home, monkeypatch):
     monkeypatch.setattr("vlmops.data.emoji.manifest_path", lambda: home / "missing.parquet")
     with pytest.raises(DataError, match=r"vlmops export --model .* --int8 --data DATA"):

@@ -24,7 +24,8 @@ ModelOption = typer.Option(
 )
 RUNTIME_HELP = (
     "auto | torch | torch-int8 | onnx | onnx-int8 (onnx runtimes export and gate the model once, then "
-    "cache it). auto: an onnx:DIR bundle's own runtime, else torch."
+    "cache it). auto: an onnx:DIR bundle's own runtime; a built-in model's cached onnx export when one "
+    "exists (faster); else torch."
 )
 
 
@@ -38,6 +39,14 @@ def _parse_label_sets(values: list[str]) -> dict[str, str]:
             )
         sets[name] = spec
     return sets
+
+
+def _check_log_sync(value: str) -> str:
+    from vlmops.store.log import SYNC_MODES
+
+    if value not in SYNC_MODES:
+        raise VlmopsError(f"--log-sync {value!r}: use one of {', '.join(SYNC_MODES)}")
+    return value
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -70,7 +79,12 @@ def serve(
     port: int = typer.Option(8000, "--port", min=0, max=65535),
     store: str | None = StoreOption,
     max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most images (or texts) per model call."),
-    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0, help="How long a batch waits to fill."),
+    max_wait_ms: float = typer.Option(
+        5.0,
+        "--max-wait-ms",
+        min=0,
+        help="How long a batch may wait to fill while the model is busy (an idle model starts at once).",
+    ),
     queue: int = typer.Option(512, "--queue", min=1, help="Requests in flight before new ones get 503."),
     timeout_s: float = typer.Option(
         10.0, "--timeout", min=0.01, help="Time limit from arrival, decoding included (504 after)."
@@ -84,7 +98,25 @@ def serve(
     pixels_in_flight: int = typer.Option(
         64_000_000, "--pixels-in-flight", min=1, help="Decoded pixels in flight across requests (503 over)."
     ),
-    workers: int = typer.Option(1, "--workers", min=1, help="Server processes (each loads the model)."),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        help="Server processes, each with its own model (default: one per usable core, at most 8).",
+    ),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="Model threads per process (default: the usable cores shared out among the processes).",
+    ),
+    log_sync: str = typer.Option(
+        "group",
+        "--log-sync",
+        help="group: answer once the log row is committed (a killed server loses none) and fsync the "
+        "log once per group of commits (a power cut may take the last ~50 ms); full: fsync every "
+        "commit before answering (slower).",
+    ),
     label_set: list[str] = typer.Option(
         [],
         "--label-set",
@@ -138,7 +170,10 @@ def serve(
     from vlmops.serve.build import CONFIG_ENV, build_app, config_to_env
     from vlmops.serve.limits import Limits
     from vlmops.serve.service import ServeConfig
+    from vlmops.serve.workers import PARENT_ENV, choose_parallelism, usable_cores
 
+    cores = usable_cores()
+    workers, threads = choose_parallelism(cores, workers, threads)
     sets = _parse_label_sets(label_set)
     emoji_ready = manifest_path().exists()
     if not sets and emoji_ready:
@@ -154,6 +189,8 @@ def serve(
         key_items_per_s=key_items_per_s,
         key_items_in_flight=key_items_in_flight,
         pixels_in_flight=pixels_in_flight,
+        model_threads=threads,
+        log_sync=_check_log_sync(log_sync),
         auth=not insecure_no_auth,
         abstain_below=abstain_below,
         template=template,
@@ -172,13 +209,23 @@ def serve(
     if insecure_no_auth:
         console.print("[bold yellow]warning:[/] serving without API keys (--insecure-no-auth)")
     shown = resolve_runtime(model, runtime)  # auto -> the bundle's runtime; a mismatch fails here
-    console.print(f"serving {model} ({shown}) on http://{host}:{port}  docs: /docs")
+    console.print(
+        f"serving {model} ({shown}) on http://{host}:{port}  docs: /docs\n"
+        f"{workers} worker process{'es' if workers > 1 else ''} x {threads} model "
+        f"thread{'s' if threads > 1 else ''} ({cores} usable core{'s' if cores > 1 else ''}; "
+        "--workers/--threads to change)",
+        highlight=False,
+    )
     if workers == 1:
         uvicorn.run(
             build_app(config), host=host, port=port, log_level="warning", timeout_graceful_shutdown=30
         )
         return
+    limits_dir = tempfile.mkdtemp(prefix="vlmops-limits-")  # key buckets every worker shares
+    atexit.register(shutil.rmtree, limits_dir, ignore_errors=True)
+    config.shared_limits = str(Path(limits_dir) / "buckets")
     os.environ[CONFIG_ENV] = config_to_env(config)
+    os.environ[PARENT_ENV] = str(os.getpid())  # workers die with this process, even by kill -9
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # a fresh folder per server, removed at exit
         metrics_dir = tempfile.mkdtemp(prefix="vlmops-metrics-")
         atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)

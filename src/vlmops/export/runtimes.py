@@ -13,7 +13,7 @@ from pathlib import Path
 from vlmops.errors import DataError, ModelLoadError
 from vlmops.models import load_model, parse_uri
 from vlmops.models.base import VLM
-from vlmops.models.runtimes import AUTO, RUNTIMES, resolve_runtime, torch_int8
+from vlmops.models.runtimes import AUTO, RUNTIMES, cached_export, export_dir, resolve_runtime, torch_int8
 
 __all__ = ["AUTO", "RUNTIMES", "export_dir", "load_runtime", "resolve_runtime", "torch_int8"]
 
@@ -33,17 +33,13 @@ def load_runtime(uri: str, runtime: str = AUTO, progress: bool = False, **option
     return _exported(uri, runtime, progress, **options)
 
 
-def export_dir(version: str, runtime: str) -> Path:
-    """Where `load_runtime` keeps the automatic ONNX export of model `version`."""
-    from vlmops.config import get_settings
-
-    return get_settings().home / "exports" / f"{version}-{runtime}"
-
-
 def _exported(uri: str, runtime: str, progress: bool, **options) -> VLM:
     """Load the cached export of `uri` for `runtime`, exporting it first when missing."""
     from vlmops.models import onnx
 
+    cached = cached_export(uri) if runtime == "onnx" else None
+    if cached is not None:  # the version comes from the weights' hash: no torch model to load
+        return onnx.load(str(cached), **options)
     source = load_model(uri)  # for its version; serve `onnx:DIR` to keep torch out of the process
     folder = export_dir(source.info.version, runtime)
     if not (folder / onnx.BUNDLE_FILE).is_file():

@@ -111,6 +111,12 @@ def training_data_version(target: str) -> str | None:
     return (card.get("data") or {}).get("train_version")
 
 
+def version_of(target: str) -> str:
+    """The version `load(target)` gives (name and weights hash), without loading the weights."""
+    name, _, weights, _ = _files(target)
+    return f"{name}-{sha256_file(weights)[:12]}"
+
+
 def load(target: str, device: str = "cpu", batch_size: int = 64) -> EmojiLit:
     """Load a built-in model: `emoji-lit` (shipped weights) or `emoji-lit@FOLDER` (from `vlmops train`)."""
     from safetensors.torch import load_file

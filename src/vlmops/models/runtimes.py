@@ -1,7 +1,10 @@
 """One model, four ways to run it: torch / torch-int8 / onnx / onnx-int8 (`vlmops.export.load_runtime`).
 
-The default runtime, ``auto``, is the model's own: an ``onnx:DIR`` bundle's runtime as its bundle.json
-records it (``onnx`` or ``onnx-int8``), ``torch`` for any other URI.
+The default runtime, ``auto``, is the fastest one that needs no new export: an ``onnx:DIR`` bundle's
+runtime as its bundle.json records it (``onnx`` or ``onnx-int8``); for a built-in model, ``onnx`` when
+its fp32 export is already cached (any earlier ``--runtime onnx`` made it: ONNX Runtime runs the same
+vectors, cosine > 0.9999, at a quarter of torch's CPU per image at batch 1 and releases the GIL
+throughout; bench/RESULTS.md), else ``torch``; ``torch`` for any other URI.
 
 - ``torch``: the model as `load_model` gives it.
 - ``torch-int8``: torch dynamic int8 quantization (per-channel weights) of every ``nn.Linear``. That
@@ -29,13 +32,33 @@ RUNTIMES = ("torch", "torch-int8", "onnx", "onnx-int8")
 AUTO = "auto"
 
 
+def export_dir(version: str, runtime: str) -> Path:
+    """Where `load_runtime` keeps the automatic ONNX export of model `version`."""
+    from vlmops.config import get_settings
+
+    return get_settings().home / "exports" / f"{version}-{runtime}"
+
+
+def cached_export(uri: str) -> Path | None:
+    """The fp32 ONNX export of built-in model `uri` that an earlier ``onnx`` load cached, if there is one."""
+    parsed = parse_uri(uri)
+    if parsed.scheme != "builtin":
+        return None
+    from vlmops.models.builtin import version_of
+
+    folder = export_dir(version_of(parsed.target), "onnx")
+    return folder if (folder / "bundle.json").is_file() else None
+
+
 def resolve_runtime(uri: str, runtime: str = AUTO) -> str:
-    """The runtime `load_runtime` uses for `uri`: `runtime` itself, or for ``auto`` the model's own."""
+    """The runtime `load_runtime` uses for `uri`: `runtime` itself, or for ``auto`` the fastest ready one."""
     if runtime not in (AUTO, *RUNTIMES):
         raise ModelLoadError(f"unknown runtime {runtime!r}; use one of: {', '.join((*RUNTIMES, AUTO))}")
     parsed = parse_uri(uri)
     if parsed.scheme != "onnx":
-        return "torch" if runtime == AUTO else runtime
+        if runtime != AUTO:
+            return runtime
+        return "onnx" if cached_export(uri) is not None else "torch"
     from vlmops.models.onnx import read_bundle
 
     meta = read_bundle(Path(parsed.target).expanduser())

@@ -24,7 +24,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from vlmops.errors import VlmopsError
-from vlmops.store.log import make_engine, metadata
+from vlmops.store.log import create_tables, make_engine
 from vlmops.store.monitor_tables import alerts, list_alerts
 
 OPS = {
@@ -112,7 +112,7 @@ class AlertStore:
 
     def __init__(self, url: str | None = None) -> None:
         self.engine = make_engine(url)
-        metadata.create_all(self.engine, tables=[alerts])
+        create_tables(self.engine, tables=[alerts])
 
     def last_fired(self, rule: str) -> float | None:
         """Time the rule last fired, if ever."""

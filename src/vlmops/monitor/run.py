@@ -22,7 +22,7 @@ from vlmops.monitor.image_stats import ImageStatsDetector
 from vlmops.monitor.mmd import MMDDetector
 from vlmops.monitor.univariate import KSDetector, KSPCADetector, PredictionShiftDetector
 from vlmops.store.feedback import feedback_metrics
-from vlmops.store.log import PredictionLog, embedding_of, make_engine, metadata, requests
+from vlmops.store.log import PredictionLog, create_tables, embedding_of, make_engine, requests
 from vlmops.store.monitor_tables import monitor_history as monitor_history  # re-exported
 from vlmops.store.monitor_tables import monitor_runs
 
@@ -177,7 +177,7 @@ def run_monitor(
 def store_run(url: str, report: MonitorReport) -> None:
     """Append a pass to monitor_runs."""
     engine = make_engine(url)
-    metadata.create_all(engine, tables=[monitor_runs])
+    create_tables(engine, tables=[monitor_runs])
     with engine.begin() as conn:
         conn.execute(
             monitor_runs.insert().values(

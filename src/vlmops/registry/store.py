@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from vlmops.config import get_settings
 from vlmops.errors import VlmopsError
-from vlmops.store.log import make_engine, metadata
+from vlmops.store.log import create_tables, make_engine
 from vlmops.store.registry_tables import aliases, events, list_events, list_versions, versions
 
 ALIASES = ("champion", "challenger", "canary", "shadow")
@@ -41,7 +41,7 @@ class Registry:
 
     def __init__(self, url: str | None = None, artifacts: Path | None = None) -> None:
         self.engine = make_engine(url)
-        metadata.create_all(self.engine, tables=[versions, aliases, events])
+        create_tables(self.engine, tables=[versions, aliases, events])
         self.artifacts = artifacts or get_settings().home / "registry"
 
     # -- versions ---------------------------------------------------------------------------------

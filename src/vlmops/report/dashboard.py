@@ -140,14 +140,14 @@ def _per_pass_svg(fig, ax, n_runs: int, ylabel: str, gid: str) -> str:
 
 def dashboard_context(store: str | None = None) -> dict:
     """Everything the page shows, read from the store."""
-    from vlmops.store.log import make_engine, metadata
+    from vlmops.store.log import create_tables, make_engine
     from vlmops.store.monitor_tables import monitor_history, read_alerts
     from vlmops.store.registry_tables import aliases, events, list_events, list_versions, versions
 
     runs = monitor_history(store, late_feedback=True)  # realised accuracy: feedback that came after
     alerts = read_alerts(store)
     engine = make_engine(store)
-    metadata.create_all(engine, tables=[versions, aliases, events])
+    create_tables(engine, tables=[versions, aliases, events])
     passes = [
         {
             "when": _when(r["time"]),

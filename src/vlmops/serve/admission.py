@@ -69,6 +69,7 @@ class Admission:
         key_items_in_flight: int,
         pixels_in_flight: int,
         saturated: int = 64,
+        shared=None,
     ) -> None:
         self.max_in_flight, self.timeout_s = max_in_flight, timeout_s
         self.key_items_per_s, self.key_items_in_flight = key_items_per_s, key_items_in_flight
@@ -80,6 +81,7 @@ class Admission:
         self.pixels = 0  # decoded pixels in flight (decoder threads change it: under the lock)
         self._items: defaultdict[str, int] = defaultdict(int)
         self._buckets: dict[str, TokenBucket] = {}
+        self.shared = shared  # SharedTokenBuckets: a key's item budget counts across worker processes
         self._lock = threading.Lock()
 
     def admit(self, owner: str, arrival: float, budgeted: bool = True) -> Ticket:
@@ -140,10 +142,7 @@ class Admission:
                 f"{n} more; at most {self.key_items_in_flight} at once: wait for earlier answers",
                 {"Retry-After": "1"},
             )
-        bucket = self._buckets.get(owner) if ticket.budgeted else None
-        if bucket is None and ticket.budgeted:
-            bucket = self._buckets[owner] = TokenBucket(self.key_items_per_s, self.key_items_in_flight)
-        wait = 0.0 if bucket is None else bucket.take(n)
+        wait = self._take_budget(owner, n) if ticket.budgeted else 0.0
         if wait > 0:
             raise ApiError(
                 429,
@@ -154,6 +153,15 @@ class Admission:
             )
         self._items[owner] += n
         ticket.items += n
+
+    def _take_budget(self, owner: str, n: int) -> float:
+        """Take `n` items from the key's budget; the seconds until they would be there (0.0: taken)."""
+        if self.shared is not None:
+            return self.shared.take(f"items:{owner}", self.key_items_per_s, self.key_items_in_flight, n)
+        bucket = self._buckets.get(owner)
+        if bucket is None:
+            bucket = self._buckets[owner] = TokenBucket(self.key_items_per_s, self.key_items_in_flight)
+        return bucket.take(n)
 
     def return_items(self, ticket: Ticket, n: int) -> None:
         """`n` of the ticket's items have left the model."""

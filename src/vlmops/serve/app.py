@@ -27,12 +27,18 @@ from vlmops.serve.limits import RateLimiter
 from vlmops.serve.middleware import GatewayMiddleware, error_json
 from vlmops.serve.parsing import body_doc, check_texts, describe, parse_body
 from vlmops.serve.service import Gateway, sha256_hex
-from vlmops.serve.unexpected import UnexpectedErrorMiddleware
 from vlmops.store.log import PredictionRow, RequestOwner
 
 ERRORS = {
     code: {"model": schemas.ErrorResponse} for code in (401, 403, 404, 409, 413, 415, 422, 429, 503, 504)
 }
+
+
+def answer(body: dict) -> Response:
+    """A JSON answer serialised once: the route's response_model documents it, and FastAPI does not
+    validate and re-encode a Response (the bodies are built to the schema; tests check them against it)."""
+    text = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return Response(text.encode(), media_type="application/json")
 
 
 def may_give_feedback(key: ApiKey | None, owner: RequestOwner) -> bool:
@@ -45,7 +51,7 @@ def may_give_feedback(key: ApiKey | None, owner: RequestOwner) -> bool:
 def create_app(gateway: Gateway, keys=None) -> FastAPI:
     """The ASGI app around a Gateway. `keys`: a callable token -> ApiKey | None (None = no auth)."""
     config, limits = gateway.config, gateway.config.limits
-    limiter = RateLimiter()
+    limiter = RateLimiter(gateway.shared_buckets)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -87,7 +93,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         return error_response(request, ApiError(exc.status_code, code, message, dict(exc.headers or {})))
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):  # pragma: no cover - UnexpectedErrorMiddleware
+    async def _unexpected(request: Request, exc: Exception):  # pragma: no cover - GatewayMiddleware
         return error_response(request, ApiError(500, "internal_error", f"{type(exc).__name__}: {exc}"))
 
     async def authorise(request: Request, scope: str | None = None) -> ApiKey | None:  # async: no thread hop
@@ -149,10 +155,10 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
                 await asyncio.sleep(0.05)
 
         ticket.watch = gone
-        try:
-            yield ticket
-        finally:
-            gateway.release(ticket)
+        # GatewayMiddleware releases it when the request ends, however it ends: a plain dependency (no
+        # generator, so no exit stack and cancel scope per request)
+        request.scope["state"]["ticket"] = ticket
+        return ticket
 
     def row(
         request: Request,
@@ -211,8 +217,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
     async def one_image(images: list[bytes], ticket: Ticket):
         if len(images) != 1:
             raise ApiError(422, "bad_image", f"send exactly one image, got {len(images)}")
-        image, stats = await gateway.decode(images[0], "image", ticket)
-        return image, sha256_hex(images[0]), stats
+        return await gateway.decode(images[0], "image", ticket)
 
     @app.post(
         "/v1/embeddings",
@@ -234,7 +239,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
             )
         check_texts(texts, limits.max_text_chars)
         decoded = [await gateway.decode(data, f"images[{i}]", ticket) for i, data in enumerate(raw)]
-        images, image_stats = [d[0] for d in decoded], [d[1] for d in decoded]
+        images, image_stats = [d.image for d in decoded], [d.stats for d in decoded]
         vectors = []
         if images:
             vectors.append(await gateway.image_embeddings(images, ticket))
@@ -242,7 +247,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
             vectors.append(await gateway.text_embeddings(texts, ticket=ticket))
         matrix = np.concatenate(vectors)
         kinds = ["image"] * len(images) + ["text"] * len(texts)
-        hashes = [sha256_hex(d) for d in raw] + [sha256_hex(t.encode()) for t in texts]
+        hashes = [d.sha256 for d in decoded] + [sha256_hex(t.encode()) for t in texts]
         await gateway.record(
             row(
                 request, key, "embeddings", hashes, t0, embedding=matrix, texts=texts, image_stats=image_stats
@@ -252,7 +257,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
             {"index": i, "kind": k, "embedding": v.tolist()}
             for i, (k, v) in enumerate(zip(kinds, matrix, strict=True))
         ]
-        return {**ids(request), "dim": int(matrix.shape[1]), "data": data}
+        return answer({**ids(request), "dim": int(matrix.shape[1]), "data": data})
 
     @app.post(
         "/v1/classify",
@@ -266,7 +271,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         t0 = time.perf_counter()
         body, raw = await parse_body(request, schemas.ClassifyRequest)
         label_set = gateway.label_set_for(body.labels, body.label_set, body.template)
-        image, digest, stats = await one_image(raw, ticket)
+        image, stats, digest = await one_image(raw, ticket)
         target = gateway.route(request.scope["state"]["request_id"], request.headers.get("x-route-key"))
         embedding, prediction = await target.classify(image, label_set, body.top_k, ticket)
         answered = row(
@@ -284,7 +289,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         await target.record(answered)
         if "shadow" in gateway.variants:
             mirror(gateway.variants["shadow"], image, label_set, body.top_k, answered)
-        return {**ids(request, target), **prediction}
+        return answer({**ids(request, target), **prediction})
 
     @app.post(
         "/v1/search",
@@ -314,7 +319,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
             )
             image_stats = []
         else:
-            image, digest, stats = await one_image(raw, ticket)
+            image, stats, digest = await one_image(raw, ticket)
             query, texts = (await gateway.image_embeddings([image], ticket))[0], []
             image_stats = [stats]
         hits = gateway.search(query, body.top_k)
@@ -332,7 +337,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
                 confidence=hits[0]["score"] if hits else None,
             )
         )
-        return {**ids(request), "hits": hits}
+        return answer({**ids(request), "hits": hits})
 
     @app.post(
         "/v1/tag",
@@ -345,7 +350,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         """Keywords from the server's vocabulary and an alt text for an image."""
         t0 = time.perf_counter()
         body, raw = await parse_body(request, schemas.TagRequest)
-        image, digest, stats = await one_image(raw, ticket)
+        image, stats, digest = await one_image(raw, ticket)
         target = gateway.route(request.scope["state"]["request_id"], request.headers.get("x-route-key"))
         embedding, result = await target.tag(image, body.top_k, ticket)
         await target.record(
@@ -362,7 +367,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
                 image_stats=[stats],
             )
         )
-        return {**ids(request, target), **result}
+        return answer({**ids(request, target), **result})
 
     @app.post("/v1/feedback", response_model=schemas.FeedbackResponse)
     async def feedback(request: Request, key: ApiKey | None = Depends(feedback_key)):
@@ -418,12 +423,12 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
 
     route_paths = {getattr(r, "path", None) for r in app.routes}
-    app.add_middleware(UnexpectedErrorMiddleware)  # inside GatewayMiddleware: its 500s carry the ids
     app.add_middleware(
         GatewayMiddleware,
         metrics=gateway.metrics,
         model_version=gateway.version,
         max_body_bytes=limits.max_body_bytes,
+        release=gateway.release,
     )
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

@@ -23,9 +23,9 @@ class ImageArchive:
         """Where the bytes of `sha256` live (whether or not they exist)."""
         return self.root / sha256[:2] / sha256
 
-    def put(self, data: bytes) -> str:
-        """Store bytes (idempotent); returns their sha256."""
-        sha = hashlib.sha256(data).hexdigest()
+    def put(self, data: bytes, sha256: str | None = None) -> str:
+        """Store bytes (idempotent); returns their sha256 (`sha256`: already computed by the caller)."""
+        sha = sha256 or hashlib.sha256(data).hexdigest()
         target = self.path(sha)
         if not target.exists():
             target.parent.mkdir(exist_ok=True)

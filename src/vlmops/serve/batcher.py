@@ -1,9 +1,12 @@
 """Dynamic micro-batching: requests wait in a bounded queue and run through the model together.
 
-A batch closes when it holds `max_batch` items or `max_wait_ms` after its first item arrived, whichever
-comes first; while the model runs one batch the next one fills, so under load batches form without
-waiting at all. A full queue refuses new items at once (`Overloaded`, which the gateway answers with
-503 and Retry-After) instead of letting latency grow without bound.
+A batch starts at once when the model is idle: a lone request never waits for company it may not get.
+While the model is busy (running this batcher's previous batch, or another batcher's that shares its
+thread through one `ModelSlot`), the next batch fills, and closes when it holds `max_batch` items, when
+the model frees up, or `max_wait_ms` after its first item arrived, whichever comes first; so under
+load batches grow with the load without any fixed wait. A full queue refuses new items at once
+(`Overloaded`, which the gateway answers with 503 and Retry-After) instead of letting latency grow
+without bound.
 
 Fairness and isolation:
 - items carry an owner (the API key); batches are filled round-robin across owners, so a key with
@@ -44,6 +47,37 @@ class _Item(Generic[T]):
     queued: bool = True
 
 
+class ModelSlot:
+    """Whether a model (one thread, shared by the batchers that feed it) is running a batch right now.
+
+    Batchers waiting to fill a batch while the model is busy are woken the moment it frees up.
+    """
+
+    def __init__(self) -> None:
+        self.running = 0
+        self._listeners: list[asyncio.Event] = []
+
+    @property
+    def busy(self) -> bool:
+        """True while a batch runs."""
+        return self.running > 0
+
+    def listen(self, event: asyncio.Event) -> None:
+        """Set `event` whenever the model frees up."""
+        self._listeners.append(event)
+
+    def enter(self) -> None:
+        """A batch starts."""
+        self.running += 1
+
+    def leave(self) -> None:
+        """A batch ended; wake the batchers that wait for the model."""
+        self.running -= 1
+        if not self.running:
+            for event in self._listeners:
+                event.set()
+
+
 class MicroBatcher(Generic[T]):
     """Collects single items into batches and runs `fn(list of items) -> sequence of results` on them."""
 
@@ -57,6 +91,7 @@ class MicroBatcher(Generic[T]):
         on_batch: Callable[[int, Sequence[float]], None] | None = None,
         cost: Callable[[T], float] | None = None,
         max_cost: float | None = None,
+        slot: ModelSlot | None = None,
     ) -> None:
         if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
             raise ValueError("max_batch and queue_size must be >= 1 and max_wait_ms >= 0")
@@ -64,6 +99,7 @@ class MicroBatcher(Generic[T]):
         self.max_batch, self.max_wait_s, self.queue_size = max_batch, max_wait_ms / 1000.0, queue_size
         self.on_batch = on_batch
         self.cost, self.max_cost = cost, max_cost
+        self.slot = slot if slot is not None else ModelSlot()  # shared by batchers on one model thread
         self._queues: dict[Hashable, deque[_Item[T]]] = {}  # per owner; dict order = round-robin order
         self._live = 0  # queued items whose caller still waits
         self._busy = False
@@ -85,6 +121,7 @@ class MicroBatcher(Generic[T]):
     def start(self) -> None:
         """Start the batching task on the running event loop."""
         self._wakeup = asyncio.Event()
+        self.slot.listen(self._wakeup)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -154,18 +191,21 @@ class MicroBatcher(Generic[T]):
         return 1.0 if self.cost is None else self.cost(item.value)
 
     async def _collect(self) -> list[_Item[T]]:
+        """The next batch: at once while the model is idle, else once full, the model frees up or the
+        window since its first item closes."""
         assert self._wakeup is not None
         while not self._live:
             self._wakeup.clear()
             await self._wakeup.wait()
         batch: list[_Item[T]] = []
-        closes = time.perf_counter() + self.max_wait_s
         while True:
             self._take(batch)
-            remaining = closes - time.perf_counter()
-            if len(batch) >= self.max_batch or remaining <= 0 or self._full(batch):
+            if not batch or len(batch) >= self.max_batch or self._full(batch) or not self.slot.busy:
                 return batch
-            self._wakeup.clear()
+            remaining = min(i.enqueued for i in batch) + self.max_wait_s - time.perf_counter()
+            if remaining <= 0:
+                return batch
+            self._wakeup.clear()  # set by a new item or by the model freeing up
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except TimeoutError:
@@ -204,6 +244,13 @@ class MicroBatcher(Generic[T]):
         self.seconds_per_item = per_item if not old else 0.8 * old + 0.2 * per_item
 
     async def _run_batch(self, live: list[_Item[T]]) -> None:
+        self.slot.enter()
+        try:
+            await self._call(live)
+        finally:
+            self.slot.leave()
+
+    async def _call(self, live: list[_Item[T]]) -> None:
         loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(self.executor, self.fn, [i.value for i in live])

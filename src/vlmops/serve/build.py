@@ -14,6 +14,7 @@ from vlmops.serve.keys import CachedVerifier, KeyStore
 from vlmops.serve.limits import Limits
 from vlmops.serve.resources import Calibration, Gallery, LabelSet, ResourceError, check_version, read_lines
 from vlmops.serve.service import Gateway, ServeConfig
+from vlmops.serve.workers import die_with_parent
 from vlmops.store.log import PredictionLog
 
 CONFIG_ENV = "VLMOPS_SERVE_CONFIG"
@@ -52,7 +53,8 @@ def build_gateway(config: ServeConfig) -> Gateway:
 
     requested = config.runtime
     config.runtime = resolve_runtime(config.model, requested)  # `auto`: what /v1/models reports is real
-    model = load_runtime(config.model, config.runtime)
+    options = _thread_options(config.runtime, config.model_threads)
+    model = load_runtime(config.model, config.runtime, **options)
     version = model.info.version
     template = config.template or (
         "an emoji of {}" if config.model.startswith("builtin:emoji") else "a photo of {}."
@@ -75,17 +77,38 @@ def build_gateway(config: ServeConfig) -> Gateway:
         vocabulary = emoji_vocabulary()
     elif config.vocabulary:
         vocabulary = read_lines(Path(config.vocabulary).expanduser(), "vocabulary")
-    gateway = Gateway(
-        model, config, PredictionLog(config.store), label_sets, calibration, gallery, vocabulary
-    )
+    log = PredictionLog(config.store, config.log_sync)
+    gateway = Gateway(model, config, log, label_sets, calibration, gallery, vocabulary)
     for role, uri in (("canary", config.canary), ("shadow", config.shadow)):
         if uri:  # same label sets and vocabulary; calibration and gallery belong to the primary version
-            variant = load_runtime(uri, requested)
+            variant = load_runtime(
+                uri, requested, **_thread_options(resolve_runtime(uri, requested), config.model_threads)
+            )
             gateway.attach(
                 role,
-                Gateway(variant, config, PredictionLog(config.store), label_sets, None, None, vocabulary),
+                Gateway(
+                    variant,
+                    config,
+                    PredictionLog(config.store, config.log_sync),
+                    label_sets,
+                    None,
+                    None,
+                    vocabulary,
+                ),
             )
     return gateway
+
+
+def _thread_options(runtime: str, threads: int | None) -> dict:
+    """Load options that give the model `threads` intra-op threads (torch's are per process: set here)."""
+    if threads is None:
+        return {}
+    if runtime.startswith("onnx"):
+        return {"threads": threads}
+    import torch
+
+    torch.set_num_threads(threads)
+    return {}
 
 
 def build_app(config: ServeConfig) -> FastAPI:
@@ -113,6 +136,7 @@ def config_from_json(text: str) -> ServeConfig:
 
 def app_from_env() -> FastAPI:
     """Uvicorn factory for worker processes (``--workers N``)."""
+    die_with_parent()
     try:
         return build_app(config_from_json(os.environ[CONFIG_ENV]))
     except KeyError:

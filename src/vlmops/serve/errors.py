@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 class ApiError(Exception):
     """A request the gateway refuses; rendered as ``{"error": {"code", "message"}, "request_id"}``."""
@@ -12,3 +14,8 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers or {}
+
+
+def error_json(status: int, code: str, message: str, request_id: str | None) -> bytes:
+    """The gateway's error body."""
+    return json.dumps({"error": {"code": code, "message": message}, "request_id": request_id}).encode()

@@ -41,14 +41,17 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """One token bucket per API key id (per server process)."""
+    """One token bucket per API key id: in this process, or shared by the server's worker processes."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared=None) -> None:
+        self.shared = shared  # a SharedTokenBuckets with --workers N, so a key's rate counts across them
         self._buckets: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()
 
     def check(self, key_id: str, rate: float, burst: int) -> float:
         """0.0 if the request may proceed, else the Retry-After in seconds."""
+        if self.shared is not None:
+            return self.shared.take(f"requests:{key_id}", rate, burst)
         with self._lock:
             bucket = self._buckets.get(key_id)
             if bucket is None or (bucket.rate, bucket.burst) != (rate, burst):

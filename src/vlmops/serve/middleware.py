@@ -6,12 +6,13 @@ while it streams in, before the application buffers it.
 
 from __future__ import annotations
 
-import json
 import os
 import time
+from collections.abc import Callable
 
-from vlmops.serve.errors import ApiError
+from vlmops.serve.errors import ApiError, error_json
 from vlmops.serve.metrics import GatewayMetrics
+from vlmops.serve.unexpected import answer_unexpected
 
 KNOWN_PATHS = frozenset(
     {
@@ -31,17 +32,21 @@ KNOWN_PATHS = frozenset(
 )
 
 
-def error_json(status: int, code: str, message: str, request_id: str | None) -> bytes:
-    """The gateway's error body."""
-    return json.dumps({"error": {"code": code, "message": message}, "request_id": request_id}).encode()
-
-
 class GatewayMiddleware:
-    """Assigns X-Request-ID, stamps X-Model-Version, enforces max body bytes, records metrics."""
+    """Assigns X-Request-ID, stamps X-Model-Version, enforces max body bytes, records metrics, answers
+    an unexpected error with a JSON 500 and releases the request's admission ticket when it ends."""
 
-    def __init__(self, app, metrics: GatewayMetrics, model_version: str, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app,
+        metrics: GatewayMetrics,
+        model_version: str,
+        max_body_bytes: int,
+        release: Callable | None = None,
+    ) -> None:
         self.app, self.metrics = app, metrics
         self.model_version, self.max_body = model_version, max_body_bytes
+        self.release = release  # called with scope["state"]["ticket"] when a request that took one ends
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -77,7 +82,14 @@ class GatewayMiddleware:
                         raise ApiError(413, "body_too_large", self._too_large_message(received))
                 return message
 
-            await self.app(scope, limited_receive, send_with_headers)
+            try:
+                await self.app(scope, limited_receive, send_with_headers)
+            except Exception as exc:
+                await answer_unexpected(scope, exc, send_with_headers, status_box["started"])
+            finally:
+                ticket = state.pop("ticket", None)
+                if ticket is not None and self.release is not None:
+                    self.release(ticket)
         status = status_box["status"]
         version = state.get("model_version", self.model_version)  # canary and champion counted apart
         self.metrics.requests.labels(path, str(status), version).inc()

@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -26,18 +27,21 @@ from vlmops.evaluate.calibration import softmax
 from vlmops.models.base import VLM
 from vlmops.serve.admission import Admission, Ticket, overloaded
 from vlmops.serve.archive import ImageArchive
-from vlmops.serve.batcher import MicroBatcher, Overloaded
+from vlmops.serve.batcher import MicroBatcher, ModelSlot, Overloaded
 from vlmops.serve.decode import decode_and_describe
 from vlmops.serve.errors import ApiError
 from vlmops.serve.limits import Limits
 from vlmops.serve.logwriter import LogWriter
 from vlmops.serve.metrics import GatewayMetrics
 from vlmops.serve.resources import Calibration, Gallery, LabelSet
+from vlmops.serve.shared_limits import SharedTokenBuckets
 from vlmops.store.log import PredictionLog, PredictionRow
 
 TEXT_CACHE_SIZE = 50_000
 TEXT_BATCH_CHARS = 32  # a text batch holds at most max_batch texts of this many characters (padded)
 GIL_SWITCH_S = 0.0005
+WATCH_ITEMS = 4  # a request with more model items than this watches for its client going away
+WATCH_WAIT_S = 0.05  # ... and so does every request while the model queue takes longer than this
 
 
 @dataclass
@@ -54,7 +58,10 @@ class ServeConfig:
     key_items_per_s: float = 500.0  # images + new texts per second and key (burst: key_items_in_flight)
     key_items_in_flight: int = 1024  # per key, queued or running; the model queue holds 4x this
     pixels_in_flight: int = 64_000_000  # decoded at once, across requests
+    shared_limits: str | None = None  # file of the key buckets the worker processes share (--workers N)
+    log_sync: str = "group"  # the prediction log's fsync: per group of commits, or "full" (every commit)
     decode_threads: int = 2
+    model_threads: int | None = None  # intra-op threads of the model (torch or ONNX Runtime); None: theirs
     auth: bool = True
     abstain_below: float = 0.0
     template: str | None = None
@@ -76,6 +83,14 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class Decoded(NamedTuple):
+    """An image as `Gateway.decode` gives it: pixels, statistics for the monitor, sha256 of the bytes."""
+
+    image: Image.Image
+    stats: dict
+    sha256: str
+
+
 class Gateway:
     """Model, batchers, resources and the log writer of one server process."""
 
@@ -95,11 +110,13 @@ class Gateway:
         self.vocabulary = vocabulary
         self.default_template = config.template or "a photo of {}."
         self.metrics = GatewayMetrics()
-        self.admission = _admission(config)
+        self.shared_buckets = SharedTokenBuckets(config.shared_limits) if config.shared_limits else None
+        self.admission = _admission(config, self.shared_buckets)
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="vlmops-model")
         self._decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="vlmops-decode")
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._in_flight = 0
+        self._slot = ModelSlot()  # both batchers share the model thread: one waits while the other runs
         self.images = self._batcher("image", model.embed_images)
         self.texts = self._batcher("text", model.embed_texts)
         self.writer: LogWriter | None = None
@@ -121,7 +138,15 @@ class Gateway:
         size = max(c.queue, 4 * c.key_items_in_flight)
         cost, max_cost = (len, c.max_batch * TEXT_BATCH_CHARS) if kind == "text" else (None, None)
         return MicroBatcher(
-            fn, self._model_thread, c.max_batch, c.max_wait_ms, size, observe, cost=cost, max_cost=max_cost
+            fn,
+            self._model_thread,
+            c.max_batch,
+            c.max_wait_ms,
+            size,
+            observe,
+            cost=cost,
+            max_cost=max_cost,
+            slot=self._slot,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -215,35 +240,40 @@ class Gateway:
         """A request admitted with `admit` has finished."""
         self.admission.release(ticket)
 
-    async def decode(
-        self, data: bytes, field_name: str, ticket: Ticket | None = None
-    ) -> tuple[Image.Image, dict]:
+    async def decode(self, data: bytes, field_name: str, ticket: Ticket | None = None) -> Decoded:
         """Decode untrusted bytes on the decode pool, within the request's deadline and the pixel budget.
 
-        Returns the image (reduced towards the model's input size) and its statistics for the monitor.
+        Returns the image (reduced towards the model's input size), its statistics for the monitor and
+        the sha256 of its bytes: the one hash of this input, which the log and the archive share.
         """
-        loop = asyncio.get_running_loop()
         admission = self.admission if ticket is None else ticket.admission
         deadline = None if ticket is None else ticket.deadline
-        job = loop.run_in_executor(
-            self._decode_pool,
-            lambda: decode_and_describe(
-                data,
-                self.config.limits,
-                field_name,
-                self.model.info.image_size,
-                admission.reserve_pixels,
-                admission.release_pixels,
-                deadline,
-            ),
+        job = asyncio.get_running_loop().run_in_executor(
+            self._decode_pool, self._decode_job, data, field_name, admission, deadline
         )
         try:
-            image, stats = await asyncio.wait_for(job, self._time_left(ticket))
+            async with asyncio.timeout(self._time_left(ticket)):  # no task per request, unlike wait_for
+                return await job
         except TimeoutError:
             raise self._timeout("decoding the image") from None
+
+    def _decode_job(
+        self, data: bytes, field_name: str, admission: Admission, deadline: float | None
+    ) -> Decoded:
+        """On a decode thread: decode, describe, hash and (with --keep-images) archive one image."""
+        image, stats = decode_and_describe(
+            data,
+            self.config.limits,
+            field_name,
+            self.model.info.image_size,
+            admission.reserve_pixels,
+            admission.release_pixels,
+            deadline,
+        )
+        digest = sha256_hex(data)
         if self.archive is not None:  # only images that decoded; written before the answer leaves
-            await loop.run_in_executor(self._decode_pool, self.archive.put, data)
-        return image, stats
+            self.archive.put(data, digest)
+        return Decoded(image, stats, digest)
 
     def _time_left(self, ticket: Ticket | None) -> float:
         return self.config.timeout_s if ticket is None else max(0.0, ticket.remaining())
@@ -254,30 +284,53 @@ class Gateway:
         )
 
     async def _await(self, futures: list[asyncio.Future], ticket: Ticket | None) -> list:
-        """The futures' results, within the request's deadline; cancelled if its client goes away."""
+        """The futures' results, within the request's deadline; cancelled if its client goes away.
+
+        Watching for the client costs a task per request, so it is done only where it can save model
+        work: a request of several items, or a queue that takes a while to pass.
+        """
+        try:
+            if self._worth_watching(len(futures), ticket):
+                return await self._await_watched(futures, ticket)
+            try:
+                async with asyncio.timeout(self._time_left(ticket)):
+                    return [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
+            except TimeoutError:
+                raise self._timeout("waiting for the model") from None
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():  # this request itself is being cancelled
+                    raise
+                raise self._timeout("in the model queue") from None  # the batcher dropped an expired item
+        finally:
+            for future in futures:
+                future.cancel()  # no-op on the finished ones
+            if ticket is not None:
+                ticket.admission.return_items(ticket, len(futures))
+
+    def _worth_watching(self, items: int, ticket: Ticket | None) -> bool:
+        if ticket is None or ticket.watch is None:
+            return False
+        return items > WATCH_ITEMS or self.images.expected_wait() + self.texts.expected_wait() > WATCH_WAIT_S
+
+    async def _await_watched(self, futures: list[asyncio.Future], ticket: Ticket) -> list:
+        """`_await`, racing the model against the client going away (`ticket.watch`)."""
         gathered = asyncio.gather(*futures)
         gathered.add_done_callback(_retrieve)
-        watch = None if ticket is None or ticket.watch is None else asyncio.ensure_future(ticket.watch())
+        watch = asyncio.ensure_future(ticket.watch())
         try:
-            waiting = {gathered} if watch is None else {gathered, watch}
             done, _ = await asyncio.wait(
-                waiting, timeout=self._time_left(ticket), return_when=asyncio.FIRST_COMPLETED
+                {gathered, watch}, timeout=self._time_left(ticket), return_when=asyncio.FIRST_COMPLETED
             )
             if gathered in done:
                 try:
                     return gathered.result()
                 except asyncio.CancelledError:  # the batcher dropped an item whose deadline had passed
                     raise self._timeout("in the model queue") from None
-            for future in futures:
-                future.cancel()
-            if watch is not None and watch in done:
+            if watch in done:
                 raise ApiError(499, "client_gone", "the client closed the connection")
             raise self._timeout("waiting for the model")
         finally:
-            if watch is not None:
-                watch.cancel()
-            if ticket is not None:
-                ticket.admission.return_items(ticket, len(futures))
+            watch.cancel()
             if not gathered.done():
                 gathered.cancel()
 
@@ -448,7 +501,7 @@ def _retrieve(future: asyncio.Future) -> None:
         future.exception()
 
 
-def _admission(config: ServeConfig) -> Admission:
+def _admission(config: ServeConfig, shared: SharedTokenBuckets | None = None) -> Admission:
     """The admission counters for a config, after checking that its limits fit together."""
     limits = config.limits
     largest = max(limits.max_labels, limits.max_texts, limits.max_images)
@@ -469,6 +522,7 @@ def _admission(config: ServeConfig) -> Admission:
         config.key_items_in_flight,
         config.pixels_in_flight,
         saturated=config.max_batch,
+        shared=shared,
     )
 
 

@@ -1,16 +1,26 @@
 """The durable prediction log: one row per served request, one per feedback event, and the API keys.
 
-SQLAlchemy Core over the store URL, so SQLite (the default, WAL mode, ``synchronous=FULL``) and
-``postgresql://`` share one schema. Rows are written in group commits: the server hands every row of a
-batch to `PredictionLog.write` in one transaction and answers the clients only after it returns, so an
-acknowledged prediction survives a crash of the server process (and, with ``synchronous=FULL``, of the
-machine). Several server processes may write at once: SQLite serialises writers behind its busy
-timeout, Postgres behind row locks.
+SQLAlchemy Core over the store URL, so SQLite (the default, WAL mode) and ``postgresql://`` share one
+schema. Rows are written in group commits: the server hands every row waiting at that moment to
+`PredictionLog.write` in one transaction and answers the clients only after it returns, so an
+acknowledged prediction survives a crash (kill -9) of the server process. What a power cut may take
+depends on `sync` (SQLite only; Postgres follows its own ``synchronous_commit``):
+
+- ``full``: ``synchronous=FULL``, every commit is fsync'd before it returns: nothing acknowledged is lost.
+- ``group``: ``synchronous=NORMAL``, a commit returns once SQLite has written it to the WAL (the OS holds
+  it, so a killed process loses nothing), and `sync` fsyncs the WAL once for every commit since the last
+  fsync (`vlmops.serve.logwriter` calls it in the background): a power cut may take the last moments'
+  rows, and one fsync is shared by a whole group of requests instead of paid by each.
+
+Several server processes may write at once: SQLite serialises writers behind its busy timeout,
+Postgres behind row locks.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +34,7 @@ from vlmops.config import get_settings
 from vlmops.errors import StoreError
 
 BUSY_TIMEOUT_S = 30.0
+SYNC_MODES = ("full", "group")
 _DTYPE = np.dtype("<f4")
 
 metadata = sa.MetaData()
@@ -146,17 +157,20 @@ def sqlite_url(path: str | Path) -> str:
     return f"sqlite:///{Path(path).expanduser()}"
 
 
-def _tune_sqlite(dbapi_conn, _record) -> None:
+def _tune_sqlite(dbapi_conn, _record, synchronous: str = "FULL") -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
     cursor.execute("PRAGMA journal_mode = WAL")
-    cursor.execute("PRAGMA synchronous = FULL")  # a commit is on disk before the response leaves
+    cursor.execute(f"PRAGMA synchronous = {synchronous}")  # FULL: a commit is on disk when it returns
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
 
 
-def make_engine(url: str | None = None) -> sa.Engine:
-    """An engine for the store URL (default: VLMOPS_STORE_URL or the SQLite store under VLMOPS_HOME)."""
+def make_engine(url: str | None = None, synchronous: str = "FULL") -> sa.Engine:
+    """An engine for the store URL (default: VLMOPS_STORE_URL or the SQLite store under VLMOPS_HOME).
+
+    `synchronous`: SQLite's setting for every connection (FULL, or NORMAL for the group-synced log).
+    """
     url = url or get_settings().resolved_store_url()
     if "://" not in url:  # a plain file path, as the embedding cache accepts
         url = sqlite_url(url)
@@ -164,7 +178,7 @@ def make_engine(url: str | None = None) -> sa.Engine:
         path = Path(url.removeprefix("sqlite:///")).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(sqlite_url(path), connect_args={"timeout": BUSY_TIMEOUT_S})
-        sa.event.listen(engine, "connect", _tune_sqlite)
+        sa.event.listen(engine, "connect", functools.partial(_tune_sqlite, synchronous=synchronous))
         return engine
     if url.startswith(("postgresql://", "postgresql+psycopg://")):
         try:
@@ -173,6 +187,22 @@ def make_engine(url: str | None = None) -> sa.Engine:
             raise StoreError("a postgresql:// store needs psycopg: pip install 'vlmops[postgres]'") from exc
         return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1), pool_pre_ping=True)
     raise StoreError(f"unsupported store URL {url!r}: use sqlite:///path/to/store.sqlite or postgresql://...")
+
+
+def create_tables(engine: sa.Engine, tables: Sequence[sa.Table] | None = None) -> None:
+    """`metadata.create_all`, safe when several processes (`vlmops serve --workers N`) start at once.
+
+    Each checks which tables exist, then creates the missing ones; a process that checked before another
+    created them gets "already exists", and checks again.
+    """
+    for attempt in range(5):
+        try:
+            metadata.create_all(engine, tables=tables)
+            return
+        except sa.exc.DBAPIError as exc:
+            if "already exists" not in str(exc.orig) or attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def add_missing_columns(engine: sa.Engine, table: sa.Table) -> None:
@@ -191,10 +221,15 @@ def add_missing_columns(engine: sa.Engine, table: sa.Table) -> None:
 class PredictionLog:
     """Append-only request and feedback log in the store database."""
 
-    def __init__(self, url: str | None = None) -> None:
-        self.engine = make_engine(url)
+    def __init__(self, url: str | None = None, sync: str = "full") -> None:
+        if sync not in SYNC_MODES:
+            raise StoreError(f"unknown log sync mode {sync!r}; use one of: {', '.join(SYNC_MODES)}")
+        self.engine = make_engine(url, "NORMAL" if sync == "group" else "FULL")
+        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        # group: acknowledged rows sit in the WAL, written but not yet fsync'd, until `sync` is called
+        self.wal_path = Path(f"{database}-wal") if sync == "group" and database else None
         try:
-            metadata.create_all(self.engine)
+            create_tables(self.engine)
             add_missing_columns(self.engine, requests)
             add_missing_columns(self.engine, api_keys)
         except sa.exc.SQLAlchemyError as exc:
@@ -206,6 +241,19 @@ class PredictionLog:
         if values:
             with self.engine.begin() as conn:
                 conn.execute(requests.insert(), values)
+
+    def sync(self) -> None:
+        """Flush every committed row to disk (one fsync of the WAL); nothing to do in ``full`` mode."""
+        if self.wal_path is None:
+            return
+        try:
+            fd = os.open(self.wal_path, os.O_RDONLY)
+        except FileNotFoundError:  # checkpointed and removed: the checkpoint fsync'd the rows already
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def has_request(self, request_id: str) -> bool:
         """Whether a request id was logged."""

@@ -11,7 +11,7 @@ import json
 import sqlalchemy as sa
 
 from vlmops.store.feedback import feedback_metrics
-from vlmops.store.log import feedback, make_engine, metadata, requests
+from vlmops.store.log import create_tables, feedback, make_engine, metadata, requests
 
 monitor_runs = sa.Table(
     "monitor_runs",
@@ -52,7 +52,7 @@ def list_alerts(engine: sa.Engine, since: float | None = None) -> list[dict]:
 def read_alerts(url: str | None = None) -> list[dict]:
     """Fired alerts in the store at `url`, oldest first (creating the table if new)."""
     engine = make_engine(url)
-    metadata.create_all(engine, tables=[alerts])
+    create_tables(engine, tables=[alerts])
     return list_alerts(engine)
 
 
@@ -64,7 +64,7 @@ def monitor_history(url: str | None = None, late_feedback: bool = False) -> list
     they realise is known only later (the stored values are those at the time of the pass).
     """
     engine = make_engine(url)
-    metadata.create_all(engine, tables=[monitor_runs])
+    create_tables(engine, tables=[monitor_runs])
     with engine.connect() as conn:
         rows = conn.execute(sa.select(monitor_runs).order_by(monitor_runs.c.id)).fetchall()
         runs = [

@@ -11,7 +11,7 @@ import json
 
 import sqlalchemy as sa
 
-from vlmops.store.log import make_engine, metadata
+from vlmops.store.log import create_tables, make_engine, metadata
 
 versions = sa.Table(
     "model_versions",
@@ -53,7 +53,7 @@ class AliasReader:
 
     def __init__(self, url: str | None = None) -> None:
         self.engine = make_engine(url)
-        metadata.create_all(self.engine, tables=[versions, aliases, events])
+        create_tables(self.engine, tables=[versions, aliases, events])
 
     def alias(self, alias: str) -> str | None:
         """The version an alias points to (None when it points nowhere)."""

@@ -1,0 +1,60 @@
+"""What the gateway spends per request: one hash per image, answers that match their schema."""
+
+from __future__ import annotations
+
+import hashlib
+
+from fastapi.testclient import TestClient
+
+from serve_helpers import b64, make_app, png_bytes
+from vlmops.serve import schemas
+
+
+def test_each_image_is_hashed_once_for_the_log_and_the_archive(tmp_path, fake_model, monkeypatch):
+    archive = tmp_path / "archive"
+    app, key, _ = make_app(tmp_path, fake_model(), keep_images=str(archive))
+    image = png_bytes((10, 200, 30), size=(24, 24))
+    hashed: list[bytes] = []
+    real = hashlib.sha256
+
+    def counting(data=b"", *args, **kwargs):
+        if bytes(data) == image:
+            hashed.append(bytes(data))
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "sha256", counting)
+    with TestClient(app) as client:
+        client.headers["Authorization"] = f"Bearer {key}"
+        r = client.post("/v1/classify", json={"image": b64(image), "labels": ["a", "b"]})
+        assert r.status_code == 200, r.text
+        r = client.post("/v1/embeddings", json={"images": [b64(image)], "texts": ["a"]})
+        assert r.status_code == 200, r.text
+    assert len(hashed) == 2  # one per image sent, though the log and the archive both use it
+    digest = real(image).hexdigest()
+    assert (archive / digest[:2] / digest).read_bytes() == image
+
+
+def test_answers_serialised_once_still_match_their_response_models(tmp_path, fake_model):
+    from vlmops.serve.resources import Gallery
+
+    model = fake_model()
+    vectors = model.embed_texts(["red", "green"])
+    gallery = Gallery(model.info.version, ["r", "g"], ["red", None], [None, "green"], vectors)
+    app, key, _ = make_app(tmp_path, model, gallery_obj=gallery)
+    image = b64(png_bytes())
+    calls = [
+        ("/v1/classify", {"image": image, "labels": ["a", "b", "c"]}, schemas.ClassifyResponse),
+        ("/v1/classify", {"image": image, "label_set": "colours"}, schemas.ClassifyResponse),
+        ("/v1/tag", {"image": image, "top_k": 3}, schemas.TagResponse),
+        ("/v1/embeddings", {"images": [image], "texts": ["x"]}, schemas.EmbeddingsResponse),
+        ("/v1/search", {"text": "red", "top_k": 2}, schemas.SearchResponse),
+        ("/v1/search", {"image": image}, schemas.SearchResponse),
+    ]
+    with TestClient(app) as client:
+        client.headers["Authorization"] = f"Bearer {key}"
+        for path, body, model_cls in calls:
+            r = client.post(path, json=body)
+            assert r.status_code == 200 and r.headers["content-type"] == "application/json", r.text
+            parsed = model_cls.model_validate_json(r.content)
+            assert parsed.model_dump(mode="json") == r.json()  # no field missing, none extra
+            assert r.json()["request_id"] == r.headers["x-request-id"]

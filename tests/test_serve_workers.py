@@ -1,0 +1,129 @@
+"""Worker processes and model threads: chosen from the cores, printed, and tied to the parent's life."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vlmops.cli import app
+from vlmops.serve.workers import PARENT_ENV, choose_parallelism
+
+
+@pytest.mark.parametrize(
+    ("cores", "given", "chosen"),
+    [
+        (1, (None, None), (1, 1)),
+        (2, (None, None), (2, 1)),  # one process per core, one model thread each
+        (16, (None, None), (8, 2)),  # at most 8 copies of the model; the rest of the cores as threads
+        (64, (None, None), (8, 8)),
+        (2, (1, None), (1, 2)),  # one process given: it gets every core
+        (4, (None, 3), (4, 3)),  # given values are kept
+        (4, (2, 1), (2, 1)),
+    ],
+)
+def test_workers_and_threads_come_from_the_cores(cores, given, chosen):
+    assert choose_parallelism(cores, *given) == chosen
+
+
+def test_serve_starts_one_worker_per_core_with_one_thread_each_and_says_so(tmp_path, monkeypatch):
+    import uvicorn
+
+    import vlmops.serve.build as build
+    import vlmops.serve.workers as workers
+
+    calls = []
+    monkeypatch.setattr(workers, "usable_cores", lambda: 2)
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: calls.append((target, kw)))
+    monkeypatch.setattr(build, "build_app", lambda config: calls.append(("app", config)) or "app")
+    for name in (build.CONFIG_ENV, PARENT_ENV, "PROMETHEUS_MULTIPROC_DIR"):
+        monkeypatch.setenv(name, "")  # restored after the test: the command sets them for its workers
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    args = ["serve", "--port", "0", "--store", str(tmp_path / "s.sqlite"), "--insecure-no-auth"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "2 worker processes x 1 model thread (2 usable cores" in result.output
+    ((target, kwargs),) = calls
+    assert kwargs["workers"] == 2 and target == "vlmops.serve.build:app_from_env"
+    config = json.loads(os.environ[build.CONFIG_ENV])
+    assert config["model_threads"] == 1
+    assert config["shared_limits"] and Path(config["shared_limits"]).parent.is_dir()  # one budget per key
+    assert os.environ[PARENT_ENV] == str(os.getpid())
+
+    calls.clear()  # an explicit --workers 1 serves in this process, its model on both cores
+    result = CliRunner().invoke(app, [*args, "--workers", "1"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "1 worker process x 2 model threads" in result.output
+    assert calls[0][0] == "app" and calls[0][1].model_threads == 2 and calls[1][0] == "app"
+
+
+def test_a_worker_dies_with_its_parent_even_by_kill_9(tmp_path):
+    child = (
+        "from vlmops.serve.workers import die_with_parent; die_with_parent(); "
+        "import time; print('armed', flush=True); time.sleep(120)"
+    )
+    parent = (
+        "import os, subprocess, sys, time; "
+        f"os.environ[{PARENT_ENV!r}] = str(os.getpid()); "
+        f"p = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE, text=True); "
+        "assert p.stdout.readline().strip() == 'armed'; print(p.pid, flush=True); time.sleep(120)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(proc.stdout.readline())
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.time() + 20
+        while time.time() < deadline and _alive(worker):
+            time.sleep(0.05)
+        assert not _alive(worker), "the worker outlived its parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _take_all(path: str, name: str, tries: int, out) -> None:
+    from vlmops.serve.shared_limits import SharedTokenBuckets
+
+    buckets = SharedTokenBuckets(path)
+    out.put(sum(buckets.take(name, rate=0.001, burst=10) == 0.0 for _ in range(tries)))
+
+
+def test_worker_processes_share_each_keys_budget(tmp_path):
+    import multiprocessing
+
+    from vlmops.serve.limits import RateLimiter
+    from vlmops.serve.shared_limits import SharedTokenBuckets
+
+    path = str(tmp_path / "buckets")
+    # two workers' limiters: a key with a burst of 5 gets 5 requests in all, not 5 from each
+    first, second = RateLimiter(SharedTokenBuckets(path)), RateLimiter(SharedTokenBuckets(path))
+    granted = [limiter.check("key-a", 0.001, 5) == 0.0 for _ in range(4) for limiter in (first, second)]
+    assert sum(granted) == 5
+    assert first.check("key-b", 0.001, 5) == 0.0  # another key has its own bucket
+    assert second.check("key-a", 1.0, 5) > 0  # spent; Retry-After from the key's rate
+
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_take_all, args=(path, "items:key-c", 10, out)) for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    counts = [out.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    assert sum(counts) == 10, counts  # three processes, one budget of 10
