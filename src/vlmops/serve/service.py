@@ -59,7 +59,7 @@ class ServeConfig:
     key_items_in_flight: int = 1024  # per key, queued or running; the model queue holds 4x this
     pixels_in_flight: int = 64_000_000  # decoded at once, across requests
     shared_limits: str | None = None  # file of the key buckets the worker processes share (--workers N)
-    log_sync: str = "group"  # the prediction log's fsync: per group of commits, or "full" (every commit)
+    log_sync: str = "full"  # the prediction log's fsync: before the answers ("full"), or "group" (background)
     decode_threads: int = 2
     model_threads: int | None = None  # intra-op threads of the model (torch or ONNX Runtime); None: theirs
     auth: bool = True
