@@ -11,10 +11,11 @@ from PIL import Image
 
 from generative_contract import check_generative
 from vlmops.data.emoji import load_emoji_manifest, manifest_path
+from vlmops.data.questions import QUESTIONS, question_rows
 from vlmops.errors import ModelLoadError
 from vlmops.evaluate.text_metrics import exact_match
 from vlmops.models import capabilities, load_model
-from vlmops.models.caption_training import QUESTIONS, CaptionTrainConfig, question_rows, train_captioner
+from vlmops.models.caption_training import CaptionTrainConfig, train_captioner
 from vlmops.models.captioner import CARD_FILE, detokenise, save_captioner
 
 pytestmark = pytest.mark.skipif(not manifest_path().exists(), reason="run `vlmops data fetch emoji` first")

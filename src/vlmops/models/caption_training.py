@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vlmops.data.images import load_image
+from vlmops.data.questions import QUESTIONS, question_rows
 from vlmops.models.captioner import (
     BOS,
     EOS,
@@ -32,40 +33,6 @@ from vlmops.models.captioner import (
     image_features,
 )
 from vlmops.models.towers import ImageTower, pixels_from_images
-
-PERSON_SUBCATEGORIES = frozenset(
-    {"person", "person-role", "person-activity", "person-sport", "person-gesture", "person-fantasy",
-     "person-resting", "family"}
-)  # fmt: skip
-
-
-def _keywords(row) -> str:
-    return f"{row['name']}: {', '.join(str(t) for t in row['tags'])}"
-
-
-def _words(value: str) -> str:
-    return str(value).replace("-", " ")
-
-
-# question type -> (prompt, answer from a manifest row)
-QUESTIONS: dict[str, tuple[str, Callable[[pd.Series], str]]] = {
-    "name": ("Describe this emoji.", lambda r: str(r["name"])),
-    "keywords": ("Describe this emoji with keywords.", _keywords),
-    "category": ("What category is this emoji?", lambda r: _words(r["category"])),
-    "subcategory": ("What subcategory is this emoji?", lambda r: _words(r["subcategory"])),
-    "skin_tone": ("What skin tone is shown?", lambda r: _words(r["skin_tone"])),
-    "gender": ("What gender is shown?", lambda r: str(r["gender"])),
-    "person": ("Is there a person?", lambda r: "yes" if r["subcategory"] in PERSON_SUBCATEGORIES else "no"),
-}
-
-
-def question_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (record, question type): record index, type, prompt and reference answer."""
-    rows = []
-    for index, row in frame.iterrows():
-        for kind, (prompt, answer) in QUESTIONS.items():
-            rows.append({"record": index, "kind": kind, "prompt": prompt, "answer": answer(row)})
-    return pd.DataFrame(rows)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 2000):

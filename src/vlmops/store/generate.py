@@ -45,6 +45,7 @@ class GenerateStats:
     hits: int
     misses: int
     seconds: float
+    generated_tokens: int = 0  # answer tokens of the pairs generated in this call (not the cached ones)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "seconds": round(self.seconds, 4)}
@@ -112,5 +113,8 @@ def generate_cached(
             cache.put_generations(model.info.version, {key: _to_json(g) for key, g in new.items()})
         if on_batch:
             on_batch(len(chunk))
-    stats = GenerateStats(len(keys), len(first), len(found), len(missing), time.perf_counter() - began)
+    generated = sum(answers[key].usage.completion_tokens or 0 for key in missing)
+    stats = GenerateStats(
+        len(keys), len(first), len(found), len(missing), time.perf_counter() - began, generated
+    )
     return [answers[key] for key in keys], stats
