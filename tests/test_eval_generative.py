@@ -136,3 +136,22 @@ def test_cli_errors_name_the_fix(fake, tmp_path, manifest_file):
     assert result.exit_code == 2 and "cannot generate text" in result.output
     result = invoke("--task", "summarise", "--data", str(manifest_file))
     assert result.exit_code == 2 and "unknown task 'summarise'" in result.output
+
+
+def test_clip_score_and_ref_clip_score_by_their_formulas(records, manifest_file):
+    from conftest import FakeModel
+
+    task = build_generative_task(load_manifest(manifest_file), "other", "caption", split="all")
+    table = {
+        Image.open(p).convert("RGB").tobytes(): n
+        for p, n in zip(records["image"], records["name"], strict=True)
+    }
+    judge = FakeModel(dim=16)
+    report = run_generative_eval(LookupCaptioner(table), task, None, GenerativeOptions(min_n=5), judge=judge)
+    images = judge.embed_images([Image.open(p) for p in task.frame["image"]])
+    answers = judge.embed_texts(list(records["name"]))
+    clip = 2.5 * np.maximum((images * answers).sum(1), 0)
+    assert report["grounding"]["clip_score"] == pytest.approx(clip.mean(), abs=1e-5)
+    # the answer equals its only reference: cos = 1, so RefCLIPScore = 2c / (c + 1)
+    assert report["grounding"]["ref_clip_score"] == pytest.approx(np.mean(2 * clip / (clip + 1)), abs=1e-5)
+    assert report["headline"]["clip_score"] == report["grounding"]["clip_score"]
