@@ -4,6 +4,7 @@ from a wrong one, the cache, the CLI against the OpenAI-compatible fake, and cle
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,3 +156,42 @@ def test_clip_score_and_ref_clip_score_by_their_formulas(records, manifest_file)
     # the answer equals its only reference: cos = 1, so RefCLIPScore = 2c / (c + 1)
     assert report["grounding"]["ref_clip_score"] == pytest.approx(np.mean(2 * clip / (clip + 1)), abs=1e-5)
     assert report["headline"]["clip_score"] == report["grounding"]["clip_score"]
+
+
+def test_html_report_in_chromium(fake, manifest_file, tmp_path):
+    import shutil
+
+    from html_check import TagBalance
+
+    html = tmp_path / "caption.html"
+    result = invoke(
+        "--task", "caption", "--model", fake.uri, "--data", str(manifest_file), "--split", "all",
+        "--store", str(tmp_path / "s.sqlite"), "--min-n", "5", "--html", str(html),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = html.read_text()
+    checker = TagBalance()
+    checker.feed(text)
+    assert not checker.errors and not checker.stack
+    for section in ("reference", "hallucination", "confidence", "slices", "cost", "examples"):
+        assert f'id="{section}"' in text
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is missing: run `make setup`"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(html.as_uri())
+        box = page.locator('figure.plot[data-kind="reliability"] svg').bounding_box()
+        assert box is not None and box["width"] > 300 and box["height"] > 150
+        assert page.locator("#examples tbody tr").count() == 20
+        assert page.locator('#slices figure.plot[data-kind="slice-ci"]').count() >= 2
+        page.screenshot(path=str(tmp_path / "caption.png"), full_page=True)
+        browser.close()
+    assert not errors
+    shutil.copy(tmp_path / "caption.png", "/tmp/gen/caption-report.png") if Path(
+        "/tmp/gen"
+    ).is_dir() else None

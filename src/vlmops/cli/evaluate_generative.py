@@ -40,10 +40,6 @@ def evaluate_generative(
     from vlmops.store.generate import DecodingParams
 
     rules = parse_rules(fail_on, GENERATIVE_HEADLINE)
-    if html is not None:
-        raise typer.BadParameter(
-            "the HTML report of --task caption/vqa is not built yet; use --json", param_hint="--html"
-        )
     manifest, skipped = screen_images(resolve_data(data), data, skip=skip_unreadable)
     spec = "emoji" if data == "emoji" else "other"
     task = build_generative_task(manifest, spec, task_name, split, prompt, cluster_by)
@@ -77,6 +73,10 @@ def evaluate_generative(
     results = check_rules(rules, report["headline"])
     report["fail_on"] = [r.to_dict() for r in results]
     write_json(report, json_out)
+    if html is not None:
+        from vlmops.report.generative_html import write_generative_html
+
+        write_generative_html(report, html)
     _print_summary(report, GENERATIVE_HEADLINE)
     print_skipped(report["data"].get("skipped_unreadable"))
     print_rule_results(results)

@@ -319,8 +319,11 @@ def run_generative_eval(
             if task.vocabulary
             else {"skipped": "the data has no tags or labels to build an object vocabulary from"}
         )
-    if judge is not None:
-        report["grounding"] = grounding_section(judge, paths, answers, task.references)
+    report["grounding"] = (
+        grounding_section(judge, paths, answers, task.references)
+        if judge is not None
+        else {"skipped": "no judge: pass --judge with a dual encoder (e.g. builtin:emoji-lit) for CLIPScore"}
+    )
     fields = options.slices or default_slice_fields(
         task.frame, [c for c in ("vendor", "skin_tone", "gender", "category") if c in task.frame.columns]
     )
@@ -345,7 +348,7 @@ GENERATIVE_HEADLINE: dict[str, tuple[Callable[[dict], float | None], str]] = {
     "vqa_accuracy": (lambda r: r["reference"].get("vqa_accuracy"), "VQA soft accuracy"),
     "chair_i": (lambda r: r.get("hallucination", {}).get("chair_i"), "hallucinated object mentions"),
     "chair_s": (lambda r: r.get("hallucination", {}).get("chair_s"), "captions with a hallucinated object"),
-    "clip_score": (lambda r: r.get("grounding", {}).get("clip_score"), "CLIPScore with the judge"),
+    "clip_score": (lambda r: r["grounding"].get("clip_score"), "CLIPScore with the judge"),
     "ece": (lambda r: r["confidence"].get("ece"), "ECE of the answer probability"),
     "worst_slice": (
         lambda r: (r["slices"].get("worst_slice") or {}).get("mean"),
