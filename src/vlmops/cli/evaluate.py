@@ -140,9 +140,9 @@ def evaluate(
         from vlmops.cli.evaluate_generative import evaluate_generative
 
         evaluate_generative(
-            model or "builtin:emoji-captioner", data, task, split, prompt, judge, max_tokens, temperature,
-            seed, slice_fields, min_n, cluster_by, dollars_per_hour, price_in, price_out, fail_on, store,
-            batch_size, skip_unreadable, html, json_out, progress,
+            model or "builtin:emoji-captioner", data, task, split, suite, prompt, judge, max_tokens,
+            temperature, seed, slice_fields, min_n, cluster_by, dollars_per_hour, price_in, price_out,
+            fail_on, store, batch_size, skip_unreadable, html, json_out, progress,
         )  # fmt: skip
         return
     if task != "classify":

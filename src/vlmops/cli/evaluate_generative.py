@@ -18,7 +18,8 @@ from vlmops.progress import progress_bar
 
 
 def evaluate_generative(
-    model_uri: str, data: str, task_name: str, split: str | None, prompt: str | None, judge_uri: str | None,
+    model_uri: str, data: str, task_name: str, split: str | None, suite: str, prompt: str | None,
+    judge_uri: str | None,
     max_tokens: int, temperature: float, seed: int, slice_fields: str | None, min_n: int,
     cluster_by: str | None, dollars_per_hour: float, price_in: float | None, price_out: float | None,
     fail_on: str | None, store: str | None, batch_size: int, skip_unreadable: bool, html: Path | None,
@@ -28,12 +29,8 @@ def evaluate_generative(
     from vlmops.data.manifest import resolve_data
     from vlmops.data.screen import screen_images, skipped_summary
     from vlmops.errors import ModelLoadError
-    from vlmops.evaluate.generative import (
-        GENERATIVE_HEADLINE,
-        GenerativeOptions,
-        build_generative_task,
-        run_generative_eval,
-    )
+    from vlmops.evaluate.generative import GenerativeOptions, build_generative_task
+    from vlmops.evaluate.generative_suite import GENERATIVE_HEADLINE, run_generative_eval
     from vlmops.models import VLM, GenerativeVLM, capabilities, load_model
     from vlmops.report.rules import check_rules, parse_rules
     from vlmops.store.cache import open_cache
@@ -63,6 +60,7 @@ def evaluate_generative(
         price_in=price_in,
         price_out=price_out,
         batch_size=batch_size,
+        suite=suite,
     )
     with open_cache(store) as cache, progress_bar(progress) as bar:
         job = bar.add_task(f"generating {task.n} answers", total=task.n)
@@ -102,7 +100,7 @@ def _print_summary(report: dict, headline: dict) -> None:
     if "by_type" in report["reference"]:
         for kind, row in report["reference"]["by_type"].items():
             results_console.print(f"  {kind}: accuracy {row['accuracy']:.3f} (n={row['n']})")
-    for skipped in ("confidence", "hallucination"):
+    for skipped in ("confidence", "hallucination", "grounding", "robustness"):
         reason = report.get(skipped, {}).get("skipped")
         if reason:
             console.print(f"[dim]{skipped} skipped: {reason}[/]")

@@ -20,7 +20,7 @@ only recomputes metrics. The report has:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,13 +30,10 @@ from vlmops.data.questions import QUESTIONS, VQA_KINDS
 from vlmops.errors import DataError
 from vlmops.evaluate.calibration import confidence_diagram
 from vlmops.evaluate.conformal import aurc
-from vlmops.evaluate.hallucination import ObjectVocabulary, chair
-from vlmops.evaluate.slices import default_slice_fields, slice_metrics
 from vlmops.evaluate.task import prompt_name, select_split
 from vlmops.evaluate.text_metrics import bleu, caption_tokens, cider_d, exact_match, rouge_l, vqa_accuracy
-from vlmops.models.base import Generation, GenerativeVLM
-from vlmops.store.cache import EmbeddingCache
-from vlmops.store.generate import DecodingParams, GenerateStats, generate_cached
+from vlmops.models.base import Generation
+from vlmops.store.generate import DecodingParams, GenerateStats
 
 GENERATIVE_TASKS = ("caption", "vqa")
 DEFAULT_CAPTION_PROMPT = {"emoji": QUESTIONS["name"][0], "other": "Describe this image."}
@@ -188,6 +185,7 @@ class GenerativeOptions:
     price_in: float | None = None  # dollars per million prompt tokens
     price_out: float | None = None  # dollars per million answer tokens
     batch_size: int = 32
+    suite: str = "standard"  # quick: no robustness part; standard: 100 items; full: 300, every severity
 
 
 def reference_section(task: GenerativeTask, answers: Sequence[str]) -> tuple[dict, np.ndarray]:
@@ -286,79 +284,3 @@ def cost_section(generations: Sequence[Generation], stats: GenerateStats, option
         spent = (options.price_in or 0) * prompt_tokens + (options.price_out or 0) * answer_tokens
         section["dollars_per_1000_by_tokens"] = float(spent / 1e6 / max(1, len(generations)) * 1000)
     return section
-
-
-def run_generative_eval(
-    model: GenerativeVLM,
-    task: GenerativeTask,
-    cache: EmbeddingCache | None,
-    options: GenerativeOptions,
-    judge=None,
-    on_batch: Callable[[int], None] | None = None,
-) -> dict:
-    """Generate (through the cache) and score; returns the JSON-ready report."""
-    paths = [str(p) for p in task.frame["image"]]
-    generations, stats = generate_cached(
-        model, paths, task.prompts, options.params, cache, options.batch_size, on_batch
-    )
-    answers = [g.text for g in generations]
-    reference, score = reference_section(task, answers)
-    report: dict = {
-        "task": task.task,
-        "model": model.info.to_dict(),
-        "data": task.describe(),
-        "decoding": options.params.to_dict(),
-        "generation": stats.to_dict(),
-        "reference": reference,
-        "confidence": confidence_section(generations, score),
-        "cost": cost_section(generations, stats, options),
-    }
-    if task.task == "caption":
-        report["hallucination"] = (
-            chair(answers, task.objects, ObjectVocabulary(task.vocabulary)).to_dict()
-            if task.vocabulary
-            else {"skipped": "the data has no tags or labels to build an object vocabulary from"}
-        )
-    report["grounding"] = (
-        grounding_section(judge, paths, answers, task.references)
-        if judge is not None
-        else {"skipped": "no judge: pass --judge with a dual encoder (e.g. builtin:emoji-lit) for CLIPScore"}
-    )
-    fields = options.slices or default_slice_fields(
-        task.frame, [c for c in ("vendor", "skin_tone", "gender", "category") if c in task.frame.columns]
-    )
-    metric = "exact_match" if task.task == "caption" else "vqa_accuracy"
-    report["slices"] = slice_metrics(
-        score, task.frame, fields, task.clusters, min_n=options.min_n, seed=options.seed, metric=metric
-    ).to_dict()
-    report["examples"] = [
-        {"id": str(task.frame["id"].iloc[i]), "prompt": task.prompts[i], "answer": answers[i],
-         "references": task.references[i][:3]}
-        for i in range(min(20, task.n))
-    ]  # fmt: skip
-    report["headline"] = generative_headline(report)
-    return report
-
-
-GENERATIVE_HEADLINE: dict[str, tuple[Callable[[dict], float | None], str]] = {
-    "cider_d": (lambda r: r["reference"].get("cider_d"), "CIDEr-D of the captions"),
-    "bleu4": (lambda r: r["reference"].get("bleu4"), "corpus BLEU-4"),
-    "rouge_l": (lambda r: r["reference"].get("rouge_l"), "ROUGE-L"),
-    "exact_match": (lambda r: r["reference"].get("exact_match"), "normalised exact match"),
-    "vqa_accuracy": (lambda r: r["reference"].get("vqa_accuracy"), "VQA soft accuracy"),
-    "chair_i": (lambda r: r.get("hallucination", {}).get("chair_i"), "hallucinated object mentions"),
-    "chair_s": (lambda r: r.get("hallucination", {}).get("chair_s"), "captions with a hallucinated object"),
-    "clip_score": (lambda r: r["grounding"].get("clip_score"), "CLIPScore with the judge"),
-    "ece": (lambda r: r["confidence"].get("ece"), "ECE of the answer probability"),
-    "worst_slice": (
-        lambda r: (r["slices"].get("worst_slice") or {}).get("mean"),
-        "worst slice score (n >= min_n)",
-    ),
-    "slice_gap": (lambda r: r["slices"].get("max_gap"), "largest best-minus-worst slice gap"),
-    "tokens_per_s": (lambda r: r["cost"].get("tokens_per_s"), "generated tokens per second"),
-}
-
-
-def generative_headline(report: dict) -> dict[str, float | None]:
-    """The flat metrics the summary shows and `--fail-on` reads (None where not computed)."""
-    return {name: getter(report) for name, (getter, _) in GENERATIVE_HEADLINE.items()}

@@ -42,7 +42,7 @@ def _confidence(section: dict) -> dict:
 def generative_context(payload: Mapping) -> dict:
     """Everything `generative.html.j2` needs."""
     from vlmops import __version__
-    from vlmops.evaluate.generative import GENERATIVE_HEADLINE
+    from vlmops.evaluate.generative_suite import GENERATIVE_HEADLINE
 
     headline = payload.get("headline") or {}
     fail_on = list(payload.get("fail_on") or [])

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from vlmops.data.images import load_image
 from vlmops.models.base import Generation, GenerativeVLM, Usage
 from vlmops.store.cache import EmbeddingCache
@@ -34,6 +36,19 @@ class DecodingParams:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class DerivedImage:
+    """An image made from a file on the fly (a corruption, a band with text): cached under the file's
+    sha256 and `variant`, which must name everything that changes the pixels (family, severity, seed)."""
+
+    source: str | Path
+    variant: str
+    make: Callable[[Image.Image], Image.Image]
+
+
+ImageSource = str | Path | DerivedImage
 
 
 @dataclass(frozen=True)
@@ -71,24 +86,39 @@ def _from_json(text: str) -> Generation:
     )
 
 
+def _identity(source: ImageSource, file_hashes: dict[str, str]) -> str:
+    if isinstance(source, DerivedImage):
+        return f"{file_hashes[str(source.source)]}:{source.variant}"
+    return file_hashes[str(source)]
+
+
+def _load(source: ImageSource) -> Image.Image:
+    if isinstance(source, DerivedImage):
+        return source.make(load_image(source.source))
+    return load_image(source)
+
+
 def generate_cached(
     model: GenerativeVLM,
-    images: Sequence[str | Path],
+    images: Sequence[ImageSource],
     prompts: Sequence[str],
     params: DecodingParams,
     cache: EmbeddingCache | None = None,
     batch_size: int = 32,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list[Generation], GenerateStats]:
-    """One answer per (image file, prompt) pair, in input order, with cached pairs not generated again.
+    """One answer per (image, prompt) pair, in input order, with cached pairs not generated again.
+    An image is a file path or a `DerivedImage` made from one.
 
     ``on_batch(n)`` is called after each batch of n distinct pairs is generated (for progress bars).
     """
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
     began = time.perf_counter()
-    hashes = {str(p): content_sha256(p) for p in dict.fromkeys(str(p) for p in images)}
-    keys = [generation_key(hashes[str(p)], prompt, params) for p, prompt in zip(images, prompts, strict=True)]
+    files = dict.fromkeys(str(s.source if isinstance(s, DerivedImage) else s) for s in images)
+    hashes = {path: content_sha256(path) for path in files}
+    pairs = zip(images, prompts, strict=True)
+    keys = [generation_key(_identity(source, hashes), prompt, params) for source, prompt in pairs]
     first: dict[str, int] = {}
     for i, key in enumerate(keys):
         first.setdefault(key, i)
@@ -97,7 +127,7 @@ def generate_cached(
     missing = [key for key in first if key not in answers]
     for start in range(0, len(missing), batch_size):
         chunk = missing[start : start + batch_size]
-        batch_images = [load_image(images[first[key]]) for key in chunk]
+        batch_images = [_load(images[first[key]]) for key in chunk]
         batch_prompts = [prompts[first[key]] for key in chunk]
         produced = model.generate(
             batch_images,
