@@ -25,7 +25,7 @@ TEXT = dict(
 LLAVA_TEMPLATE = (
     "{% for message in messages %}{{ message['role'].upper() }}: "
     "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n"
-    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}\n{% endfor %}"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %} {% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 QWEN_TEMPLATE = (
@@ -43,7 +43,7 @@ IDEFICS3_TEMPLATE = (
 
 
 def byte_tokenizer(
-    specials: list[str], *, bos: str, eos: str, pad: str, chat_template: str | None = None
+    specials: list[str], *, bos: str, eos: str, pad: str
 ) -> transformers.PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with no merges (256 byte tokens) plus `specials`, ids after the bytes."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -56,8 +56,6 @@ def byte_tokenizer(
     )
     extra = [t for t in specials if t not in (bos, eos, pad)]
     tokenizer.add_special_tokens({"additional_special_tokens": extra})
-    if chat_template is not None:
-        tokenizer.chat_template = chat_template
     return tokenizer
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 import hf_generative_models as builders
 from adapter_contract import sample_images
 from generative_contract import PROMPTS, check_generative
-from vlmops.errors import ModelLoadError
+from vlmops.errors import GenerationError, ModelLoadError
 from vlmops.models import capabilities, load_model
 from vlmops.models.base import sha256_files
 from vlmops.models.hf_generative import HFGenerativeModel
@@ -108,7 +108,7 @@ def test_matches_transformers_token_for_token(
 
 
 def test_prompt_uses_the_chat_template(models: dict[str, HFGenerativeModel]) -> None:
-    assert models["llava"].prompt_text("Hi?") == "USER: <image>\nHi?ASSISTANT:"
+    assert models["llava"].prompt_text("Hi?") == "USER: <image>\nHi? ASSISTANT:"
     assert models["qwen2_vl"].prompt_text("Hi?").endswith("<|im_end|>\n<|im_start|>assistant\n")
     assert models["blip"].prompt_text("a photo of") == "a photo of"
 
@@ -184,3 +184,8 @@ def test_missing_processor_parts_are_errors(
         (tmp_path / "m" / name).unlink()
     with pytest.raises(ModelLoadError, match=message):
         load_model(f"hf:{tmp_path / 'm'}")
+
+
+def test_a_prompt_holding_the_image_token_is_a_clear_error(models: dict[str, HFGenerativeModel]) -> None:
+    with pytest.raises(GenerationError, match=r"tiny-llava.*must not hold the model's special tokens"):
+        models["llava"].generate(sample_images(1), ["what is <image>?"], max_tokens=2)

@@ -171,7 +171,8 @@ class HFGenerativeModel:
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise GenerationError(
                 f"the processor of {self.info.name} cannot prepare these inputs "
-                f"({type(exc).__name__}: {exc}); check the prompt and the image"
+                f"({type(exc).__name__}: {exc}); a prompt must not hold the model's special tokens (e.g. its "
+                "image token): vlmops places the image itself"
             ) from exc
         dtype = next(self.model.parameters()).dtype
         return {
