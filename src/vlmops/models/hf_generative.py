@@ -6,7 +6,13 @@ the directory must hold the weights, a processor (image processor + tokenizer) a
 a chat template. Prompts go through the processor's chat template as one user turn (the image, then
 the text); BLIP has none and takes the prompt as the start of its caption ("" for an unconditional
 one). Decoder-only families batch with left padding; BLIP, which cannot be padded, batches prompts of
-equal token length. Greedy decoding at temperature 0, seeded sampling above it.
+equal token length. Greedy decoding at temperature 0, seeded sampling above it; other settings in the
+folder's generation_config.json (repetition penalty, top-p...) apply as they do in transformers.
+Prompt token counts include the image tokens of families that put them in the prompt (all but BLIP,
+which attends to the image through cross-attention).
+
+Without torchvision, transformers 5 cannot build the video processor of Qwen2-VL-style processors;
+as image prompts never use it, such a processor is then loaded without its video part.
 """
 
 from __future__ import annotations
