@@ -108,7 +108,7 @@ def encode_examples(tokenizer, questions: pd.DataFrame, max_text: int) -> tuple[
     answers = tokenizer.encode_batch(list(questions["answer"]))
     for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
         answer = a.ids[: max_text - len(p.ids) - 2]
-        row = p.ids + [bos] + answer + [eos]
+        row = [*p.ids, bos, *answer, eos]
         ids[i, : len(row)] = torch.tensor(row)
         target_mask[i, len(p.ids) + 1 : len(row)] = True  # positions of answer tokens and [EOS]
     return ids, target_mask
