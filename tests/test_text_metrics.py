@@ -71,6 +71,7 @@ def test_closed_forms():
     corpus, _ = bleu(["red cat"], [["red dog"]])
     assert abs(corpus[0] - 0.5) < 1e-6 and corpus[1] < 1e-4
     assert cider_d(["blue dog"], [["red cat"]])[0] == 0.0
+    assert cider_d(["", "red cat"], [["red cat"], ["red cat"]])[0] == 0.0  # an empty answer scores 0
 
 
 def test_a_model_that_always_says_the_same_scores_badly():

@@ -136,7 +136,8 @@ def cider_d(
                 [
                     sum(min(v, ref[k].get(g, 0.0)) * ref[k].get(g, 0.0) for g, v in hyp[k].items())
                     for k in range(n)
-                ]
+                ],
+                dtype=np.float64,  # an empty answer sums to the integer 0
             )
             both = (hyp_norm != 0) & (ref_norm != 0)
             dots[both] /= hyp_norm[both] * ref_norm[both]
