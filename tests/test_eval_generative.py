@@ -197,3 +197,20 @@ def test_html_report_in_chromium(fake, manifest_file, tmp_path):
     shutil.copy(tmp_path / "caption.png", "/tmp/gen/caption-report.png") if Path(
         "/tmp/gen"
     ).is_dir() else None
+
+
+def test_cli_caption_on_a_tiny_hf_llava_folder(manifest_file, tmp_path):
+    from hf_generative_models import make_llava_dir
+
+    folder = make_llava_dir(tmp_path)
+    html, out = tmp_path / "llava.html", tmp_path / "llava.json"
+    result = invoke(
+        "--task", "caption", "--model", f"hf:{folder}", "--data", str(manifest_file), "--split", "all",
+        "--store", str(tmp_path / "s.sqlite"), "--suite", "quick", "--max-tokens", "6", "--min-n", "5",
+        "--html", str(html), "--json", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["model"]["uri"] == f"hf:{folder}" and report["generation"]["misses"] == 40
+    assert report["confidence"]["ece"] is not None  # transformers gives token log-probabilities
+    assert 'id="reference"' in html.read_text()
