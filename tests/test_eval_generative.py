@@ -158,6 +158,9 @@ def test_clip_score_and_ref_clip_score_by_their_formulas(records, manifest_file)
     # the answer equals its only reference: cos = 1, so RefCLIPScore = 2c / (c + 1)
     assert report["grounding"]["ref_clip_score"] == pytest.approx(np.mean(2 * clip / (clip + 1)), abs=1e-5)
     assert report["headline"]["clip_score"] == report["grounding"]["clip_score"]
+    judged = report["hallucination"]["judge_estimate"]
+    assert judged["reference_chair_i"] == report["hallucination"]["chair_i"]
+    assert 0 <= judged["estimate_chair_i"] <= 1 and judged["mentions"] == report["hallucination"]["mentions"]
 
 
 def test_html_report_in_chromium(fake, manifest_file, tmp_path):

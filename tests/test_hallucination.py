@@ -66,3 +66,29 @@ def test_pope_scores_by_hand_and_an_always_yes_model():
     mumbling = pope_scores(probes, ["maybe"] * len(probes))
     assert (mumbling.accuracy, mumbling.unparsed, mumbling.yes_ratio) == (0.0, len(probes), 0.0)
     assert parse_yes_no("Nope") is False and parse_yes_no("") is None
+
+
+def test_judge_estimate_by_hand_and_its_agreement_with_chair():
+    import numpy as np
+
+    from vlmops.evaluate.hallucination import agreement, judge_unsupported
+
+    objects = ["cat", "dog", "hand", "heart"]
+    object_vectors = np.eye(4)
+    images = np.array([[0.9, 0.4, 0.1, 0.0], [0.0, 0.1, 0.2, 0.95]])  # image 0: cat then dog; 1: heart
+    mentions = [["cat", "dog"], ["heart"]]
+    estimate = judge_unsupported(images, object_vectors, objects, mentions, top_fraction=0.25)
+    assert estimate.unsupported == (("dog",), ())  # only each image's top object is supported
+    assert (estimate.rate, estimate.caption_rate, estimate.mentions) == (1 / 3, 0.5, 3)
+    loose = judge_unsupported(images, object_vectors, objects, mentions, top_fraction=0.5)
+    assert loose.unsupported == ((), ())
+    reference = chair(["a cat and a dog", "a heart"], [{"cat"}, {"heart"}], VOCAB)
+    assert reference.per_caption == (("dog",), ())
+    assert agreement(estimate, reference) | {} == {
+        "estimate_chair_i": 1 / 3, "reference_chair_i": 1 / 3, "estimate_chair_s": 0.5,
+        "reference_chair_s": 0.5, "agreement": 1.0, "precision": 1.0, "recall": 1.0,
+    }  # fmt: skip
+    disagree = agreement(loose, reference)
+    assert (disagree["agreement"], disagree["precision"], disagree["recall"]) == (2 / 3, None, 0.0)
+    with pytest.raises(ValueError, match="top_fraction"):
+        judge_unsupported(images, object_vectors, objects, mentions, top_fraction=0)

@@ -30,7 +30,8 @@ from vlmops.data.questions import QUESTIONS, VQA_KINDS
 from vlmops.errors import DataError
 from vlmops.evaluate.calibration import confidence_diagram
 from vlmops.evaluate.conformal import aurc
-from vlmops.evaluate.task import prompt_name, select_split
+from vlmops.evaluate.hallucination import ObjectVocabulary, agreement, judge_unsupported
+from vlmops.evaluate.task import DEFAULT_TEMPLATES, prompt_name, select_split
 from vlmops.evaluate.text_metrics import bleu, caption_tokens, cider_d, exact_match, rouge_l, vqa_accuracy
 from vlmops.models.base import Generation
 from vlmops.store.generate import DecodingParams, GenerateStats
@@ -54,6 +55,7 @@ class GenerativeTask:
     clusters: np.ndarray
     cluster_by: str | None
     split: str | None
+    object_template: str = "a photo of {}."  # how a judge reads an object name
 
     @property
     def n(self) -> int:
@@ -170,6 +172,7 @@ def build_generative_task(
         clusters=pd.factorize(key)[0].astype(np.int64),
         cluster_by=cluster_by,
         split=split_name,
+        object_template=DEFAULT_TEMPLATES["emoji" if data_spec == "emoji" else "other"][0],
     )
 
 
@@ -230,14 +233,18 @@ def confidence_section(generations: Sequence[Generation], correct: np.ndarray) -
     }
 
 
-def grounding_section(judge, image_paths: Sequence[str], answers: Sequence[str], references) -> dict:
-    """CLIPScore and RefCLIPScore of the answers with a dual-encoder judge."""
+def judge_image_vectors(judge, image_paths: Sequence[str]) -> np.ndarray:
+    """The judge's unit vector of each item's image (each file embedded once)."""
     from vlmops.data.images import load_image
 
     unique = list(dict.fromkeys(image_paths))
-    image_vectors = judge.embed_images([load_image(p) for p in unique])
+    vectors = judge.embed_images([load_image(p) for p in unique])
     row = {p: i for i, p in enumerate(unique)}
-    images = image_vectors[[row[p] for p in image_paths]]
+    return vectors[[row[p] for p in image_paths]]
+
+
+def grounding_section(judge, images: np.ndarray, answers: Sequence[str], references) -> dict:
+    """CLIPScore and RefCLIPScore of the answers with a dual-encoder judge (`images`: its vectors)."""
     texts = judge.embed_texts(list(answers))
     clip = CLIP_SCORE_WEIGHT * np.maximum(np.sum(images * texts, axis=1), 0.0)
     flat = [r for rs in references for r in rs]
@@ -254,6 +261,19 @@ def grounding_section(judge, image_paths: Sequence[str], answers: Sequence[str],
         "clip_score": float(clip.mean()),
         "ref_clip_score": float(ref_clip.mean()),
         "per_item": {"clip_score": clip.round(4).tolist()},
+    }
+
+
+def judge_hallucination_section(judge, images: np.ndarray, task: GenerativeTask, answers, reference) -> dict:
+    """The judge's reference-free CHAIR estimate and how it agrees with CHAIR itself."""
+    vocabulary = ObjectVocabulary(task.vocabulary)
+    objects = vocabulary.objects
+    object_vectors = judge.embed_texts([task.object_template.format(o) for o in objects])
+    estimate = judge_unsupported(images, object_vectors, objects, [vocabulary.mentions(a) for a in answers])
+    return {
+        **agreement(estimate, reference),
+        "top_fraction": estimate.top_fraction,
+        "mentions": estimate.mentions,
     }
 
 

@@ -11,6 +11,8 @@ from vlmops.evaluate.generative import (
     confidence_section,
     cost_section,
     grounding_section,
+    judge_hallucination_section,
+    judge_image_vectors,
     reference_section,
 )
 from vlmops.evaluate.generative_robustness import Runner, robustness_section
@@ -46,17 +48,25 @@ def run_generative_eval(
         "confidence": confidence_section(generations, score),
         "cost": cost_section(generations, stats, options),
     }
-    if task.task == "caption":
-        report["hallucination"] = (
-            chair(answers, task.objects, ObjectVocabulary(task.vocabulary)).to_dict()
-            if task.vocabulary
-            else {"skipped": "the data has no tags or labels to build an object vocabulary from"}
-        )
-    report["grounding"] = (
-        grounding_section(judge, paths, answers, task.references)
-        if judge is not None
-        else {"skipped": "no judge: pass --judge with a dual encoder (e.g. builtin:emoji-lit) for CLIPScore"}
-    )
+    chair_result = None
+    if task.task == "caption" and task.vocabulary:
+        chair_result = chair(answers, task.objects, ObjectVocabulary(task.vocabulary))
+        report["hallucination"] = chair_result.to_dict()
+    elif task.task == "caption":
+        report["hallucination"] = {
+            "skipped": "the data has no tags or labels to build an object vocabulary from"
+        }
+    if judge is not None:
+        images = judge_image_vectors(judge, paths)
+        report["grounding"] = grounding_section(judge, images, answers, task.references)
+        if chair_result is not None:
+            report["hallucination"]["judge_estimate"] = judge_hallucination_section(
+                judge, images, task, answers, chair_result
+            )
+    else:
+        report["grounding"] = {
+            "skipped": "no judge: pass --judge with a dual encoder (e.g. builtin:emoji-lit) for CLIPScore"
+        }
     fields = options.slices or default_slice_fields(
         task.frame, [c for c in ("vendor", "skin_tone", "gender", "category") if c in task.frame.columns]
     )

@@ -6,6 +6,11 @@ mentions / mentions) and per caption (CHAIR_s = captions with a hallucinated men
 A vocabulary maps each object to the phrases that name it (``{"dog": ["dog", "puppy"]}``); phrases match
 whole words, plurals in "s", "es" and "ies" included, longest phrase first so "hot dog" is not also a "dog".
 
+A judge dual encoder gives a reference-free estimate of the same rate (`judge_unsupported`): a
+mentioned object is unsupported when the judge ranks it outside the top of the vocabulary for that
+image. `agreement` validates it against CHAIR where references exist, so the monitor can use the
+estimate on live traffic, where they do not.
+
 POPE (Li et al., 2023) asks "Is there a X in the image?" for objects that are there (answer yes) and
 for absent ones (answer no) sampled three ways: random, popular (the data's most frequent objects)
 and adversarial (objects that most often appear together with this image's objects). The model's
@@ -19,6 +24,8 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 from vlmops.evaluate.text_metrics import caption_tokens
 
@@ -207,3 +214,75 @@ def pope_scores(probes: Sequence[Probe], answers: Sequence[str]) -> PopeResult:
         yes_ratio=yes / n if n else 0.0,
         unparsed=sum(s is None for s in said),
     )
+
+
+@dataclass(frozen=True)
+class JudgeEstimate:
+    """Reference-free hallucination: mentions whose object the judge does not see in the image."""
+
+    rate: float  # unsupported mentions / mentions: the estimate of CHAIR_i
+    caption_rate: float  # captions with an unsupported mention: the estimate of CHAIR_s
+    mentions: int
+    top_fraction: float
+    unsupported: tuple[tuple[str, ...], ...]  # per caption
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def judge_unsupported(
+    image_vectors: np.ndarray,
+    object_vectors: np.ndarray,
+    objects: Sequence[str],
+    mentions: Sequence[Sequence[str]],
+    top_fraction: float = 0.1,
+) -> JudgeEstimate:
+    """Flag each mentioned object that is not among the `top_fraction` of vocabulary objects the judge
+    finds most similar to the image (cosine of unit vectors); no references needed.
+
+    A mention is supported when fewer than ``top_fraction * len(objects)`` objects score higher than it
+    for this image, so the estimate adapts to each image's own similarity scale.
+    """
+    if not 0 < top_fraction <= 1:
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    index = {name: i for i, name in enumerate(objects)}
+    scores = image_vectors @ object_vectors.T  # (captions, objects)
+    allowed = max(1, int(np.ceil(top_fraction * len(objects))))
+    unsupported, total = [], 0
+    for row, named in enumerate(mentions):
+        flagged = []
+        for name in named:
+            higher = int(np.sum(scores[row] > scores[row, index[name]]))
+            if higher >= allowed:
+                flagged.append(name)
+        total += len(named)
+        unsupported.append(tuple(flagged))
+    n_flagged = sum(len(f) for f in unsupported)
+    return JudgeEstimate(
+        rate=n_flagged / total if total else 0.0,
+        caption_rate=float(np.mean([bool(f) for f in unsupported])) if unsupported else 0.0,
+        mentions=total,
+        top_fraction=top_fraction,
+        unsupported=tuple(unsupported),
+    )
+
+
+def agreement(estimate: JudgeEstimate, reference: ChairResult) -> dict:
+    """How the judge's unsupported mentions match CHAIR's hallucinated ones, mention by mention."""
+    flagged = hits = truly = 0
+    for judged, wrong in zip(estimate.unsupported, reference.per_caption, strict=True):
+        judged_counts, wrong_counts = Counter(judged), Counter(wrong)
+        flagged += sum(judged_counts.values())
+        truly += sum(wrong_counts.values())
+        hits += sum((judged_counts & wrong_counts).values())
+    mentions = estimate.mentions
+    agree = mentions - (flagged - hits) - (truly - hits)
+    return {
+        "estimate_chair_i": estimate.rate,
+        "reference_chair_i": reference.chair_i,
+        "estimate_chair_s": estimate.caption_rate,
+        "reference_chair_s": reference.chair_s,
+        "agreement": agree / mentions if mentions else None,
+        "precision": hits / flagged if flagged else None,
+        "recall": hits / truly if truly else None,
+    }
