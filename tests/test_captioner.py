@@ -92,3 +92,47 @@ def test_a_captioner_refuses_another_tower(tiny, tmp_path):
 def test_detokenise():
     assert detokenise("keycap : #") == "keycap: #"
     assert detokenise("man ' s t - rex ( big )") == "man's t-rex (big)"
+
+
+def test_cached_decoding_equals_recomputing_the_whole_sequence(tiny):
+    """The key/value cache is an optimisation only: greedy tokens and log-probs equal a decoder that
+    reruns prefix, prompt and answer so far at every step (mixed prompt lengths, left padding)."""
+    from vlmops.models.captioner import BOS, EOS, PAD, _left_pad, image_features
+    from vlmops.models.towers import pixels_from_images
+
+    folder, train, _ = tiny
+    model = load_model(f"builtin:emoji-captioner@{folder}")
+    images = [Image.open(p) for p in train["image"][:4]]
+    prompts = [
+        "Describe this emoji.",
+        "Is there a person?",
+        "What skin tone is shown?",
+        "Describe it, please now.",
+    ]
+    cached = model.generate(images, prompts, max_tokens=10)
+    tok = model.tokenizer
+    pad, bos, eos = (tok.token_to_id(t) for t in (PAD, BOS, EOS))
+    with torch.inference_mode():
+        grid, pooled = image_features(model.tower, pixels_from_images(images, model.tower.config.image_size))
+        rows = [[*tok.encode(p).ids, bos] for p in prompts]
+        ids, mask = _left_pad(rows, pad)
+        done = torch.zeros(len(rows), dtype=torch.bool)
+        chosen: list[list[tuple[int, float]]] = [[] for _ in rows]
+        for _ in range(10):
+            logp = torch.log_softmax(model.decoder(grid, pooled, ids, mask)[:, -1], -1)
+            token = logp.argmax(-1).masked_fill(done, pad)
+            for i in range(len(rows)):
+                if not done[i]:
+                    chosen[i].append((int(token[i]), float(logp[i, token[i]])))
+            ids = torch.cat([ids, token[:, None]], 1)
+            mask = torch.cat([mask, (~done).long()[:, None]], 1)
+            done |= token == eos
+    for answer, reference in zip(cached, chosen, strict=True):
+        ref_ids = [t for t, _ in reference if t != eos]
+        assert list(answer.token_ids) == ref_ids
+        torch.testing.assert_close(
+            torch.tensor(answer.token_logprobs),
+            torch.tensor([lp for t, lp in reference if t != eos]),
+            atol=1e-4,
+            rtol=0,
+        )

@@ -5,7 +5,9 @@ The image becomes ten prefix tokens: the tower's 3x3 grid of final feature maps 
 embedding, each projected to the decoder's width. After them come the prompt's tokens, ``[BOS]`` and
 the answer. The decoder is causal everywhere (GPT-style) and predicts the answer and ``[EOS]``.
 Prompts are left-padded in a batch and positions count real tokens only, so an answer does not
-depend on what else is in the batch. Decoding is greedy at temperature 0; above it, sampling uses a
+depend on what else is in the batch. Generation keeps each layer's keys and values (`start`, then
+one `step` per token), so a token costs one position, not the whole sequence again; a test checks it
+against recomputing everything. Decoding is greedy at temperature 0; above it, sampling uses a
 `torch.Generator` seeded per request. Log-probabilities of the chosen tokens come with every answer.
 
 The weights file holds the decoder only; the tower is read from emoji-lit's shipped weights (the
@@ -88,6 +90,57 @@ class CaptionDecoder(nn.Module):
         hidden = self.blocks(x, mask=causal, src_key_padding_mask=padding)
         return self.out(self.norm(hidden[:, PREFIX_TOKENS:]))
 
+    def start(self, grid: torch.Tensor, pooled: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
+        """Decoding with a key/value cache, step 1: run prefix and prompt once; returns the next-token
+        logits (n, vocab) and the cache. Same arithmetic as `forward`, one position at a time after."""
+        n, _ = ids.shape
+        prefix = torch.cat([self.pooled(pooled)[:, None], self.grid(grid.flatten(2).transpose(1, 2))], 1)
+        keep = torch.cat([torch.ones(n, PREFIX_TOKENS, dtype=torch.bool), mask.bool()], 1)
+        text_positions = PREFIX_TOKENS + (mask.long().cumsum(1) - 1).clamp(min=0)
+        positions = torch.cat([torch.arange(PREFIX_TOKENS).expand(n, -1), text_positions], 1)
+        x = torch.cat([prefix, self.tokens(ids)], 1) + self.positions(positions)
+        cache = {"keep": keep, "next_position": text_positions[:, -1] + 1, "layers": []}
+        return self._through_layers(x, cache), cache
+
+    def step(self, token: torch.Tensor, real: torch.Tensor, cache: dict):
+        """Decoding with a key/value cache, each later step: feed one token per row (`real` False for
+        rows that have finished, whose token is ignored); returns the next-token logits (n, vocab)."""
+        cache["keep"] = torch.cat([cache["keep"], real[:, None]], 1)
+        x = self.tokens(token[:, None]) + self.positions(cache["next_position"][:, None])
+        cache["next_position"] = cache["next_position"] + real.long()
+        return self._through_layers(x, cache)
+
+    def _through_layers(self, x: torch.Tensor, cache: dict) -> torch.Tensor:
+        first = not cache["layers"]
+        for i, layer in enumerate(self.blocks.layers):
+            past = None if first else cache["layers"][i]
+            x, keys, values = _attend_and_feed(layer, x, past, cache["keep"])
+            if first:
+                cache["layers"].append((keys, values))
+            else:
+                cache["layers"][i] = (keys, values)
+        return self.out(self.norm(x[:, -1]))
+
+
+def _attend_and_feed(layer: nn.TransformerEncoderLayer, x: torch.Tensor, past, keep: torch.Tensor):
+    """One pre-norm encoder layer on the new positions `x`, attending to the cached keys and values
+    too (causal within `x`, padding from `keep`); returns its output and the extended keys, values."""
+    attention = layer.self_attn
+    n, new, d = x.shape
+    heads = attention.num_heads
+    q, k, v = nn.functional.linear(layer.norm1(x), attention.in_proj_weight, attention.in_proj_bias).chunk(
+        3, -1
+    )
+    q, k, v = (t.view(n, new, heads, d // heads).transpose(1, 2) for t in (q, k, v))
+    if past is not None:
+        k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+    total = k.shape[2]
+    allowed = keep[:, None, None, :] & torch.ones(new, total, dtype=torch.bool).tril(total - new)
+    mixed = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    x = x + attention.out_proj(mixed.transpose(1, 2).reshape(n, new, d))
+    x = x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
+    return x, k, v
+
 
 def image_features(tower: ImageTower, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The tower's final 3x3 feature grid (before pooling) and its unit embedding, for [-1, 1] pixels."""
@@ -144,10 +197,10 @@ class EmojiCaptioner:
         finished = room <= 0
         generators = [_generator(seed, offset + i) for i in range(n)] if temperature > 0 else None
         first_token = None
+        logits, cache = self.decoder.start(grid, pooled, ids, mask)
         for step in range(max_tokens):
             if finished.all():
                 break
-            logits = self.decoder(grid, pooled, ids, mask)[:, -1]
             logp = torch.log_softmax(logits.float(), dim=-1)
             if generators is None:
                 token = logp.argmax(-1)
@@ -160,10 +213,11 @@ class EmojiCaptioner:
             chosen = logp.gather(1, token[:, None])[:, 0].masked_fill(finished, 0.0)
             new_ids = torch.cat([new_ids, token[:, None]], 1)
             chosen_logprobs = torch.cat([chosen_logprobs, chosen[:, None]], 1)
-            ids = torch.cat([ids, token[:, None]], 1)
-            mask = torch.cat([mask, (~finished).long()[:, None]], 1)
             first_token = first_token if first_token is not None else time.perf_counter() - began
-            finished |= (token == self._special[EOS]) | (room <= step + 1)
+            real = ~finished  # rows whose token this step is an answer token (an [EOS] included)
+            finished = finished | (token == self._special[EOS]) | (room <= step + 1)
+            if step + 1 < max_tokens and not finished.all():
+                logits = self.decoder.step(token, real, cache)
         seconds = time.perf_counter() - began
         return [
             self._answer(new_ids[i], chosen_logprobs[i], len(prompt_ids[i]), seconds, first_token)
