@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -161,40 +162,71 @@ def _group_patches(
     return out
 
 
-def _hash_images(
-    images: Sequence, size: int, quant_bits: int, progress: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Window hashes of all images: (hash, slot, (y, x), image index of each slot), sorted by (slot, hash).
+@dataclass
+class PatchHashes:
+    """Window hashes of n images, sorted by (slot, hash): slots number the images in hashing order."""
 
-    Slots number the images in hashing order (images of one shape are hashed in batches).
+    size: int
+    quant_bits: int
+    n: int  # images added
+    hashes: np.ndarray  # uint64 window hash
+    slots: np.ndarray  # int64 slot of each hash
+    places: np.ndarray  # (k, 2) int32 (y, x) of each hash's first window
+    slot_image: np.ndarray  # int64 image index (order of `add`) of each slot
+
+
+class PatchHasher:
+    """Streaming window hasher: `add` images one at a time (kept only until their shape's batch is hashed),
+    then `finish` for the `PatchHashes` that `find_repeated_patches` groups.
+
+    Images of one shape are hashed together, BATCH at a time, so memory holds at most one batch per shape
+    besides the hashes.
     """
+
+    def __init__(self, size: int = 6, quant_bits: int = 2) -> None:
+        self.size, self.quant_bits, self.n = size, quant_bits, 0
+        self._hashes = [np.empty(0, np.uint64)]
+        self._slots = [np.empty(0, np.int64)]
+        self._places = [np.empty((0, 2), np.int32)]
+        self._slot_image: list[int] = []
+        self._pending: dict[tuple, list] = {}
+
+    def add(self, image: Image.Image) -> None:
+        """Hash (eventually) the next image: RGB on white at native resolution (`to_rgb` is applied)."""
+        codes = _pixel_codes(to_rgb(image), self.quant_bits)
+        self._pending.setdefault(codes.shape, []).append((self.n, codes))
+        self.n += 1
+        if len(self._pending[codes.shape]) >= BATCH:
+            self._flush(codes.shape)
+
+    def _flush(self, shape: tuple) -> None:
+        index, stack = zip(*self._pending.pop(shape), strict=True)
+        unique, which, place = window_hashes(np.stack(stack), self.size)
+        self._hashes.append(unique)
+        self._slots.append(len(self._slot_image) + which)
+        self._places.append(place)
+        self._slot_image.extend(index)
+
+    def finish(self) -> PatchHashes:
+        """Hash what is pending and return every image's window hashes."""
+        for shape in list(self._pending):
+            self._flush(shape)
+        joined = (np.concatenate(a) for a in (self._hashes, self._slots, self._places))
+        slot_image = np.asarray(self._slot_image, dtype=np.int64)
+        return PatchHashes(self.size, self.quant_bits, self.n, *joined, slot_image)
+
+
+def _hash_images(images: Sequence, size: int, quant_bits: int, progress: bool) -> PatchHashes:
+    """Window hashes of all images (paths and bytes are read here)."""
     from vlmops.progress import progress_bar
 
-    hashes, slots, places = [np.empty(0, np.uint64)], [np.empty(0, np.int64)], [np.empty((0, 2), np.int32)]
-    slot_image: list[int] = []
-    pending: dict[tuple, list] = {}
-
-    def flush(shape: tuple) -> None:
-        index, stack = zip(*pending.pop(shape), strict=True)
-        unique, which, place = window_hashes(np.stack(stack), size)
-        hashes.append(unique)
-        slots.append(len(slot_image) + which)
-        places.append(place)
-        slot_image.extend(index)
-
+    hasher = PatchHasher(size, quant_bits)
     with progress_bar(progress) as bar:
         task = bar.add_task("hashing image patches", total=len(images))
-        for i, source in enumerate(images):
-            image = to_rgb(source if isinstance(source, Image.Image) else load_image(source))
-            codes = _pixel_codes(image, quant_bits)
-            pending.setdefault(codes.shape, []).append((i, codes))
-            if len(pending[codes.shape]) >= BATCH:
-                flush(codes.shape)
+        for source in images:
+            hasher.add(source if isinstance(source, Image.Image) else load_image(source))
             bar.advance(task)
-        for shape in list(pending):
-            flush(shape)
-    joined = (np.concatenate(a) for a in (hashes, slots, places))
-    return (*joined, np.asarray(slot_image, dtype=np.int64))
+    return hasher.finish()
 
 
 def find_repeated_patches(
@@ -206,6 +238,7 @@ def find_repeated_patches(
     max_elsewhere: float = 0.10,
     max_extent: int | None = None,
     progress: bool = True,
+    hashed: PatchHashes | None = None,
 ) -> list[dict]:
     """Groups of images of one label sharing size x size patches seen in <= max_elsewhere as many others.
 
@@ -215,7 +248,8 @@ def find_repeated_patches(
     (variants of one drawing, near-duplicates). Images are read as RGB on white at native resolution,
     each channel quantised by dropping `quant_bits` low bits. Groups come largest first with label,
     carriers {image index: [y, x, height, width] of the shared region}, images elsewhere sharing a
-    patch, n_windows (distinct shared windows) and extent.
+    patch, n_windows (distinct shared windows) and extent. `hashed` (a `PatchHasher`'s result for these
+    images, in this order, e.g. from the audit's shared image scan) skips reading the images here.
     """
     if not 4 <= size <= 8:
         raise ValueError(f"patch size must be between 4 and 8 pixels, got {size}")
@@ -223,7 +257,14 @@ def find_repeated_patches(
         raise DataError(f"{len(images)} images but {len(labels)} labels; pass one label per image")
     label_ids, names = pd.factorize(pd.Series([None if v is None or v != v else str(v) for v in labels]))
     bucket = np.where(label_ids < 0, len(names), label_ids)
-    hashes, slots, places, slot_image = _hash_images(images, size, quant_bits, progress)
+    if hashed is None:
+        hashed = _hash_images(images, size, quant_bits, progress)
+    elif (hashed.n, hashed.size, hashed.quant_bits) != (len(images), size, quant_bits):
+        raise ValueError(
+            f"hashed has {hashed.n} images at size {hashed.size}, quant_bits {hashed.quant_bits}; "
+            f"expected {len(images)} at size {size}, quant_bits {quant_bits}: hash these images with them"
+        )
+    hashes, slots, places, slot_image = hashed.hashes, hashed.slots, hashed.places, hashed.slot_image
     slot_bucket = bucket[slot_image]
     flagged = _flagged_windows(hashes, slots, slot_bucket, len(names), min_share, max_elsewhere)
     groups = _group_patches(slots, places, slot_bucket, flagged, size, max_extent or 3 * size)

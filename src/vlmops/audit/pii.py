@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -134,14 +135,23 @@ def _gps_coords(gps: dict) -> dict[str, float | None]:
     return coords
 
 
-def exif_pii(path: str | Path) -> dict:
-    """PII in an image's metadata: gps, serials, authors, text_pii (free text with PII); {} if clean."""
+def _metadata(im: Image.Image) -> tuple[dict, dict, dict]:
+    """(EXIF tags with the Exif IFD's, GPS IFD, info) of an opened image."""
+    exif = im.getexif()  # loads PNGs, so text chunks after the pixel data are in .info too
+    return {**dict(exif), **dict(exif.get_ifd(EXIF_IFD))}, dict(exif.get_ifd(GPS_IFD)), dict(im.info)
+
+
+def exif_pii(source: str | Path | Image.Image) -> dict:
+    """PII in an image's metadata: gps, serials, authors, text_pii (free text with PII); {} if clean.
+
+    `source` is a path, or an image already opened (e.g. decoded by the audit's shared image scan).
+    """
     try:
-        with Image.open(path) as im:
-            exif = im.getexif()  # loads PNGs, so text chunks after the pixel data are in .info too
-            tags = {**dict(exif), **dict(exif.get_ifd(EXIF_IFD))}
-            gps = dict(exif.get_ifd(GPS_IFD))
-            info = dict(im.info)
+        if isinstance(source, Image.Image):
+            tags, gps, info = _metadata(source)
+        else:
+            with Image.open(source) as im:
+                tags, gps, info = _metadata(im)
     except Exception as exc:  # unreadable images are the quality check's business; never raise here
         return {"error": f"{type(exc).__name__}: {exc}"}
     out: dict[str, Any] = {}
@@ -199,8 +209,17 @@ def text_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in SKIP_COLUMNS]
 
 
-def pii_check(frame: pd.DataFrame, progress: bool = True, scan_images: bool = True) -> CheckResult:
-    """Scan texts, labels, string attributes and image metadata; one finding per (record, kind)."""
+def pii_check(
+    frame: pd.DataFrame,
+    progress: bool = True,
+    scan_images: bool = True,
+    image_meta: Sequence[dict | None] | None = None,
+) -> CheckResult:
+    """Scan texts, labels, string attributes and image metadata; one finding per (record, kind).
+
+    `image_meta` (per record, `exif_pii` of its image, None where there is no image path; e.g. from the
+    audit's shared image scan) saves reading the files here.
+    """
     from vlmops.progress import progress_bar
 
     ids = [str(i) for i in frame["id"]] if "id" in frame.columns else [str(i) for i in range(len(frame))]
@@ -216,15 +235,21 @@ def pii_check(frame: pd.DataFrame, progress: bool = True, scan_images: bool = Tr
     unreadable = 0
     if scan_images and "image" in frame.columns:
         paths = frame["image"].tolist()
+        if image_meta is not None and len(image_meta) != len(paths):
+            raise ValueError(f"image_meta has {len(image_meta)} rows for {len(paths)} records: one per row")
         cache: dict[str, dict] = {}
         with progress_bar(progress) as bar:
             task = bar.add_task("pii: image metadata", total=len(paths))
             for row, path in enumerate(paths):
                 if isinstance(path, str) and path:
-                    if path not in cache:
-                        cache[path] = exif_pii(path)
-                    unreadable += "error" in cache[path]
-                    for kind, field, value in _image_hits(cache[path]):
+                    if image_meta is not None:
+                        meta = image_meta[row]
+                    else:
+                        if path not in cache:
+                            cache[path] = exif_pii(path)
+                        meta = cache[path]
+                    unreadable += "error" in meta
+                    for kind, field, value in _image_hits(meta):
                         hits[(row, kind)].append((field, value))
                 bar.advance(task)
         if unreadable:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from vlmops.audit.findings import CheckResult, Finding
-from vlmops.audit.patches import find_repeated_patches
+from vlmops.audit.patches import PatchHashes, find_repeated_patches
 from vlmops.audit.stats import MAD_TO_SIGMA, robust_z
 from vlmops.errors import DataError
 
@@ -219,11 +219,14 @@ def poisoning_check(
     max_patch_groups: int = 50,
     seed: int = 0,
     fdr: float = 0.05,
+    patch_hashes: PatchHashes | None = None,
 ) -> CheckResult:
     """Backdoor suspects: carriers of repeated-patch groups whose test rejects "no backdoor" at `fdr`.
 
     Spectral signatures and activation clusters are screens without a calibrated null (on clean emoji
     they flag vendor styles): their hits are listed in details, not reported as findings.
+    `patch_hashes` (the frame's images hashed by a `PatchHasher`, e.g. in the audit's shared image scan)
+    saves reading the images again.
     """
     labels = list(frame["label"] if labels is None else labels)
     ids = frame["id"].astype(str).to_numpy()
@@ -247,7 +250,8 @@ def poisoning_check(
     rejected: list[dict] = []
     if patches:
         start = time.perf_counter()
-        groups = find_repeated_patches(frame["image"].tolist(), labels, size=patch_size, progress=progress)
+        images, hashed = frame["image"].tolist(), patch_hashes
+        groups = find_repeated_patches(images, labels, size=patch_size, progress=progress, hashed=hashed)
         compact = [g for g in groups if g["compact"]]
         result.details |= {
             "patch_size": patch_size,

@@ -46,20 +46,17 @@ Sharpness and histogram statistics are computed on a copy whose longer side is a
 
 from __future__ import annotations
 
-import os
-import re
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from scipy import ndimage
 
+from vlmops.audit.decode import Decoded, decode, decode_error_kind
 from vlmops.audit.findings import CheckResult, Finding
 from vlmops.audit.stats import robust_z
-from vlmops.data.images import MAX_PIXELS
 from vlmops.models.preprocess import to_rgb
 
 STATS_MAX_SIDE = 1024
@@ -133,43 +130,44 @@ def _pixel_stats(image: Image.Image) -> dict:
     }
 
 
-def _one(path: str) -> dict:
-    """Stats of one file; problems become an `error` kind and `error_message`, never an exception."""
-    row: dict = {"path": path, "bytes": None, "readable": False, "error": None, "error_message": None}
-    row |= {"format": None, "extension_ok": None, "width": None, "height": None}
-
-    def fail(kind: str, message: str) -> dict:
-        return row | {"error": kind, "error_message": message}
-
+def quality_row(decoded: Decoded) -> dict:
+    """Stats of one decoded file; problems become an `error` kind and `error_message`, never an exception."""
+    row: dict = {"path": decoded.path, "bytes": decoded.bytes, "readable": False}
+    row |= {"error": decoded.error, "error_message": decoded.error_message, "format": decoded.format}
+    row |= {"extension_ok": _extension_ok(decoded.path, decoded.format)}
+    row |= {"width": decoded.width, "height": decoded.height}
+    if decoded.image is None:
+        return row
     try:
-        row["bytes"] = os.path.getsize(path)
-    except OSError as exc:
-        return fail("unreadable", f"cannot stat file: {exc}")
-    if row["bytes"] == 0:
-        return fail("zero_byte", "file is empty (0 bytes)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(path) as image:
-                row |= {"format": image.format, "width": image.width, "height": image.height}
-                row["extension_ok"] = _extension_ok(path, image.format)
-                if image.width * image.height > MAX_PIXELS:  # header only: nothing decoded yet
-                    return fail("decompression_bomb", f"{image.width}x{image.height} over {MAX_PIXELS} px")
-                image.load()
-                row |= _pixel_stats(image)
-        except Image.DecompressionBombError as exc:  # Pillow's own limit, raised while opening
-            found = re.search(r"\((\d+) pixels\)", str(exc))
-            return fail("decompression_bomb", f"{found.group(1) if found else '?'} px: {exc}")
-        except UnidentifiedImageError as exc:
-            return fail("unreadable", f"not an image Pillow can identify: {exc}")
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            truncated = "truncat" in str(exc).lower() or isinstance(exc, EOFError)
-            return fail("truncated" if truncated else "unreadable", f"cannot decode: {exc}")
+        row |= _pixel_stats(decoded.rgb)
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        return row | {"error": decode_error_kind(exc), "error_message": f"cannot decode: {exc}"}
     return row | {"readable": True}
 
 
+def _one(path: str) -> dict:
+    """Stats of one file (read and decoded here); never raises."""
+    return quality_row(decode(path))
+
+
+def stats_frame(rows: Iterable[dict]) -> pd.DataFrame:
+    """The `image_stats` table from `quality_row` dicts, with the derived geometry columns."""
+    columns = ["path", "bytes", "readable", "error", "error_message", "format", "extension_ok"]
+    columns += ["width", "height", "grayscale", "brightness", "laplacian_var", "edge_sharpness", "entropy"]
+    out = pd.DataFrame.from_records(list(rows), columns=columns)
+    width, height = out["width"].astype(float), out["height"].astype(float)
+    out.insert(9, "pixels", width * height)
+    out.insert(10, "aspect", np.maximum(width, height) / np.minimum(width, height))
+    out["min_side"] = np.minimum(width, height)
+    return out
+
+
 def image_stats(paths: Iterable[str | Path], progress: bool = True) -> pd.DataFrame:
-    """One row per path: size, readability, real format, geometry and pixel statistics."""
+    """One row per path: size, readability, real format, geometry and pixel statistics.
+
+    An audit computes the same table in its shared image scan (`vlmops.audit.scan`) and passes it to
+    `quality_check` as `stats`; this reads the files itself.
+    """
     from vlmops.progress import progress_bar
 
     paths = [str(p) for p in paths]
@@ -179,14 +177,7 @@ def image_stats(paths: Iterable[str | Path], progress: bool = True) -> pd.DataFr
         for path in paths:
             rows.append(_one(path))
             bar.advance(task)
-    columns = ["path", "bytes", "readable", "error", "error_message", "format", "extension_ok"]
-    columns += ["width", "height", "grayscale", "brightness", "laplacian_var", "edge_sharpness", "entropy"]
-    out = pd.DataFrame.from_records(rows, columns=columns)
-    width, height = out["width"].astype(float), out["height"].astype(float)
-    out.insert(9, "pixels", width * height)
-    out.insert(10, "aspect", np.maximum(width, height) / np.minimum(width, height))
-    out["min_side"] = np.minimum(width, height)
-    return out
+    return stats_frame(rows)
 
 
 def _flags(values: np.ndarray, low_bad: bool, soft: float, hard: float, z_limit: float, transform) -> tuple:
