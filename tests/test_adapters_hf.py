@@ -118,7 +118,10 @@ def test_directory_without_config(tmp_path: Path) -> None:
 
 def test_unsupported_model_type(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(ModelLoadError, match=r"'bert'.*supports \['clip', 'siglip'\]"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"'bert'.*supports the dual encoders \['clip', 'siglip'\] and image-text-to-text",
+    ):
         load_model(f"hf:{tmp_path}")
 
 

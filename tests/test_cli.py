@@ -69,6 +69,7 @@ def test_models_info_reports_identity():
     assert result.exit_code == 0
     info = json.loads(result.stdout[result.stdout.index("{") :])
     assert info["dim"] == 384 and len(info["weights_sha256"]) == 64 and info["logit_scale"] > 0
+    assert info["capabilities"] == {"embed": True, "generate": False, "logprobs": False, "gradients": True}
 
 
 @pytest.mark.parametrize(

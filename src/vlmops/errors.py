@@ -25,3 +25,7 @@ class MissingDependencyError(VlmopsError):
 
 class NotFittedError(VlmopsError):
     """An estimator was used before `fit` was called."""
+
+
+class GenerationError(VlmopsError):
+    """A generative model (local or behind an API) could not answer: unreachable, refused, malformed."""

@@ -25,7 +25,17 @@ def _split_list(value: str | None) -> list[str] | None:
 @handle_errors
 def evaluate(
     model: str = typer.Option(
-        "builtin:emoji-lit", "--model", "-m", help="Model URI (builtin:, hf:, open_clip:)."
+        None,
+        "--model",
+        "-m",
+        help="Model URI (builtin:, hf:, open_clip:, onnx:, openai:); default builtin:emoji-lit, or "
+        "builtin:emoji-captioner for --task caption/vqa.",
+    ),
+    task: str = typer.Option(
+        "classify",
+        "--task",
+        help="classify: a dual encoder's zero-shot labels (the sections above); caption or vqa: a "
+        "generative model's answers (reference metrics, grounding, hallucination, confidence, slices, cost).",
     ),
     data: str = typer.Option(
         "emoji",
@@ -92,6 +102,24 @@ def evaluate(
         help="Leave out rows whose image cannot be read (recorded under data.skipped_unreadable in the "
         "report) instead of stopping with the list of them.",
     ),
+    prompt: str | None = typer.Option(
+        None,
+        "--prompt",
+        help="caption: the prompt (default 'Describe this emoji.' / 'Describe this image.').",
+    ),
+    judge: str | None = typer.Option(
+        None, "--judge", help="caption/vqa: a dual encoder for CLIPScore, e.g. builtin:emoji-lit or hf:DIR."
+    ),
+    max_tokens: int = typer.Option(32, "--max-tokens", min=1, help="caption/vqa: longest answer."),
+    temperature: float = typer.Option(
+        0.0, "--temperature", min=0.0, help="caption/vqa: 0 decodes greedily (deterministic)."
+    ),
+    price_in: float | None = typer.Option(
+        None, "--price-in", min=0.0, help="caption/vqa: dollars per million prompt tokens (API models)."
+    ),
+    price_out: float | None = typer.Option(
+        None, "--price-out", min=0.0, help="caption/vqa: dollars per million answer tokens (API models)."
+    ),
     html: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML report here."),
     json_out: Path | None = JsonOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -104,8 +132,22 @@ def evaluate(
     Every image's header is checked first: unreadable images are listed together with their row
     numbers (exit 2), or left out with --skip-unreadable.
 
+    With --task caption or vqa it evaluates a generative model instead (answers cached in the store).
+
     Exit codes: 0 ok, 1 a --fail-on rule fired, 2 bad input (message says what to fix).
     """
+    if task in ("caption", "vqa"):
+        from vlmops.cli.evaluate_generative import evaluate_generative
+
+        evaluate_generative(
+            model or "builtin:emoji-captioner", data, task, split, suite, prompt, judge, max_tokens,
+            temperature, seed, slice_fields, min_n, cluster_by, dollars_per_hour, price_in, price_out,
+            fail_on, store, batch_size, skip_unreadable, html, json_out, progress,
+        )  # fmt: skip
+        return
+    if task != "classify":
+        raise typer.BadParameter(f"unknown task {task!r}; use classify, caption or vqa", param_hint="--task")
+    model = model or "builtin:emoji-lit"
     from vlmops.data.manifest import resolve_data
     from vlmops.data.screen import screen_images, skipped_summary
     from vlmops.data.version import dataset_version

@@ -32,13 +32,23 @@ def info(
     uri: str = typer.Argument(..., help="Model URI, e.g. builtin:emoji-lit."),
     json_out: Path | None = JsonOption,
 ) -> None:
-    """Load a model and print its identity (version, weights hash, dimensions, licence)."""
-    from vlmops.models import load_model
+    """Load a model and print its identity (version, weights hash, dimensions, licence) and what it can
+    do: embed (dual encoder), generate (captions, answers), logprobs, gradients (white-box attacks)."""
+    from vlmops.models import capabilities, load_model
 
     model = load_model(uri)
-    payload = {**model.info.to_dict(), "logit_scale": model.logit_scale, "transform_id": model.transform_id}
+    payload = {**model.info.to_dict(), "capabilities": capabilities(model)}
+    for field in ("logit_scale", "transform_id"):  # dual encoders only
+        if hasattr(model, field):
+            payload[field] = getattr(model, field)
     table = Table("field", "value")
     for key, value in payload.items():
+        if key == "capabilities":
+            value = ", ".join(f"{name}: {_yes_no(able)}" for name, able in value.items())
         table.add_row(key, str(value))
     results_console.print(table)
     write_json(payload, json_out)
+
+
+def _yes_no(able: bool | None) -> str:
+    return {True: "yes", False: "no", None: "depends on the server"}[able]

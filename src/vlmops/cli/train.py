@@ -1,4 +1,5 @@
-"""`vlmops train`: reproduce the built-in emoji-lit model from the emoji data set."""
+"""`vlmops train`: reproduce a built-in model from the emoji data set (emoji-lit, or emoji-captioner with
+`--task caption`)."""
 
 from __future__ import annotations
 
@@ -16,20 +17,38 @@ def train(
         None,
         "--out",
         "-o",
-        help="Folder for the weights and model card (default: VLMOPS_HOME/models/emoji-lit).",
+        help="Folder for the weights and model card (default: VLMOPS_HOME/models/<model name>).",
     ),
-    epochs: int = typer.Option(55, min=1, help="Maximum epochs (early stopping on val may end sooner)."),
+    task: str = typer.Option(
+        "embed",
+        "--task",
+        help="embed: the dual encoder emoji-lit; caption: the generative emoji-captioner.",
+    ),
+    epochs: int = typer.Option(
+        None, min=1, help="Maximum epochs (default 55 for embed, with early stopping on val; 12 for caption)."
+    ),
     seed: int = typer.Option(0, help="Seed for initialisation, sampling and augmentation."),
-    max_minutes: float = typer.Option(14.5, help="Stop after the epoch that passes this wall-clock budget."),
+    max_minutes: float = typer.Option(
+        None, help="Stop after the epoch that passes this wall-clock budget (default 14.5 embed, 13 caption)."
+    ),
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Run the quality bar afterwards."),
     json_out: Path | None = JsonOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Train the image tower of builtin:emoji-lit (frozen MiniLM text tower) on google+twitter emoji.
+    """Train the image tower of builtin:emoji-lit (frozen MiniLM text tower) on google+twitter emoji, or
+    with `--task caption` the decoder of builtin:emoji-captioner on emoji-lit's frozen tower.
 
-    Writes emoji-lit.safetensors and the model card emoji-lit.json (data version, hyper-parameters,
-    history, quality metrics, licences). Load the result with `builtin:emoji-lit@FOLDER`.
+    Writes the weights and the model card (data version, hyper-parameters, history, quality metrics,
+    licences). Load the result with `builtin:emoji-lit@FOLDER` or `builtin:emoji-captioner@FOLDER`.
     """
+    if task not in ("embed", "caption"):
+        raise typer.BadParameter(f"unknown task {task!r}; use embed or caption", param_hint="--task")
+    if task == "caption":
+        _train_captioner(
+            out, epochs or 12, seed, 13.0 if max_minutes is None else max_minutes, json_out, progress
+        )
+        return
+    epochs, max_minutes = epochs or 55, 14.5 if max_minutes is None else max_minutes
     from vlmops.config import get_settings
     from vlmops.data.emoji import load_emoji_manifest
     from vlmops.evaluate.emoji_bar import quality_report
@@ -60,4 +79,32 @@ def train(
     for key, bar_result in card.get("quality", {}).get("bars", {}).items():
         mark = "[green]pass[/]" if bar_result["passed"] else "[red]FAIL[/]"
         results_console.print(f"  {key}: {bar_result['value']:.3f} (bar {bar_result['threshold']}) {mark}")
+    write_json(card, json_out)
+
+
+def _train_captioner(out: Path | None, epochs: int, seed: int, max_minutes: float, json_out, progress: bool):
+    from vlmops.config import get_settings
+    from vlmops.data.emoji import load_emoji_manifest
+    from vlmops.models.caption_training import CaptionTrainConfig, caption_card, train_captioner
+    from vlmops.models.captioner import save_captioner
+
+    out = out or get_settings().home / "models" / "emoji-captioner"
+    manifest = load_emoji_manifest()
+    config = CaptionTrainConfig(epochs=epochs, seed=seed, max_minutes=max_minutes)
+    with progress_bar(progress) as bar:
+        task = bar.add_task("training emoji-captioner", total=None)
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=stage, completed=done, total=total)
+
+        result, tower_sha256 = train_captioner(manifest, config=config, on_progress=on_progress)
+    card = save_captioner(
+        result.decoder, result.tokenizer, caption_card(result, config, manifest, tower_sha256), out
+    )
+    last = result.history[-1]
+    results_console.print(
+        f"{len(result.history)} epochs in {result.seconds / 60:.1f} min: "
+        f"train loss {last['train_loss']:.3f}, val loss {last['val_loss']:.3f}; "
+        f"wrote {out} (load it as builtin:emoji-captioner@{out})"
+    )
     write_json(card, json_out)

@@ -123,9 +123,23 @@ def reliability_diagram(
 ) -> ReliabilityDiagram:
     """Bin top-1 confidence (equal-width bins (lo, hi], or equal-mass with strategy="quantile")."""
     probs, labels = check_probs(probs, labels)
+    return confidence_diagram(probs.max(axis=1), probs.argmax(axis=1) == labels, n_bins, strategy)
+
+
+def confidence_diagram(
+    conf: np.ndarray, correct: np.ndarray, n_bins: int = 15, strategy: Strategy = "uniform"
+) -> ReliabilityDiagram:
+    """Bin any confidence in [0, 1] against whether the answer was right (e.g. a generated answer's
+    sequence probability against exact match); `reliability_diagram` is this for top-1 class scores."""
     _check_n_bins(n_bins)
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    conf = np.asarray(conf, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if conf.shape != correct.shape or conf.ndim != 1 or len(conf) == 0:
+        raise ValueError(
+            f"confidence and correctness must be equal-length 1-d, got {conf.shape}, {correct.shape}"
+        )
+    if np.any((conf < 0) | (conf > 1)) or not np.all(np.isfinite(conf)):
+        raise ValueError("confidence must lie in [0, 1]")
     if strategy == "uniform":
         edges = np.linspace(0.0, 1.0, n_bins + 1)
         idx = np.searchsorted(edges[1:-1], conf, side="left")  # bin b holds (edges[b], edges[b+1]]

@@ -71,9 +71,10 @@ def tier_names_for(data_spec: str, depth: int) -> tuple[str, ...]:
     return tuple(f"level{i}" for i in range(1, depth + 1))
 
 
-def _select_split(
+def select_split(
     frame: pd.DataFrame, split: str | None, option: str = "--split"
 ) -> tuple[pd.DataFrame, str | None]:
+    """Rows of `split` ('test' by default when the data has one, 'all' for every row) and its name."""
     available = sorted({s for s in frame["split"].dropna().unique()})
     if split is None:
         if "test" in available:
@@ -115,7 +116,7 @@ def build_task(
 
     `split_option` is the command-line option that chose `split`, named in the error for a missing one.
     """
-    rows, split_name = _select_split(frame, split, split_option)
+    rows, split_name = select_split(frame, split, split_option)
     unlabelled = rows["label"].isna()
     if unlabelled.all():
         raise DataError("no labelled rows to evaluate: add a 'label' column (a/b/c paths allowed)")

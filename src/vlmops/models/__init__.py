@@ -1,7 +1,9 @@
 """Model adapters behind one entry point, `load_model(uri)`.
 
 A model's source is part of its name (as in open_clip): ``builtin:emoji-lit``, ``hf:/dir``,
-``open_clip:ViT-B-32@/path/ckpt.pt``, ``onnx:/path/bundle``. `parse_uri` is the only place that reads a
+``open_clip:ViT-B-32@/path/ckpt.pt``, ``onnx:/path/bundle``, ``openai:MODEL@http://host:port/v1``.
+Dual encoders implement `VLM`; generative models (captioners, chat models) implement `GenerativeVLM`;
+`capabilities(model)` says which. `parse_uri` is the only place that reads a
 URI; each scheme maps to the module that loads it, imported only when used so `import vlmops` stays light.
 """
 
@@ -11,7 +13,7 @@ import importlib
 from dataclasses import dataclass
 
 from vlmops.errors import ModelLoadError
-from vlmops.models.base import VLM, GenerativeVLM, ModelInfo
+from vlmops.models.base import VLM, Generation, GenerativeVLM, ModelInfo, Usage, capabilities
 
 # scheme -> (module, what the target after the colon is)
 SCHEMES: dict[str, tuple[str, str]] = {
@@ -19,6 +21,7 @@ SCHEMES: dict[str, tuple[str, str]] = {
     "hf": ("vlmops.models.hf", "a local directory saved by transformers' save_pretrained"),
     "open_clip": ("vlmops.models.openclip", "ARCH@CHECKPOINT, e.g. ViT-B-32@/models/vit.pt"),
     "onnx": ("vlmops.models.onnx", "a bundle folder written by `vlmops export --format onnx`"),
+    "openai": ("vlmops.models.openai_compat", "MODEL@BASE_URL of an OpenAI-compatible chat server"),
 }
 
 
@@ -44,8 +47,8 @@ def parse_uri(uri: str) -> ModelURI:
     return ModelURI(scheme, target)
 
 
-def load_model(uri: str, **options) -> VLM:
-    """Load the model named by `uri`; options (device, batch_size) go to the adapter."""
+def load_model(uri: str, **options) -> VLM | GenerativeVLM:
+    """Load the model named by `uri`; options (device, batch_size, ...) go to the adapter."""
     parsed = parse_uri(uri)
     module = importlib.import_module(SCHEMES[parsed.scheme][0])
     return module.load(parsed.target, **options)
@@ -78,9 +81,12 @@ def list_models() -> list[dict]:
 
 __all__ = [
     "VLM",
+    "Generation",
     "GenerativeVLM",
     "ModelInfo",
     "ModelURI",
+    "Usage",
+    "capabilities",
     "list_models",
     "load_model",
     "parse_uri",

@@ -73,15 +73,93 @@ class DifferentiableVLM(VLM, Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Usage:
+    """Tokens a generation consumed: the prompt (image tokens included, where the model counts them)
+    and the answer; None where the model or server does not say."""
+
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+    @property
+    def total_tokens(self) -> int | None:
+        if self.prompt_tokens is None or self.completion_tokens is None:
+            return None
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One answer of a generative model to one (image, prompt) pair.
+
+    ``token_logprobs`` holds the natural-log probability of each generated token where the model
+    exposes it (None otherwise); ``finish_reason`` is "stop" (the model ended the answer) or "length"
+    (``max_tokens`` cut it). ``seconds`` is the wall time of the call that produced the answer and
+    ``first_token_seconds`` the time to its first token, where known.
+    """
+
+    text: str
+    finish_reason: str
+    usage: Usage
+    seconds: float
+    token_ids: tuple[int, ...] | None = None
+    tokens: tuple[str, ...] | None = None
+    token_logprobs: tuple[float, ...] | None = None
+    first_token_seconds: float | None = None
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON output."""
+        payload = asdict(self)
+        payload["usage"]["total_tokens"] = self.usage.total_tokens
+        return payload
+
+
 @runtime_checkable
 class GenerativeVLM(Protocol):
-    """A model that answers prompts about images with text."""
+    """A model that answers prompts about images with text (captions, descriptions, answers).
+
+    ``generate`` takes one prompt per image and returns one `Generation` per pair, in order. Greedy
+    decoding (temperature 0) is deterministic; ``seed`` makes sampling repeatable where the model
+    supports it.
+    """
 
     info: ModelInfo
 
-    def generate(self, images: Sequence[Image.Image], prompts: Sequence[str], **kw) -> list[str]:
-        """One answer per (image, prompt) pair."""
+    def generate(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        *,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        logprobs: bool = False,
+    ) -> list[Generation]:
+        """One `Generation` per (image, prompt) pair."""
         ...
+
+
+def capabilities(model: object) -> dict[str, bool | None]:
+    """What a loaded model can do: embed (dual encoder), generate, logprobs, gradients (white-box).
+
+    ``logprobs`` is None where it depends on what stands behind the model (an API server).
+    """
+    return {
+        "embed": isinstance(model, VLM),
+        "generate": isinstance(model, GenerativeVLM),
+        "logprobs": getattr(model, "exposes_logprobs", False),
+        "gradients": isinstance(model, DifferentiableVLM),
+    }
+
+
+def check_generation_inputs(images: Sequence, prompts: Sequence[str], max_tokens: int) -> None:
+    """Raise ValueError unless there is one prompt per image and ``max_tokens`` is positive."""
+    if len(images) != len(prompts):
+        raise ValueError(
+            f"generate needs one prompt per image: got {len(images)} images and {len(prompts)} prompts"
+        )
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:

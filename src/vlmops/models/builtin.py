@@ -33,6 +33,7 @@ class BuiltinSpec:
     licence: str
     weights: str
     card: str
+    train_command: str = "vlmops train"
 
 
 BUILTIN_MODELS: dict[str, BuiltinSpec] = {
@@ -42,6 +43,14 @@ BUILTIN_MODELS: dict[str, BuiltinSpec] = {
         licence="Apache-2.0 (code, weights); MiniLM: Apache-2.0; training images: Apache-2.0, CC-BY-4.0",
         weights="emoji-lit.safetensors",
         card="emoji-lit.json",
+    ),
+    "emoji-captioner": BuiltinSpec(
+        description="generative: emoji-lit's image tower (frozen) + a small transformer decoder that names "
+        "emoji and answers questions about them (category, skin tone, gender, people)",
+        licence="Apache-2.0 (code, weights); training images: Apache-2.0, CC-BY-4.0",
+        weights="emoji-captioner.safetensors",
+        card="emoji-captioner.json",
+        train_command="vlmops train --task caption",
     ),
 }
 
@@ -100,7 +109,8 @@ def _files(target: str) -> tuple[str, BuiltinSpec, Path, Path]:
     weights, card_path = folder / spec.weights, folder / spec.card
     if not weights.exists() or not card_path.exists():
         raise ModelLoadError(
-            f"weights of builtin:{target} are missing ({weights}); reinstall vlmops or run `vlmops train`"
+            f"weights of builtin:{target} are missing ({weights}); "
+            f"reinstall vlmops or run `{spec.train_command}`"
         )
     return name, spec, weights, card_path
 
@@ -117,15 +127,16 @@ def version_of(target: str) -> str:
     return f"{name}-{sha256_file(weights)[:12]}"
 
 
-def load(target: str, device: str = "cpu", batch_size: int = 64) -> EmojiLit:
-    """Load a built-in model: `emoji-lit` (shipped weights) or `emoji-lit@FOLDER` (from `vlmops train`)."""
-    from safetensors.torch import load_file
-
+def load(target: str, device: str = "cpu", batch_size: int = 64):
+    """Load a built-in model: `emoji-lit` / `emoji-captioner` (shipped weights) or `NAME@FOLDER` (from
+    `vlmops train`, `vlmops train --task caption`)."""
     name, spec, weights, card_path = _files(target)
-    card = json.loads(card_path.read_text())
-    tower = ImageTower(ImageTowerConfig.from_dict(card["tower"]))
-    tower.load_state_dict(load_file(weights))
-    digest = sha256_file(weights)
+    if name == "emoji-captioner":
+        from vlmops.models.captioner import load_captioner
+
+        tower, digest = lit_tower()  # the captioner reads images with the shipped emoji-lit tower
+        return load_captioner(weights.parent, tower, digest, f"builtin:{target}", spec.licence)
+    tower, card, digest = _read_tower(weights, card_path)
     info = ModelInfo(
         name=name,
         version=f"{name}-{digest[:12]}",
@@ -136,6 +147,22 @@ def load(target: str, device: str = "cpu", batch_size: int = 64) -> EmojiLit:
         image_size=tower.config.image_size,
     )
     return EmojiLit(tower, card["logit_scale"], info, batch_size=batch_size, card=card)
+
+
+def lit_tower() -> tuple[ImageTower, str]:
+    """The shipped emoji-lit image tower and its weights' sha256 (no text tower loaded)."""
+    tower, _, digest = _read_tower(*_files("emoji-lit")[2:])
+    return tower, digest
+
+
+def _read_tower(weights: Path, card_path: Path) -> tuple[ImageTower, dict, str]:
+    """emoji-lit's image tower from its weights and card, the card, and the weights' sha256."""
+    from safetensors.torch import load_file
+
+    card = json.loads(card_path.read_text())
+    tower = ImageTower(ImageTowerConfig.from_dict(card["tower"]))
+    tower.load_state_dict(load_file(weights))
+    return tower, card, sha256_file(weights)
 
 
 def save_emoji_lit(

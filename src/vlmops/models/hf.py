@@ -1,8 +1,9 @@
 """Adapter for CLIP and SigLIP dual encoders saved locally with transformers' ``save_pretrained``.
 
-URI: ``hf:/path/to/dir``. Loading is offline (``local_files_only=True``); the directory must hold the
-weights, ``config.json``, an image processor and a tokenizer. Missing pieces are errors, never random
-defaults.
+URI: ``hf:/path/to/dir``. A directory holding a generative image-text-to-text model (LLaVA, Qwen2-VL,
+Idefics3/SmolVLM, BLIP...) goes to `vlmops.models.hf_generative` instead. Loading is offline
+(``local_files_only=True``); the directory must hold the weights, ``config.json``, an image processor
+and a tokenizer. Missing pieces are errors, never random defaults.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import torch
 from PIL import Image
 
 from vlmops.errors import ModelLoadError
+from vlmops.models import hf_generative
 from vlmops.models.base import ModelInfo, embed_in_batches, sha256_files
+from vlmops.models.hf_dir import SAVE_HINT, check_loading_report
+from vlmops.models.hf_dir import read_licence as _read_licence
 from vlmops.models.preprocess import TO_RGB_ID, to_rgb
 
 # model_type -> tokenizer outputs the text tower gets. SigLIP was trained without a text attention
@@ -28,10 +32,6 @@ SUPPORTED: dict[str, tuple[str, ...]] = {"clip": ("input_ids", "attention_mask")
 WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
 IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model")
-SAVE_HINT = (
-    "save the model and its processor there with `model.save_pretrained(dir)` and "
-    "`processor.save_pretrained(dir)`"
-)
 
 
 def _features(output: Any) -> torch.Tensor:
@@ -42,25 +42,6 @@ def _features(output: Any) -> torch.Tensor:
     if isinstance(pooled, torch.Tensor):
         return pooled
     raise TypeError(f"unexpected output from transformers feature call: {type(output).__name__}")
-
-
-def _read_licence(path: Path) -> str:
-    """Licence from README front-matter (`license: x`) or a LICENSE file's first line; else unknown."""
-    readme = path / "README.md"
-    if readme.is_file():
-        text = readme.read_text(encoding="utf-8", errors="replace")
-        front = re.match(r"---\s*\n(.*?)\n---", text, flags=re.S)
-        if front:
-            found = re.search(r"^licen[cs]e:\s*(\S.*?)\s*$", front.group(1), flags=re.M)
-            if found:
-                return found.group(1).strip("'\"")
-    for name in ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE"):
-        file = path / name
-        if file.is_file():
-            for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
-                if line.strip():
-                    return line.strip()[:80]
-    return "unknown"
 
 
 class HFModel:
@@ -177,10 +158,11 @@ def _check_dir(path: Path) -> tuple[list[Path], str]:
         raise ModelLoadError(
             f"unreadable {config_file}: {exc}; re-save the model with save_pretrained"
         ) from exc
-    if model_type not in SUPPORTED:
+    if model_type not in SUPPORTED and not hf_generative.is_generative(model_type):
         raise ModelLoadError(
-            f"{path} holds a {model_type!r} model; the hf adapter supports {sorted(SUPPORTED)}: "
-            "use a CLIP or SigLIP checkpoint, or convert the model to ONNX and load it with onnx:"
+            f"{path} holds a {model_type!r} model; the hf adapter supports the dual encoders "
+            f"{sorted(SUPPORTED)} and image-text-to-text models (LLaVA, Qwen2-VL, Idefics3, BLIP...): "
+            "use such a checkpoint, or convert the model to ONNX and load it with onnx:"
         )
     weights = sorted(p for pattern in WEIGHT_GLOBS for p in path.glob(pattern))
     if not weights:
@@ -192,14 +174,19 @@ def _check_dir(path: Path) -> tuple[list[Path], str]:
     return weights, model_type
 
 
-def load(target: str, device: str = "cpu", batch_size: int = 64) -> HFModel:
-    """Load a CLIP or SigLIP model, image processor and tokenizer from a local directory."""
+def load(
+    target: str, device: str = "cpu", batch_size: int | None = None
+) -> HFModel | hf_generative.HFGenerativeModel:
+    """Load a model saved with save_pretrained from a local directory: a CLIP/SigLIP dual encoder, or
+    a generative image-text-to-text model (see `vlmops.models.hf_generative`)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
     path = Path(target).expanduser().resolve()
     if not path.exists() and _HUB_ID.fullmatch(target):
         raise ModelLoadError(hub_id_hint(target))
     weights, model_type = _check_dir(path)
+    if model_type not in SUPPORTED:
+        return hf_generative.load(path, model_type, weights, device, batch_size or 8)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
         model, report = AutoModel.from_pretrained(
@@ -209,12 +196,7 @@ def load(target: str, device: str = "cpu", batch_size: int = 64) -> HFModel:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"cannot load hf model from {path}: {exc}; {SAVE_HINT}") from exc
-    if report.get("missing_keys") or report.get("mismatched_keys"):
-        missing = sorted(report.get("missing_keys") or []) + sorted(report.get("mismatched_keys") or [])
-        raise ModelLoadError(
-            f"weights in {path} do not cover the model ({', '.join(map(str, missing[:5]))}...): "
-            "these would be random; re-save the full model with save_pretrained"
-        )
+    check_loading_report(report, path)
     model = model.to(device).eval()
     vision = config.vision_config
     dim = getattr(config, "projection_dim", None) if model_type == "clip" else vision.hidden_size
@@ -232,5 +214,5 @@ def load(target: str, device: str = "cpu", batch_size: int = 64) -> HFModel:
         image_size=int(vision.image_size),
     )
     return HFModel(
-        model, image_processor, tokenizer, info, SUPPORTED[model_type], max_length, device, batch_size
+        model, image_processor, tokenizer, info, SUPPORTED[model_type], max_length, device, batch_size or 64
     )

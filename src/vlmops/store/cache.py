@@ -1,8 +1,11 @@
-"""Content-addressed embedding cache in SQLite (WAL), safe for several writing processes.
+"""Content-addressed cache of model outputs in SQLite (WAL), safe for several writing processes.
 
-One row per ``(model_version, content_sha256, transform_id)`` holding the vector's dimension and its
-float32 little-endian bytes. Writes use ``INSERT OR IGNORE`` inside ``BEGIN IMMEDIATE`` transactions,
-so concurrent writers of the same key never fail and the first vector written wins.
+Embeddings: one row per ``(model_version, content_sha256, transform_id)`` holding the vector's
+dimension and its float32 little-endian bytes. Generations: one row per ``(model_version, key)``
+holding a generative model's answer as JSON, where the key hashes the image, the prompt and the
+decoding parameters (see `store.generate`). Writes use ``INSERT OR IGNORE`` inside ``BEGIN
+IMMEDIATE`` transactions, so concurrent writers of the same key never fail and the first value
+written wins.
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ CREATE TABLE IF NOT EXISTS embeddings (
     vector         BLOB    NOT NULL,
     created_at     REAL    NOT NULL,
     PRIMARY KEY (model_version, content_sha256, transform_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS generations (
+    model_version  TEXT    NOT NULL,
+    key            TEXT    NOT NULL,
+    answer         TEXT    NOT NULL,
+    created_at     REAL    NOT NULL,
+    PRIMARY KEY (model_version, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
@@ -158,6 +168,33 @@ class EmbeddingCache:
             )
 
         self._transaction(body)
+
+    def get_generations(self, model_version: str, keys: Sequence[str]) -> dict[str, str]:
+        """Cached answers (JSON text) for those of `keys` that are present."""
+        unique = list(dict.fromkeys(keys))
+        found: dict[str, str] = {}
+        for start in range(0, len(unique), MAX_VARIABLES):
+            chunk = unique[start : start + MAX_VARIABLES]
+            marks = ",".join("?" * len(chunk))
+            rows = self._retry(
+                lambda chunk=chunk, marks=marks: self._conn.execute(
+                    f"SELECT key, answer FROM generations WHERE model_version = ? AND key IN ({marks})",
+                    (model_version, *chunk),
+                ).fetchall()
+            )
+            found.update(rows)
+        return found
+
+    def put_generations(self, model_version: str, items: Mapping[str, str]) -> None:
+        """Store answers (JSON text) by key in one transaction; keys already present are left as they are."""
+        if not items:
+            return
+        now = time.time()
+        rows = [(model_version, key, answer, now) for key, answer in items.items()]
+        statement = (
+            "INSERT OR IGNORE INTO generations (model_version, key, answer, created_at) VALUES (?, ?, ?, ?)"
+        )
+        self._retry(lambda: self._transaction(lambda: self._conn.executemany(statement, rows)))
 
     def count(self, model_version: str | None = None) -> int:
         """Number of stored vectors, for one model version or in total."""

@@ -1,0 +1,150 @@
+"""A deterministic OpenAI-compatible chat-completions server for tests (FastAPI, loopback only).
+
+It answers from the pixels it is sent, so a test can tell that the right image reached it: the
+answer names the image's dominant colour and echoes the prompt's first word. Knobs on `FakeServer`
+make it refuse keys, rate-limit, fail, stall or answer garbage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import random
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from PIL import Image
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "white": (250, 250, 250)}
+EXTRA_WORDS = ("bright", "small", "round", "flat", "shiny", "plain", "odd", "neat")
+
+
+def colour_name(image: Image.Image) -> str:
+    """The name in COLOURS nearest to the image's mean RGB."""
+    mean = np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(axis=0)
+    return min(COLOURS, key=lambda name: float(np.sum((mean - COLOURS[name]) ** 2)))
+
+
+def expected_tokens(image: Image.Image, prompt: str, temperature: float = 0.0, seed: int | None = None):
+    """The tokens the fake answers with (before max_tokens cuts them), each with its leading space."""
+    topic = prompt.split()[0].lower() if prompt.split() else "nothing"
+    words = ["a", colour_name(image), "image", "about", topic]
+    if temperature > 0:
+        words.append(random.Random(seed).choice(EXTRA_WORDS))
+    return [words[0]] + [" " + w for w in words[1:]]
+
+
+def token_logprob(index: int) -> float:
+    """The log-probability the fake reports for its index-th token."""
+    return -0.05 * (index + 1)
+
+
+@dataclass
+class FakeServer:
+    """Behaviour of the fake; tests change the fields between calls."""
+
+    key: str | None = "test-key"
+    models: tuple[str, ...] = ("fake-vlm",)
+    fail_next: int = 0  # answer this many requests with fail_status first
+    fail_status: int = 429
+    retry_after_ms: int | None = 20
+    retry_after_s: str | None = None
+    delay_s: float = 0.0
+    malformed: bool = False
+    calls: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    bodies: list[dict] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> Response:
+            with self.lock:
+                self.calls += 1
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                return await self._answer(request)
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
+
+        return app
+
+    async def _answer(self, request: Request) -> Response:
+        if self.key is not None and request.headers.get("authorization") != f"Bearer {self.key}":
+            return _error(401, "Incorrect API key provided.", "invalid_api_key")
+        body = await request.json()
+        self.bodies.append(body)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            headers = {}
+            if self.retry_after_ms is not None:
+                headers["retry-after-ms"] = str(self.retry_after_ms)
+            if self.retry_after_s is not None:
+                headers["retry-after"] = self.retry_after_s
+            return _error(self.fail_status, "Rate limit reached, slow down.", "rate_limit", headers)
+        if body.get("model") not in self.models:
+            return _error(404, f"The model `{body.get('model')}` does not exist.", "model_not_found")
+        if self.malformed:
+            return JSONResponse({"id": "x", "object": "chat.completion", "choices": [{"index": 0}]})
+        image, prompt = _read_message(body["messages"][-1]["content"])
+        tokens = expected_tokens(image, prompt, body.get("temperature", 0.0), body.get("seed"))
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or 256
+        finish = "length" if len(tokens) > limit else "stop"
+        tokens = tokens[:limit]
+        usage = {"prompt_tokens": len(prompt.split()) + 1, "completion_tokens": len(tokens)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if body.get("stream"):
+            return StreamingResponse(_chunks(tokens, finish, usage, body), media_type="text/event-stream")
+        message = {"role": "assistant", "content": "".join(tokens)}
+        choice = {"index": 0, "message": message, "finish_reason": finish}
+        if body.get("logprobs"):
+            choice["logprobs"] = {"content": [_logprob(i, t) for i, t in enumerate(tokens)]}
+        answer = {"id": "chatcmpl-1", "object": "chat.completion", "choices": [choice], "usage": usage}
+        return JSONResponse(answer)
+
+
+def _read_message(content: list[dict]) -> tuple[Image.Image, str]:
+    prompt = next(p["text"] for p in content if p["type"] == "text")
+    url = next(p["image_url"]["url"] for p in content if p["type"] == "image_url")
+    header, data = url.split(",", 1)
+    assert header == "data:image/png;base64", header
+    return Image.open(io.BytesIO(base64.b64decode(data))), prompt
+
+
+def _logprob(index: int, token: str) -> dict:
+    logprob = token_logprob(index)
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": []}
+
+
+def _error(status: int, message: str, code: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "code": code}}, status_code=status, headers=headers)
+
+
+async def _chunks(tokens: list[str], finish: str, usage: dict, body: dict):
+    def event(choices: list, **extra) -> str:
+        chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": choices, **extra}
+        return "data: " + json.dumps(chunk)
+
+    yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]) + "\n\n"
+    for i, token in enumerate(tokens):
+        choice = {"index": 0, "delta": {"content": token}, "finish_reason": None}
+        if body.get("logprobs"):
+            choice["logprobs"] = {"content": [_logprob(i, token)]}
+        yield event([choice]) + "\n\n"
+        await asyncio.sleep(0)
+    yield event([{"index": 0, "delta": {}, "finish_reason": finish}]) + "\n\n"
+    if (body.get("stream_options") or {}).get("include_usage"):
+        yield event([], usage=usage) + "\n\n"
+    yield "data: [DONE]\n\n"
