@@ -297,7 +297,9 @@ def test_group_sync_acknowledges_rows_before_their_fsync_and_shares_one_fsync(tm
     assert fsyncs == [] and len(PredictionLog(str(tmp_path / "s.sqlite")).request_ids()) == 20
     disk.set()
     writer.close()
-    assert len(fsyncs) == 2  # the one that held, then one for the 19 commits made while it held
+    # the one that held, then one for the 19 commits made while it held, and (when close() wins the race
+    # against the sync thread) a final one at close: never one per commit
+    assert 2 <= len(fsyncs) <= 3, fsyncs
 
 
 def test_full_sync_fsyncs_every_commit_and_group_sync_does_not(tmp_path):
