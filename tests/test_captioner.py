@@ -136,3 +136,21 @@ def test_cached_decoding_equals_recomputing_the_whole_sequence(tiny):
             atol=1e-4,
             rtol=0,
         )
+
+
+def test_the_shipped_captioner_names_and_answers_what_it_was_trained_on():
+    """The weights in the package: the contract, and most answers right on training images."""
+    model = load_model("builtin:emoji-captioner")
+    check_generative(model)
+    assert model.card["data"]["vendors"] == ["google", "twitter"] and model.card["quality"]["names"]
+    manifest = load_emoji_manifest()
+    seen = manifest[(manifest["vendor"] == "google") & (manifest["split"] == "train")].sample(
+        60, random_state=0
+    )
+    images = [Image.open(path) for path in seen["image"]]
+    names = model.generate(images, ["Describe this emoji."] * len(images))
+    assert exact_match([a.text for a in names], [[n] for n in seen["name"]]).mean() >= 0.4  # 0.55 measured
+    prompt, answer = QUESTIONS["person"]
+    people = model.generate(images, [prompt] * len(images), max_tokens=2)
+    truth = [[answer(row)] for _, row in seen.iterrows()]
+    assert exact_match([a.text for a in people], truth).mean() >= 0.9  # 1.0 measured

@@ -61,6 +61,10 @@ EVAL_HF = (
     "vlmops eval --model hf:/models/clip --data my_manifest.jsonl --labels level1 "
     '--fail-on "top1<0.5,ece>0.08"'
 )
+EVAL_CAPTION = (
+    "vlmops eval --task caption --data emoji --judge builtin:emoji-lit --html cap.html --json cap.json"
+)
+EVAL_VQA = "vlmops eval --task vqa --data emoji --suite quick --json vqa.json"
 AUDIT_EMOJI = (
     "vlmops audit --data emoji --model builtin:emoji-lit --html a.html --json a.json --quarantine q.jsonl"
 )
@@ -98,6 +102,8 @@ def covered() -> list[str]:
         *ELSEWHERE,
         EVAL_STANDARD,
         EVAL_HF,
+        EVAL_CAPTION,
+        EVAL_VQA,
         AUDIT_EMOJI,
         AUDIT_MANIFEST,
         REDACT,
@@ -271,6 +277,14 @@ def eval_and_audit(ws: Workspace) -> None:
     assert (ws.dir / "r.html").read_text().startswith("<!DOCTYPE html>") and "top1" in out
     out = ws.run(EVAL_HF, codes=(0, 1))  # exit 1 exactly when a rule fired
     assert (ws.last_code == 1) == fired(out) and "(rule top1<0.5)" in out
+    out = ws.run(EVAL_CAPTION)
+    caption = json.loads((ws.dir / "cap.json").read_text())
+    assert caption["model"]["name"] == "emoji-captioner" and "clip_score" in caption["grounding"]
+    assert "corruptions" in caption["robustness"] and "cider_d" in out
+    assert (ws.dir / "cap.html").read_text().startswith("<!DOCTYPE html>")
+    ws.run(EVAL_VQA)
+    vqa = json.loads((ws.dir / "vqa.json").read_text())
+    assert set(vqa["reference"]["by_type"]) == {"category", "subcategory", "skin_tone", "gender", "person"}
     ws.run(AUDIT_EMOJI)
     audit = json.loads((ws.dir / "a.json").read_text())
     assert audit["schema"] == "vlmops.audit/1" and (ws.dir / "q.jsonl").exists()

@@ -25,7 +25,7 @@ def train(
         help="embed: the dual encoder emoji-lit; caption: the generative emoji-captioner.",
     ),
     epochs: int = typer.Option(
-        None, min=1, help="Maximum epochs (default 55 for embed, with early stopping on val; 12 for caption)."
+        None, min=1, help="Maximum epochs (default 55 for embed, with early stopping on val; 8 for caption)."
     ),
     seed: int = typer.Option(0, help="Seed for initialisation, sampling and augmentation."),
     max_minutes: float = typer.Option(
@@ -45,7 +45,7 @@ def train(
         raise typer.BadParameter(f"unknown task {task!r}; use embed or caption", param_hint="--task")
     if task == "caption":
         _train_captioner(
-            out, epochs or 12, seed, 13.0 if max_minutes is None else max_minutes, json_out, progress
+            out, epochs or 8, seed, 13.0 if max_minutes is None else max_minutes, json_out, progress
         )
         return
     epochs, max_minutes = epochs or 55, 14.5 if max_minutes is None else max_minutes
