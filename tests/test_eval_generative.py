@@ -217,3 +217,34 @@ def test_cli_caption_on_a_tiny_hf_llava_folder(manifest_file, tmp_path):
     assert report["model"]["uri"] == f"hf:{folder}" and report["generation"]["misses"] == 40
     assert report["confidence"]["ece"] is not None  # transformers gives token log-probabilities
     assert 'id="reference"' in html.read_text()
+
+
+def test_a_vocabulary_file_replaces_the_data_tags_and_more_metrics_are_sliced(
+    records, manifest_file, tmp_path
+):
+    from vlmops.errors import DataError
+    from vlmops.evaluate.hallucination import read_vocabulary
+
+    words = tmp_path / "objects.txt"
+    words.write_text("# what CHAIR looks for\ncat: kitten, kitty\n\nbanana\n")
+    vocabulary = read_vocabulary(words)
+    assert vocabulary == {"cat": ["kitten", "kitty"], "banana": []}
+    task = build_generative_task(
+        load_manifest(manifest_file), "other", "caption", "all", vocabulary=vocabulary
+    )
+    report = run_generative_eval(
+        LookupCaptioner({}, fixed="a banana and a kitten"),
+        task,
+        None,
+        GenerativeOptions(min_n=5, suite="quick"),
+    )
+    chair_part = report["hallucination"]
+    assert chair_part["mentions"] == 2 * task.n  # only the file's objects are read
+    has_cat = ["cat" in task.objects[i] for i in range(task.n)]
+    expected = [("banana",) if cat else ("cat", "banana") for cat in has_cat]
+    assert [tuple(sorted(w)) for w in chair_part["per_caption"]] == [tuple(sorted(e)) for e in expected]
+    assert set(report["slices_by_metric"]) == {"rouge_l", "hallucination_free"}
+    assert report["slices_by_metric"]["hallucination_free"]["fields"][0]["slices"][0]["mean"] == 0.0
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(DataError, match="names no object"):
+        read_vocabulary(tmp_path / "empty.txt")

@@ -110,6 +110,12 @@ def evaluate(
     judge: str | None = typer.Option(
         None, "--judge", help="caption/vqa: a dual encoder for CLIPScore, e.g. builtin:emoji-lit or hf:DIR."
     ),
+    vocabulary: Path | None = typer.Option(
+        None,
+        "--vocabulary",
+        help="caption: CHAIR's object vocabulary, one object per line with synonyms after a colon "
+        "('dog: puppy, doggy'); default: the data's tags and label names.",
+    ),
     max_tokens: int = typer.Option(32, "--max-tokens", min=1, help="caption/vqa: longest answer."),
     temperature: float = typer.Option(
         0.0, "--temperature", min=0.0, help="caption/vqa: 0 decodes greedily (deterministic)."
@@ -142,7 +148,7 @@ def evaluate(
         evaluate_generative(
             model or "builtin:emoji-captioner", data, task, split, suite, prompt, judge, max_tokens,
             temperature, seed, slice_fields, min_n, cluster_by, dollars_per_hour, price_in, price_out,
-            fail_on, store, batch_size, skip_unreadable, html, json_out, progress,
+            fail_on, store, batch_size, skip_unreadable, html, json_out, progress, vocabulary,
         )  # fmt: skip
         return
     if task != "classify":

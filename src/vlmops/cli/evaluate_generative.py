@@ -23,7 +23,7 @@ def evaluate_generative(
     max_tokens: int, temperature: float, seed: int, slice_fields: str | None, min_n: int,
     cluster_by: str | None, dollars_per_hour: float, price_in: float | None, price_out: float | None,
     fail_on: str | None, store: str | None, batch_size: int, skip_unreadable: bool, html: Path | None,
-    json_out: Path | None, progress: bool,
+    json_out: Path | None, progress: bool, vocabulary_file: Path | None = None,
 ) -> None:  # fmt: skip
     """Run the caption/VQA evaluation with the options of `vlmops eval` and print its summary."""
     from vlmops.data.manifest import resolve_data
@@ -31,6 +31,7 @@ def evaluate_generative(
     from vlmops.errors import ModelLoadError
     from vlmops.evaluate.generative import GenerativeOptions, build_generative_task
     from vlmops.evaluate.generative_suite import GENERATIVE_HEADLINE, run_generative_eval
+    from vlmops.evaluate.hallucination import read_vocabulary
     from vlmops.models import VLM, GenerativeVLM, capabilities, load_model
     from vlmops.report.rules import check_rules, parse_rules
     from vlmops.store.cache import open_cache
@@ -39,7 +40,8 @@ def evaluate_generative(
     rules = parse_rules(fail_on, GENERATIVE_HEADLINE)
     manifest, skipped = screen_images(resolve_data(data), data, skip=skip_unreadable)
     spec = "emoji" if data == "emoji" else "other"
-    task = build_generative_task(manifest, spec, task_name, split, prompt, cluster_by)
+    vocabulary = read_vocabulary(vocabulary_file) if vocabulary_file is not None else None
+    task = build_generative_task(manifest, spec, task_name, split, prompt, cluster_by, vocabulary)
     model = load_model(model_uri)
     if not isinstance(model, GenerativeVLM):
         raise ModelLoadError(

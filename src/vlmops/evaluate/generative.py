@@ -145,8 +145,10 @@ def build_generative_task(
     split: str | None = None,
     prompt: str | None = None,
     cluster_by: str | None = None,
+    vocabulary: dict[str, list[str]] | None = None,
 ) -> GenerativeTask:
-    """Select `split` and turn records into items with prompts and reference answers."""
+    """Select `split` and turn records into items with prompts and reference answers. `vocabulary`
+    (object -> synonyms) replaces the data's tags and label names as CHAIR's object vocabulary."""
     if task not in GENERATIVE_TASKS:
         raise DataError(f"unknown generative task {task!r}; use {' or '.join(GENERATIVE_TASKS)}")
     rows, split_name = select_split(frame, split)
@@ -160,7 +162,7 @@ def build_generative_task(
     if cluster_by is not None and cluster_by not in items.columns:
         raise DataError(f"--cluster-by {cluster_by!r} is not a column; columns: {', '.join(rows.columns)}")
     key = items[cluster_by].astype(str) if cluster_by else items["id"].astype(str)
-    objects, vocabulary = _objects(items, data_spec)
+    objects, data_vocabulary = _objects(items, data_spec)
     return GenerativeTask(
         task=task,
         frame=items,
@@ -168,7 +170,7 @@ def build_generative_task(
         references=list(items["answers"]),
         question_types=[str(q) for q in items["qtype"]],
         objects=objects,
-        vocabulary=vocabulary,
+        vocabulary=vocabulary if vocabulary is not None else data_vocabulary,
         clusters=pd.factorize(key)[0].astype(np.int64),
         cluster_by=cluster_by,
         split=split_name,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 from vlmops.evaluate.generative import (
     GenerativeOptions,
     GenerativeTask,
@@ -18,6 +20,7 @@ from vlmops.evaluate.generative import (
 from vlmops.evaluate.generative_robustness import Runner, robustness_section
 from vlmops.evaluate.hallucination import ObjectVocabulary, chair
 from vlmops.evaluate.slices import default_slice_fields, slice_metrics
+from vlmops.evaluate.text_metrics import caption_tokens, rouge_l
 from vlmops.models.base import GenerativeVLM
 from vlmops.store.cache import EmbeddingCache
 from vlmops.store.generate import generate_cached
@@ -74,6 +77,23 @@ def run_generative_eval(
     report["slices"] = slice_metrics(
         score, task.frame, fields, task.clusters, min_n=options.min_n, seed=options.seed, metric=metric
     ).to_dict()
+    if task.task == "caption":  # the other per-answer scores, sliced the same way
+        more = {
+            "rouge_l": rouge_l(
+                [caption_tokens(a) for a in answers],
+                [[caption_tokens(r) for r in rs] for rs in task.references],
+            )
+        }
+        if chair_result is not None:
+            more["hallucination_free"] = np.array(
+                [0.0 if wrong else 1.0 for wrong in chair_result.per_caption]
+            )
+        report["slices_by_metric"] = {
+            name: slice_metrics(
+                values, task.frame, fields, task.clusters, min_n=options.min_n, seed=options.seed, metric=name
+            ).to_dict()
+            for name, values in more.items()
+        }
     runner = Runner(model, task, cache, options.params, options.batch_size, on_batch)
     report["robustness"] = robustness_section(runner, options.suite, options.seed)
     report["examples"] = [

@@ -24,6 +24,7 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -286,3 +287,25 @@ def agreement(estimate: JudgeEstimate, reference: ChairResult) -> dict:
         "precision": hits / flagged if flagged else None,
         "recall": hits / truly if truly else None,
     }
+
+
+def read_vocabulary(path: str | Path) -> dict[str, list[str]]:
+    """An object vocabulary file: one object per line, optionally with synonyms after a colon
+    (``dog: puppy, doggy``); blank lines and lines starting with # are skipped."""
+    from vlmops.errors import DataError
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the vocabulary file {path}: {exc}") from exc
+    vocabulary: dict[str, list[str]] = {}
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, synonyms = line.partition(":")
+        if name.strip():
+            vocabulary[name.strip()] = [s.strip() for s in synonyms.split(",") if s.strip()]
+    if not vocabulary:
+        raise DataError(f"the vocabulary file {path} names no object; write one per line, e.g. 'dog: puppy'")
+    return vocabulary
