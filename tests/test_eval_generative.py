@@ -248,3 +248,18 @@ def test_a_vocabulary_file_replaces_the_data_tags_and_more_metrics_are_sliced(
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(DataError, match="names no object"):
         read_vocabulary(tmp_path / "empty.txt")
+
+
+def test_cli_vqa_on_a_tiny_hf_llava_folder(manifest_file, tmp_path):
+    from hf_generative_models import make_llava_dir
+
+    folder = make_llava_dir(tmp_path)
+    out = tmp_path / "vqa.json"
+    result = invoke(
+        "--task", "vqa", "--model", f"hf:{folder}", "--data", str(manifest_file), "--split", "all",
+        "--store", str(tmp_path / "s.sqlite"), "--suite", "quick", "--max-tokens", "4", "--min-n", "5",
+        "--json", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["task"] == "vqa" and report["reference"]["by_type"]["question"]["n"] == 40
