@@ -58,12 +58,12 @@ def naive(model, pairs) -> float:
     """Seconds to answer every pair one at a time (the images are decoded again for each)."""
     import io
 
+    from PIL import Image
+
     start = time.perf_counter()
     for image, prompt in pairs:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")  # a harness reads each image from disk: re-encode, decode
-        from PIL import Image
-
         model.generate([Image.open(io.BytesIO(buffer.getvalue()))], [prompt], max_tokens=32, logprobs=True)
     return time.perf_counter() - start
 
