@@ -235,16 +235,6 @@ def confidence_section(generations: Sequence[Generation], correct: np.ndarray) -
     }
 
 
-def judge_image_vectors(judge, image_paths: Sequence[str]) -> np.ndarray:
-    """The judge's unit vector of each item's image (each file embedded once)."""
-    from vlmops.data.images import load_image
-
-    unique = list(dict.fromkeys(image_paths))
-    vectors = judge.embed_images([load_image(p) for p in unique])
-    row = {p: i for i, p in enumerate(unique)}
-    return vectors[[row[p] for p in image_paths]]
-
-
 def grounding_section(judge, images: np.ndarray, answers: Sequence[str], references) -> dict:
     """CLIPScore and RefCLIPScore of the answers with a dual-encoder judge (`images`: its vectors)."""
     texts = judge.embed_texts(list(answers))

@@ -14,7 +14,6 @@ from vlmops.evaluate.generative import (
     cost_section,
     grounding_section,
     judge_hallucination_section,
-    judge_image_vectors,
     reference_section,
 )
 from vlmops.evaluate.generative_robustness import Runner, robustness_section
@@ -23,6 +22,7 @@ from vlmops.evaluate.slices import default_slice_fields, slice_metrics
 from vlmops.evaluate.text_metrics import caption_tokens, rouge_l
 from vlmops.models.base import GenerativeVLM
 from vlmops.store.cache import EmbeddingCache
+from vlmops.store.embed import embed_images_cached
 from vlmops.store.generate import generate_cached
 
 
@@ -60,7 +60,8 @@ def run_generative_eval(
             "skipped": "the data has no tags or labels to build an object vocabulary from"
         }
     if judge is not None:
-        images = judge_image_vectors(judge, paths)
+        store = cache if cache is not None else EmbeddingCache(":memory:")
+        images, _ = embed_images_cached(judge, paths, store, progress=False)  # each file once, cached
         report["grounding"] = grounding_section(judge, images, answers, task.references)
         if chair_result is not None:
             report["hallucination"]["judge_estimate"] = judge_hallucination_section(
