@@ -34,7 +34,7 @@ $(STAMPS)/torch: | $(BIN)/python
 	@mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/install: pyproject.toml $(STAMPS)/torch
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
 	@mkdir -p $(STAMPS) && touch $@
 
 # libcairo2 for rendering OpenMoji's SVGs (cairosvg)
