@@ -211,3 +211,27 @@ def test_a_log_from_an_older_vlmops_gains_new_columns_and_keeps_its_rows(tmp_pat
     old, new = log.requests()
     assert old.request_id == "old" and old.image_stats is None
     assert new.image_stats == '[{"width": 4}]'
+
+
+def test_chat_exchanges_are_written_with_their_request_row_and_take_feedback(tmp_path):
+    import json
+
+    from vlmops.store.log import ChatExchange, PredictionLog, PredictionRow
+
+    log = PredictionLog(str(tmp_path / "log.sqlite"))
+    row = PredictionRow("r1", "chat", "cap@1", ["ab" * 32], 12.5, key_id=None, image_stats=[{"width": 72}])
+    chat = ChatExchange(
+        "r1", "local", "builtin:emoji-captioner", [{"role": "user", "text": "Describe this emoji."}],
+        "grinning face", tokens_in=5, tokens_out=2, ttft_ms=3.0, params={"temperature": 0.0},
+    )  # fmt: skip
+    log.write_chat([(row, chat)])
+    (got,) = log.chats()
+    assert (got.request_id, got.endpoint, got.answer, got.status) == ("r1", "chat", "grinning face", "ok")
+    assert json.loads(got.prompt)[0]["text"] == "Describe this emoji." and got.latency_ms == 12.5
+    assert log.request_owner("r1") is not None  # feedback binds to chat requests like any other
+    log.add_feedback("r1", False, "grinning face with big eyes", None, rating=2.0)
+    (fb,) = log.feedback()
+    assert (fb.label, fb.rating) == ("grinning face with big eyes", 2.0)
+    with pytest.raises(StoreError, match="paired"):
+        log.write_chat([(PredictionRow("r2", "chat", "cap@1", [], 1.0), chat)])
+    assert [r.request_id for r in log.requests()] == ["r1"]  # nothing half-written

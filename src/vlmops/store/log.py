@@ -67,6 +67,30 @@ feedback = sa.Table(
     sa.Column("accepted", sa.Boolean, nullable=False),
     sa.Column("label", sa.Text),  # the corrected label, or the accepted prediction
     sa.Column("source", sa.String(16), nullable=False),  # "human" (a person said so) or "model"
+    sa.Column("rating", sa.Float),  # optional score a person gave a generated answer (e.g. 1-5 or 0/1)
+)
+
+# One row per /v1/chat/completions exchange, beside its `requests` row (endpoint "chat"), which holds the
+# time, key, model version, image hashes and statistics and the latency, so that feedback, owners and
+# monitoring windows work for chat exactly as for classification. The corrected answer of a feedback
+# event goes in `feedback.label`.
+chat_exchanges = sa.Table(
+    "chat_exchanges",
+    metadata,
+    sa.Column("request_id", sa.String(64), sa.ForeignKey("requests.request_id"), primary_key=True),
+    sa.Column("mode", sa.String(16), nullable=False),  # "local" (a served model) or "upstream" (proxied)
+    sa.Column("model", sa.String(256), nullable=False),  # the model name the answer came from
+    sa.Column("prompt", sa.Text, nullable=False),  # JSON list of {"role", "text"}: the messages' text parts
+    sa.Column("prompt_redacted", sa.Boolean, nullable=False),  # True when PII was redacted before storing
+    sa.Column("answer", sa.Text, nullable=False),  # the full answer, or the partial one when cancelled
+    sa.Column("finish_reason", sa.String(32)),  # "stop", "length", ... as answered; None when cancelled
+    sa.Column("status", sa.String(16), nullable=False),  # "ok", "cancelled" (client left) or "error"
+    sa.Column("stream", sa.Boolean, nullable=False),
+    sa.Column("tokens_in", sa.Integer),
+    sa.Column("tokens_out", sa.Integer),
+    sa.Column("ttft_ms", sa.Float),  # time to first token; for a non-streamed answer, the latency
+    sa.Column("cost_usd", sa.Float),
+    sa.Column("params", sa.Text),  # JSON: max_tokens, temperature, top_p, seed, n, stop ...
 )
 
 api_keys = sa.Table(
@@ -99,6 +123,33 @@ class RequestOwner:
 
     key_id: str | None
     tenant: str | None
+
+
+@dataclass
+class ChatExchange:
+    """What the server records about one chat exchange, beside its `PredictionRow` (same request id)."""
+
+    request_id: str
+    mode: str
+    model: str
+    prompt: Sequence[dict]
+    answer: str
+    status: str = "ok"
+    finish_reason: str | None = "stop"
+    stream: bool = False
+    prompt_redacted: bool = False
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    ttft_ms: float | None = None
+    cost_usd: float | None = None
+    params: dict = field(default_factory=dict)
+
+    def to_row(self) -> dict:
+        """Column values for the chat_exchanges table."""
+        row = {c.name: getattr(self, c.name) for c in chat_exchanges.c}
+        row["prompt"] = json.dumps(list(self.prompt), ensure_ascii=False)
+        row["params"] = json.dumps(self.params)
+        return row
 
 
 @dataclass
@@ -232,6 +283,7 @@ class PredictionLog:
             create_tables(self.engine)
             add_missing_columns(self.engine, requests)
             add_missing_columns(self.engine, api_keys)
+            add_missing_columns(self.engine, feedback)
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"cannot open the prediction log at {self.engine.url}: {exc}") from exc
 
@@ -241,6 +293,31 @@ class PredictionLog:
         if values:
             with self.engine.begin() as conn:
                 conn.execute(requests.insert(), values)
+
+    def write_chat(self, pairs: Iterable[tuple[PredictionRow, ChatExchange]]) -> None:
+        """Insert chat exchanges (each a requests row and its chat row) in one transaction."""
+        pairs = list(pairs)
+        for row, chat in pairs:
+            if row.request_id != chat.request_id:
+                raise StoreError(f"chat row {chat.request_id} paired with request row {row.request_id}")
+        if pairs:
+            with self.engine.begin() as conn:
+                conn.execute(requests.insert(), [row.to_row() for row, _ in pairs])
+                conn.execute(chat_exchanges.insert(), [chat.to_row() for _, chat in pairs])
+
+    def chats(self, since: float | None = None, limit: int | None = None) -> list[sa.Row]:
+        """Logged chat exchanges joined with their requests rows, in time order."""
+        query = (
+            sa.select(requests, *[c for c in chat_exchanges.c if c.name != "request_id"])
+            .select_from(requests.join(chat_exchanges, requests.c.request_id == chat_exchanges.c.request_id))
+            .order_by(requests.c.time)
+        )
+        if since is not None:
+            query = query.where(requests.c.time >= since)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query))
 
     def sync(self) -> None:
         """Flush every committed row to disk (one fsync of the WAL); nothing to do in ``full`` mode."""
@@ -273,9 +350,15 @@ class PredictionLog:
         return None if row is None else RequestOwner(row.key_id, row.tenant)
 
     def add_feedback(
-        self, request_id: str, accepted: bool, label: str | None, key_id: str | None, source: str = "human"
+        self,
+        request_id: str,
+        accepted: bool,
+        label: str | None,
+        key_id: str | None,
+        source: str = "human",
+        rating: float | None = None,
     ) -> int:
-        """Record feedback on a logged request; returns the feedback row id."""
+        """Record feedback on a logged request (for chat: `label` is the corrected answer); returns its id."""
         with self.engine.begin() as conn:
             result = conn.execute(
                 feedback.insert().values(
@@ -285,6 +368,7 @@ class PredictionLog:
                     accepted=accepted,
                     label=label,
                     source=source,
+                    rating=rating,
                 )
             )
             return int(result.inserted_primary_key[0])
