@@ -163,6 +163,39 @@ def test_clip_score_and_ref_clip_score_by_their_formulas(records, manifest_file)
     assert 0 <= judged["estimate_chair_i"] <= 1 and judged["mentions"] == report["hallucination"]["mentions"]
 
 
+def test_cider_and_clip_score_are_sliced_by_vendor_with_their_own_ranges(records, manifest_file):
+    from conftest import FakeModel
+    from vlmops.evaluate.slices import slice_metrics
+    from vlmops.evaluate.text_metrics import caption_tokens, cider_d
+
+    task = build_generative_task(load_manifest(manifest_file), "other", "caption", split="all")
+    table = {  # right for google, a fixed caption for facebook
+        Image.open(p).convert("RGB").tobytes(): n if v == "google" else "grinning face"
+        for p, n, v in zip(records["image"], records["name"], records["vendor"], strict=True)
+    }
+    judge = FakeModel(dim=16)
+    report = run_generative_eval(LookupCaptioner(table), task, None, GenerativeOptions(min_n=5), judge=judge)
+    sliced = report["slices_by_metric"]
+    assert {"cider_d", "rouge_l", "clip_score", "ref_clip_score"} <= set(sliced)
+    refs = [[caption_tokens(r) for r in rs] for rs in task.references]
+    pairs = zip(records["name"], records["vendor"], strict=True)
+    answers = [n if v == "google" else "grinning face" for n, v in pairs]
+    cider = cider_d([caption_tokens(a) for a in answers], refs)
+    assert cider.max() > 1.0  # not a rate: the [0, 1] check of a rate would have refused it
+    vendors = {s["value"]: s["mean"] for f in sliced["cider_d"]["fields"] if f["field"] == "vendor"
+               for s in f["slices"]}  # fmt: skip
+    for vendor, mean in vendors.items():
+        assert mean == pytest.approx(cider[(task.frame["vendor"] == vendor).to_numpy()].mean(), abs=1e-9)
+    assert vendors["google"] > vendors["facebook"] + 1.0
+    clip = np.array(report["grounding"]["per_item"]["clip_score"])
+    (vendor_field,) = [f for f in sliced["clip_score"]["fields"] if f["field"] == "vendor"]
+    for s in vendor_field["slices"]:
+        chosen = (task.frame["vendor"] == s["value"]).to_numpy()
+        assert s["mean"] == pytest.approx(clip[chosen].mean(), abs=1e-4) and s["ci_low"] <= s["mean"]
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        slice_metrics(cider, task.frame, ["vendor"])  # a raw score without its range is refused
+
+
 def test_html_report_in_chromium(fake, manifest_file, tmp_path):
     import shutil
 
@@ -243,7 +276,7 @@ def test_a_vocabulary_file_replaces_the_data_tags_and_more_metrics_are_sliced(
     has_cat = ["cat" in task.objects[i] for i in range(task.n)]
     expected = [("banana",) if cat else ("cat", "banana") for cat in has_cat]
     assert [tuple(sorted(w)) for w in chair_part["per_caption"]] == [tuple(sorted(e)) for e in expected]
-    assert set(report["slices_by_metric"]) == {"rouge_l", "hallucination_free"}
+    assert set(report["slices_by_metric"]) == {"cider_d", "rouge_l", "hallucination_free"}
     assert report["slices_by_metric"]["hallucination_free"]["fields"][0]["slices"][0]["mean"] == 0.0
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(DataError, match="names no object"):

@@ -307,7 +307,7 @@ def test_empty_report_properties() -> None:
         ),
         (np.ones(2), pd.DataFrame({"vendor": ["a", "b"]}), [("vendor", "x")], {}, "unknown slice field 'x'"),
         (np.array([0.5, 2.0]), pd.DataFrame({"vendor": ["a", "b"]}), ["vendor"], {}, r"lie in \[0, 1\]"),
-        (np.array([-0.1, 1.0]), pd.DataFrame({"vendor": ["a", "b"]}), ["vendor"], {}, "not raw scores"),
+        (np.array([-0.1, 1.0]), pd.DataFrame({"vendor": ["a", "b"]}), ["vendor"], {}, "outcome_range"),
         (np.array([np.nan, 1.0]), pd.DataFrame({"vendor": ["a", "b"]}), ["vendor"], {}, "1 NaN/inf"),
         (np.ones(2), pd.DataFrame({"tags": [["x"], ["y"]]}), ["tags"], {}, "non-scalar values"),
         (np.ones(2), pd.DataFrame({"vendor": ["a", "b"]}), ["vendor"], {"clusters": [1]}, "one cluster id"),
@@ -326,3 +326,12 @@ def test_empty_report_properties() -> None:
 def test_bad_inputs_raise_with_a_fix(outcome, frame, fields, kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         slice_metrics(outcome, frame, fields, **kwargs)
+
+
+def test_a_bounded_score_may_touch_its_bound_up_to_rounding():
+    frame = pd.DataFrame({"vendor": ["a", "a", "b", "b"]})
+    report = slice_metrics(np.array([10.0 + 1e-12, 9.0, 0.0, 1.0]), frame, ["vendor"], min_n=1,
+                           outcome_range=(0.0, 10.0))  # fmt: skip
+    assert report.fields[0].max_gap == pytest.approx(9.0)  # 9.5 - 0.5
+    with pytest.raises(ValueError, match=r"\[0, 10\]"):
+        slice_metrics(np.array([10.01, 0.0]), frame.iloc[:2], ["vendor"], outcome_range=(0.0, 10.0))

@@ -193,32 +193,36 @@ class GenerativeOptions:
     suite: str = "standard"  # quick: no robustness part; standard: 100 items; full: 300, every severity
 
 
-def reference_section(task: GenerativeTask, answers: Sequence[str]) -> tuple[dict, np.ndarray]:
-    """Reference metrics, and the per-item score the slices and confidence use."""
+def reference_section(
+    task: GenerativeTask, answers: Sequence[str]
+) -> tuple[dict, np.ndarray, dict[str, np.ndarray]]:
+    """Reference metrics, the per-item score the slices and confidence use, and every per-item score."""
     hyps = [caption_tokens(a) for a in answers]
     refs = [[caption_tokens(r) for r in rs] for rs in task.references]
     matched = exact_match(answers, task.references)
     if task.task == "caption":
         corpus, _ = bleu(hyps, refs)
         cider = cider_d(hyps, refs)
+        rouge = rouge_l(hyps, refs)
         section = {
             **{f"bleu{i + 1}": corpus[i] for i in range(4)},
-            "rouge_l": float(rouge_l(hyps, refs).mean()),
+            "rouge_l": float(rouge.mean()),
             "cider_d": float(cider.mean()),
             "exact_match": float(matched.mean()),
         }
-        return section, matched
+        return section, matched, {"exact_match": matched, "cider_d": cider, "rouge_l": rouge}
     accuracy = vqa_accuracy(answers, task.references)
     kinds = np.array(task.question_types)
     by_type = {
         kind: {"n": int((kinds == kind).sum()), "accuracy": float(accuracy[kinds == kind].mean())}
         for kind in sorted(set(task.question_types))
     }
-    return {
+    section = {
         "vqa_accuracy": float(accuracy.mean()),
         "exact_match": float(matched.mean()),
         "by_type": by_type,
-    }, accuracy
+    }
+    return section, accuracy, {"vqa_accuracy": accuracy, "exact_match": matched}
 
 
 def confidence_section(generations: Sequence[Generation], correct: np.ndarray) -> dict:
@@ -235,8 +239,10 @@ def confidence_section(generations: Sequence[Generation], correct: np.ndarray) -
     }
 
 
-def grounding_section(judge, images: np.ndarray, answers: Sequence[str], references) -> dict:
-    """CLIPScore and RefCLIPScore of the answers with a dual-encoder judge (`images`: its vectors)."""
+def grounding_scores(
+    judge, images: np.ndarray, answers: Sequence[str], references
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-answer CLIPScore and RefCLIPScore with a dual-encoder judge (`images`: its vectors)."""
     texts = judge.embed_texts(list(answers))
     clip = CLIP_SCORE_WEIGHT * np.maximum(np.sum(images * texts, axis=1), 0.0)
     flat = [r for rs in references for r in rs]
@@ -248,8 +254,13 @@ def grounding_section(judge, images: np.ndarray, answers: Sequence[str], referen
         start += len(rs)
     with np.errstate(divide="ignore", invalid="ignore"):
         ref_clip = np.where(clip + best > 0, 2 * clip * best / (clip + best), 0.0)
+    return clip, ref_clip
+
+
+def grounding_section(clip: np.ndarray, ref_clip: np.ndarray, judge_uri: str) -> dict:
+    """The grounding part of the report from `grounding_scores`."""
     return {
-        "judge": judge.info.uri,
+        "judge": judge_uri,
         "clip_score": float(clip.mean()),
         "ref_clip_score": float(ref_clip.mean()),
         "per_item": {"clip_score": clip.round(4).tolist()},

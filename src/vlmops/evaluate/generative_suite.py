@@ -8,10 +8,12 @@ from collections.abc import Callable
 import numpy as np
 
 from vlmops.evaluate.generative import (
+    CLIP_SCORE_WEIGHT,
     GenerativeOptions,
     GenerativeTask,
     confidence_section,
     cost_section,
+    grounding_scores,
     grounding_section,
     judge_hallucination_section,
     reference_section,
@@ -19,11 +21,17 @@ from vlmops.evaluate.generative import (
 from vlmops.evaluate.generative_robustness import Runner, robustness_section
 from vlmops.evaluate.hallucination import ObjectVocabulary, chair
 from vlmops.evaluate.slices import default_slice_fields, slice_metrics
-from vlmops.evaluate.text_metrics import caption_tokens, rouge_l
 from vlmops.models.base import GenerativeVLM
 from vlmops.store.cache import EmbeddingCache
 from vlmops.store.embed import embed_images_cached
 from vlmops.store.generate import generate_cached
+
+# Per-answer scores that are not rates, and the range each lies in (for `slice_metrics`' check).
+SCORE_RANGES = {
+    "cider_d": (0.0, 10.0),
+    "clip_score": (0.0, CLIP_SCORE_WEIGHT),
+    "ref_clip_score": (0.0, CLIP_SCORE_WEIGHT),
+}
 
 
 def run_generative_eval(
@@ -40,7 +48,7 @@ def run_generative_eval(
         model, paths, task.prompts, options.params, cache, options.batch_size, on_batch
     )
     answers = [g.text for g in generations]
-    reference, score = reference_section(task, answers)
+    reference, score, per_item = reference_section(task, answers)
     report: dict = {
         "task": task.task,
         "model": model.info.to_dict(),
@@ -62,7 +70,9 @@ def run_generative_eval(
     if judge is not None:
         store = cache if cache is not None else EmbeddingCache(":memory:")
         images, _ = embed_images_cached(judge, paths, store, progress=False)  # each file once, cached
-        report["grounding"] = grounding_section(judge, images, answers, task.references)
+        clip, ref_clip = grounding_scores(judge, images, answers, task.references)
+        report["grounding"] = grounding_section(clip, ref_clip, judge.info.uri)
+        per_item.update(clip_score=clip, ref_clip_score=ref_clip)
         if chair_result is not None:
             report["hallucination"]["judge_estimate"] = judge_hallucination_section(
                 judge, images, task, answers, chair_result
@@ -78,23 +88,18 @@ def run_generative_eval(
     report["slices"] = slice_metrics(
         score, task.frame, fields, task.clusters, min_n=options.min_n, seed=options.seed, metric=metric
     ).to_dict()
-    if task.task == "caption":  # the other per-answer scores, sliced the same way
-        more = {
-            "rouge_l": rouge_l(
-                [caption_tokens(a) for a in answers],
-                [[caption_tokens(r) for r in rs] for rs in task.references],
-            )
-        }
-        if chair_result is not None:
-            more["hallucination_free"] = np.array(
-                [0.0 if wrong else 1.0 for wrong in chair_result.per_caption]
-            )
-        report["slices_by_metric"] = {
-            name: slice_metrics(
-                values, task.frame, fields, task.clusters, min_n=options.min_n, seed=options.seed, metric=name
-            ).to_dict()
-            for name, values in more.items()
-        }
+    if chair_result is not None:
+        per_item["hallucination_free"] = np.array(
+            [0.0 if wrong else 1.0 for wrong in chair_result.per_caption]
+        )
+    report["slices_by_metric"] = {  # every other per-answer score, sliced the same way
+        name: slice_metrics(
+            values, task.frame, fields, task.clusters, min_n=options.min_n, seed=options.seed, metric=name,
+            outcome_range=SCORE_RANGES.get(name, (0.0, 1.0)),
+        ).to_dict()
+        for name, values in per_item.items()
+        if name != metric
+    }  # fmt: skip
     runner = Runner(model, task, cache, options.params, options.batch_size, on_batch)
     report["robustness"] = robustness_section(runner, options.suite, options.seed)
     report["examples"] = [

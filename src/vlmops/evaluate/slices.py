@@ -2,9 +2,9 @@
 
 A *slice* is the set of items sharing one value of a manifest column (e.g. ``vendor == "apple"``) or of an
 intersection of columns (``("skin_tone", "gender")`` gives slices like ``"dark×female"``). For each slice we
-report the mean of a per-item outcome in [0, 1] (1.0 when top-1 is correct, or conformal coverage), a
-percentile bootstrap confidence interval, and per field the worst and best slice, their gap and a permutation
-p-value for that gap.
+report the mean of a per-item outcome (1.0 when top-1 is correct, conformal coverage, or a bounded score
+such as a caption's CIDEr-D), a percentile bootstrap confidence interval, and per field the worst and best
+slice, their gap and a permutation p-value for that gap.
 
 Items are not independent: the vendor and skin-tone variants of one emoji share a `concept`, so both the
 bootstrap and the permutation test work on *clusters* of items (pass ``clusters=frame["concept"]``). Without
@@ -165,7 +165,9 @@ def default_slice_fields(frame: pd.DataFrame, candidates: Sequence[str], max_val
     return out
 
 
-def _check_outcome(outcome: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
+def _check_outcome(
+    outcome: np.ndarray, frame: pd.DataFrame, outcome_range: tuple[float, float] = (0.0, 1.0)
+) -> np.ndarray:
     if len(frame) == 0:
         raise ValueError(
             "frame is empty: slice metrics need at least one evaluated item; check the split/filter that "
@@ -182,12 +184,14 @@ def _check_outcome(outcome: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
         raise ValueError(
             f"outcome contains {int(bad.sum())} NaN/inf values: drop those rows from both outcome and frame"
         )
-    if y.min() < 0 or y.max() > 1:
+    low, high = outcome_range
+    slack = 1e-9 * max(1.0, high - low)  # rounding, e.g. a perfect caption's CIDEr-D of 10.000000000002
+    if y.min() < low - slack or y.max() > high + slack:
         raise ValueError(
-            f"outcome must lie in [0, 1], got range [{y.min():g}, {y.max():g}]: pass per-item correctness "
-            "(1.0 = top-1 correct) or coverage, not raw scores"
+            f"outcome must lie in [{low:g}, {high:g}], got range [{y.min():g}, {y.max():g}]: pass per-item "
+            "correctness (1.0 = top-1 correct) or coverage, or name the score's range in outcome_range"
         )
-    return y
+    return np.clip(y, low, high)
 
 
 def _check_params(min_n: int, n_boot: int, n_perm: int, level: float, seed: int) -> None:
@@ -384,13 +388,15 @@ def slice_metrics(
     level: float = 0.95,
     seed: int = 0,
     metric: str = "top1",
+    outcome_range: tuple[float, float] = (0.0, 1.0),
 ) -> SliceReport:
     """Per-slice mean outcome with cluster-bootstrap CIs, worst/best slice and a permutation test of the gap.
 
-    `outcome` holds one value in [0, 1] per row of `frame`. Each field is a column name or a tuple of column
-    names (an intersection named ``"a×b"`` with slice values ``"x×y"``); missing values form a slice
-    ``"missing"``. Slices with fewer than `min_n` items get a warning and are left out of worst/best/gap
-    (unless no slice has `min_n` items).
+    `outcome` holds one value per row of `frame`, in [0, 1] (a rate) unless `outcome_range` names a
+    bounded score's range (CIDEr-D per caption lies in [0, 10], CLIPScore in [0, 2.5]). Each field is a
+    column name or a tuple of column names (an intersection named ``"a×b"`` with slice values ``"x×y"``);
+    missing values form a slice ``"missing"``. Slices with fewer than `min_n` items get a warning and are
+    left out of worst/best/gap (unless no slice has `min_n` items).
 
     Bootstrap: clusters (not items) are resampled with replacement, `n_boot` times; a replicate's slice mean
     is its weighted outcome sum over its weighted item count, and replicates in which a slice has no item are
@@ -408,7 +414,7 @@ def slice_metrics(
     p = (1 + #{permuted gap >= observed gap}) / (1 + n_perm). `seed` makes everything reproducible; each
     field gets its own stream derived from (seed, field name), so results do not depend on field order.
     """
-    y = _check_outcome(outcome, frame)
+    y = _check_outcome(outcome, frame, outcome_range)
     _check_params(min_n, n_boot, n_perm, level, seed)
     cluster_codes, n_clusters = _cluster_codes(clusters, len(frame))
     columns = [_field_columns(f, frame) for f in fields]

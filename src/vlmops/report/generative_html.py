@@ -39,6 +39,27 @@ def _confidence(section: dict) -> dict:
     return section
 
 
+def _other_slices(by_metric: Mapping) -> list[dict]:
+    """One row per (score, field) of `slices_by_metric`: its worst and best slice, gap and p-value."""
+    rows = []
+    for metric, report in (by_metric or {}).items():
+        for field in report.get("fields") or []:
+            means = {s["value"]: s for s in field.get("slices") or []}
+            worst, best = means.get(field.get("worst")) or {}, means.get(field.get("best")) or {}
+            rows.append(
+                {
+                    "score": metric,
+                    "field": field.get("field"),
+                    "worst": f"{field.get('worst')} {worst.get('mean', float('nan')):.3f} "
+                    f"[{worst.get('ci_low', float('nan')):.3f}, {worst.get('ci_high', float('nan')):.3f}]",
+                    "best": f"{field.get('best')} {best.get('mean', float('nan')):.3f}",
+                    "gap": field.get("max_gap"),
+                    "p_value": field.get("p_value"),
+                }
+            )
+    return rows
+
+
 def generative_context(payload: Mapping) -> dict:
     """Everything `generative.html.j2` needs."""
     from vlmops import __version__
@@ -73,6 +94,7 @@ def generative_context(payload: Mapping) -> dict:
         "grounding": _section(payload, "grounding"),
         "confidence": _confidence(_section(payload, "confidence")),
         "slices": _slices(_section(payload, "slices"), headline),
+        "other_slices": _other_slices(payload.get("slices_by_metric") or {}),
         "cost": _section(payload, "cost"),
         "examples": list(payload.get("examples") or []),
         "model": model,
