@@ -46,7 +46,7 @@ def names(model, frame) -> dict:
 
     task = build_generative_task(frame, "emoji", "caption", split="all")
     answers, _ = generate_cached(model, list(task.frame["image"]), task.prompts, DecodingParams(), None, 64)
-    section, _ = reference_section(task, [a.text for a in answers])
+    section, _, _ = reference_section(task, [a.text for a in answers])
     return {"n": task.n, "cider_d": section["cider_d"], "exact_match": section["exact_match"]}
 
 
@@ -57,7 +57,7 @@ def questions(model, frame) -> dict:
 
     task = build_generative_task(frame, "emoji", "vqa", split="all")
     answers, _ = generate_cached(model, list(task.frame["image"]), task.prompts, DecodingParams(), None, 64)
-    section, _ = reference_section(task, [a.text for a in answers])
+    section, _, _ = reference_section(task, [a.text for a in answers])
     return {"n": task.n, "vqa_accuracy": section["vqa_accuracy"], "by_type": section["by_type"]}
 
 
