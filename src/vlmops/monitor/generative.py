@@ -31,7 +31,13 @@ import pandas as pd
 from vlmops.audit.pii import redact_text, scan_text
 from vlmops.monitor.base import DriftResult
 from vlmops.monitor.chat_usage import usage_by_key, usage_summary
-from vlmops.monitor.grounding import grounding_scores, image_vectors, kept_images, unsupported_flags
+from vlmops.monitor.grounding import (
+    JudgeVectors,
+    grounding_scores,
+    kept_images,
+    object_vectors,
+    unsupported_flags,
+)
 from vlmops.monitor.mmd import MMDDetector
 from vlmops.monitor.permutation import PermutationShiftDetector
 from vlmops.monitor.text_patterns import injection_matches, refusal_matches
@@ -48,6 +54,7 @@ class GenerativeConfig:
     """What the generative section needs beyond the two windows; all optional but the sizes."""
 
     judge: Any = None  # a dual encoder: answer vectors, image vectors (grounding, hallucination)
+    cache: Any = None  # the store's EmbeddingCache: the judge's vectors are computed once per input
     images: str | Path | None = None  # the server's --keep-images folder
     vocabulary: Mapping[str, Sequence[str]] | None = None  # object -> synonyms (hallucination)
     object_template: str = "a photo of {}."
@@ -180,8 +187,8 @@ def _answer_embedding(section: _Section, ref_ok: pd.DataFrame, win_ok: pd.DataFr
     elif n < c.min_window:
         section.skip("answer_embedding", f"{n} answers in a window < {c.min_window}")
     else:
-        ref_vec = c.judge.embed_texts(list(ref_ok["answer"])).astype(np.float64)
-        win_vec = c.judge.embed_texts(list(win_ok["answer"])).astype(np.float64)
+        vectors = JudgeVectors(c.judge, c.cache)
+        ref_vec, win_vec = vectors.texts(list(ref_ok["answer"])), vectors.texts(list(win_ok["answer"]))
         mmd = MMDDetector(c.alpha, n_permutations=min(500, c.n_permutations), seed=c.seed)
         section.record("answer_embedding", mmd.fit(ref_vec).test(win_vec))
 
@@ -212,20 +219,19 @@ def _judge_detectors(section: _Section, ref_ok: pd.DataFrame, win_ok: pd.DataFra
         section.skip("grounding", reason)
         section.skip("hallucination", reason)
         return
+    vectors = JudgeVectors(c.judge, c.cache)
     pairs = []
     for frame in (ref_kept, win_kept):
-        images = image_vectors(c.judge, list(frame["image_sha256"]), c.images)
-        answers = c.judge.embed_texts(list(frame["answer"])).astype(np.float64)
-        pairs.append((images, grounding_scores(images, answers)))
+        images = vectors.images(list(frame["image_sha256"]), c.images)
+        pairs.append((images, grounding_scores(images, vectors.texts(list(frame["answer"])))))
     section.permutation("grounding", "mean", pairs[0][1], pairs[1][1], "judge cosine(image, answer)")
     if not c.vocabulary:
         section.skip("hallucination", "no object vocabulary (pass --vocabulary FILE)")
         return
+    vocab, objects = object_vectors(vectors, c.vocabulary, c.object_template)
     flags = []
     for (images, _), frame in zip(pairs, (ref_kept, win_kept), strict=True):
-        has, flagged, unsupported = unsupported_flags(
-            c.judge, images, list(frame["answer"]), c.vocabulary, c.object_template
-        )
+        has, flagged, unsupported = unsupported_flags(vocab, objects, images, list(frame["answer"]))
         flags.append((flagged[has].astype(float), unsupported, int(has.sum())))
     result = section.permutation(
         "hallucination", "mean", flags[0][0], flags[1][0], "share of answers naming an unseen object"

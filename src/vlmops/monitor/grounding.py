@@ -29,17 +29,45 @@ def kept_images(shas: Sequence[str | None], root: str | Path) -> np.ndarray:
     return np.array([bool(s) and archive.has(s) for s in shas], dtype=bool)
 
 
-def image_vectors(judge, shas: Sequence[str], root: str | Path, batch_size: int = 64) -> np.ndarray:
-    """The judge's unit vectors of archived images (each distinct image embedded once), in `shas` order."""
-    root = Path(root).expanduser()
-    unique = sorted(set(shas))
-    vectors: dict[str, np.ndarray] = {}
-    for start in range(0, len(unique), batch_size):
-        batch = unique[start : start + batch_size]
-        images = [load_image(root / sha[:2] / sha) for sha in batch]
-        for sha, vector in zip(batch, judge.embed_images(images), strict=True):
-            vectors[sha] = vector
-    return np.stack([vectors[s] for s in shas]).astype(np.float64)
+class JudgeVectors:
+    """The judge's unit vectors of texts and archived images, each distinct input embedded once, through
+    the store's embedding cache when one is given (a later pass re-embeds nothing it saw)."""
+
+    def __init__(self, judge, cache=None) -> None:
+        self.judge, self.cache = judge, cache
+
+    def texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), d) float64 vectors."""
+        unique = sorted(set(texts))
+        if self.cache is not None:
+            from vlmops.store.embed import embed_texts_cached
+
+            vectors, _ = embed_texts_cached(self.judge, unique, self.cache, progress=False)
+        else:
+            vectors = self.judge.embed_texts(unique)
+        index = {t: i for i, t in enumerate(unique)}
+        return np.asarray(vectors, dtype=np.float64)[[index[t] for t in texts]]
+
+    def images(self, shas: Sequence[str], root: str | Path) -> np.ndarray:
+        """(len(shas), d) float64 vectors of the archived images with these sha256."""
+        root = Path(root).expanduser()
+        unique = sorted(set(shas))
+        paths = [root / sha[:2] / sha for sha in unique]
+        if self.cache is not None:
+            from vlmops.store.embed import embed_images_cached
+
+            vectors, _ = embed_images_cached(
+                self.judge, paths, self.cache, progress=False, content_keys=unique
+            )
+        else:
+            vectors = np.concatenate(
+                [
+                    self.judge.embed_images([load_image(p) for p in paths[i : i + 64]])
+                    for i in range(0, len(paths), 64)
+                ]
+            )
+        index = {s: i for i, s in enumerate(unique)}
+        return np.asarray(vectors, dtype=np.float64)[[index[s] for s in shas]]
 
 
 def grounding_scores(images: np.ndarray, answers: np.ndarray) -> np.ndarray:
@@ -47,21 +75,46 @@ def grounding_scores(images: np.ndarray, answers: np.ndarray) -> np.ndarray:
     return np.sum(images * answers, axis=1)
 
 
+def object_vectors(vectors: JudgeVectors, vocabulary: Mapping[str, Sequence[str]], template: str):
+    """The vocabulary's matcher and the judge's vectors of its objects (read through `template`)."""
+    vocab = ObjectVocabulary(vocabulary)
+    return vocab, vectors.texts([template.format(o) for o in vocab.objects])
+
+
 def unsupported_flags(
-    judge,
+    vocab: ObjectVocabulary,
+    objects: np.ndarray,
     images: np.ndarray,
     answers: Sequence[str],
-    vocabulary: Mapping[str, Sequence[str]],
-    object_template: str = "a photo of {}.",
     top_fraction: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Per answer: does it mention an object (mask), does it mention an unsupported one (flag); and the
-    total of unsupported mentions."""
-    vocab = ObjectVocabulary(vocabulary)
-    objects = vocab.objects
-    object_vectors = judge.embed_texts([object_template.format(o) for o in objects]).astype(np.float64)
+    total of unsupported mentions. `objects`: the judge's vectors of `vocab.objects`."""
     mentions = [vocab.mentions(a) for a in answers]
-    estimate = judge_unsupported(images, object_vectors, objects, mentions, top_fraction)
+    estimate = judge_unsupported(images, objects, vocab.objects, mentions, top_fraction)
     has_mention = np.array([bool(m) for m in mentions])
     flagged = np.array([bool(u) for u in estimate.unsupported])
     return has_mention, flagged, sum(len(u) for u in estimate.unsupported)
+
+
+def data_vocabulary(spec: str) -> dict[str, list[str]] | None:
+    """The object vocabulary of labelled data (`resolve_data` spec): every record's tags, as
+    `vlmops eval --task caption` uses by default; None when the data has no tags or cannot be read."""
+    from vlmops.data.manifest import resolve_data
+    from vlmops.errors import VlmopsError
+    from vlmops.evaluate.text_metrics import caption_tokens
+
+    try:
+        frame = resolve_data(spec)
+    except (VlmopsError, OSError):
+        return None
+    if "tags" not in frame.columns:
+        return None
+    names = set()
+    for tags in frame["tags"]:
+        if isinstance(tags, str):
+            tags = tags.split("|")
+        for tag in tags if tags is not None and not isinstance(tags, float) else []:
+            names.add(caption_tokens(str(tag)))
+    names.discard("")
+    return {name: [] for name in sorted(names)} or None
