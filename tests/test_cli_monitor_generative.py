@@ -123,6 +123,48 @@ def test_monitor_run_is_quiet_on_healthy_chat_and_alerts_on_a_shift(tmp_path):
     examples = report["results"]["generative"]["examples"]
     assert examples["injection"] and all(e["matched"] for e in examples["injection"])
     assert "ALERT" in result.output
+    check_dashboard(store, tmp_path)
+
+
+def check_dashboard(store: str, tmp_path) -> None:
+    """The generative panel: both passes in the charts, usage per key, examples; drawn in Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    from html_check import TagBalance
+    from test_dashboard import _chromium
+    from vlmops.monitor.dashboard import render_dashboard
+    from vlmops.report.html import write_html
+
+    html = render_dashboard(store)
+    parser = TagBalance()
+    parser.feed(html)
+    assert not parser.errors and not parser.stack, (parser.errors, parser.stack)
+    assert 'id="generative"' in html and "Generative traffic" in html
+    path = write_html(html, tmp_path / "dashboard.html")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(path.as_uri())
+        for kind, gids in (
+            ("generative-drift", ["generative-refusal_rate", "generative-answer_embedding"]),
+            ("generative-signals", ["signal-refusals", "signal-injections"]),
+        ):
+            figure = page.locator(f'figure.plot[data-kind="{kind}"] svg')
+            box = figure.bounding_box()
+            assert box is not None and box["width"] > 300 and box["height"] > 150, (kind, box)
+            for gid in gids:
+                line = page.locator(f'[id$="{gid}"] path').first
+                assert line.is_visible() and (line.get_attribute("d") or "").count("L") >= 1, gid
+        rows = page.locator("#generative table").nth(1).locator("tbody tr")
+        assert rows.count() == 1  # the latest window: key k1 only (the shifted traffic)
+        panel = page.locator("#generative")
+        for kind in ("injection", "refusal"):  # example rows, with the patterns they matched
+            assert panel.get_by_role("cell", name=kind, exact=True).count() >= 1, kind
+        page.locator("#generative").screenshot(path=str(tmp_path / "generative.png"))
+        browser.close()
+    assert not errors
 
 
 def test_chat_version_option_and_clear_errors(tmp_path):
@@ -150,8 +192,8 @@ def test_grounding_falls_when_the_images_change(tmp_path):
     captioner = load_model(CAPTIONER)
     archive = ImageArchive(tmp_path / "kept")
     manifest = load_emoji_manifest()
-    healthy_rows = manifest[manifest["vendor"].isin(["google", "twitter"])].sample(160, random_state=0)
-    shifted_rows = manifest[manifest["vendor"] == "openmoji"].sample(80, random_state=0)
+    healthy_rows = manifest[manifest["vendor"].isin(["google", "twitter"])].sample(120, random_state=0)
+    shifted_rows = manifest[manifest["vendor"] == "openmoji"].sample(60, random_state=0)
     pairs = []
     for start, rows in ((0, healthy_rows), (1000, shifted_rows)):
         images = [load_image(p) for p in rows["image"]]
@@ -174,7 +216,7 @@ def test_grounding_falls_when_the_images_change(tmp_path):
         "--images",
         str(tmp_path / "kept"),
         "--window",
-        "80",
+        "60",
         "--vocabulary",
         str(vocabulary),
     )
