@@ -5,8 +5,8 @@ emoji, the vendors it was trained on (`--healthy facebook` for a vendor it was n
 traffic: the same model describing OpenMoji drawings, which it describes worse. Each detector sees R
 window pairs: reference (n answers) against a window (m answers) drawn from the healthy pool (false
 alarms) or with a share of the window from the shifted pool (power). The judge is
-`builtin:emoji-lit`; grounding is its image–answer cosine and the hallucination estimate issue 16's (emoji tags as
-the vocabulary). Refusal and injection rates are mixtures of the healthy answers/prompts with
+`builtin:emoji-lit`; grounding is its image–answer cosine and the hallucination estimate issue 16's
+(emoji tags as the vocabulary). Refusal and injection rates are mixtures of the healthy answers/prompts with
 refusals/injections at a base rate and a raised rate.
 
     python bench/gen_monitor_power.py
