@@ -169,7 +169,7 @@ def dashboard_context(store: str | None = None) -> dict:
         }
         for r in runs
     ]
-    generative = generative_context(runs, _when)
+    generative = generative_context(runs, _when, drift_svg)
     return {
         "title": "vlmops monitor",
         "subtitle": f"{len(runs)} monitoring passes, {len(alerts)} alerts",

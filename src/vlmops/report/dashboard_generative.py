@@ -66,11 +66,17 @@ def _pass_row(run: dict, when: str) -> dict:
     }
 
 
-def generative_context(runs: list[dict], when) -> dict | None:
-    """Plots and tables of the generative panel, or None when no pass looked at chat traffic."""
-    from vlmops.report.dashboard import drift_svg
+def chat_runs(runs: list[dict]) -> list[dict]:
+    """The passes that looked at chat traffic."""
+    return [r for r in runs if "generative" in r.get("results", {})]
 
-    chat = [r for r in runs if "generative" in r.get("results", {})]
+
+def generative_context(runs: list[dict], when, drift_svg) -> dict | None:
+    """Plots and tables of the generative panel, or None when no pass looked at chat traffic.
+
+    `drift_svg`: the dashboard's p-value chart (`report.dashboard.drift_svg`), drawn for these detectors.
+    """
+    chat = chat_runs(runs)
     if not chat:
         return None
     latest = chat[-1]["results"]["generative"]
