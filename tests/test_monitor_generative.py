@@ -9,6 +9,7 @@ and window from one distribution many times and checks the alarm rate is within 
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -247,3 +248,39 @@ def test_patterns_find_refusals_and_injections_but_not_ordinary_text():
         {"role": "user", "text": "hi"},
     ]
     assert user_texts(messages) == ["hi"]
+
+
+def test_state_round_trip_gives_the_same_answer():
+    for statistic, ref, win in (
+        ("mean", np.arange(30.0) % 4, np.arange(20.0) % 5),
+        ("chi2", ["stop"] * 20 + ["length"] * 5, ["stop"] * 10 + ["length"] * 8),
+    ):
+        detector = PermutationShiftDetector(statistic=statistic, n_permutations=300, seed=4).fit(ref)
+        restored = PermutationShiftDetector.from_state(json.loads(json.dumps(detector.state())))
+        assert restored.test(win).p_value == pytest.approx(detector.test(win).p_value)
+
+
+def test_chat_windows_reference_is_the_earliest_traffic_and_current_the_latest(tmp_path):
+    from vlmops.monitor.chat_frame import chat_windows
+    from vlmops.store.log import ChatExchange, PredictionLog, PredictionRow
+
+    log = PredictionLog(str(tmp_path / "s.sqlite"))
+    pairs = [
+        (
+            PredictionRow(f"r{i:03d}", "chat", "v1" if i % 10 else "v2", ["ab" * 32], 10.0, time=100.0 + i),
+            ChatExchange(f"r{i:03d}", "local", "m", [{"role": "user", "text": "hi"}], f"answer {i}",
+                         finish_reason=None if i == 99 else "stop", status="cancelled" if i == 99 else "ok",
+                         tokens_out=None if i == 98 else 3),
+        )
+        for i in range(100)
+    ]  # fmt: skip
+    log.write_chat(pairs)
+    reference, current = chat_windows(log, "v1", 30)
+    assert list(current["request_id"]) == [f"r{i:03d}" for i in range(100) if i % 10][-30:]
+    assert list(reference["request_id"]) == [f"r{i:03d}" for i in range(100) if i % 10][:30]
+    assert current["finish_reason"].iloc[-1] == "cancelled" and np.isnan(current["tokens_out"].iloc[-2])
+    assert current["image_sha256"].iloc[0] == "ab" * 32 and current["prompt_text"].iloc[0] == "hi"
+    reference, current = chat_windows(log, "v1", 200)
+    assert len(reference) == 0 and len(current) == 90  # no traffic before the window: nothing to compare
+    reference, current = chat_windows(log, "v1", 200, reference_until=150.0)
+    assert reference["time"].max() < 150.0 <= current["time"].min() and len(reference) + len(current) == 90

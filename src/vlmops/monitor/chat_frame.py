@@ -92,21 +92,32 @@ def chat_windows(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(reference, current) chat exchanges of one model version, oldest first.
 
-    Current: the latest `window` exchanges. Reference: the earliest `window` exchanges logged before
-    `reference_until` (a UNIX time), or, without it, before the current window: the traffic the model
-    had when it was known to be healthy. Either may be shorter than `window` (or empty).
+    Current: the latest `window` exchanges (at or after `reference_until` when given). Reference: the
+    earliest `window` exchanges logged before `reference_until` (a UNIX time), or, without it, before
+    the current window: the traffic the model had when it was known to be healthy, which stays the
+    same from pass to pass. Either may be shorter than `window` (or empty). Two bounded queries: a long
+    log is not read whole.
     """
-    query = (
+    base = (
         sa.select(requests, *[c for c in chat_exchanges.c if c.name != "request_id"])
         .select_from(requests.join(chat_exchanges, requests.c.request_id == chat_exchanges.c.request_id))
         .where(requests.c.model_version == model_version)
-        .order_by(requests.c.time, requests.c.request_id)
     )
-    with log.engine.connect() as conn:
-        frame = chats_frame(conn.execute(query))
-    current = frame.iloc[max(0, len(frame) - window) :]
-    before = frame.iloc[: len(frame) - len(current)]
+    latest = base.order_by(requests.c.time.desc(), requests.c.request_id.desc()).limit(window)
     if reference_until is not None:
-        before = frame[frame["time"] < reference_until]
-        current = current[current["time"] >= reference_until]
-    return before.iloc[:window].reset_index(drop=True), current.reset_index(drop=True)
+        latest = latest.where(requests.c.time >= reference_until)
+    with log.engine.connect() as conn:
+        current = chats_frame(reversed(conn.execute(latest).fetchall()))
+        earliest = base.order_by(requests.c.time, requests.c.request_id).limit(window)
+        if reference_until is not None:
+            earliest = earliest.where(requests.c.time < reference_until)
+        elif not current.empty:
+            first = (float(current["time"].iloc[0]), str(current["request_id"].iloc[0]))
+            earliest = earliest.where(
+                sa.or_(
+                    requests.c.time < first[0],
+                    sa.and_(requests.c.time == first[0], requests.c.request_id < first[1]),
+                )
+            )
+        reference = chats_frame(conn.execute(earliest).fetchall())
+    return reference, current

@@ -78,6 +78,16 @@ def answer_features(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def too_few(n_reference: int, n_window: int, minimum: int, what: str) -> str:
+    """Why a detector did not run: the window sizes and what would help."""
+    hint = (
+        "all traffic so far is in the current window: lower --window or wait for more"
+        if n_reference < minimum
+        else "serve more traffic"
+    )
+    return f"reference {n_reference} / current {n_window} {what}, each needs {minimum}: {hint}"
+
+
 class _Section:
     """Accumulates results and flat metrics of one pass."""
 
@@ -90,7 +100,7 @@ class _Section:
     def permutation(self, name: str, statistic: str, ref, win, unit: str) -> DriftResult | None:
         c = self.config
         if min(len(ref), len(win)) < c.min_window:
-            return self.skip(name, f"{min(len(ref), len(win))} exchanges in a window < {c.min_window}")
+            return self.skip(name, too_few(len(ref), len(win), c.min_window, "exchanges"))
         self._seed += 1
         detector = PermutationShiftDetector(c.alpha, statistic, c.n_permutations, seed=c.seed + self._seed)
         result = detector.fit(ref).test(win)
@@ -185,7 +195,7 @@ def _answer_embedding(section: _Section, ref_ok: pd.DataFrame, win_ok: pd.DataFr
     if c.judge is None:
         section.skip("answer_embedding", "no judge model to embed the answers (pass --judge)")
     elif n < c.min_window:
-        section.skip("answer_embedding", f"{n} answers in a window < {c.min_window}")
+        section.skip("answer_embedding", too_few(len(ref_ok), len(win_ok), c.min_window, "answers"))
     else:
         vectors = JudgeVectors(c.judge, c.cache)
         ref_vec, win_vec = vectors.texts(list(ref_ok["answer"])), vectors.texts(list(win_ok["answer"]))
@@ -215,7 +225,7 @@ def _judge_detectors(section: _Section, ref_ok: pd.DataFrame, win_ok: pd.DataFra
     win_kept = win_ok[kept_images(list(win_ok["image_sha256"]), c.images)]
     n_kept = min(len(ref_kept), len(win_kept))
     if n_kept < c.min_window:
-        reason = f"{n_kept} exchanges with a kept image in a window < {c.min_window}"
+        reason = too_few(len(ref_kept), len(win_kept), c.min_window, "exchanges with a kept image")
         section.skip("grounding", reason)
         section.skip("hallucination", reason)
         return

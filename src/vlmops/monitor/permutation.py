@@ -92,8 +92,9 @@ class PermutationShiftDetector(Detector):
     def _test(self, window) -> DriftResult:
         win = self._values(window, "window", 2)
         n, m = len(self.reference), len(win)
-        rng = np.random.default_rng([self.seed, self._calls])
-        self._calls += 1
+        calls = getattr(self, "_calls", 0)  # absent in a detector rebuilt with from_state
+        rng = np.random.default_rng([self.seed, calls])
+        self._calls = calls + 1
         observed_ind = np.zeros((1, n + m))
         observed_ind[0, :n] = 1.0
         indicators = reference_indicators(rng, n, m, self.n_permutations)
@@ -113,8 +114,9 @@ class PermutationShiftDetector(Detector):
             statistic = mean_statistic
             constant = bool(np.all(data == data[0]))
         observed = float(statistic(data, n, observed_ind)[0])
+        threshold: float | None
         if constant:
-            p, threshold = 1.0, float("nan")
+            p, threshold = 1.0, None
             evidence["note"] = "every item has the same value: nothing to test"
         else:
             null = statistic(data, n, indicators)
