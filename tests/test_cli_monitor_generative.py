@@ -123,6 +123,8 @@ def test_monitor_run_is_quiet_on_healthy_chat_and_alerts_on_a_shift(tmp_path):
     examples = report["results"]["generative"]["examples"]
     assert examples["injection"] and all(e["matched"] for e in examples["injection"])
     assert "ALERT" in result.output
+    history = CliRunner().invoke(app, ["monitor", "history", "--store", store])
+    assert history.exit_code == 0 and "refusal_rate" in history.output, history.output
     check_dashboard(store, tmp_path)
 
 

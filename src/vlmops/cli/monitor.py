@@ -256,7 +256,7 @@ def history(store: str | None = StoreOption, json_out: Path | None = JsonOption)
 
     runs = monitor_history(store)
     fired = AlertStore(store).list()
-    table = Table("time (UTC)", "model", "n", "mmd p", "est. acc (ATC)", "alerts fired")
+    table = Table("time (UTC)", "model", "n", "mmd p", "est. acc (ATC)", "chat drift", "alerts fired")
     for i, r in enumerate(runs):
         m = r["metrics"]
         end = runs[i + 1]["time"] if i + 1 < len(runs) else float("inf")
@@ -267,6 +267,7 @@ def history(store: str | None = StoreOption, json_out: Path | None = JsonOption)
             str(r["n"]),
             _num(m.get("drift.mmd.p_value"), ".3g"),
             _num(m.get("estimate.atc"), ".3f"),
+            _chat_drift(m),
             "\n".join(f"[red]{a['rule']}[/] ({a['metric']} = {a['value']:.4g})" for a in during) or "none",
         )
     results_console.print(table)
@@ -276,6 +277,16 @@ def history(store: str | None = StoreOption, json_out: Path | None = JsonOption)
         )
     runs_out = [{k: v for k, v in r.items() if k != "results"} for r in runs]
     write_json({"runs": runs_out, "alerts": fired}, json_out)
+
+
+def _chat_drift(metrics: dict) -> str:
+    """The generative detectors that flagged a pass ('n/a' when it saw no chat traffic)."""
+    names = [
+        k.split(".")[1] for k, v in metrics.items() if k.startswith("generative.") and k.endswith(".drifted")
+    ]
+    if not names:
+        return "n/a"
+    return ", ".join(n for n in names if metrics[f"generative.{n}.drifted"] == 1.0) or "none"
 
 
 def _num(value: float | None, spec: str) -> str:
