@@ -284,3 +284,39 @@ def test_chat_windows_reference_is_the_earliest_traffic_and_current_the_latest(t
     assert len(reference) == 0 and len(current) == 90  # no traffic before the window: nothing to compare
     reference, current = chat_windows(log, "v1", 200, reference_until=150.0)
     assert reference["time"].max() < 150.0 <= current["time"].min() and len(reference) + len(current) == 90
+
+
+def test_generative_section_masks_pii_examples_and_reports_usage_per_key():
+    import pandas as pd
+
+    from vlmops.monitor.chat_frame import COLUMNS
+    from vlmops.monitor.generative import generative_section
+
+    def frame(answers, keys, t0):
+        n = len(answers)
+        return pd.DataFrame(
+            {
+                **{c: [None] * n for c in COLUMNS},
+                "request_id": [f"r{t0 + i}" for i in range(n)],
+                "time": [float(t0 + i) for i in range(n)],
+                "key_id": keys,
+                "status": "ok",
+                "prompt_text": "Describe this emoji.",
+                "answer": answers,
+                "finish_reason": "stop",
+                "ttft_ms": [float(i % 7) for i in range(n)],
+                "latency_ms": 20.0,
+                "tokens_out": 4.0,
+                "cost_usd": 1e-5,
+            }
+        )
+
+    rng = np.random.default_rng(0)
+    names = [NAMES[i] for i in rng.integers(len(NAMES), size=80)]
+    leaky = [PII_ANSWERS[0] if i % 4 == 0 else n for i, n in enumerate(names[:40])]
+    metrics, results = generative_section(frame(names, ["k1"] * 80, 0), frame(leaky, ["k1", "k2"] * 20, 100))
+    assert metrics["generative.pii.drifted"] == 1.0 and metrics["generative.pii.count"] == 10
+    examples = results["examples"]["pii"]
+    assert examples and all("jane.doe" not in e["text"] and "[EMAIL]" in e["text"] for e in examples)
+    assert metrics["generative.key.k2.n"] == 20 and metrics["generative.key.k1.ttft_ms_p95"] is not None
+    assert results["detectors"]["answer_embedding"]["skipped"].startswith("no judge")

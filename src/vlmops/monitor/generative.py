@@ -15,7 +15,8 @@ beside ``generative.<name>.{reference,window}``, the value compared, so alert ru
 
 Answer detectors read answered exchanges (status ok); finish reasons read all of them. A detector that
 cannot run says why (``{"skipped": reason}``) and has no metrics, so no rule fires on it. Latency, time
-to first token, tokens and cost come overall (``generative.usage.*``) and per key (in the results).
+to first token, tokens and cost come overall (``generative.usage.*``) and per key
+(``generative.key.<key id>.*``).
 """
 
 from __future__ import annotations
@@ -169,6 +170,9 @@ def generative_section(
     section.metrics["generative.pii.count"] = float(win_f["pii"].map(bool).sum())
     usage = usage_summary(current)
     section.metrics.update({f"generative.usage.{k}": v for k, v in usage.items()})
+    by_key = usage_by_key(current)
+    for key, values in by_key.items():  # per key, for alert rules such as a key's TTFT p95
+        section.metrics.update({f"generative.key.{key}.{k}": v for k, v in values.items()})
     section.metrics["generative.window.n"] = float(len(current))
     section.metrics["generative.reference.n"] = float(len(reference))
     results = {
@@ -177,7 +181,7 @@ def generative_section(
         "detectors": section.detectors,
         "examples": examples,
         "usage": usage,
-        "usage_by_key": usage_by_key(current),
+        "usage_by_key": by_key,
         "reference_usage": usage_summary(reference),
     }
     return section.metrics, results
