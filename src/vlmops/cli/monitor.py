@@ -140,6 +140,7 @@ def run(
     images: Path | None = typer.Option(
         None,
         "--images",
+        exists=True,
         file_okay=False,
         help="The server's --keep-images folder: grounding and hallucination need the chat images.",
     ),
@@ -176,14 +177,12 @@ def run(
     window} (the latest --window exchanges against the earlier ones) and generative.usage.* (latency,
     TTFT, tokens, cost; per key in the JSON). --model may be a generative model: then only chat is watched.
     """
-    from vlmops.evaluate.hallucination import read_vocabulary
     from vlmops.evaluate.task import DEFAULT_TEMPLATES
     from vlmops.export.runtimes import load_runtime
     from vlmops.models import capabilities, load_model
     from vlmops.monitor.alerts import AlertStore, evaluate_rules, load_rules
     from vlmops.monitor.chat_frame import chat_versions
     from vlmops.monitor.generative import GenerativeConfig
-    from vlmops.monitor.grounding import data_vocabulary
     from vlmops.monitor.run import run_monitor
     from vlmops.store.cache import open_cache
     from vlmops.store.log import PredictionLog
@@ -214,7 +213,7 @@ def run(
                 judge=judge_model,
                 cache=stack.enter_context(open_cache(store)),
                 images=images,
-                vocabulary=read_vocabulary(vocabulary) if vocabulary else data_vocabulary(reference_data),
+                vocabulary=_chat_vocabulary(images, vocabulary, reference_data),
                 object_template=DEFAULT_TEMPLATES["emoji" if reference_data == "emoji" else "other"][0],
             )
         report = run_monitor(
@@ -277,6 +276,17 @@ def history(store: str | None = StoreOption, json_out: Path | None = JsonOption)
         )
     runs_out = [{k: v for k, v in r.items() if k != "results"} for r in runs]
     write_json({"runs": runs_out, "alerts": fired}, json_out)
+
+
+def _chat_vocabulary(images: Path | None, vocabulary: Path | None, reference_data: str) -> dict | None:
+    """Objects for the hallucination estimate (which runs only with the kept images): the file, or the
+    reference data's tags."""
+    from vlmops.evaluate.hallucination import read_vocabulary
+    from vlmops.monitor.grounding import data_vocabulary
+
+    if images is None:
+        return None
+    return read_vocabulary(vocabulary) if vocabulary else data_vocabulary(reference_data)
 
 
 def _chat_drift(metrics: dict) -> str:
