@@ -169,10 +169,10 @@ def generative_section(
     section.metrics["generative.injection.count"] = float(all_f["injection"].map(bool).sum())
     section.metrics["generative.pii.count"] = float(win_f["pii"].map(bool).sum())
     usage = usage_summary(current)
-    section.metrics.update({f"generative.usage.{k}": v for k, v in usage.items()})
+    section.metrics.update({f"generative.usage.{stat}": v for stat, v in usage.items()})
     by_key = usage_by_key(current)
     for key, values in by_key.items():  # per key, for alert rules such as a key's TTFT p95
-        section.metrics.update({f"generative.key.{key}.{k}": v for k, v in values.items()})
+        section.metrics.update({f"generative.key.{key}.{stat}": v for stat, v in values.items()})
     section.metrics["generative.window.n"] = float(len(current))
     section.metrics["generative.reference.n"] = float(len(reference))
     results = {
