@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -126,6 +127,31 @@ def run(
         help="Typical search queries, one per line, for query-text drift (default: the label names).",
     ),
     window: int = typer.Option(200, "--window", min=10, help="How many of the latest requests to test."),
+    judge: str = typer.Option(
+        "builtin:emoji-lit",
+        "--judge",
+        help="Dual encoder that reads chat answers (answer drift, grounding, hallucination estimate).",
+    ),
+    chat_version: str | None = typer.Option(
+        None,
+        "--chat-version",
+        help="Model version of the chat traffic to watch (default: the --model's version).",
+    ),
+    images: Path | None = typer.Option(
+        None,
+        "--images",
+        exists=True,
+        file_okay=False,
+        help="The server's --keep-images folder: grounding and hallucination need the chat images.",
+    ),
+    vocabulary: Path | None = typer.Option(
+        None,
+        "--vocabulary",
+        exists=True,
+        dir_okay=False,
+        help="Objects for the hallucination estimate, one per line ('dog: puppy'); default: the "
+        "reference data's tags.",
+    ),
     rules: Path | None = typer.Option(None, "--rules", help="Alert rules YAML; exit 1 when one fires."),
     seed: int = typer.Option(0, "--seed"),
     rollback_canary: bool = typer.Option(
@@ -145,25 +171,54 @@ def run(
     feedback.{acceptance_rate,correction_rate,abstention_rate,realised_accuracy,human_feedback,...},
     window.n, window.queries. image_stats tests the logged image statistics and query_text the /v1/search
     text queries; each runs only when the log holds enough of them.
+
+    Chat traffic (/v1/chat/completions) of --chat-version adds generative.{answer_embedding,answer_length,
+    finish_reason,refusal_rate,grounding,hallucination,pii,injection}.{p_value,statistic,drifted,reference,
+    window} (the latest --window exchanges against the earlier ones) and generative.usage.* (latency,
+    TTFT, tokens, cost; per key in the JSON). --model may be a generative model: then only chat is watched.
     """
+    from vlmops.evaluate.task import DEFAULT_TEMPLATES
     from vlmops.export.runtimes import load_runtime
+    from vlmops.models import capabilities, load_model
     from vlmops.monitor.alerts import AlertStore, evaluate_rules, load_rules
+    from vlmops.monitor.chat_frame import chat_versions
+    from vlmops.monitor.generative import GenerativeConfig
     from vlmops.monitor.run import run_monitor
+    from vlmops.store.cache import open_cache
     from vlmops.store.log import PredictionLog
 
     config = load_rules(rules) if rules else None  # bad rules fail before any work
     vlm = load_runtime(model, runtime)
-    reference = build_reference(
-        vlm,
-        reference_data,
-        reference_split,
-        _parse_filter(reference_filter),
-        labels,
-        store,
-        progress,
-        reference_queries,
-    )
-    report = run_monitor(PredictionLog(store), vlm.info.version, reference, window, seed)
+    log = PredictionLog(store)
+    reference = None
+    if capabilities(vlm)["embed"]:
+        reference = build_reference(
+            vlm,
+            reference_data,
+            reference_split,
+            _parse_filter(reference_filter),
+            labels,
+            store,
+            progress,
+            reference_queries,
+        )
+    watched = chat_version or vlm.info.version
+    with contextlib.ExitStack() as stack:  # the embedding cache stays open for the pass
+        generative = None
+        if chat_versions(log).get(watched):
+            judge_model = vlm if judge == model and reference is not None else load_model(judge)
+            if not capabilities(judge_model)["embed"]:
+                raise VlmopsError(f"--judge {judge} cannot embed images and texts; give a dual encoder")
+            generative = GenerativeConfig(
+                judge=judge_model,
+                cache=stack.enter_context(open_cache(store)),
+                images=images,
+                vocabulary=_chat_vocabulary(images, vocabulary, reference_data),
+                object_template=DEFAULT_TEMPLATES["emoji" if reference_data == "emoji" else "other"][0],
+            )
+        report = run_monitor(
+            log, vlm.info.version, reference, window, seed, generative=generative, chat_version=watched
+        )
     fired = (
         evaluate_rules(config, report.metrics, report.n, AlertStore(store), vlm.info.version)
         if config
@@ -171,7 +226,9 @@ def run(
     )
     table = Table("metric", "value")
     for key, value in report.metrics.items():
-        if key.endswith((".p_value", ".drifted")) or key.startswith(("estimate.", "feedback.acc", "window")):
+        if key.endswith((".p_value", ".drifted")) or key.startswith(
+            ("estimate.", "feedback.acc", "window", "generative.window", "generative.usage.cost")
+        ):
             table.add_row(key, "n/a" if value is None else f"{value:.4g}")
     results_console.print(table)
     for alert in fired:
@@ -198,7 +255,7 @@ def history(store: str | None = StoreOption, json_out: Path | None = JsonOption)
 
     runs = monitor_history(store)
     fired = AlertStore(store).list()
-    table = Table("time (UTC)", "model", "n", "mmd p", "est. acc (ATC)", "alerts fired")
+    table = Table("time (UTC)", "model", "n", "mmd p", "est. acc (ATC)", "chat drift", "alerts fired")
     for i, r in enumerate(runs):
         m = r["metrics"]
         end = runs[i + 1]["time"] if i + 1 < len(runs) else float("inf")
@@ -209,6 +266,7 @@ def history(store: str | None = StoreOption, json_out: Path | None = JsonOption)
             str(r["n"]),
             _num(m.get("drift.mmd.p_value"), ".3g"),
             _num(m.get("estimate.atc"), ".3f"),
+            _chat_drift(m),
             "\n".join(f"[red]{a['rule']}[/] ({a['metric']} = {a['value']:.4g})" for a in during) or "none",
         )
     results_console.print(table)
@@ -218,6 +276,27 @@ def history(store: str | None = StoreOption, json_out: Path | None = JsonOption)
         )
     runs_out = [{k: v for k, v in r.items() if k != "results"} for r in runs]
     write_json({"runs": runs_out, "alerts": fired}, json_out)
+
+
+def _chat_vocabulary(images: Path | None, vocabulary: Path | None, reference_data: str) -> dict | None:
+    """Objects for the hallucination estimate (which runs only with the kept images): the file, or the
+    reference data's tags."""
+    from vlmops.evaluate.hallucination import read_vocabulary
+    from vlmops.monitor.grounding import data_vocabulary
+
+    if images is None:
+        return None
+    return read_vocabulary(vocabulary) if vocabulary else data_vocabulary(reference_data)
+
+
+def _chat_drift(metrics: dict) -> str:
+    """The generative detectors that flagged a pass ('n/a' when it saw no chat traffic)."""
+    names = [
+        k.split(".")[1] for k, v in metrics.items() if k.startswith("generative.") and k.endswith(".drifted")
+    ]
+    if not names:
+        return "n/a"
+    return ", ".join(n for n in names if metrics[f"generative.{n}.drifted"] == 1.0) or "none"
 
 
 def _num(value: float | None, spec: str) -> str:

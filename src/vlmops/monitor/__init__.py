@@ -5,6 +5,7 @@ from vlmops.monitor.domain import DomainClassifierDetector
 from vlmops.monitor.image_stats import ImageStatsDetector
 from vlmops.monitor.mmd import MMDDetector
 from vlmops.monitor.online import OnlineCUSUM
+from vlmops.monitor.permutation import PermutationShiftDetector
 from vlmops.monitor.univariate import KSDetector, KSPCADetector, PredictionShiftDetector
 from vlmops.monitor.vlm_signals import ModalityGapDetector
 
@@ -18,6 +19,7 @@ DETECTORS: dict[str, type[Detector]] = {
         DomainClassifierDetector,
         ModalityGapDetector,
         ImageStatsDetector,
+        PermutationShiftDetector,
     )
 }
 
@@ -32,5 +34,6 @@ __all__ = [
     "MMDDetector",
     "ModalityGapDetector",
     "OnlineCUSUM",
+    "PermutationShiftDetector",
     "PredictionShiftDetector",
 ]

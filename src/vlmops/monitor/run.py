@@ -4,20 +4,25 @@ The reference is what healthy traffic looks like: embeddings of a labelled data 
 validation images of the vendors the model was trained on). The window is the latest logged
 requests of one model version; their stored embeddings are re-scored against the label set, so no
 image is decoded or embedded again. Each pass is stored (`monitor_runs`) for the dashboard timeline.
+
+Chat exchanges (/v1/chat/completions) of the model version add a ``generative`` section: the latest
+window of exchanges against the earlier ones (`monitor.generative`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import sqlalchemy as sa
 
 from vlmops.evaluate.calibration import softmax
 from vlmops.monitor.base import DriftInputError
+from vlmops.monitor.chat_frame import chat_windows
 from vlmops.monitor.estimate import AccuracyEstimator
+from vlmops.monitor.generative import GenerativeConfig, generative_section
 from vlmops.monitor.image_stats import ImageStatsDetector
 from vlmops.monitor.mmd import MMDDetector
 from vlmops.monitor.univariate import KSDetector, KSPCADetector, PredictionShiftDetector
@@ -147,19 +152,57 @@ def drift_metrics(reference: Reference, window_emb: np.ndarray, seed: int = 0) -
 def run_monitor(
     log: PredictionLog,
     model_version: str,
-    reference: Reference,
+    reference: Reference | None,
     window: int = 200,
     seed: int = 0,
     min_window: int = 20,
+    generative: GenerativeConfig | None = None,
+    chat_version: str | None = None,
 ) -> MonitorReport:
-    """Drift, estimated accuracy and feedback metrics over the latest `window` requests; stored."""
-    rows = window_rows(log, model_version, window)
-    if len(rows) < min_window:
+    """Drift, estimated accuracy and feedback metrics over the latest `window` requests; stored.
+
+    When the log holds chat exchanges of `chat_version` (default: `model_version`), a ``generative``
+    section compares their latest `window` with the earlier ones (`monitor.generative`); a log with
+    chat traffic only (or no classification `reference`, for a generative model) gets that section only.
+    """
+    rows = window_rows(log, model_version, window) if reference is not None else []
+    chat_version = chat_version or model_version
+    chat_ref, chat_now = chat_windows(log, chat_version, window)
+    metrics: dict = {}
+    results: dict = {}
+    if len(rows) >= min_window and reference is not None:
+        metrics, results = _classification(log, model_version, reference, rows, window, min_window, seed)
+    elif chat_now.empty:
         raise DriftInputError(
-            f"only {len(rows)} logged classify requests of {model_version} (need {min_window}); "
-            "serve more traffic "
-            "or lower --window"
+            f"only {len(rows)} logged classify requests of {model_version} (need {min_window}) and no chat "
+            "exchanges; serve more traffic or lower --window"
         )
+    elif reference is not None:
+        results["classification"] = {"skipped": f"{len(rows)} classify requests < {min_window}"}
+    if not chat_now.empty:
+        config = replace(generative or GenerativeConfig(), min_window=min_window, seed=seed)
+        gen_metrics, gen_results = generative_section(chat_ref, chat_now, config)
+        metrics.update(gen_metrics)
+        results["generative"] = {"model_version": chat_version, **gen_results}
+    if rows and "drift.mmd.p_value" in metrics:
+        n, span = len(rows), (rows[0].time, rows[-1].time)
+    else:
+        n, span = len(chat_now), (float(chat_now["time"].iloc[0]), float(chat_now["time"].iloc[-1]))
+    report = MonitorReport(model_version, n, metrics, results, span)
+    store_run(log.engine.url.render_as_string(hide_password=False), report)
+    return report
+
+
+def _classification(
+    log: PredictionLog,
+    model_version: str,
+    reference: Reference,
+    rows: list,
+    window: int,
+    min_window: int,
+    seed: int,
+) -> tuple[dict, dict]:
+    """The classification part of a pass: drift, label-free accuracy, input drift, feedback."""
     window_emb = np.concatenate([embedding_of(r)[:1] for r in rows]).astype(np.float64)
     metrics, results = drift_metrics(reference, window_emb, seed)
     extra_metrics, extra_results = input_drift(log, model_version, reference, rows, window, min_window, seed)
@@ -169,9 +212,7 @@ def run_monitor(
     fb = feedback_metrics(rows, [f for f in log.feedback() if f.request_id in ids])
     metrics.update({f"feedback.{k}": (None if v is None else float(v)) for k, v in fb.to_dict().items()})
     metrics["window.n"] = float(len(rows))
-    report = MonitorReport(model_version, len(rows), metrics, results, (rows[0].time, rows[-1].time))
-    store_run(log.engine.url.render_as_string(hide_password=False), report)
-    return report
+    return metrics, results
 
 
 def store_run(url: str, report: MonitorReport) -> None:

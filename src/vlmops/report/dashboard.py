@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
+from vlmops.report.dashboard_generative import generative_context
 from vlmops.report.html import Markup, render
 from vlmops.report.plots import (
     MUTED,
@@ -35,8 +36,17 @@ def _when(ts: float | None) -> str:
     return "" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def drift_svg(runs: list[dict], alpha: float = 0.05) -> str:
+def drift_svg(
+    runs: list[dict],
+    alpha: float = 0.05,
+    detectors: tuple[str, ...] = DETECTORS,
+    always: tuple[str, ...] = ALWAYS,
+    prefix: str = "drift",
+) -> str:
     """p-value of every detector per monitoring pass (log scale), with the alarm level.
+
+    `detectors` are read from the metrics ``{prefix}.{name}.p_value``; those in `always` are drawn
+    (as gaps) even in passes where they did not run. SVG ids are ``{prefix}-{name}``.
 
     Values are drawn where they are down to P_FLOOR; a smaller one (or 0) sits on the floor as a
     downward triangle with its value written beside it in the last pass. Detectors are nudged apart
@@ -45,9 +55,9 @@ def drift_svg(runs: list[dict], alpha: float = 0.05) -> str:
     if not runs:
         return ""
     shown = [
-        (name, [r["metrics"].get(f"drift.{name}.p_value") for r in runs])
-        for name in DETECTORS
-        if name in ALWAYS or any(r["metrics"].get(f"drift.{name}.p_value") is not None for r in runs)
+        (name, [r["metrics"].get(f"{prefix}.{name}.p_value") for r in runs])
+        for name in detectors
+        if name in always or any(r["metrics"].get(f"{prefix}.{name}.p_value") is not None for r in runs)
     ]
     seen = [v for _, values in shown for v in values if finite(v) and v > 0]
     bottom = max(P_FLOOR, min([alpha, *seen]))
@@ -57,11 +67,11 @@ def drift_svg(runs: list[dict], alpha: float = 0.05) -> str:
         ax = fig.add_subplot()
         below_labels = 0
         for i, (name, values) in enumerate(shown):
-            colour_i = colour(DETECTORS.index(name))
+            colour_i = colour(detectors.index(name))
             x = [k + 1 + DODGE * (i - (len(shown) - 1) / 2) for k in range(len(runs))]
             ys = [float("nan") if not finite(v) else max(v, floor) for v in values]  # a gap: did not run
             drawn = [k for k, v in enumerate(values) if finite(v) and v >= floor]  # the rest get a triangle
-            ax.plot(x, ys, marker="o", markevery=drawn, color=colour_i, label=name, gid=f"drift-{name}")
+            ax.plot(x, ys, marker="o", markevery=drawn, color=colour_i, label=name, gid=f"{prefix}-{name}")
             low = [(xi, v) for xi, v in zip(x, values, strict=True) if finite(v) and v < floor]
             if low:
                 ax.plot(
@@ -72,7 +82,7 @@ def drift_svg(runs: list[dict], alpha: float = 0.05) -> str:
                     markersize=7,
                     markeredgecolor="white",
                     color=colour_i,
-                    gid=f"drift-{name}-below",
+                    gid=f"{prefix}-{name}-below",
                 )
             last = values[-1]
             if finite(last) and last < floor:
@@ -83,7 +93,7 @@ def drift_svg(runs: list[dict], alpha: float = 0.05) -> str:
                     textcoords="offset points",
                     fontsize=7,
                     color=colour_i,
-                    gid=f"drift-{name}-value",
+                    gid=f"{prefix}-{name}-value",
                 )
                 below_labels += 1
         ax.axhline(alpha, color=REFERENCE, linestyle="--", linewidth=1, label=f"alpha {alpha}")
@@ -91,7 +101,7 @@ def drift_svg(runs: list[dict], alpha: float = 0.05) -> str:
             ax.plot([], [], linestyle="none", marker="v", color=MUTED, label=f"p < {floor:.0e} (written)")
         ax.set_yscale("log")
         ax.set_ylim(floor / 10, 1.5)
-        return _per_pass_svg(fig, ax, len(runs), "p-value (lower = drift)", "drift")
+        return _per_pass_svg(fig, ax, len(runs), "p-value (lower = drift)", prefix)
 
 
 def accuracy_svg(runs: list[dict]) -> str:
@@ -159,6 +169,7 @@ def dashboard_context(store: str | None = None) -> dict:
         }
         for r in runs
     ]
+    generative = generative_context(runs, _when, drift_svg)
     return {
         "title": "vlmops monitor",
         "subtitle": f"{len(runs)} monitoring passes, {len(alerts)} alerts",
@@ -168,10 +179,12 @@ def dashboard_context(store: str | None = None) -> dict:
             for s, t in (
                 ("drift", "Drift"),
                 ("accuracy", "Accuracy"),
+                *([("generative", "Generative traffic")] if generative else []),
                 ("alerts", "Alerts"),
                 ("versions", "Versions"),
             )
         ],
+        "generative": generative,
         "generator": "vlmops monitor dashboard",
         "drift_svg": Markup(drift_svg(runs)),
         "accuracy_svg": Markup(accuracy_svg(runs)),
