@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -172,19 +172,26 @@ class EmojiCaptioner:
         temperature: float = 0.0,
         seed: int | None = None,
         logprobs: bool = False,
+        should_stop: Callable[[int], bool] | None = None,
     ) -> list[Generation]:
-        """One answer per (image, prompt) pair; `logprobs` is accepted for the protocol (always returned)."""
+        """One answer per (image, prompt) pair; `logprobs` is accepted for the protocol (always returned).
+
+        `should_stop(i)` is asked before every token: True ends answer `i` there (its caller went away;
+        a batch whose answers have all stopped ends at once).
+        """
         check_generation_inputs(images, prompts, max_tokens)
         answers: list[Generation] = []
         for start in range(0, len(images), self.batch_size):
             stop = start + self.batch_size
             answers += self._generate_batch(
-                images[start:stop], prompts[start:stop], max_tokens, temperature, seed, start
+                images[start:stop], prompts[start:stop], max_tokens, temperature, seed, start, should_stop
             )
         return answers
 
     @torch.inference_mode()
-    def _generate_batch(self, images, prompts, max_tokens, temperature, seed, offset) -> list[Generation]:
+    def _generate_batch(
+        self, images, prompts, max_tokens, temperature, seed, offset, should_stop=None
+    ) -> list[Generation]:
         began = time.perf_counter()
         size = self.tower.config.image_size
         grid, pooled = image_features(self.tower, pixels_from_images(images, size))
@@ -199,6 +206,8 @@ class EmojiCaptioner:
         first_token = None
         logits, cache = self.decoder.start(grid, pooled, ids, mask)
         for step in range(max_tokens):
+            if should_stop is not None:
+                finished = finished | torch.tensor([should_stop(offset + i) for i in range(n)])
             if finished.all():
                 break
             logp = torch.log_softmax(logits.float(), dim=-1)

@@ -10,6 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from vlmops.errors import VlmopsError
+from vlmops.models.base import VLM
 from vlmops.serve.keys import CachedVerifier, KeyStore
 from vlmops.serve.limits import Limits
 from vlmops.serve.resources import Calibration, Gallery, LabelSet, ResourceError, check_version, read_lines
@@ -19,6 +20,7 @@ from vlmops.store.log import PredictionLog
 
 CONFIG_ENV = "VLMOPS_SERVE_CONFIG"
 EMOJI_TEMPLATE = "an emoji of {}"
+DEFAULT_LABEL_SETS = {"emoji": "emoji:concept"}  # what `vlmops serve` loads when the emoji data is there
 
 
 def emoji_label_set(name: str, tier: str) -> LabelSet:
@@ -55,6 +57,9 @@ def build_gateway(config: ServeConfig) -> Gateway:
     config.runtime = resolve_runtime(config.model, requested)  # `auto`: what /v1/models reports is real
     options = _thread_options(config.runtime, config.model_threads)
     model = load_runtime(config.model, config.runtime, **options)
+    if not isinstance(model, VLM):  # generative: /v1/chat/completions only
+        _check_generative(config)
+        return Gateway(model, config, PredictionLog(config.store, config.log_sync), {})
     version = model.info.version
     template = config.template or (
         "an emoji of {}" if config.model.startswith("builtin:emoji") else "a photo of {}."
@@ -97,6 +102,30 @@ def build_gateway(config: ServeConfig) -> Gateway:
                 ),
             )
     return gateway
+
+
+def _check_generative(config: ServeConfig) -> None:
+    """A generative model serves chat only: the dual-encoder resources (except the defaults `vlmops
+    serve` adds when the emoji data is installed) and rollout variants are refused by name."""
+    if config.label_sets == DEFAULT_LABEL_SETS and config.vocabulary == "emoji":
+        config.label_sets, config.vocabulary = {}, None
+    given = {
+        "--label-set": config.label_sets,
+        "--vocabulary": config.vocabulary,
+        "--calibration": config.calibration,
+        "--gallery": config.gallery,
+        "--canary": config.canary,
+        "--shadow": config.shadow,
+        "--template": config.template,
+    }
+    wrong = [name for name, value in given.items() if value]
+    if wrong:
+        raise VlmopsError(
+            f"{config.model} is a generative model (it answers /v1/chat/completions) and does not embed: "
+            f"{', '.join(wrong)} need a dual encoder; leave them out"
+        )
+    if config.runtime != "torch":
+        raise VlmopsError(f"{config.model} runs under --runtime torch only, not {config.runtime}")
 
 
 def _thread_options(runtime: str, threads: int | None) -> dict:

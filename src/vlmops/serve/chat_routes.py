@@ -1,0 +1,207 @@
+"""POST /v1/chat/completions, OpenAI-compatible, over any `ChatBackend` (a local model or an upstream).
+
+The route does what every backend shares: the API key (scope ``chat``), admission and deadline, the
+body's validation, the images (data: URLs; http(s) only through an operator's fetcher), their sha256
+and statistics (and the archive with --keep-images), the request id as the answer's ``id``, and the
+log. A non-streamed exchange is written durably before its answer leaves; a streamed one before its
+final ``data: [DONE]`` event, or, when the client goes away mid-stream, as ``cancelled`` with the text
+sent so far (the backend's work is stopped at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
+
+from vlmops.audit.pii import redact_text
+from vlmops.serve import chat_format as fmt
+from vlmops.serve.admission import Ticket
+from vlmops.serve.chat_backend import ChatBackend, ChatOutcome, ChatStream
+from vlmops.serve.chat_messages import as_data_url, data_url_bytes, image_refs, transcript
+from vlmops.serve.chat_schemas import ChatRequest
+from vlmops.serve.errors import ApiError
+from vlmops.serve.keys import ApiKey
+from vlmops.serve.parsing import body_doc, parse_body
+from vlmops.serve.service import Decoded, Gateway
+from vlmops.store.log import ChatExchange, PredictionRow
+
+PATH = "/v1/chat/completions"
+FetchImage = Callable[[str, str], Awaitable[bytes]]  # (url, field name) -> image bytes
+
+
+@dataclass
+class _Exchange:
+    """What the route knows about one exchange before the answer: enough to log it however it ends."""
+
+    request_id: str
+    key: ApiKey | None
+    start: float  # perf_counter at arrival
+    request: ChatRequest
+    images: list[Decoded]
+    mode: str
+    version: str | None
+
+
+def add_chat_routes(
+    app: FastAPI,
+    gateway: Gateway,
+    backend: ChatBackend,
+    authorise: Callable[[Request, str | None], Awaitable[ApiKey | None]],
+    admit: Callable[[Request, ApiKey | None], Ticket],
+    respond: Callable[[dict], object],
+    fetch_image: FetchImage | None = None,
+) -> None:
+    """Add POST /v1/chat/completions answered by `backend`."""
+    config, limits = gateway.config, gateway.config.limits
+
+    async def chat_key(request: Request) -> ApiKey | None:
+        return await authorise(request, "chat")
+
+    async def record(exchange: _Exchange, outcome: ChatOutcome, ttft_s: float | None) -> None:
+        """Write the exchange (its requests row and chat row in one transaction), durably."""
+        latency_ms = (time.perf_counter() - exchange.start) * 1000
+        request = exchange.request
+        prompt = transcript(request)
+        if config.redact_prompts:
+            prompt = [{**m, "text": redact_text(m["text"])} for m in prompt]
+        tokens_in, tokens_out = outcome.tokens_in, outcome.tokens_out
+        cost = ((tokens_in or 0) * config.price_in + (tokens_out or 0) * config.price_out) / 1e6
+        row = PredictionRow(
+            request_id=exchange.request_id,
+            endpoint="chat",
+            model_version=exchange.version or outcome.model,
+            input_sha256=[d.sha256 for d in exchange.images],
+            latency_ms=latency_ms,
+            key_id=None if exchange.key is None else exchange.key.key_id,
+            image_stats=[d.stats for d in exchange.images],
+        )
+        chat = ChatExchange(
+            request_id=exchange.request_id,
+            mode=exchange.mode,
+            model=outcome.model,
+            prompt=prompt,
+            answer=outcome.text,
+            status=outcome.status,
+            finish_reason=outcome.finish_reason if outcome.status == "ok" else None,
+            stream=request.stream,
+            prompt_redacted=config.redact_prompts,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            ttft_ms=latency_ms if ttft_s is None else ttft_s * 1000,
+            cost_usd=cost,
+            params=request.params(),
+        )
+        await gateway.record_chat(row, chat)
+
+    @app.post(PATH, openapi_extra=body_doc(ChatRequest))
+    async def chat_completions(request: Request, key: ApiKey | None = Depends(chat_key)):
+        """OpenAI-compatible chat completion about images (text and image_url parts), streamed or not."""
+        state = request.scope["state"]
+        ticket = admit(request, key)
+        parsed, _ = await parse_body(request, ChatRequest)
+        body = parsed.model_dump(exclude_unset=True)
+        refs = image_refs(parsed)
+        if len(refs) > limits.max_images:
+            raise ApiError(
+                413, "too_many_images", f"{len(refs)} images, the limit is {limits.max_images} per request"
+            )
+        images = []
+        for ref in refs:
+            if ref.is_http and fetch_image is not None:
+                data = await fetch_image(ref.url, ref.field)
+                body["messages"][ref.message]["content"][ref.part]["image_url"]["url"] = as_data_url(data)
+            else:
+                data = data_url_bytes(ref)
+            images.append(await gateway.decode(data, ref.field, ticket))
+        ticket.admission.take_items(ticket, parsed.n)
+        version = getattr(backend, "version", None)
+        if version:
+            state["model_version"] = version
+        exchange = _Exchange(
+            state["request_id"], key, state.get("arrival", time.perf_counter()), parsed, images,
+            backend.mode, version,
+        )  # fmt: skip
+        deadline = time.monotonic() + ticket.remaining()
+        if parsed.stream:
+            return ChatStreamResponse(backend.stream(body, deadline), exchange, record)
+        answer, outcome = await backend.complete(body, deadline)
+        answer["id"] = exchange.request_id
+        await record(exchange, outcome, None)
+        return respond(answer)
+
+
+class ChatStreamResponse(Response):
+    """An SSE answer that logs its exchange before ``[DONE]``, and as cancelled when the client leaves."""
+
+    def __init__(self, stream: ChatStream, exchange: _Exchange, record) -> None:  # no super(): no body
+        self.status_code, self.background = 200, None
+        self.stream, self.exchange, self.record = stream, exchange, record
+        self.ttft_s: float | None = None
+        self.logged = False
+
+    async def __call__(self, scope, receive, send) -> None:
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        pump = asyncio.ensure_future(self._pump(send))
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not pump.done():  # the client went away (or this request is being cancelled)
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+                await self.stream.aclose()
+                await self._log(self.stream.outcome, "cancelled")
+        error = pump.exception() if pump.done() and not pump.cancelled() else None
+        if error is not None:
+            await self._log(self.stream.outcome, "error")
+            raise error
+
+    async def _pump(self, send) -> None:
+        try:
+            async for event in self.stream:
+                if event == fmt.DONE:
+                    await self._log(self.stream.outcome, "ok")  # durable before the client hears DONE
+                else:
+                    event = self._stamp(event)
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+        except ApiError as exc:  # the answer has started: the error goes in the stream
+            error = {"code": exc.code, "message": exc.message}
+            body = {"error": error, "request_id": self.exchange.request_id}
+            await send({"type": "http.response.body", "body": fmt.sse(body), "more_body": True})
+            await self._log(self.stream.outcome, "error")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _stamp(self, event: bytes) -> bytes:
+        """The chunk with the request id as its id; notes the time of the first content."""
+        if not event.startswith(b"data: {"):
+            return event
+        payload = json.loads(event[6:])
+        payload["id"] = self.exchange.request_id
+        if self.ttft_s is None and any(c.get("delta", {}).get("content") for c in payload.get("choices", ())):
+            self.ttft_s = time.perf_counter() - self.exchange.start
+        return fmt.sse(payload)
+
+    async def _log(self, outcome: ChatOutcome, status: str) -> None:
+        if self.logged:
+            return
+        self.logged = True
+        outcome.status = status
+        await self.record(self.exchange, outcome, self.ttft_s)
+
+
+async def _disconnected(receive) -> None:
+    """Returns when the client has closed the connection (the request body was read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
