@@ -38,6 +38,7 @@ from vlmops.serve.shared_limits import SharedTokenBuckets
 from vlmops.store.log import ChatExchange, PredictionLog, PredictionRow
 
 TEXT_CACHE_SIZE = 50_000
+RECENT_IMAGES = 1024  # decoded chat images kept for the backend (a dict write per image; GIL-atomic)
 TEXT_BATCH_CHARS = 32  # a text batch holds at most max_batch texts of this many characters (padded)
 GIL_SWITCH_S = 0.0005
 WATCH_ITEMS = 4  # a request with more model items than this watches for its client going away
@@ -126,6 +127,7 @@ class Gateway:
         self._in_flight = 0
         self._slot = ModelSlot()  # both batchers share the model thread: one waits while the other runs
         self.embeds = isinstance(model, VLM)
+        self._recent_images: OrderedDict[str, Image.Image] = OrderedDict()  # sha256 -> decoded, for chat
         self.images = self._batcher("image", model.embed_images if self.embeds else _no_embedding)
         self.texts = self._batcher("text", model.embed_texts if self.embeds else _no_embedding)
         self.chat = None  # a ChatBackend: a generative model's LocalBackend, or an upstream proxy
@@ -133,7 +135,14 @@ class Gateway:
             from vlmops.serve.chat_local import LocalBackend
 
             self.chat = LocalBackend(
-                model, self._model_thread, config.max_batch, config.max_wait_ms, config.queue, config.limits
+                model,
+                self._model_thread,
+                config.max_batch,
+                config.max_wait_ms,
+                config.queue,
+                config.limits,
+                self._observer("chat"),
+                self._recent_images,
             )
         self.writer: LogWriter | None = None
         self.archive = ImageArchive(config.keep_images) if config.keep_images else None
@@ -142,14 +151,19 @@ class Gateway:
         self.variants: dict[str, Gateway] = {}  # "canary" and/or "shadow": other models, same log
         self._follow_task: asyncio.Task | None = None
 
-    def _batcher(self, kind: str, fn) -> MicroBatcher:
-        """A batcher whose queue holds 4 keys' worth of items in flight; text batches are cost-capped."""
+    def _observer(self, kind: str):
+        """Records each batch's size and its items' queue waits in /metrics under `kind`."""
 
         def observe(size: int, waits) -> None:
             self.metrics.batch_size.labels(kind).observe(size)
             for wait in waits:
                 self.metrics.queue_wait.labels(kind).observe(wait)
 
+        return observe
+
+    def _batcher(self, kind: str, fn) -> MicroBatcher:
+        """A batcher whose queue holds 4 keys' worth of items in flight; text batches are cost-capped."""
+        observe = self._observer(kind)
         c = self.config
         size = max(c.queue, 4 * c.key_items_in_flight)
         cost, max_cost = (len, c.max_batch * TEXT_BATCH_CHARS) if kind == "text" else (None, None)
@@ -291,6 +305,10 @@ class Gateway:
             deadline,
         )
         digest = sha256_hex(data)
+        if not self.embeds:  # the chat backend takes the image decoded here instead of decoding it again
+            self._recent_images[digest] = image
+            while len(self._recent_images) > RECENT_IMAGES:
+                self._recent_images.popitem(last=False)
         if self.archive is not None:  # only images that decoded; written before the answer leaves
             self.archive.put(data, digest)
         return Decoded(image, stats, digest)
