@@ -8,8 +8,10 @@ images and prompts (the model pads prompts so that an answer does not depend on 
 sampled request runs in a call of its own, so its seed gives the same answers as calling
 `model.generate` directly with that seed. A request with ``n`` choices is ``n`` rows of a call.
 
-Streaming: `GenerativeVLM.generate` returns whole answers, so a streamed answer is generated first and
-then sent as word-sized SSE chunks: its time to first token equals its generation time (plus queueing).
+Streaming: a model whose ``generate`` takes ``on_text`` (builtin:emoji-captioner) reports each answer's
+text as it decodes, and the stream sends each word once settled; any other model returns whole answers,
+and a streamed answer is sent as word-sized SSE chunks after it is generated (its time to first token
+is then its generation time, plus queueing).
 A client that goes away stops the work: its rows leave the queue, and a model whose ``generate``
 takes ``should_stop`` (builtin:emoji-captioner) drops them from a running batch at the next token.
 """
@@ -17,6 +19,7 @@ takes ``should_stop`` (builtin:emoji-captioner) drops them from a running batch 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import threading
@@ -53,6 +56,7 @@ class _Job:
     top_p: float | None
     logprobs: bool
     cancelled: threading.Event = field(default_factory=threading.Event)
+    on_text: list[Callable[[str], None]] | None = None  # per choice, when streamed as it is decoded
 
 
 class LocalBackend:
@@ -193,17 +197,8 @@ class LocalBackend:
         """Queue `job` and wait for its generations, within the deadline; cancelled with its caller."""
         future = self._submit(job, deadline)
         try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                return await future
-        except TimeoutError:
-            raise ApiError(504, "timeout", "no answer before the request's deadline; retry later") from None
-        except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():  # the caller itself is cancelled
-                raise
-            raise ApiError(504, "timeout", "the request's deadline passed in the queue") from None
+            return await _rows(future, job, deadline)
         finally:
-            if not future.done() or future.cancelled():
-                job.cancelled.set()
             future.cancel()
 
     def _run(self, jobs: list[_Job]) -> list[list[Generation]]:
@@ -214,7 +209,7 @@ class LocalBackend:
             groups.setdefault(key, []).append(i)
         results: list[list[Generation]] = [[] for _ in jobs]
         for members in groups.values():
-            rows = [j for j in members for _ in range(jobs[j].n)]
+            rows = [(j, k) for j in members for k in range(jobs[j].n)]  # (job, choice) per row
             first = jobs[members[0]]
             options = {
                 "max_tokens": first.max_tokens,
@@ -225,11 +220,14 @@ class LocalBackend:
             if first.top_p is not None and "top_p" in self._params:
                 options["top_p"] = first.top_p
             if "should_stop" in self._params:
-                options["should_stop"] = lambda row, rows=rows: jobs[rows[row]].cancelled.is_set()
+                options["should_stop"] = lambda row, rows=rows: jobs[rows[row][0]].cancelled.is_set()
+            sinks = {r: jobs[j].on_text[k] for r, (j, k) in enumerate(rows) if jobs[j].on_text}
+            if sinks:
+                options["on_text"] = sinks
             generations = self.model.generate(
-                [jobs[j].image for j in rows], [jobs[j].prompt for j in rows], **options
+                [jobs[j].image for j, _ in rows], [jobs[j].prompt for j, _ in rows], **options
             )
-            for j, generation in zip(rows, generations, strict=True):
+            for (j, _), generation in zip(rows, generations, strict=True):
                 results[j].append(generation)
         return results
 
@@ -255,13 +253,24 @@ class LocalBackend:
 
 
 class LocalStream:
-    """A streamed local answer (`ChatStream`): a role chunk at once, then the answer's chunks."""
+    """A streamed local answer (`ChatStream`): a role chunk at once, then the answer's text as it grows.
+
+    With a model whose ``generate`` reports text as it decodes (``on_text``: builtin:emoji-captioner),
+    each word is sent as soon as it is settled (up to the last space: the next token may still change
+    the spacing of the last word); otherwise, or with ``stop`` sequences (which must be cut before any
+    of their text is sent), the answer is sent in word-sized chunks once generated.
+    """
 
     def __init__(self, backend: LocalBackend, request: ChatRequest, job: _Job, deadline: float) -> None:
         self.backend, self.request, self.job, self.deadline = backend, request, job, deadline
         self.outcome = ChatOutcome("", None, None, None, None, backend.model.info.name, status="cancelled")
         self._events: AsyncIterator[bytes] | None = None
-        self._task_future = backend._submit(job, deadline)  # a full queue is refused before any byte
+        self._updates: asyncio.Queue = asyncio.Queue()
+        if "on_text" in backend._params and not request.stop_list():
+            loop = asyncio.get_running_loop()
+            job.on_text = [self._sink(loop, choice) for choice in range(request.n)]
+        self._future = backend._submit(job, deadline)  # a full queue is refused before any byte
+        self._future.add_done_callback(lambda _f: self._updates.put_nowait(None))
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         self._events = self._run()
@@ -270,47 +279,78 @@ class LocalStream:
     async def aclose(self) -> None:
         """Stop: the rows leave the queue (or the running batch); `outcome` keeps the partial text."""
         self.job.cancelled.set()
-        self._task_future.cancel()
+        self._future.cancel()
         if self._events is not None:
             await self._events.aclose()
 
-    async def _wait(self) -> list[Generation]:
-        future = self._task_future
-        try:
-            async with asyncio.timeout(max(0.0, self.deadline - time.monotonic())):
-                return await future
-        except TimeoutError:
-            raise ApiError(504, "timeout", "no answer before the request's deadline; retry later") from None
-        except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():
-                raise
-            raise ApiError(504, "timeout", "the request's deadline passed in the queue") from None
-        finally:
-            if not future.done() or future.cancelled():
-                self.job.cancelled.set()
+    def _sink(self, loop: asyncio.AbstractEventLoop, choice: int) -> Callable[[str], None]:
+        """On the model thread: pass on the settled part of a choice's text when it grew."""
+        settled = [0]
+
+        def on_text(text: str) -> None:
+            cut = text.rfind(" ")
+            if cut > settled[0] and not self.job.cancelled.is_set():
+                settled[0] = cut
+                with contextlib.suppress(RuntimeError):  # a closed loop (shutdown): nobody listens
+                    loop.call_soon_threadsafe(self._updates.put_nowait, (choice, text[:cut]))
+
+        return on_text
 
     async def _run(self) -> AsyncIterator[bytes]:
         backend, request = self.backend, self.request
         name, version = request.model, backend.model.info.version
         for i in range(request.n):
             yield fmt.sse(fmt.chunk(name, version, i, {"role": "assistant", "content": ""}))
-        generations = await self._wait()
+        sent = [""] * request.n
+        while (update := await self._next()) is not None:
+            choice, text = update
+            if len(text) > len(sent[choice]) and text.startswith(sent[choice]):
+                piece, sent[choice] = text[len(sent[choice]) :], text
+                if choice == 0:
+                    self.outcome.text = text
+                yield fmt.sse(fmt.chunk(name, version, choice, {"content": piece}))
+        generations = await _rows(self._future, self.job, self.deadline)
         finishes = []
         for i, generation in enumerate(generations):
             text, finish = backend._finish(request, generation)
             finishes.append(finish)
-            parts = fmt.pieces(text)
+            rest = text[len(sent[i]) :] if text.startswith(sent[i]) else ""
+            parts = fmt.pieces(rest)
             logprobs = backend._logprobs(self.job, generation)
             for k, piece in enumerate(parts):
-                last = k == len(parts) - 1
                 if i == 0:
                     self.outcome.text += piece
+                last = k == len(parts) - 1
                 yield fmt.sse(
                     fmt.chunk(name, version, i, {"content": piece}, logprobs=logprobs if last else None)
                 )
             yield fmt.sse(fmt.chunk(name, version, i, {}, finish, None if parts else logprobs))
-        outcome = backend._outcome(request, generations, self.outcome.text, finishes[0])
-        self.outcome = outcome
+        self.outcome = backend._outcome(request, generations, self.outcome.text, finishes[0])
         if request.stream_options is not None and request.stream_options.include_usage:
             yield fmt.sse(fmt.chunk(name, version, None, usage_=backend._usage(generations)))
         yield fmt.DONE
+
+    async def _next(self) -> tuple[int, str] | None:
+        """The next settled text, or None once the generation has ended (or failed)."""
+        try:
+            async with asyncio.timeout(max(0.0, self.deadline - time.monotonic())):
+                return await self._updates.get()
+        except TimeoutError:
+            self.job.cancelled.set()
+            raise ApiError(504, "timeout", "no answer before the request's deadline; retry later") from None
+
+
+async def _rows(future: asyncio.Future, job: _Job, deadline: float) -> list[Generation]:
+    """A job's generations, within the deadline; its rows stop when the wait ends without them."""
+    try:
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            return await future
+    except TimeoutError:
+        raise ApiError(504, "timeout", "no answer before the request's deadline; retry later") from None
+    except asyncio.CancelledError:
+        if asyncio.current_task().cancelling():  # the caller itself is cancelled
+            raise
+        raise ApiError(504, "timeout", "the request's deadline passed in the queue") from None
+    finally:
+        if not future.done() or future.cancelled():
+            job.cancelled.set()
