@@ -19,8 +19,10 @@ import httpx
 import openai
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
-from serve_helpers import make_app, random_png, serve_in_thread, start_server
+from serve_helpers import free_port, make_app, random_png, serve_in_thread, start_server
+from vlmops.cli import app as cli
 from vlmops.models import load_model
 from vlmops.serve.keys import KeyStore
 from vlmops.serve.loadgen import build_request, run_load
@@ -335,6 +337,17 @@ def test_a_client_leaving_mid_stream_stops_the_generation_and_logs_the_partial_a
     assert row.status == "cancelled" and row.stream and row.finish_reason is None
     assert row.answer == received  # the partial answer, as far as it was sent
     assert slow.steps < full_steps - 2, (slow.steps, full_steps)  # the generation stopped early
+
+
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [(["--gallery", "g/"], ["--gallery", "dual encoder"]), (["--runtime", "onnx"], ["--runtime torch"])],
+)
+def test_serve_refuses_dual_encoder_options_for_a_generative_model_in_one_line(tmp_path, option, words):
+    args = ["serve", "--model", "builtin:emoji-captioner", "--port", str(free_port()), *option]
+    result = CliRunner().invoke(cli, [*args, "--store", str(tmp_path / "s.sqlite")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert all(w in " ".join(result.output.split()) for w in words), result.output
 
 
 @pytest.fixture

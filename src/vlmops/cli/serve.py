@@ -176,7 +176,14 @@ def serve(
 
     from vlmops.data.emoji import manifest_path
     from vlmops.models.runtimes import resolve_runtime
-    from vlmops.serve.build import CONFIG_ENV, DEFAULT_LABEL_SETS, build_app, config_to_env
+    from vlmops.serve.build import (
+        CONFIG_ENV,
+        DEFAULT_LABEL_SETS,
+        build_app,
+        check_generative,
+        config_to_env,
+        generative_uri,
+    )
     from vlmops.serve.limits import Limits
     from vlmops.serve.service import ServeConfig
     from vlmops.serve.workers import PARENT_ENV, choose_parallelism, usable_cores
@@ -186,7 +193,7 @@ def serve(
     sets = _parse_label_sets(label_set)
     emoji_ready = manifest_path().exists()
     if not sets and emoji_ready:
-        sets = dict(DEFAULT_LABEL_SETS)  # dropped again for a generative model (build._check_generative)
+        sets = dict(DEFAULT_LABEL_SETS)  # dropped again for a generative model (check_generative)
     config = ServeConfig(
         model=model,
         runtime=runtime,
@@ -221,6 +228,9 @@ def serve(
     if insecure_no_auth:
         console.print("[bold yellow]warning:[/] serving without API keys (--insecure-no-auth)")
     shown = resolve_runtime(model, runtime)  # auto -> the bundle's runtime; a mismatch fails here
+    if generative_uri(model):  # its options are checked here, not in each worker
+        config.runtime = shown
+        check_generative(config)
     console.print(
         f"serving {model} ({shown}) on http://{host}:{port}  docs: /docs\n"
         f"{workers} worker process{'es' if workers > 1 else ''} x {threads} model "

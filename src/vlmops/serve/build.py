@@ -58,7 +58,7 @@ def build_gateway(config: ServeConfig) -> Gateway:
     options = _thread_options(config.runtime, config.model_threads)
     model = load_runtime(config.model, config.runtime, **options)
     if not isinstance(model, VLM):  # generative: /v1/chat/completions only
-        _check_generative(config)
+        check_generative(config)
         return Gateway(model, config, PredictionLog(config.store, config.log_sync), {})
     version = model.info.version
     template = config.template or (
@@ -104,7 +104,29 @@ def build_gateway(config: ServeConfig) -> Gateway:
     return gateway
 
 
-def _check_generative(config: ServeConfig) -> None:
+def generative_uri(uri: str) -> bool:
+    """Whether `uri` names a generative model, told without loading it (a built-in's table entry, an
+    hf: folder's model_type), so that `vlmops serve` checks its options before starting workers."""
+    from vlmops.models import parse_uri
+
+    parsed = parse_uri(uri)
+    if parsed.scheme == "builtin":
+        from vlmops.models.builtin import BUILTIN_MODELS
+
+        spec = BUILTIN_MODELS.get(parsed.target.split("@")[0])
+        return spec is not None and spec.description.startswith("generative")
+    if parsed.scheme == "hf":
+        from vlmops.models.hf import SUPPORTED
+
+        config = Path(parsed.target).expanduser() / "config.json"
+        try:
+            return json.loads(config.read_text(encoding="utf-8")).get("model_type") not in SUPPORTED
+        except (OSError, ValueError):
+            return False  # loading says what is wrong with the folder
+    return parsed.scheme == "openai"
+
+
+def check_generative(config: ServeConfig) -> None:
     """A generative model serves chat only: the dual-encoder resources (except the defaults `vlmops
     serve` adds when the emoji data is installed) and rollout variants are refused by name."""
     if config.label_sets == DEFAULT_LABEL_SETS and config.vocabulary == "emoji":
@@ -122,7 +144,7 @@ def _check_generative(config: ServeConfig) -> None:
     if wrong:
         raise VlmopsError(
             f"{config.model} is a generative model (it answers /v1/chat/completions) and does not embed: "
-            f"{', '.join(wrong)} need a dual encoder; leave them out"
+            f"{', '.join(wrong)}: these need a dual encoder; leave them out"
         )
     if config.runtime != "torch":
         raise VlmopsError(f"{config.model} runs under --runtime torch only, not {config.runtime}")
