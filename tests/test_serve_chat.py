@@ -214,6 +214,7 @@ def test_bad_inputs_get_a_clear_4xx(served, change, status, words):
         message = r.json()["error"]["message"]
         assert all(w in message for w in words), message
         assert r.json()["request_id"] == r.headers["x-request-id"]
+        assert not PredictionLog(served[3]).has_request(r.headers["x-request-id"])  # refused: no exchange
 
 
 def test_the_openai_client_raises_on_refusals(served):
@@ -337,6 +338,29 @@ def test_a_client_leaving_mid_stream_stops_the_generation_and_logs_the_partial_a
     assert row.status == "cancelled" and row.stream and row.finish_reason is None
     assert row.answer == received  # the partial answer, as far as it was sent
     assert slow.steps < full_steps - 2, (slow.steps, full_steps)  # the generation stopped early
+
+
+class BrokenCaptioner:
+    """A generative model that fails on every call."""
+
+    def __init__(self, model) -> None:
+        self.info = model.info
+
+    def generate(self, images, prompts, *, max_tokens=32, temperature=0.0, seed=None, logprobs=False):
+        raise RuntimeError("the model broke")
+
+
+def test_a_failing_model_is_a_500_or_an_error_event_and_a_logged_error(tmp_path, captioner):
+    app, key, url = make_app(tmp_path, BrokenCaptioner(captioner), label_sets_obj={}, vocabulary_obj=())
+    with serve_in_thread(app) as port:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+        request = {"model": "emoji-captioner", "messages": user(random_png(1)), "max_tokens": 4}
+        with pytest.raises(openai.InternalServerError, match="RuntimeError"):
+            client.chat.completions.create(**request)
+        with pytest.raises(openai.APIError, match="RuntimeError"):
+            list(client.chat.completions.create(**request, stream=True))
+    rows = PredictionLog(url).chats()
+    assert [(r.status, r.stream, r.answer) for r in rows] == [("error", False, ""), ("error", True, "")]
 
 
 @pytest.mark.parametrize(

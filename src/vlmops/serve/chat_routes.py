@@ -5,13 +5,16 @@ body's validation, the images (data: URLs; http(s) only through an operator's fe
 and statistics (and the archive with --keep-images), the request id as the answer's ``id``, and the
 log. A non-streamed exchange is written durably before its answer leaves; a streamed one before its
 final ``data: [DONE]`` event, or, when the client goes away mid-stream, as ``cancelled`` with the text
-sent so far (the backend's work is stopped at once).
+sent so far (the backend's work is stopped at once). A backend that fails (a timeout, a broken model, an
+unreachable upstream) leaves a row with status ``error``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ from vlmops.serve.service import Decoded, Gateway
 from vlmops.store.log import ChatExchange, PredictionRow
 
 PATH = "/v1/chat/completions"
+logger = logging.getLogger("vlmops.serve")
 FetchImage = Callable[[str, str], Awaitable[bytes]]  # (url, field name) -> image bytes
 
 
@@ -130,7 +134,14 @@ def add_chat_routes(
         deadline = time.monotonic() + ticket.remaining()
         if parsed.stream:
             return ChatStreamResponse(backend.stream(body, deadline), exchange, record)
-        answer, outcome = await backend.complete(body, deadline)
+        try:
+            answer, outcome = await backend.complete(body, deadline)
+        except Exception as exc:  # a timeout, a failing model or upstream (not a bad request): logged
+            if not isinstance(exc, ApiError) or exc.status >= 500:
+                failed = ChatOutcome("", None, None, None, None, parsed.model, status="error")
+                with contextlib.suppress(ApiError):
+                    await record(exchange, failed, None)
+            raise
         answer["id"] = exchange.request_id
         await record(exchange, outcome, None)
         return respond(answer)
@@ -177,11 +188,20 @@ class ChatStreamResponse(Response):
                     event = self._stamp(event)
                 await send({"type": "http.response.body", "body": event, "more_body": True})
         except ApiError as exc:  # the answer has started: the error goes in the stream
-            error = {"code": exc.code, "message": exc.message}
-            body = {"error": error, "request_id": self.exchange.request_id}
-            await send({"type": "http.response.body", "body": fmt.sse(body), "more_body": True})
-            await self._log(self.stream.outcome, "error")
+            await self._fail(send, exc.code, exc.message)
+        except Exception as exc:  # a bug or a failing model: logged with its traceback, told as a 500 is
+            rid = self.exchange.request_id
+            logger.error("chat stream %s failed", rid, exc_info=(type(exc), exc, exc.__traceback__))
+            message = f"the server failed on this request ({type(exc).__name__}); it was logged as {rid}"
+            await self._fail(send, "internal_error", message)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _fail(self, send, code: str, message: str) -> None:
+        """End the stream with an error event (what OpenAI clients raise) and log the exchange as an error."""
+        body = {"error": {"code": code, "message": message}, "request_id": self.exchange.request_id}
+        await send({"type": "http.response.body", "body": fmt.sse(body), "more_body": True})
+        with contextlib.suppress(ApiError):  # the log is down: the client has been told already
+            await self._log(self.stream.outcome, "error")
 
     def _stamp(self, event: bytes) -> bytes:
         """The chunk with the request id as its id; notes the time of the first content."""
