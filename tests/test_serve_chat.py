@@ -116,6 +116,21 @@ def test_n_choices_with_a_seed_equal_direct_sampling(served, captioner):
     assert [c.index for c in answer.choices] == [0, 1, 2]
     assert answer.usage.completion_tokens == sum(g.usage.completion_tokens for g in direct)
     assert answer.usage.prompt_tokens == direct[0].usage.prompt_tokens
+    stream = client.chat.completions.create(
+        model="emoji-captioner",
+        messages=user(data),
+        n=3,
+        temperature=1.5,
+        seed=7,
+        max_tokens=10,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    texts, chunks = ["", "", ""], list(stream)
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert texts == [g.text for g in direct] and chunks[-1].usage == answer.usage
 
 
 def test_top_p_is_nucleus_sampling(served, captioner):
