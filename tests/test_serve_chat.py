@@ -232,6 +232,13 @@ def test_bad_inputs_get_a_clear_4xx(served, change, status, words):
         assert not PredictionLog(served[3]).has_request(r.headers["x-request-id"])  # refused: no exchange
 
 
+def test_the_dual_encoder_routes_say_to_use_chat(served):
+    _, port, key, _ = served
+    headers = {"Authorization": f"Bearer {key}"}
+    r = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"texts": ["a cat"]}, headers=headers)
+    assert r.status_code == 409 and "/v1/chat/completions" in r.json()["error"]["message"]
+
+
 def test_the_openai_client_raises_on_refusals(served):
     client, *_ = served
     with pytest.raises(openai.UnprocessableEntityError, match="data: URL"):
@@ -353,6 +360,46 @@ def test_a_client_leaving_mid_stream_stops_the_generation_and_logs_the_partial_a
     assert row.status == "cancelled" and row.stream and row.finish_reason is None
     assert row.answer == received  # the partial answer, as far as it was sent
     assert slow.steps < full_steps - 2, (slow.steps, full_steps)  # the generation stopped early
+
+
+class RecordingModel:
+    """A generative model that answers with its prompt and records the prompts of every call."""
+
+    def __init__(self, model) -> None:
+        self.info, self.calls = model.info, []
+
+    def generate(self, images, prompts, *, max_tokens=32, temperature=0.0, seed=None, logprobs=False):
+        from vlmops.models.base import Generation, Usage
+
+        self.calls.append(list(prompts))
+        time.sleep(0.05)
+        return [Generation(p, "stop", Usage(1, 1), 0.05) for p in prompts]
+
+
+def test_local_batches_take_one_request_per_key_in_turn(captioner):
+    from vlmops.serve.admission import REQUEST_OWNER
+    from vlmops.serve.chat_local import LocalBackend
+
+    model = RecordingModel(captioner)
+
+    async def main():
+        backend = LocalBackend(model, ThreadPoolExecutor(1), max_batch=2, fill_when_idle_ms=0)
+        await backend.start()
+
+        async def ask(owner: str, prompt: str):
+            REQUEST_OWNER.set(owner)
+            body = {"model": "emoji-captioner", "messages": user(random_png(1), prompt), "temperature": 0}
+            return await backend.complete(body, time.monotonic() + 30)
+
+        tasks = [asyncio.create_task(ask("a", f"a{i}")) for i in range(6)]
+        await asyncio.sleep(0.01)  # key a's backlog is queued first
+        tasks.append(asyncio.create_task(ask("b", "b0")))
+        await asyncio.gather(*tasks)
+        await backend.stop()
+
+    asyncio.run(main())
+    # the first batch ran before b's request came; the next takes b's next to a's, not a's backlog
+    assert "b0" in model.calls[1], model.calls
 
 
 class BrokenCaptioner:

@@ -10,7 +10,6 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from vlmops.errors import VlmopsError
-from vlmops.models.base import VLM
 from vlmops.serve.keys import CachedVerifier, KeyStore
 from vlmops.serve.limits import Limits
 from vlmops.serve.resources import Calibration, Gallery, LabelSet, ResourceError, check_version, read_lines
@@ -57,7 +56,7 @@ def build_gateway(config: ServeConfig) -> Gateway:
     config.runtime = resolve_runtime(config.model, requested)  # `auto`: what /v1/models reports is real
     options = _thread_options(config.runtime, config.model_threads)
     model = load_runtime(config.model, config.runtime, **options)
-    if not isinstance(model, VLM):  # generative: /v1/chat/completions only
+    if not hasattr(model, "embed_images"):  # generative: /v1/chat/completions only
         check_generative(config)
         return Gateway(model, config, PredictionLog(config.store, config.log_sync), {})
     version = model.info.version

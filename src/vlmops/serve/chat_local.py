@@ -1,12 +1,13 @@
 """`LocalBackend`: /v1/chat/completions answered by a served generative model, with batched generation.
 
 Concurrent requests wait in a `MicroBatcher` and run through `model.generate` together on the model
-thread (a batch waits up to `FILL_WHEN_IDLE_MS` for company even when the model is idle: a generation
-takes hundreds of milliseconds, and the next requests of the clients a batch answered arrive just
-after it): greedy requests (temperature 0) with the same token limit share one call, whatever their
-images and prompts (the model pads prompts so that an answer does not depend on its batch-mates); a
-sampled request runs in a call of its own, so its seed gives the same answers as calling
-`model.generate` directly with that seed. A request with ``n`` choices is ``n`` rows of a call.
+thread, one request per API key in turn (`admission.REQUEST_OWNER`). A batch waits up to
+`FILL_WHEN_IDLE_MS` for company even when the model is idle: a generation takes hundreds of
+milliseconds, and the next requests of the clients a batch answered arrive just after it. Greedy
+requests (temperature 0) with the same token limit share one call, whatever their images and prompts
+(the model pads prompts so that an answer does not depend on its batch-mates); a sampled request runs
+in a call of its own, so its seed gives the same answers as calling `model.generate` directly with that
+seed. A request with ``n`` choices is ``n`` rows of a call.
 
 Streaming: a model whose ``generate`` takes ``on_text`` (builtin:emoji-captioner) reports each answer's
 text as it decodes, and the stream sends each word once settled; any other model returns whole answers,
@@ -32,6 +33,7 @@ from PIL import Image
 
 from vlmops.models.base import Generation
 from vlmops.serve import chat_format as fmt
+from vlmops.serve.admission import REQUEST_OWNER
 from vlmops.serve.batcher import MicroBatcher, Overloaded
 from vlmops.serve.chat_backend import ChatOutcome
 from vlmops.serve.chat_messages import data_url_bytes, image_refs, single_turn_prompt
@@ -126,7 +128,7 @@ class LocalBackend:
         return answer, outcome
 
     def stream(self, body: dict, deadline: float) -> LocalStream:
-        """A streamed answer: word-sized chunks once the whole answer is generated (see the module doc)."""
+        """A streamed answer (`LocalStream`: words as they are decoded, where the model reports them)."""
         request = ChatRequest.model_validate(body)
         return LocalStream(self, request, self._job(request), deadline)
 
@@ -187,7 +189,7 @@ class LocalBackend:
             raise ApiError(503, "not_ready", "the model is still loading", {"Retry-After": "1"})
         remaining = deadline - time.monotonic()
         try:
-            return self.batcher.submit(job, None, time.perf_counter() + remaining)
+            return self.batcher.submit(job, REQUEST_OWNER.get(), time.perf_counter() + remaining)
         except Overloaded:
             raise ApiError(
                 503, "overloaded", "the generation queue is full; retry shortly", {"Retry-After": "1"}

@@ -24,7 +24,7 @@ from fastapi.responses import Response
 
 from vlmops.audit.pii import redact_text
 from vlmops.serve import chat_format as fmt
-from vlmops.serve.admission import Ticket
+from vlmops.serve.admission import REQUEST_OWNER, Ticket
 from vlmops.serve.chat_backend import ChatBackend, ChatOutcome, ChatStream
 from vlmops.serve.chat_messages import as_data_url, data_url_bytes, image_refs, transcript
 from vlmops.serve.chat_schemas import ChatRequest
@@ -132,6 +132,7 @@ def add_chat_routes(
             backend.mode, version,
         )  # fmt: skip
         deadline = time.monotonic() + ticket.remaining()
+        REQUEST_OWNER.set(ticket.owner)  # the backend's batches take one request per key in turn
         if parsed.stream:
             return ChatStreamResponse(backend.stream(body, deadline), exchange, record)
         try:

@@ -126,7 +126,7 @@ class Gateway:
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._in_flight = 0
         self._slot = ModelSlot()  # both batchers share the model thread: one waits while the other runs
-        self.embeds = isinstance(model, VLM)
+        self.embeds = hasattr(model, "embed_images")  # duck-typed: a dual encoder embeds, else generative
         self._recent_images: OrderedDict[str, Image.Image] = OrderedDict()  # sha256 -> decoded, for chat
         self.images = self._batcher("image", model.embed_images if self.embeds else _no_embedding)
         self.texts = self._batcher("text", model.embed_texts if self.embeds else _no_embedding)
