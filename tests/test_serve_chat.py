@@ -24,8 +24,12 @@ from typer.testing import CliRunner
 from serve_helpers import free_port, make_app, random_png, serve_in_thread, start_server
 from vlmops.cli import app as cli
 from vlmops.models import load_model
+from vlmops.serve.app import create_app
+from vlmops.serve.chat_backend import ChatOutcome
+from vlmops.serve.errors import ApiError
 from vlmops.serve.keys import KeyStore
 from vlmops.serve.loadgen import build_request, run_load
+from vlmops.serve.service import Gateway, ServeConfig
 from vlmops.store.log import PredictionLog
 
 PROMPT = "Describe this emoji with keywords."
@@ -423,6 +427,46 @@ def test_a_failing_model_is_a_500_or_an_error_event_and_a_logged_error(tmp_path,
             list(client.chat.completions.create(**request, stream=True))
     rows = PredictionLog(url).chats()
     assert [(r.status, r.stream, r.answer) for r in rows] == [("error", False, ""), ("error", True, "")]
+
+
+class UnreachableBackend:
+    """A ChatBackend whose upstream never answers (the route must not care which backend it has)."""
+
+    mode = "upstream"
+
+    async def complete(self, body, deadline):
+        raise ApiError(502, "upstream_unreachable", "the upstream at http://10.0.0.1 did not answer")
+
+    def stream(self, body, deadline):
+        return self
+
+    def __aiter__(self):
+        self.outcome = ChatOutcome("", None, None, None, None, "gpt-x", status="error")
+        return self
+
+    async def __anext__(self):
+        raise ApiError(502, "upstream_unreachable", "the upstream at http://10.0.0.1 did not answer")
+
+    async def aclose(self):
+        pass
+
+
+def test_a_backend_failing_before_its_first_event_gets_an_http_status_and_a_logged_error(tmp_path, captioner):
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    gateway = Gateway(captioner, ServeConfig(store=url), PredictionLog(url), {})
+    gateway.chat = UnreachableBackend()
+    with serve_in_thread(create_app(gateway)) as port:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        request = {"model": "gpt-x", "messages": user(random_png(1)), "max_tokens": 4}
+        for stream in (False, True):
+            with pytest.raises(openai.APIStatusError, match="did not answer") as caught:
+                client.chat.completions.create(**request, stream=stream)
+            assert caught.value.status_code == 502
+    rows = PredictionLog(url).chats()
+    assert [(r.status, r.mode, r.model, r.stream) for r in rows] == [
+        ("error", "upstream", "gpt-x", False),
+        ("error", "upstream", "gpt-x", True),
+    ]
 
 
 @pytest.mark.parametrize(

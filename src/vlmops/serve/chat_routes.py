@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from vlmops.serve.service import Decoded, Gateway
 from vlmops.store.log import ChatExchange, PredictionRow
 
 PATH = "/v1/chat/completions"
+_CONTENT = re.compile(rb'"content":\s*"[^"]')  # a chunk with text in it
 logger = logging.getLogger("vlmops.serve")
 FetchImage = Callable[[str, str], Awaitable[bytes]]  # (url, field name) -> image bytes
 
@@ -103,6 +105,13 @@ def add_chat_routes(
         )
         await gateway.record_chat(row, chat)
 
+    async def record_failure(exchange: _Exchange, exc: Exception) -> None:
+        """A timeout, a failing model or upstream (not a refused request) is logged as an error."""
+        if not isinstance(exc, ApiError) or exc.status >= 500:
+            failed = ChatOutcome("", None, None, None, None, exchange.request.model, status="error")
+            with contextlib.suppress(ApiError):
+                await record(exchange, failed, None)
+
     @app.post(PATH, openapi_extra=body_doc(ChatRequest))
     async def chat_completions(request: Request, key: ApiKey | None = Depends(chat_key)):
         """OpenAI-compatible chat completion about images (text and image_url parts), streamed or not."""
@@ -134,14 +143,19 @@ def add_chat_routes(
         deadline = time.monotonic() + ticket.remaining()
         REQUEST_OWNER.set(ticket.owner)  # the backend's batches take one request per key in turn
         if parsed.stream:
-            return ChatStreamResponse(backend.stream(body, deadline), exchange, record)
+            stream = backend.stream(body, deadline)
+            events = aiter(stream)
+            try:  # a failure before the first event still gets its HTTP status
+                first = await anext(events)
+            except Exception as exc:
+                await stream.aclose()
+                await record_failure(exchange, exc)
+                raise
+            return ChatStreamResponse(stream, events, first, exchange, record)
         try:
             answer, outcome = await backend.complete(body, deadline)
-        except Exception as exc:  # a timeout, a failing model or upstream (not a bad request): logged
-            if not isinstance(exc, ApiError) or exc.status >= 500:
-                failed = ChatOutcome("", None, None, None, None, parsed.model, status="error")
-                with contextlib.suppress(ApiError):
-                    await record(exchange, failed, None)
+        except Exception as exc:
+            await record_failure(exchange, exc)
             raise
         answer["id"] = exchange.request_id
         await record(exchange, outcome, None)
@@ -151,9 +165,11 @@ def add_chat_routes(
 class ChatStreamResponse(Response):
     """An SSE answer that logs its exchange before ``[DONE]``, and as cancelled when the client leaves."""
 
-    def __init__(self, stream: ChatStream, exchange: _Exchange, record) -> None:  # no super(): no body
-        self.status_code, self.background = 200, None
-        self.stream, self.exchange, self.record = stream, exchange, record
+    def __init__(self, stream: ChatStream, events, first: bytes, exchange: _Exchange, record) -> None:
+        self.status_code, self.background = 200, None  # no super().__init__: there is no body to render
+        self.stream, self.events, self.first = stream, events, first
+        self.exchange, self.record = exchange, record
+        self.own_id = re.compile(rb'"id":\s*"' + re.escape(exchange.request_id.encode()) + rb'"')
         self.ttft_s: float | None = None
         self.logged = False
 
@@ -180,9 +196,14 @@ class ChatStreamResponse(Response):
             await self._log(self.stream.outcome, "error")
             raise error
 
+    async def _all(self):
+        yield self.first
+        async for event in self.events:
+            yield event
+
     async def _pump(self, send) -> None:
         try:
-            async for event in self.stream:
+            async for event in self._all():
                 if event == fmt.DONE:
                     await self._log(self.stream.outcome, "ok")  # durable before the client hears DONE
                 else:
@@ -205,13 +226,16 @@ class ChatStreamResponse(Response):
             await self._log(self.stream.outcome, "error")
 
     def _stamp(self, event: bytes) -> bytes:
-        """The chunk with the request id as its id; notes the time of the first content."""
+        """The chunk with the request id as its id (parsed only when it has another); notes the time of
+        the first content."""
         if not event.startswith(b"data: {"):
+            return event
+        if self.ttft_s is None and _CONTENT.search(event):
+            self.ttft_s = time.perf_counter() - self.exchange.start
+        if self.own_id.search(event):
             return event
         payload = json.loads(event[6:])
         payload["id"] = self.exchange.request_id
-        if self.ttft_s is None and any(c.get("delta", {}).get("content") for c in payload.get("choices", ())):
-            self.ttft_s = time.perf_counter() - self.exchange.start
         return fmt.sse(payload)
 
     async def _log(self, outcome: ChatOutcome, status: str) -> None:
