@@ -84,8 +84,13 @@ def serve_in_thread(app) -> Iterator[int]:
         thread.join(10)
 
 
-def start_server(tmp_path: Path, *args: str, timeout: float = 120.0) -> tuple[subprocess.Popen, int]:
-    """Run `vlmops serve` on a free loopback port and wait until /readyz answers 200."""
+def start_server(
+    tmp_path: Path, *args: str, timeout: float = 120.0, resources: bool = True
+) -> tuple[subprocess.Popen, int]:
+    """Run `vlmops serve` on a free loopback port and wait until /readyz answers 200.
+
+    `resources`: pass a small vocabulary and label set (a dual encoder's); off for a generative model.
+    """
     port = free_port()
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("red\ngreen\nblue\n")
@@ -99,10 +104,7 @@ def start_server(tmp_path: Path, *args: str, timeout: float = 120.0) -> tuple[su
         str(port),
         "--store",
         str(tmp_path / "store.sqlite"),
-        "--vocabulary",
-        str(vocab),
-        "--label-set",
-        f"colours={labels}",
+        *(["--vocabulary", str(vocab), "--label-set", f"colours={labels}"] if resources else []),
         *args,
     ]
     log = open(tmp_path / "server.log", "ab")  # noqa: SIM115

@@ -50,6 +50,9 @@ MONITOR_REF = (
     "'vendor=google,twitter' --window 200 --rules alerts.yaml --json monitor.json"
 )
 ARCHIVE_SERVE = "vlmops serve --keep-images archive/"
+CHAT_SERVE = (
+    "vlmops serve --model builtin:emoji-captioner --port 8000 --redact-prompts --price-in 0.5 --price-out 1.5"
+)
 CANARY_SERVE = (
     "vlmops serve --keep-images archive/ --canary builtin:emoji-lit@retrained/ --canary-share 0.1 "
     "--follow-registry 5"
@@ -111,6 +114,7 @@ def covered() -> list[str]:
         *SERVE_BLOCK,
         CURL_PRELUDE,
         *curl_lines(),
+        CHAT_SERVE,
         REGISTER,
         ARCHIVE_SERVE,
         MONITOR_REF,
@@ -320,6 +324,29 @@ def serve_and_call(ws: Workspace) -> None:
         ws.stop(server)
 
 
+def chat_snippet() -> str:
+    """The README's Python example of the OpenAI client against /v1/chat/completions."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    (snippet,) = [b for b in blocks if "chat.completions.create" in b]
+    return snippet
+
+
+def chat(ws: Workspace) -> None:
+    """The chat server line, then the README's openai client example against it, as written."""
+    from vlmops.store.log import PredictionLog
+
+    server = ws.serve(CHAT_SERVE)
+    try:
+        (ws.dir / "chat.py").write_text(ws.adapt(chat_snippet()))
+        out = ws.run(f"{sys.executable} chat.py")
+        text, tokens = out.strip().rsplit(" ", 1)
+        assert "grinning" in text and int(tokens) > 0, out
+    finally:
+        ws.stop(server)
+    (row,) = PredictionLog(str(ws.dir.parent / "home" / "store.sqlite")).chats()
+    assert row.answer == text and row.prompt_redacted and row.cost_usd > 0
+
+
 def traffic(ws: Workspace, n: int = 30) -> None:
     """Classify requests plus human corrections on the served model, as users would send."""
     headers = {"Authorization": f"Bearer {ws.key}"}
@@ -371,6 +398,7 @@ def test_readme_commands_run_and_exit_as_documented(tmp_path: Path) -> None:
     try:
         eval_and_audit(ws)
         serve_and_call(ws)
+        chat(ws)
         loop(ws)
     finally:
         print("\n".join(f"{seconds:6.1f} s  {command}" for seconds, command in ws.timings))

@@ -368,3 +368,25 @@ def test_keys_are_hashed_verified_and_revoked(tmp_path):
     assert store.verify(token) is None
     with pytest.raises(Exception, match="no API key"):
         store.revoke("000000000000")
+
+
+@pytest.mark.parametrize(("fill_ms", "expected"), [(0.0, [[0], [1]]), (200.0, [[0, 1]])])
+def test_fill_when_idle_waits_for_company_only_when_asked(fill_ms, expected):
+    seen: list[list[int]] = []
+
+    def record(items):
+        seen.append(list(items))
+        return items
+
+    async def main():
+        batcher = MicroBatcher(
+            record, ThreadPoolExecutor(1), max_batch=8, max_wait_ms=5, fill_when_idle_ms=fill_ms
+        )
+        batcher.start()
+        first = batcher.submit(0)
+        await asyncio.sleep(0.05)  # the model is idle: without the fill window, item 0 has run by now
+        await asyncio.gather(first, batcher.submit(1))
+        await batcher.stop()
+
+    _run(main())
+    assert seen == expected

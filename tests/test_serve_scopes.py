@@ -57,7 +57,7 @@ def test_scopes_gate_the_endpoints(served):
     client, _, keys = served
     predict_only, feedback_only = keys.create("p", scopes="predict"), keys.create("f", scopes=["feedback"])
     default = keys.create("d")
-    assert keys.verify(default).scopes == ("predict", "feedback")  # the default: a client app
+    assert keys.verify(default).scopes == ("predict", "feedback", "chat")  # the default: a client app
     request_id = classify(client, predict_only)
     r = client.post(
         "/v1/feedback", json={"request_id": request_id, "accepted": True}, headers=bearer(predict_only)
@@ -132,7 +132,7 @@ def test_a_key_store_from_before_scopes_migrates_in_place(tmp_path):
     assert key is not None and key.scopes == LEGACY_SCOPES and key.tenant is None  # could do all before
     stored = sqlite3.connect(path).execute("SELECT scopes FROM api_keys").fetchone()[0]
     assert stored == "predict,feedback,admin"
-    assert keys.verify(keys.create("new")).scopes == ("predict", "feedback")
+    assert keys.verify(keys.create("new")).scopes == ("predict", "feedback", "chat")
 
 
 def test_retrain_takes_labels_only_from_keys_allowed_to_label(tmp_path, fake_model):

@@ -153,11 +153,19 @@ def serve(
     follow_registry: float = typer.Option(
         0.0, "--follow-registry", help="Every N s, end a canary/shadow whose registry alias moved (rollback)."
     ),
+    redact_prompts: bool = typer.Option(
+        False, "--redact-prompts", help="Log chat prompts with PII (emails, cards, names ...) redacted."
+    ),
+    price_in: float = typer.Option(
+        0.0, "--price-in", min=0, help="USD per 1M prompt tokens, for the cost logged with each chat."
+    ),
+    price_out: float = typer.Option(0.0, "--price-out", min=0, help="USD per 1M completion tokens."),
     insecure_no_auth: bool = typer.Option(
         False, "--insecure-no-auth", help="Serve without API keys (testing only)."
     ),
 ) -> None:
-    """Serve a model over HTTP: /v1/embeddings, /v1/classify, /v1/search, /v1/tag, /v1/feedback.
+    """Serve a model over HTTP: /v1/embeddings, /v1/classify, /v1/search, /v1/tag, /v1/feedback;
+    a generative model (builtin:emoji-captioner, hf:DIR) answers OpenAI-compatible /v1/chat/completions.
 
     Requests are micro-batched, every prediction is written to the store before its response, and
     every /v1 endpoint and /metrics need an API key (`vlmops keys create`) with the right scope;
@@ -168,7 +176,14 @@ def serve(
 
     from vlmops.data.emoji import manifest_path
     from vlmops.models.runtimes import resolve_runtime
-    from vlmops.serve.build import CONFIG_ENV, build_app, config_to_env
+    from vlmops.serve.build import (
+        CONFIG_ENV,
+        DEFAULT_LABEL_SETS,
+        build_app,
+        check_generative,
+        config_to_env,
+        generative_uri,
+    )
     from vlmops.serve.limits import Limits
     from vlmops.serve.service import ServeConfig
     from vlmops.serve.workers import PARENT_ENV, choose_parallelism, usable_cores
@@ -178,7 +193,7 @@ def serve(
     sets = _parse_label_sets(label_set)
     emoji_ready = manifest_path().exists()
     if not sets and emoji_ready:
-        sets = {"emoji": "emoji:concept"}
+        sets = dict(DEFAULT_LABEL_SETS)  # dropped again for a generative model (check_generative)
     config = ServeConfig(
         model=model,
         runtime=runtime,
@@ -205,11 +220,17 @@ def serve(
         canary_share=canary_share,
         shadow=shadow,
         follow_registry_s=follow_registry,
+        redact_prompts=redact_prompts,
+        price_in=price_in,
+        price_out=price_out,
         limits=Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels),
     )
     if insecure_no_auth:
         console.print("[bold yellow]warning:[/] serving without API keys (--insecure-no-auth)")
     shown = resolve_runtime(model, runtime)  # auto -> the bundle's runtime; a mismatch fails here
+    if generative_uri(model):  # its options are checked here, not in each worker
+        config.runtime = shown
+        check_generative(config)
     console.print(
         f"serving {model} ({shown}) on http://{host}:{port}  docs: /docs\n"
         f"{workers} worker process{'es' if workers > 1 else ''} x {threads} model "
@@ -252,10 +273,10 @@ def keys_create(
     rate: float = typer.Option(50.0, "--rate", help="Requests per second allowed (token bucket)."),
     burst: int = typer.Option(100, "--burst", help="Requests allowed at once after a quiet period."),
     scopes: str = typer.Option(
-        "predict,feedback",
+        "predict,feedback,chat",
         "--scopes",
         help="Comma-separated: predict (/v1 model endpoints), feedback (/v1/feedback; its labels may "
-        "train `vlmops retrain`), admin (/metrics, /dashboard).",
+        "train `vlmops retrain`), admin (/metrics, /dashboard), chat (/v1/chat/completions).",
     ),
     tenant: str | None = typer.Option(
         None, "--tenant", help="Keys of one tenant may give feedback on each other's requests (rotation)."

@@ -120,7 +120,10 @@ class GenerativeVLM(Protocol):
 
     ``generate`` takes one prompt per image and returns one `Generation` per pair, in order. Greedy
     decoding (temperature 0) is deterministic; ``seed`` makes sampling repeatable where the model
-    supports it.
+    supports it. An adapter may take more keywords, which the gateway uses where ``generate``'s
+    signature has them (builtin:emoji-captioner does): ``top_p`` (nucleus sampling),
+    ``should_stop(i)`` (end answer ``i`` early: its client left) and ``on_text`` (row -> callback
+    with the answer's text so far, for streaming).
     """
 
     info: ModelInfo

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -172,19 +172,31 @@ class EmojiCaptioner:
         temperature: float = 0.0,
         seed: int | None = None,
         logprobs: bool = False,
+        top_p: float = 1.0,
+        should_stop: Callable[[int], bool] | None = None,
+        on_text: Mapping[int, Callable[[str], None]] | None = None,
     ) -> list[Generation]:
-        """One answer per (image, prompt) pair; `logprobs` is accepted for the protocol (always returned)."""
+        """One answer per (image, prompt) pair; `logprobs` is accepted for the protocol (always returned).
+
+        `top_p` < 1 samples from the smallest set of tokens whose probability reaches it (nucleus).
+        `should_stop(i)` is asked before every token: True ends answer `i` there (its caller went away;
+        a batch whose answers have all stopped ends at once). `on_text[i]` is called with answer `i`'s
+        text so far after each of its tokens (streaming); the last call may precede the final text.
+        """
         check_generation_inputs(images, prompts, max_tokens)
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        decoding = _Decoding(max_tokens, temperature, seed, top_p, should_stop, on_text or {})
         answers: list[Generation] = []
         for start in range(0, len(images), self.batch_size):
             stop = start + self.batch_size
-            answers += self._generate_batch(
-                images[start:stop], prompts[start:stop], max_tokens, temperature, seed, start
-            )
+            answers += self._generate_batch(images[start:stop], prompts[start:stop], start, decoding)
         return answers
 
     @torch.inference_mode()
-    def _generate_batch(self, images, prompts, max_tokens, temperature, seed, offset) -> list[Generation]:
+    def _generate_batch(self, images, prompts, offset: int, decoding: _Decoding) -> list[Generation]:
+        max_tokens, temperature, seed = decoding.max_tokens, decoding.temperature, decoding.seed
+        should_stop = decoding.should_stop
         began = time.perf_counter()
         size = self.tower.config.image_size
         grid, pooled = image_features(self.tower, pixels_from_images(images, size))
@@ -199,13 +211,15 @@ class EmojiCaptioner:
         first_token = None
         logits, cache = self.decoder.start(grid, pooled, ids, mask)
         for step in range(max_tokens):
+            if should_stop is not None:
+                finished = finished | torch.tensor([should_stop(offset + i) for i in range(n)])
             if finished.all():
                 break
             logp = torch.log_softmax(logits.float(), dim=-1)
             if generators is None:
                 token = logp.argmax(-1)
             else:
-                probs = torch.softmax(logits.float() / temperature, dim=-1)
+                probs = _nucleus(torch.softmax(logits.float() / temperature, dim=-1), decoding.top_p)
                 token = torch.stack(
                     [torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(generators)]
                 )
@@ -216,6 +230,7 @@ class EmojiCaptioner:
             first_token = first_token if first_token is not None else time.perf_counter() - began
             real = ~finished  # rows whose token this step is an answer token (an [EOS] included)
             finished = finished | (token == self._special[EOS]) | (room <= step + 1)
+            self._report(decoding.on_text, offset, new_ids, real & (token != self._special[EOS]))
             if step + 1 < max_tokens and not finished.all():
                 logits = self.decoder.step(token, real, cache)
         seconds = time.perf_counter() - began
@@ -223,6 +238,14 @@ class EmojiCaptioner:
             self._answer(new_ids[i], chosen_logprobs[i], len(prompt_ids[i]), seconds, first_token)
             for i in range(n)
         ]
+
+    def _report(self, on_text: Mapping, offset: int, new_ids: torch.Tensor, grew: torch.Tensor) -> None:
+        """Tell each streamed answer that got a token this step its text so far."""
+        for i in grew.nonzero()[:, 0].tolist() if on_text else ():
+            callback = on_text.get(offset + i)
+            if callback is not None:
+                real = [t for t in new_ids[i].tolist() if t != self._special[PAD]]
+                callback(detokenise(self.tokenizer.decode(real)))
 
     def _prompt_ids(self, prompt: str) -> list[int]:
         ids = self.tokenizer.encode(prompt).ids
@@ -264,6 +287,29 @@ def detokenise(text: str) -> str:
     for pattern in (_SPACE_BEFORE, _SPACE_AROUND, _SPACE_AFTER):
         text = pattern.sub(r"\1", text)
     return text
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    """How one `generate` call decodes."""
+
+    max_tokens: int
+    temperature: float
+    seed: int | None
+    top_p: float
+    should_stop: Callable[[int], bool] | None
+    on_text: Mapping[int, Callable[[str], None]]
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Rows of `probs` restricted to their smallest top set reaching `top_p`, renormalised."""
+    if top_p >= 1.0:
+        return probs
+    ordered, order = probs.sort(dim=-1, descending=True)
+    outside = ordered.cumsum(-1) - ordered >= top_p  # the first token is always kept
+    ordered = ordered.masked_fill(outside, 0.0)
+    kept = torch.zeros_like(probs).scatter(-1, order, ordered)
+    return kept / kept.sum(-1, keepdim=True)
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

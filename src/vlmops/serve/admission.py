@@ -21,11 +21,15 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from vlmops.serve.errors import ApiError
 from vlmops.serve.limits import TokenBucket
 
+# The owner (API key id, or client address) of the request the current task serves, for code below the
+# route that queues model work without a Ticket (the chat backends): batches take one item per owner in turn.
+REQUEST_OWNER: ContextVar[str | None] = ContextVar("vlmops_request_owner", default=None)
 ADMIT_SHARE = 0.25  # refuse a request expected to spend more than this share of its time waiting
 RATE_WINDOW_S = 0.5  # completions are counted over windows this long
 

@@ -143,7 +143,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
 
     predict_key, feedback_key, admin_key, any_key = (needs(s) for s in ("predict", "feedback", "admin", None))
 
-    async def admitted(request: Request, key: ApiKey | None = Depends(predict_key)):
+    def admit(request: Request, key: ApiKey | None) -> Ticket:
         """Admit the request (counted from its arrival, before its body was read) for its key."""
         # without keys, each client address is budgeted on its own
         client = request.client.host if request.client else "anonymous"
@@ -159,6 +159,10 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         # generator, so no exit stack and cancel scope per request)
         request.scope["state"]["ticket"] = ticket
         return ticket
+
+    async def admitted(request: Request, key: ApiKey | None = Depends(predict_key)):
+        """`admit` as a dependency of the predict routes."""
+        return admit(request, key)
 
     def row(
         request: Request,
@@ -414,6 +418,10 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         return render_dashboard(config.store)
 
     add_dashboard_routes(app, keys, authorise, render_dashboard)
+    if gateway.chat is not None:
+        from vlmops.serve.chat_routes import add_chat_routes
+
+        add_chat_routes(app, gateway, gateway.chat, authorise, admit, answer)
 
     @app.get("/metrics")
     async def metrics(key: ApiKey | None = Depends(admin_key)):

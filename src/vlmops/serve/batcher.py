@@ -15,6 +15,9 @@ Fairness and isolation:
   are dropped before they reach the model, and stop counting against the queue at once;
 - when the model fails on a batch, its items are retried one by one, so one bad item fails only its
   own caller instead of every request that shared its batch;
+- with `fill_when_idle_ms` (generation, where a batch runs for hundreds of milliseconds), a batch waits
+  that long for company even while the model is idle: the answers of a batch come back together, and
+  their clients' next requests arrive over the next few milliseconds, not all before the model frees;
 - with `cost` and `max_cost`, a batch also closes before `max_cost` would be passed, counting every item
   at the cost of the dearest one (the model pads a batch to its longest text), so a batch of long texts
   cannot hold the model thread for seconds while other requests' images wait behind it.
@@ -92,11 +95,13 @@ class MicroBatcher(Generic[T]):
         cost: Callable[[T], float] | None = None,
         max_cost: float | None = None,
         slot: ModelSlot | None = None,
+        fill_when_idle_ms: float = 0.0,
     ) -> None:
         if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
             raise ValueError("max_batch and queue_size must be >= 1 and max_wait_ms >= 0")
         self.fn, self.executor = fn, executor
         self.max_batch, self.max_wait_s, self.queue_size = max_batch, max_wait_ms / 1000.0, queue_size
+        self.fill_when_idle_s = fill_when_idle_ms / 1000.0
         self.on_batch = on_batch
         self.cost, self.max_cost = cost, max_cost
         self.slot = slot if slot is not None else ModelSlot()  # shared by batchers on one model thread
@@ -200,9 +205,12 @@ class MicroBatcher(Generic[T]):
         batch: list[_Item[T]] = []
         while True:
             self._take(batch)
-            if not batch or len(batch) >= self.max_batch or self._full(batch) or not self.slot.busy:
+            if not batch or len(batch) >= self.max_batch or self._full(batch):
                 return batch
-            remaining = min(i.enqueued for i in batch) + self.max_wait_s - time.perf_counter()
+            if not self.slot.busy and not self.fill_when_idle_s:
+                return batch
+            window = self.max_wait_s if self.slot.busy else self.fill_when_idle_s
+            remaining = min(i.enqueued for i in batch) + window - time.perf_counter()
             if remaining <= 0:
                 return batch
             self._wakeup.clear()  # set by a new item or by the model freeing up

@@ -19,6 +19,7 @@ from vlmops.store.log import PredictionLog
 
 CONFIG_ENV = "VLMOPS_SERVE_CONFIG"
 EMOJI_TEMPLATE = "an emoji of {}"
+DEFAULT_LABEL_SETS = {"emoji": "emoji:concept"}  # what `vlmops serve` loads when the emoji data is there
 
 
 def emoji_label_set(name: str, tier: str) -> LabelSet:
@@ -55,6 +56,9 @@ def build_gateway(config: ServeConfig) -> Gateway:
     config.runtime = resolve_runtime(config.model, requested)  # `auto`: what /v1/models reports is real
     options = _thread_options(config.runtime, config.model_threads)
     model = load_runtime(config.model, config.runtime, **options)
+    if not hasattr(model, "embed_images"):  # generative: /v1/chat/completions only
+        check_generative(config)
+        return Gateway(model, config, PredictionLog(config.store, config.log_sync), {})
     version = model.info.version
     template = config.template or (
         "an emoji of {}" if config.model.startswith("builtin:emoji") else "a photo of {}."
@@ -97,6 +101,52 @@ def build_gateway(config: ServeConfig) -> Gateway:
                 ),
             )
     return gateway
+
+
+def generative_uri(uri: str) -> bool:
+    """Whether `uri` names a generative model, told without loading it (a built-in's table entry, an
+    hf: folder's model_type), so that `vlmops serve` checks its options before starting workers."""
+    from vlmops.models import parse_uri
+
+    parsed = parse_uri(uri)
+    if parsed.scheme == "builtin":
+        from vlmops.models.builtin import BUILTIN_MODELS
+
+        spec = BUILTIN_MODELS.get(parsed.target.split("@")[0])
+        return spec is not None and spec.description.startswith("generative")
+    if parsed.scheme == "hf":
+        from vlmops.models.hf import SUPPORTED
+
+        config = Path(parsed.target).expanduser() / "config.json"
+        try:
+            return json.loads(config.read_text(encoding="utf-8")).get("model_type") not in SUPPORTED
+        except (OSError, ValueError):
+            return False  # loading says what is wrong with the folder
+    return parsed.scheme == "openai"
+
+
+def check_generative(config: ServeConfig) -> None:
+    """A generative model serves chat only: the dual-encoder resources (except the defaults `vlmops
+    serve` adds when the emoji data is installed) and rollout variants are refused by name."""
+    if config.label_sets == DEFAULT_LABEL_SETS and config.vocabulary == "emoji":
+        config.label_sets, config.vocabulary = {}, None
+    given = {
+        "--label-set": config.label_sets,
+        "--vocabulary": config.vocabulary,
+        "--calibration": config.calibration,
+        "--gallery": config.gallery,
+        "--canary": config.canary,
+        "--shadow": config.shadow,
+        "--template": config.template,
+    }
+    wrong = [name for name, value in given.items() if value]
+    if wrong:
+        raise VlmopsError(
+            f"{config.model} is a generative model (it answers /v1/chat/completions) and does not embed: "
+            f"{', '.join(wrong)}: these need a dual encoder; leave them out"
+        )
+    if config.runtime != "torch":
+        raise VlmopsError(f"{config.model} runs under --runtime torch only, not {config.runtime}")
 
 
 def _thread_options(runtime: str, threads: int | None) -> dict:

@@ -4,8 +4,9 @@ A key reads ``vlm_<key_id>_<secret>``. The id is public (it appears in the log a
 the secret is 32 random bytes, so a plain sha256 is as strong as a slow password hash would be.
 
 Each key holds scopes: ``predict`` (the /v1 model endpoints), ``feedback`` (POST /v1/feedback; its
-labels may train a retrained model) and ``admin`` (/metrics, /dashboard). New keys get
-``predict,feedback``; keys from a store older than scopes could call everything and keep all three.
+labels may train a retrained model), ``admin`` (/metrics, /dashboard) and ``chat``
+(/v1/chat/completions). New keys get ``predict,feedback,chat``; keys from a store older than scopes
+could call everything there was then and keep ``predict,feedback,admin``.
 A key may name a tenant: keys of one tenant may give feedback on each other's requests (key rotation).
 A dashboard session is a random token stored as its sha256, tied to a key and an expiry time.
 """
@@ -30,9 +31,9 @@ PREFIX = "vlm"
 _KEY_RE = re.compile(rf"^{PREFIX}_([0-9a-f]{{12}})_([A-Za-z0-9_-]{{20,}})$")
 DEFAULT_RATE_PER_S = 50.0
 DEFAULT_BURST = 100
-SCOPES = ("predict", "feedback", "admin")
-DEFAULT_SCOPES = ("predict", "feedback")
-LEGACY_SCOPES = SCOPES  # what a key could do before scopes existed
+SCOPES = ("predict", "feedback", "admin", "chat")
+DEFAULT_SCOPES = ("predict", "feedback", "chat")
+LEGACY_SCOPES = ("predict", "feedback", "admin")  # what a key could do before scopes existed
 SESSION_PREFIX = "vls"
 SESSION_TTL_S = 12 * 3600.0
 

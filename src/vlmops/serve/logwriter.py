@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from vlmops.store.log import PredictionLog, PredictionRow
+from vlmops.store.log import ChatExchange, PredictionLog, PredictionRow
 
 MAX_GROUP = 512
 SYNC_INTERVAL_S = 0.05  # a power cut may take the rows acknowledged in about the last 50 ms (group mode)
@@ -51,11 +51,12 @@ class LogWriter:
             self._syncer = threading.Thread(target=self._sync_loop, name="vlmops-log-sync", daemon=True)
             self._syncer.start()
 
-    async def write(self, row: PredictionRow) -> None:
-        """Commit one row (together with whatever else is waiting); raises if the database fails."""
+    async def write(self, row: PredictionRow, chat: ChatExchange | None = None) -> None:
+        """Commit one row, with its chat exchange if any (together with whatever else is waiting);
+        raises if the database fails."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((row, future, loop))
+        self._queue.put((row if chat is None else (row, chat), future, loop))
         await future
 
     def close(self) -> None:
@@ -82,7 +83,9 @@ class LogWriter:
                 continue
             start = time.perf_counter()
             try:
-                self.log.write(row for row, _, _ in entries)
+                rows = [row for row, _, _ in entries]
+                self.log.write(r for r in rows if isinstance(r, PredictionRow))
+                self.log.write_chat(r for r in rows if isinstance(r, tuple))
                 error = None
             except Exception as exc:  # surfaced to every waiting request
                 error = exc

@@ -21,6 +21,7 @@ KNOWN_PATHS = frozenset(
         "/v1/search",
         "/v1/tag",
         "/v1/feedback",
+        "/v1/chat/completions",
         "/v1/models",
         "/healthz",
         "/readyz",

@@ -144,6 +144,8 @@ class ErrorResponse(BaseModel):
 
 
 class ModelsResponse(BaseModel):
+    object: str = "list"
+    data: list[dict] = Field(default_factory=list, description="the served model, as OpenAI clients list it")
     model: dict
     runtime: str
     label_sets: dict[str, int]

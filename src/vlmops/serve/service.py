@@ -24,7 +24,7 @@ from PIL import Image
 from vlmops.audit.pii import redact_text
 from vlmops.errors import VlmopsError
 from vlmops.evaluate.calibration import softmax
-from vlmops.models.base import VLM
+from vlmops.models.base import VLM, GenerativeVLM
 from vlmops.serve.admission import Admission, Ticket, overloaded
 from vlmops.serve.archive import ImageArchive
 from vlmops.serve.batcher import MicroBatcher, ModelSlot, Overloaded
@@ -35,9 +35,10 @@ from vlmops.serve.logwriter import LogWriter
 from vlmops.serve.metrics import GatewayMetrics
 from vlmops.serve.resources import Calibration, Gallery, LabelSet
 from vlmops.serve.shared_limits import SharedTokenBuckets
-from vlmops.store.log import PredictionLog, PredictionRow
+from vlmops.store.log import ChatExchange, PredictionLog, PredictionRow
 
 TEXT_CACHE_SIZE = 50_000
+RECENT_IMAGES = 1024  # decoded chat images kept for the backend (a dict write per image; GIL-atomic)
 TEXT_BATCH_CHARS = 32  # a text batch holds at most max_batch texts of this many characters (padded)
 GIL_SWITCH_S = 0.0005
 WATCH_ITEMS = 4  # a request with more model items than this watches for its client going away
@@ -75,6 +76,9 @@ class ServeConfig:
     canary_share: float = 0.1
     shadow: str | None = None  # model URI that sees every classify request, logged, never returned
     follow_registry_s: float = 0.0  # > 0: poll the registry; a cleared canary/shadow alias stops routing
+    redact_prompts: bool = False  # chat prompts are logged PII-redacted (audit.pii.redact_text)
+    price_in: float = 0.0  # USD per 1M prompt tokens, for the logged cost of a chat exchange
+    price_out: float = 0.0  # USD per 1M completion tokens
     limits: Limits = field(default_factory=Limits)
 
 
@@ -92,11 +96,16 @@ class Decoded(NamedTuple):
 
 
 class Gateway:
-    """Model, batchers, resources and the log writer of one server process."""
+    """Model, batchers, resources and the log writer of one server process.
+
+    A dual encoder (`VLM`) gets the image and text batchers behind /v1/embeddings, classify, search and
+    tag; a generative model (`GenerativeVLM`) gets `chat`, the backend of /v1/chat/completions
+    (`serve.chat_local.LocalBackend`), on the same model thread, and those routes answer 409.
+    """
 
     def __init__(
         self,
-        model: VLM,
+        model: VLM | GenerativeVLM,
         config: ServeConfig,
         log: PredictionLog,
         label_sets: dict[str, LabelSet],
@@ -117,8 +126,24 @@ class Gateway:
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._in_flight = 0
         self._slot = ModelSlot()  # both batchers share the model thread: one waits while the other runs
-        self.images = self._batcher("image", model.embed_images)
-        self.texts = self._batcher("text", model.embed_texts)
+        self.embeds = hasattr(model, "embed_images")  # duck-typed: a dual encoder embeds, else generative
+        self._recent_images: OrderedDict[str, Image.Image] = OrderedDict()  # sha256 -> decoded, for chat
+        self.images = self._batcher("image", model.embed_images if self.embeds else _no_embedding)
+        self.texts = self._batcher("text", model.embed_texts if self.embeds else _no_embedding)
+        self.chat = None  # a ChatBackend: a generative model's LocalBackend, or an upstream proxy
+        if not self.embeds:
+            from vlmops.serve.chat_local import LocalBackend
+
+            self.chat = LocalBackend(
+                model,
+                self._model_thread,
+                config.max_batch,
+                config.max_wait_ms,
+                config.queue,
+                config.limits,
+                self._observer("chat"),
+                self._recent_images,
+            )
         self.writer: LogWriter | None = None
         self.archive = ImageArchive(config.keep_images) if config.keep_images else None
         self._named_matrices: dict[str, np.ndarray] = {}
@@ -126,14 +151,19 @@ class Gateway:
         self.variants: dict[str, Gateway] = {}  # "canary" and/or "shadow": other models, same log
         self._follow_task: asyncio.Task | None = None
 
-    def _batcher(self, kind: str, fn) -> MicroBatcher:
-        """A batcher whose queue holds 4 keys' worth of items in flight; text batches are cost-capped."""
+    def _observer(self, kind: str):
+        """Records each batch's size and its items' queue waits in /metrics under `kind`."""
 
         def observe(size: int, waits) -> None:
             self.metrics.batch_size.labels(kind).observe(size)
             for wait in waits:
                 self.metrics.queue_wait.labels(kind).observe(wait)
 
+        return observe
+
+    def _batcher(self, kind: str, fn) -> MicroBatcher:
+        """A batcher whose queue holds 4 keys' worth of items in flight; text batches are cost-capped."""
+        observe = self._observer(kind)
         c = self.config
         size = max(c.queue, 4 * c.key_items_in_flight)
         cost, max_cost = (len, c.max_batch * TEXT_BATCH_CHARS) if kind == "text" else (None, None)
@@ -157,6 +187,8 @@ class Gateway:
         sys.setswitchinterval(GIL_SWITCH_S)
         self.images.start()
         self.texts.start()
+        if self.chat is not None and hasattr(self.chat, "start"):
+            await self.chat.start()
         self.writer = LogWriter(self.log, on_commit=lambda n, s: self.metrics.log_commit.observe(s))
         # The server's own label sets and vocabulary are embedded once, as matrices: stacking thousands of
         # cached vectors per request would copy megabytes on the hot path.
@@ -177,6 +209,8 @@ class Gateway:
             await variant.stop()
         await self.images.stop()
         await self.texts.stop()
+        if self.chat is not None and hasattr(self.chat, "stop"):
+            await self.chat.stop()
         if self.writer is not None:
             self.writer.close()
         self._model_thread.shutdown(wait=True)
@@ -271,6 +305,10 @@ class Gateway:
             deadline,
         )
         digest = sha256_hex(data)
+        if not self.embeds:  # the chat backend takes the image decoded here instead of decoding it again
+            self._recent_images[digest] = image
+            while len(self._recent_images) > RECENT_IMAGES:
+                self._recent_images.popitem(last=False)
         if self.archive is not None:  # only images that decoded; written before the answer leaves
             self.archive.put(data, digest)
         return Decoded(image, stats, digest)
@@ -362,8 +400,18 @@ class Gateway:
             ticket.futures.extend(futures)
         return futures
 
+    def _needs_embedder(self) -> None:
+        if not self.embeds:
+            raise ApiError(
+                409,
+                "generative_model",
+                f"this server serves the generative model {self.model.info.name}, which does not embed: "
+                "use /v1/chat/completions, or serve a dual encoder (e.g. --model builtin:emoji-lit)",
+            )
+
     async def image_embeddings(self, images: list[Image.Image], ticket: Ticket | None = None) -> np.ndarray:
         """(n, d) embeddings of decoded images through the image batcher."""
+        self._needs_embedder()
         rows = await self._await(self._submit(self.images, images, ticket), ticket)
         return np.stack(rows).astype(np.float32)
 
@@ -371,6 +419,7 @@ class Gateway:
         self, texts: list[str], admit: bool = True, ticket: Ticket | None = None
     ) -> np.ndarray:
         """(n, d) embeddings of texts; cached texts skip the model."""
+        self._needs_embedder()
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
         if missing:
             if not admit:  # start-up: embed directly, in chunks, without the queue bound
@@ -390,6 +439,16 @@ class Gateway:
         row.texts = [redact_text(t) for t in row.texts]
         try:
             await self.writer.write(row)
+        except Exception as exc:
+            raise ApiError(
+                503, "log_unavailable", f"the prediction log could not be written ({exc}); retry"
+            ) from exc
+
+    async def record_chat(self, row: PredictionRow, chat: ChatExchange) -> None:
+        """Write a chat exchange (its requests row and chat row) durably; a database failure is a 503."""
+        assert self.writer is not None
+        try:
+            await self.writer.write(row, chat)
         except Exception as exc:
             raise ApiError(
                 503, "log_unavailable", f"the prediction log could not be written ({exc}); retry"
@@ -483,7 +542,10 @@ class Gateway:
     def describe(self) -> dict:
         """What /v1/models reports."""
         cal = self.calibration
+        served = {"id": self.model.info.name, "object": "model", "created": 0, "owned_by": "vlmops"}
         return {
+            "object": "list",  # with `data`, what OpenAI clients read (`client.models.list()`)
+            "data": [{**served, "version": self.version, "generative": not self.embeds}],
             "model": self.model.info.to_dict(),
             "runtime": self.config.runtime,
             "label_sets": {name: len(s.labels) for name, s in self.label_sets.items()},
@@ -493,6 +555,10 @@ class Gateway:
             "gallery": None if self.gallery is None else {"n": len(self.gallery.ids)},
             "vocabulary": len(self.vocabulary),
         }
+
+
+def _no_embedding(_items: list) -> list:
+    raise RuntimeError("a generative model does not embed")  # never reached: _needs_embedder says 409
 
 
 def _retrieve(future: asyncio.Future) -> None:

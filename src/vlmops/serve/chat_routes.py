@@ -1,0 +1,252 @@
+"""POST /v1/chat/completions, OpenAI-compatible, over any `ChatBackend` (a local model or an upstream).
+
+The route does what every backend shares: the API key (scope ``chat``), admission and deadline, the
+body's validation, the images (data: URLs; http(s) only through an operator's fetcher), their sha256
+and statistics (and the archive with --keep-images), the request id as the answer's ``id``, and the
+log. A non-streamed exchange is written durably before its answer leaves; a streamed one before its
+final ``data: [DONE]`` event, or, when the client goes away mid-stream, as ``cancelled`` with the text
+sent so far (the backend's work is stopped at once). A backend that fails (a timeout, a broken model, an
+unreachable upstream) leaves a row with status ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
+
+from vlmops.audit.pii import redact_text
+from vlmops.serve import chat_format as fmt
+from vlmops.serve.admission import REQUEST_OWNER, Ticket
+from vlmops.serve.chat_backend import ChatBackend, ChatOutcome, ChatStream
+from vlmops.serve.chat_messages import as_data_url, data_url_bytes, image_refs, transcript
+from vlmops.serve.chat_schemas import ChatRequest
+from vlmops.serve.errors import ApiError
+from vlmops.serve.keys import ApiKey
+from vlmops.serve.parsing import body_doc, parse_body
+from vlmops.serve.service import Decoded, Gateway
+from vlmops.store.log import ChatExchange, PredictionRow
+
+PATH = "/v1/chat/completions"
+_CONTENT = re.compile(rb'"content":\s*"[^"]')  # a chunk with text in it
+logger = logging.getLogger("vlmops.serve")
+FetchImage = Callable[[str, str], Awaitable[bytes]]  # (url, field name) -> image bytes
+
+
+@dataclass
+class _Exchange:
+    """What the route knows about one exchange before the answer: enough to log it however it ends."""
+
+    request_id: str
+    key: ApiKey | None
+    start: float  # perf_counter at arrival
+    request: ChatRequest
+    images: list[Decoded]
+    mode: str
+    version: str | None
+
+
+def add_chat_routes(
+    app: FastAPI,
+    gateway: Gateway,
+    backend: ChatBackend,
+    authorise: Callable[[Request, str | None], Awaitable[ApiKey | None]],
+    admit: Callable[[Request, ApiKey | None], Ticket],
+    respond: Callable[[dict], object],
+    fetch_image: FetchImage | None = None,
+) -> None:
+    """Add POST /v1/chat/completions answered by `backend`."""
+    config, limits = gateway.config, gateway.config.limits
+
+    async def chat_key(request: Request) -> ApiKey | None:
+        return await authorise(request, "chat")
+
+    async def record(exchange: _Exchange, outcome: ChatOutcome, ttft_s: float | None) -> None:
+        """Write the exchange (its requests row and chat row in one transaction), durably."""
+        latency_ms = (time.perf_counter() - exchange.start) * 1000
+        request = exchange.request
+        prompt = transcript(request)
+        if config.redact_prompts:
+            prompt = [{**m, "text": redact_text(m["text"])} for m in prompt]
+        tokens_in, tokens_out = outcome.tokens_in, outcome.tokens_out
+        cost = ((tokens_in or 0) * config.price_in + (tokens_out or 0) * config.price_out) / 1e6
+        row = PredictionRow(
+            request_id=exchange.request_id,
+            endpoint="chat",
+            model_version=exchange.version or outcome.model,
+            input_sha256=[d.sha256 for d in exchange.images],
+            latency_ms=latency_ms,
+            key_id=None if exchange.key is None else exchange.key.key_id,
+            image_stats=[d.stats for d in exchange.images],
+        )
+        chat = ChatExchange(
+            request_id=exchange.request_id,
+            mode=exchange.mode,
+            model=outcome.model,
+            prompt=prompt,
+            answer=outcome.text,
+            status=outcome.status,
+            finish_reason=outcome.finish_reason if outcome.status == "ok" else None,
+            stream=request.stream,
+            prompt_redacted=config.redact_prompts,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            ttft_ms=latency_ms if ttft_s is None else ttft_s * 1000,
+            cost_usd=cost,
+            params=request.params(),
+        )
+        await gateway.record_chat(row, chat)
+
+    async def record_failure(exchange: _Exchange, exc: Exception) -> None:
+        """A timeout, a failing model or upstream (not a refused request) is logged as an error."""
+        if not isinstance(exc, ApiError) or exc.status >= 500:
+            failed = ChatOutcome("", None, None, None, None, exchange.request.model, status="error")
+            with contextlib.suppress(ApiError):
+                await record(exchange, failed, None)
+
+    @app.post(PATH, openapi_extra=body_doc(ChatRequest))
+    async def chat_completions(request: Request, key: ApiKey | None = Depends(chat_key)):
+        """OpenAI-compatible chat completion about images (text and image_url parts), streamed or not."""
+        state = request.scope["state"]
+        ticket = admit(request, key)
+        parsed, _ = await parse_body(request, ChatRequest)
+        body = parsed.model_dump(exclude_unset=True)
+        refs = image_refs(parsed)
+        if len(refs) > limits.max_images:
+            raise ApiError(
+                413, "too_many_images", f"{len(refs)} images, the limit is {limits.max_images} per request"
+            )
+        images = []
+        for ref in refs:
+            if ref.is_http and fetch_image is not None:
+                data = await fetch_image(ref.url, ref.field)
+                body["messages"][ref.message]["content"][ref.part]["image_url"]["url"] = as_data_url(data)
+            else:
+                data = data_url_bytes(ref)
+            images.append(await gateway.decode(data, ref.field, ticket))
+        ticket.admission.take_items(ticket, parsed.n)
+        version = getattr(backend, "version", None)
+        if version:
+            state["model_version"] = version
+        exchange = _Exchange(
+            state["request_id"], key, state.get("arrival", time.perf_counter()), parsed, images,
+            backend.mode, version,
+        )  # fmt: skip
+        deadline = time.monotonic() + ticket.remaining()
+        REQUEST_OWNER.set(ticket.owner)  # the backend's batches take one request per key in turn
+        if parsed.stream:
+            stream = backend.stream(body, deadline)
+            events = aiter(stream)
+            try:  # a failure before the first event still gets its HTTP status
+                first = await anext(events)
+            except Exception as exc:
+                await stream.aclose()
+                await record_failure(exchange, exc)
+                raise
+            return ChatStreamResponse(stream, events, first, exchange, record)
+        try:
+            answer, outcome = await backend.complete(body, deadline)
+        except Exception as exc:
+            await record_failure(exchange, exc)
+            raise
+        answer["id"] = exchange.request_id
+        await record(exchange, outcome, None)
+        return respond(answer)
+
+
+class ChatStreamResponse(Response):
+    """An SSE answer that logs its exchange before ``[DONE]``, and as cancelled when the client leaves."""
+
+    def __init__(self, stream: ChatStream, events, first: bytes, exchange: _Exchange, record) -> None:
+        self.status_code, self.background = 200, None  # no super().__init__: there is no body to render
+        self.stream, self.events, self.first = stream, events, first
+        self.exchange, self.record = exchange, record
+        self.own_id = re.compile(rb'"id":\s*"' + re.escape(exchange.request_id.encode()) + rb'"')
+        self.ttft_s: float | None = None
+        self.logged = False
+
+    async def __call__(self, scope, receive, send) -> None:
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        pump = asyncio.ensure_future(self._pump(send))
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not pump.done():  # the client went away (or this request is being cancelled)
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+                await self.stream.aclose()
+                await self._log(self.stream.outcome, "cancelled")
+        error = pump.exception() if pump.done() and not pump.cancelled() else None
+        if error is not None:
+            await self._log(self.stream.outcome, "error")
+            raise error
+
+    async def _all(self):
+        yield self.first
+        async for event in self.events:
+            yield event
+
+    async def _pump(self, send) -> None:
+        try:
+            async for event in self._all():
+                if event == fmt.DONE:
+                    await self._log(self.stream.outcome, "ok")  # durable before the client hears DONE
+                else:
+                    event = self._stamp(event)
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+        except ApiError as exc:  # the answer has started: the error goes in the stream
+            await self._fail(send, exc.code, exc.message)
+        except Exception as exc:  # a bug or a failing model: logged with its traceback, told as a 500 is
+            rid = self.exchange.request_id
+            logger.error("chat stream %s failed", rid, exc_info=(type(exc), exc, exc.__traceback__))
+            message = f"the server failed on this request ({type(exc).__name__}); it was logged as {rid}"
+            await self._fail(send, "internal_error", message)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _fail(self, send, code: str, message: str) -> None:
+        """End the stream with an error event (what OpenAI clients raise) and log the exchange as an error."""
+        body = {"error": {"code": code, "message": message}, "request_id": self.exchange.request_id}
+        await send({"type": "http.response.body", "body": fmt.sse(body), "more_body": True})
+        with contextlib.suppress(ApiError):  # the log is down: the client has been told already
+            await self._log(self.stream.outcome, "error")
+
+    def _stamp(self, event: bytes) -> bytes:
+        """The chunk with the request id as its id (parsed only when it has another); notes the time of
+        the first content."""
+        if not event.startswith(b"data: {"):
+            return event
+        if self.ttft_s is None and _CONTENT.search(event):
+            self.ttft_s = time.perf_counter() - self.exchange.start
+        if self.own_id.search(event):
+            return event
+        payload = json.loads(event[6:])
+        payload["id"] = self.exchange.request_id
+        return fmt.sse(payload)
+
+    async def _log(self, outcome: ChatOutcome, status: str) -> None:
+        if self.logged:
+            return
+        self.logged = True
+        outcome.status = status
+        await self.record(self.exchange, outcome, self.ttft_s)
+
+
+async def _disconnected(receive) -> None:
+    """Returns when the client has closed the connection (the request body was read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
