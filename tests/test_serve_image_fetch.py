@@ -228,3 +228,74 @@ def test_slow_servers_time_out(port, path):
 def test_loopback_is_refused_without_allow_private(port):
     error = refused(f"http://127.0.0.1:{port}/img.png")
     assert error.code == "image_address_refused" and "loopback" in error.message
+
+
+def self_signed(tmp_path, name: str) -> tuple[str, str]:
+    """(cert file, key file) of a self-signed certificate for DNS name `name`."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_name(tmp_path):
+    import ssl
+    import threading
+
+    import uvicorn
+
+    from serve_helpers import free_port
+
+    cert, key = self_signed(tmp_path, "images.example")
+    tls_port = free_port()
+    config = uvicorn.Config(
+        Starlette(routes=ROUTES),
+        host="127.0.0.1",
+        port=tls_port,
+        log_level="critical",
+        ssl_certfile=cert,
+        ssl_keyfile=key,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        trust = ssl.create_default_context(cafile=cert)
+        resolver = StubResolver({"images.example": ["127.0.0.1"], "wrong.example": ["127.0.0.1"]})
+        options = {"allow_private": True, "resolver": resolver, "verify": trust}
+        url = f"https://images.example:{tls_port}/img.png"
+        assert fetch(url, allow=("images.example",), **options) == PNG
+        error = refused(f"https://wrong.example:{tls_port}/img.png", allow=("wrong.example",), **options)
+        assert error.code == "image_fetch_failed" and "certificate" in error.message.lower()
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 
 import httpx
@@ -71,9 +72,14 @@ async def fetch_image(
     allow_private: bool = False,
     *,
     resolver: Resolver | None = None,
+    verify: ssl.SSLContext | bool = True,
     field: str = "image_url",
 ) -> bytes:
-    """The bytes of the image at `url`, or an ApiError saying which safety rule refused it."""
+    """The bytes of the image at `url`, or an ApiError saying which safety rule refused it.
+
+    `resolver` replaces the system's name lookup (tests); `verify` is the TLS trust (a private CA's
+    context, say): certificates are always checked against the URL's host name, not the address.
+    """
     parsed = _parse(url, field)
     host = parsed.host.lower().rstrip(".")
     allow_hosts = tuple(allow_hosts)
@@ -88,7 +94,7 @@ async def fetch_image(
     try:
         async with asyncio.timeout(timeout_s):
             address = await _checked_address(host, port, allow_private, resolver or system_resolver, field)
-            return await _download(parsed, host, address, max_bytes, field)
+            return await _download(parsed, host, address, max_bytes, verify, field)
     except TimeoutError:
         raise ApiError(
             504, "image_fetch_timeout", f"{field}: {url} was not fetched within {timeout_s:g} s"
@@ -140,11 +146,15 @@ async def _addresses(host: str, port: int, resolver: Resolver, field: str) -> li
     return addresses
 
 
-async def _download(parsed: httpx.URL, host: str, address: Address, max_bytes: int, field: str) -> bytes:
+async def _download(
+    parsed: httpx.URL, host: str, address: Address, max_bytes: int, verify: ssl.SSLContext | bool, field: str
+) -> bytes:
     target = parsed.copy_with(host=str(address))
     headers = {"Host": parsed.netloc.decode("ascii"), "Accept": "image/*"}
     extensions = {"sni_hostname": host} if parsed.scheme == "https" else {}
-    async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=None) as client:
+    async with httpx.AsyncClient(
+        trust_env=False, follow_redirects=False, timeout=None, verify=verify
+    ) as client:
         try:
             request = client.build_request("GET", target, headers=headers, extensions=extensions)
             response = await client.send(request, stream=True)
