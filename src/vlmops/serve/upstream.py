@@ -136,6 +136,8 @@ class UpstreamBackend:
             raise self.too_slow(start, exc) from None
         except httpx.TransportError as exc:
             raise self.unreachable(exc) from None
+        except httpx.DecodingError as exc:
+            raise self.malformed(f"{type(exc).__name__}: {exc}") from None
         answer = self.parse_answer(raw)
         if completion_id is not None:
             answer["id"] = completion_id

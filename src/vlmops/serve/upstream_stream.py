@@ -77,6 +77,9 @@ class UpstreamStream:
         except httpx.TransportError as exc:
             await self._end("error")
             raise self._backend.unreachable(exc) from None
+        except httpx.DecodingError as exc:
+            await self._end("error")
+            raise self._backend.malformed(f"{type(exc).__name__}: {exc}") from None
 
     async def aclose(self) -> None:
         """Stop early: close the upstream request; the outcome is "cancelled" with the partial text."""
@@ -154,7 +157,7 @@ class UpstreamStream:
         return b"data: " + data.encode() + b"\n\n"
 
     def _account(self, chunk: dict, choices: list) -> None:
-        if chunk.get("model") and not self._backend.model:
+        if chunk.get("model"):  # what served it, as for complete()
             self.outcome.model = str(chunk["model"])
         usage = chunk.get("usage")
         if isinstance(usage, dict):
