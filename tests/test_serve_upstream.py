@@ -329,3 +329,82 @@ def test_connections_are_reused(fake):
 
     connections = run(go, fake.url)
     assert len(connections) == 1
+
+
+def mock_stream(chunks: list[bytes], status: int = 200):
+    """An httpx transport answering every request with `chunks` as an SSE body, split exactly so."""
+    import httpx
+
+    async def body():
+        for chunk in chunks:
+            yield chunk
+
+    def handler(request):
+        return httpx.Response(status, headers={"content-type": "text/event-stream"}, content=body())
+
+    return httpx.MockTransport(handler)
+
+
+def test_sse_framing_crlf_multiline_comments_and_odd_splits():
+    def chunk(content: str | None = None, finish: str | None = None) -> bytes:
+        delta = {"content": content} if content is not None else {}
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return json.dumps({"id": "u-1", "object": "chat.completion.chunk", "choices": [choice]}).encode()
+
+    raw = (
+        b": keep-alive comment\r\n\r\n"
+        + b"data: "
+        + chunk("Hel")
+        + b"\r\n\r\n"
+        + b"event: message\ndata:"  # a field before the data, and no space after "data:"
+        + chunk("lo")
+        + b"\n\n"
+        + b'data: {"id": "u-1", "object": "chat.completion.chunk",\ndata: "choices": [{"index": 0, '
+        + b'"delta": {"content": "!"}, "finish_reason": null}]}\n\n'  # one event on two data lines
+        + b"data: "
+        + chunk(finish="stop")
+        + b"\n\n"
+        + b'data: {"id": "u-1", "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3}}\n\n'
+        + b"data: [DONE]\n\n"
+    )
+    for size in (1, 7, 4096):  # one byte at a time (CRLF split across chunks too), odd, all at once
+        pieces = [raw[i : i + size] for i in range(0, len(raw), size)]
+        holder = {}
+
+        async def go(backend, holder=holder):
+            stream = holder["s"] = backend.stream(chat_body(stream=True), soon())
+            return await collect(stream)
+
+        events = asyncio.run(_with(go, mock_stream(pieces)))
+        chunks = payloads(events)
+        assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["Hel", "lo", "!", None]
+        outcome = holder["s"].outcome
+        assert (outcome.text, outcome.finish_reason, outcome.tokens_in, outcome.tokens_out) == (
+            "Hello!",
+            "stop",
+            4,
+            3,
+        )
+
+
+def test_an_upstream_error_event_mid_stream_is_502():
+    raw = b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n'
+    raw += b'data: {"error": {"message": "CUDA out of memory"}}\n\n'
+    holder = {}
+
+    async def go(backend):
+        stream = holder["s"] = backend.stream(chat_body(stream=True), soon())
+        return await collect(stream)
+
+    with pytest.raises(ApiError) as info:
+        asyncio.run(_with(go, mock_stream([raw])))
+    assert info.value.status == 502 and "failed mid-stream: CUDA out of memory" in info.value.message
+    assert holder["s"].outcome.status == "error" and holder["s"].outcome.text == "a"
+
+
+async def _with(coro_fn, transport):
+    backend = UpstreamBackend("http://upstream.invalid/v1", transport=transport)
+    try:
+        return await coro_fn(backend)
+    finally:
+        await backend.aclose()

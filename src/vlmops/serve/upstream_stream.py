@@ -1,6 +1,6 @@
 """A streamed upstream answer: SSE events passed through one at a time, accounted as they pass.
 
-Each ``__anext__`` reads upstream lines until one event is complete and returns it as
+Each ``__anext__`` reads upstream bytes until one event is complete and returns it as
 ``b"data: {...}\\n\\n"`` (comments and ``event:`` lines are dropped; the payload bytes are the
 upstream's unless the id is rewritten). The text, finish reason, usage and time to first token are
 accumulated into ``outcome`` on the way. ``aclose()`` closes the upstream response, so the upstream
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from vlmops.serve.upstream import UpstreamBackend
 
 DONE = b"data: [DONE]\n\n"
-MAX_EVENT_CHARS = 4 * 1024 * 1024
+MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 
 class UpstreamStream:
@@ -38,7 +38,8 @@ class UpstreamStream:
         self._client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         self._start = time.monotonic()
         self._response: httpx.Response | None = None
-        self._lines = None
+        self._chunks = None  # the body's byte chunks, once the upstream answered
+        self._buffer = b""  # bytes of events not yet passed on
         self._parts: list[str] = []
         self._finished = False  # the outcome is final: [DONE] handed out, an error, or cancelled
         self._closing: asyncio.Task | None = None
@@ -92,41 +93,55 @@ class UpstreamStream:
     async def _open(self) -> None:
         backend = self._backend
         payload = backend.payload(self._body, stream=True)
-        request = backend._client.build_request("POST", "/chat/completions", json=payload)
+        headers = {"Accept-Encoding": "identity"}  # events pass as they come, not inflated from gzip
+        request = backend._client.build_request("POST", "/chat/completions", json=payload, headers=headers)
         self._response = await backend._client.send(request, stream=True)
         await backend.check_status(self._response)
         kind = self._response.headers.get("content-type", "")
         if not kind.startswith("text/event-stream"):
             raise backend.malformed(f"a streamed request was answered with content-type {kind or 'none'!r}")
-        self._lines = self._response.aiter_lines()
+        encoded = self._response.headers.get("content-encoding", "identity") != "identity"
+        self._chunks = self._response.aiter_bytes() if encoded else self._response.aiter_raw()
 
     async def _next_event(self) -> bytes:
-        data: list[str] = []
-        size = 0
-        async for line in self._lines:
-            if line.startswith("data:"):
-                data.append(line[6:] if line.startswith("data: ") else line[5:])
-                size += len(line)
-                if size > MAX_EVENT_CHARS:
-                    raise self._backend.malformed(f"an SSE event over {MAX_EVENT_CHARS} characters")
-                continue
-            if line or not data:
-                continue  # a comment, an event:/id:/retry: field, or a blank line between events
-            event = self._pass("\n".join(data))
-            data = []
-            if event is not None:
-                return event
+        """The next event to pass on, read straight from the body's chunks (no line-by-line layers)."""
+        while True:
+            while (end := self._buffer.find(b"\n\n")) >= 0:
+                block, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
+                event = self._event(block)
+                if event is not None:
+                    return event
+            if len(self._buffer) > MAX_EVENT_BYTES:
+                raise self._backend.malformed(f"an SSE event over {MAX_EVENT_BYTES} bytes")
+            chunk = await anext(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+            if b"\r" in self._buffer:  # CRLF line ends (one may straddle two chunks: the CR waits)
+                self._buffer = self._buffer.replace(b"\r\n", b"\n")
         # the upstream closed the stream
-        if data and (event := self._pass("\n".join(data))) is not None:
+        block, self._buffer = self._buffer.strip(b"\n"), b""
+        if block and (event := self._event(block)) is not None:
             return event
         if self.outcome.finish_reason is None:
             raise self._backend.malformed("the stream ended before a finish_reason or [DONE]")
         await self._end("ok")
         return DONE  # an upstream that ends without [DONE]: the client still gets one
 
-    def _pass(self, data: str) -> bytes | None:
+    def _event(self, block: bytes) -> bytes | None:
+        """One SSE event block (its lines without the blank one): the bytes to send on, or None."""
+        if block.startswith(b"data: ") and b"\n" not in block:  # the usual one-line event
+            return self._pass(block[6:])
+        data = [
+            line[6:] if line.startswith(b"data: ") else line[5:]
+            for line in block.split(b"\n")
+            if line.startswith(b"data:")
+        ]
+        return self._pass(b"\n".join(data)) if data else None  # else a comment or event:/id: fields
+
+    def _pass(self, data: bytes) -> bytes | None:
         """Account one event's payload; the bytes to send on, or None to drop it."""
-        if data.strip() == "[DONE]":
+        if data.strip() == b"[DONE]":
             self._finished = True  # the next __anext__ reads the rest, so the connection is reused
             self._sync_text()
             self.outcome.status = "ok"
@@ -153,8 +168,8 @@ class UpstreamStream:
             return None  # the usage chunk we asked for on the operator's behalf
         if self._completion_id is not None:
             chunk["id"] = self._completion_id
-            data = json.dumps(chunk, separators=(",", ":"))
-        return b"data: " + data.encode() + b"\n\n"
+            data = json.dumps(chunk, separators=(",", ":")).encode()
+        return b"data: " + data + b"\n\n"
 
     def _account(self, chunk: dict, choices: list) -> None:
         if chunk.get("model"):  # what served it, as for complete()
@@ -193,10 +208,10 @@ class UpstreamStream:
     async def _drain(self) -> None:
         """After [DONE]: read the upstream's last bytes (keep-alive) and close; at most a second."""
         if self._closing is None:
-            if self._lines is not None:
+            if self._chunks is not None:
                 try:
                     async with asyncio.timeout(min(1.0, remaining(self._deadline))):
-                        async for _ in self._lines:
+                        async for _ in self._chunks:
                             pass
                 except (TimeoutError, httpx.HTTPError):
                     pass
