@@ -408,3 +408,81 @@ async def _with(coro_fn, transport):
         return await coro_fn(backend)
     finally:
         await backend.aclose()
+
+
+def proxy_app(backend_options: dict):
+    """A bare Starlette route around UpstreamBackend, as the gateway's chat route will hold it."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    state = {}
+
+    async def chat(request: Request) -> Response:
+        if "backend" not in state:  # made on the server's loop, like the gateway's lifespan would
+            state["backend"] = UpstreamBackend(**backend_options)
+        backend, body = state["backend"], await request.json()
+        try:
+            if not body.get("stream"):
+                answer, state["outcome"] = await backend.complete(body, soon())
+                return JSONResponse(answer)
+            stream = state["stream"] = backend.stream(body, soon())
+            first = await stream.__anext__()
+        except ApiError as exc:
+            return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, exc.status)
+
+        async def events():
+            try:
+                yield first
+                async for event in stream:
+                    yield event
+            finally:
+                await stream.aclose()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])]), state
+
+
+def test_the_openai_client_through_a_route_around_the_backend(fake):
+    import openai
+
+    app, state = proxy_app({"base_url": fake.url, "api_key_env": KEY_ENV})
+    with serve_in_thread(app) as port:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="gateway-key", max_retries=0)
+        body = chat_body()
+        answer = client.chat.completions.create(model="fake-vlm", messages=body["messages"])
+        assert answer.choices[0].message.content == "a red image about describe"
+        assert answer.usage.completion_tokens == 5
+
+        chunks = list(
+            client.chat.completions.create(
+                model="fake-vlm",
+                messages=body["messages"],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        assert (
+            "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            == answer.choices[0].message.content
+        )
+        assert chunks[-1].usage.prompt_tokens == 3
+
+        with pytest.raises(openai.NotFoundError, match="does not exist"):
+            client.chat.completions.create(model="nope", messages=body["messages"])
+
+        # the client walks away mid-stream: the route's aclose reaches the upstream
+        fake.token_delay_s, fake.extra_tokens = 0.2, 30
+        stream = client.chat.completions.create(model="fake-vlm", messages=body["messages"], stream=True)
+        for i, _ in enumerate(stream):
+            if i == 3:
+                break
+        stream.close()
+        deadline = time.monotonic() + 5
+        while fake.cancelled == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fake.cancelled == 1
+        outcome = state["stream"].outcome
+        assert outcome.status == "cancelled" and outcome.text.startswith("a red image")
