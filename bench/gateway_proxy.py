@@ -16,8 +16,9 @@ closed loop of `--requests` requests per virtual client. Reported: p50 latency, 
 token (streams), throughput, and for each proxy arm the added p50 latency, added p50 TTFT and the
 throughput ratio to direct (targets: <= 3 ms, <= 5 ms, >= 0.9).
 
-Server CPU per request is the serving process's own (the fake's for direct, the proxy's for the others),
-which the load of other processes on a shared machine does not inflate.
+Server CPU per request is the serving process's own (the fake's for direct, the proxy's for the others,
+from /proc at 10 ms resolution), which the load of other processes on a shared machine inflates far
+less than it inflates latency; 1000 / it is the most requests a second one core could carry.
 
 Run: ``python bench/gateway_proxy.py [--arms direct,backend,gateway] [--concurrency 1,16]``
 """
@@ -308,6 +309,7 @@ def print_rows(mode: str, concurrency: int, rows: dict[str, dict], deltas: dict[
         line = (
             f"{mode:6} c={concurrency:<3} {arm:8} p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms"
             f"{ttft}  {row['per_s']:7.1f} req/s  server cpu {row['server_cpu_ms']:5.2f} ms/req"
+            f" (at most {1000 / max(row['server_cpu_ms'], 1e-9):5.0f} req/s a core)"
         )
         if arm in deltas:
             d = deltas[arm]
