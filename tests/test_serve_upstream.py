@@ -486,3 +486,33 @@ def test_the_openai_client_through_a_route_around_the_backend(fake):
         assert fake.cancelled == 1
         outcome = state["stream"].outcome
         assert outcome.status == "cancelled" and outcome.text.startswith("a red image")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message", "code"),
+    [
+        (b'{"error": {"message": "bad model", "code": "model_not_found"}}', "bad model", "model_not_found"),
+        (
+            b'{"error": {"code": 400, "message": "too long", "type": "invalid_request_error"}}',
+            "too long",
+            "invalid_request_error",
+        ),  # llama.cpp
+        (
+            b'{"error": "model \\"x\\" not found, try pulling it first"}',
+            'model "x" not found, try pulling it first',
+            None,
+        ),  # Ollama
+        (
+            b'{"object": "error", "message": "max_tokens too big", "type": "BadRequestError", "code": 400}',
+            "max_tokens too big",
+            "BadRequestError",
+        ),  # vLLM
+        (b'{"detail": "Not Found"}', "Not Found", None),  # FastAPI
+        (b"<html>bad gateway</html>", "<html>bad gateway</html>", None),
+        (b"", "Bad Request", None),
+    ],
+)
+def test_error_bodies_in_every_servers_shape(raw, message, code):
+    from vlmops.serve.upstream import error_message
+
+    assert error_message(raw, "Bad Request") == (message, code)

@@ -180,7 +180,7 @@ class UpstreamBackend:
             raw = await _read_capped(response, MAX_ERROR_BYTES, self.base_url)
         except (ApiError, httpx.HTTPError):
             raw = b""
-        message, code = _error_message(raw, response.reason_phrase)
+        message, code = error_message(raw, response.reason_phrase)
         message = self.scrub(message)
         if status >= 500:
             raise ApiError(
@@ -244,17 +244,22 @@ async def _read_capped(response: httpx.Response, limit: int, base_url: str) -> b
     return b"".join(chunks)
 
 
-def _error_message(raw: bytes, fallback: str) -> tuple[str, str | None]:
-    """(message, code) from an OpenAI-style error body, else its text."""
+def error_message(raw: bytes, fallback: str) -> tuple[str, str | None]:
+    """(message, code) from an error body in the shapes servers use, else its text.
+
+    OpenAI and llama.cpp nest ``{"error": {"message", "code"|"type"}}``; Ollama sends
+    ``{"error": "..."}``; vLLM ``{"message", "type", "code": 400}``; FastAPI ``{"detail": ...}``.
+    """
     try:
         body = json.loads(raw)
-        error = body.get("error") if isinstance(body, dict) else None
-        if isinstance(error, dict):
-            code = error.get("code") or error.get("type")
-            return str(error.get("message") or error)[:500], code if isinstance(code, str) else None
-        if error or (isinstance(body, dict) and body.get("detail")):
-            return str(error or body.get("detail"))[:500], None
     except (json.JSONDecodeError, UnicodeDecodeError):
-        pass
+        body = None
+    if isinstance(body, dict):
+        error = body.get("error")
+        where = error if isinstance(error, dict) else body
+        message = where.get("message") or (error if isinstance(error, str) else None) or body.get("detail")
+        if message:
+            code = next((c for c in (where.get("code"), where.get("type")) if isinstance(c, str) and c), None)
+            return str(message)[:500], code
     text = raw.decode("utf-8", "replace").strip()
     return (text[:500] or fallback), None
