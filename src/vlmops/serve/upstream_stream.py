@@ -13,24 +13,36 @@ import asyncio
 import contextlib
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httpx
 
 from vlmops.serve.chat_backend import ChatOutcome
 from vlmops.serve.errors import ApiError
 
-if TYPE_CHECKING:
-    from vlmops.serve.upstream import UpstreamBackend
-
 DONE = b"data: [DONE]\n\n"
 MAX_EVENT_BYTES = 4 * 1024 * 1024
+
+
+class Upstream(Protocol):
+    """What a stream uses of its `vlmops.serve.upstream.UpstreamBackend`."""
+
+    base_url: str
+    model: str | None
+    _client: httpx.AsyncClient
+
+    def payload(self, body: dict, stream: bool) -> dict: ...
+    async def check_status(self, response: httpx.Response) -> None: ...
+    def scrub(self, text: str) -> str: ...
+    def unreachable(self, exc: Exception) -> ApiError: ...
+    def too_slow(self, start: float, exc: Exception) -> ApiError: ...
+    def malformed(self, what: str) -> ApiError: ...
 
 
 class UpstreamStream:
     """One streamed chat completion from the upstream (a `ChatStream`)."""
 
-    def __init__(self, backend: UpstreamBackend, body: dict, deadline: float, completion_id: str | None):
+    def __init__(self, backend: Upstream, body: dict, deadline: float, completion_id: str | None):
         self._backend = backend
         self._body = body
         self._deadline = deadline
