@@ -299,3 +299,14 @@ def test_https_connects_to_the_checked_address_and_verifies_the_name(tmp_path):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.mark.parametrize("host", ["2130706433", "0x7f000001"])
+def test_numeric_spellings_of_loopback_are_refused_after_resolution(host):
+    # the system resolver reads these as 127.0.0.1 without any DNS query (inet_aton forms)
+    error = refused(f"http://{host}/x.png", allow=(host,))
+    assert error.code == "image_address_refused" and "127.0.0.1" in error.message
+
+
+def test_an_octal_spelling_is_not_a_url():
+    assert refused("http://0177.0.0.1/x.png", allow=("0177.0.0.1",)).code == "bad_image_url"
