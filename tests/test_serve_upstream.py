@@ -516,3 +516,27 @@ def test_error_bodies_in_every_servers_shape(raw, message, code):
     from vlmops.serve.upstream import error_message
 
     assert error_message(raw, "Bad Request") == (message, code)
+
+
+def test_aclose_from_another_task_ends_the_reader_quietly_as_cancelled(fake):
+    fake.token_delay_s, fake.extra_tokens = 0.2, 20
+
+    async def go(backend):
+        stream = backend.stream(chat_body(stream=True), soon())
+        got = []
+
+        async def consume():
+            async for event in stream:
+                got.append(event)
+
+        task = asyncio.create_task(consume())
+        while len(got) < 3:
+            await asyncio.sleep(0.01)
+        await stream.aclose()  # while `consume` waits for the next event
+        await asyncio.wait_for(task, 5)  # ends without an error
+        await upstream_saw_cancel(fake)
+        return stream, got
+
+    stream, got = run(go, fake.url)
+    assert stream.outcome.status == "cancelled" and stream.outcome.text.startswith("a red")
+    assert got[-1] != b"data: [DONE]\n\n"

@@ -81,18 +81,21 @@ class UpstreamStream:
         except asyncio.CancelledError:
             self._end_soon("cancelled")  # no await: a cancelled task group would cancel that too
             raise
-        except ApiError:
+        except (ApiError, TimeoutError, httpx.HTTPError, httpx.StreamError) as exc:
+            if self._finished:  # aclose() from another task closed the response under this read
+                raise StopAsyncIteration from None
             await self._end("error")
-            raise
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            await self._end("error")
-            raise self._backend.too_slow(self._start, exc) from None
-        except httpx.TransportError as exc:
-            await self._end("error")
-            raise self._backend.unreachable(exc) from None
-        except httpx.DecodingError as exc:
-            await self._end("error")
-            raise self._backend.malformed(f"{type(exc).__name__}: {exc}") from None
+            raise self._api_error(exc) from None
+
+    def _api_error(self, exc: Exception) -> ApiError:
+        """The ApiError a failure while streaming maps to."""
+        if isinstance(exc, ApiError):
+            return exc
+        if isinstance(exc, TimeoutError | httpx.TimeoutException):
+            return self._backend.too_slow(self._start, exc)
+        if isinstance(exc, httpx.TransportError):
+            return self._backend.unreachable(exc)
+        return self._backend.malformed(f"{type(exc).__name__}: {exc}")
 
     async def aclose(self) -> None:
         """Stop early: close the upstream request; the outcome is "cancelled" with the partial text."""
@@ -210,10 +213,11 @@ class UpstreamStream:
         await asyncio.shield(self._closing)
 
     def _end_soon(self, status: str) -> None:
-        """Make the outcome final and start closing the upstream response."""
-        self._finished = True
-        self._sync_text()
-        self.outcome.status = status
+        """Make the outcome final (once: the first ending wins) and start closing the upstream response."""
+        if not self._finished:
+            self._finished = True
+            self._sync_text()
+            self.outcome.status = status
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._close_response())
 
