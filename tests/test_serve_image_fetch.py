@@ -174,6 +174,7 @@ def test_hosts_off_the_allow_list_are_refused_before_any_lookup():
         "cdn.example.evil", ["*.cdn.example"]
     )
     assert not host_allowed("xcdn.example", ["*.cdn.example"])
+    assert host_allowed("Images.Example.", ["images.example"]) and host_allowed("::1", ["[::1]"])
 
 
 @pytest.mark.parametrize(

@@ -55,10 +55,14 @@ def refusal_reason(address: Address) -> str | None:
 
 
 def host_allowed(host: str, allow_hosts: Iterable[str]) -> bool:
-    """Whether `host` is on the allow-list: an exact name or address, or under a ``*.domain`` entry."""
+    """Whether `host` is on the allow-list: an exact name or address, or under a ``*.domain`` entry.
+
+    Entries are host names or addresses only (no ports or schemes); matching ignores case and a
+    trailing dot.
+    """
     host = host.lower().rstrip(".")
     for entry in allow_hosts:
-        entry = entry.strip().lower().rstrip(".")
+        entry = entry.strip().strip("[]").lower().rstrip(".")  # "[::1]" names the host "::1"
         if entry == host or (entry.startswith("*.") and host.endswith(entry[1:])):
             return True
     return False
