@@ -19,6 +19,21 @@ status with the upstream's message (a 429 keeps its Retry-After), 5xx, a redirec
 answer → 502. A streamed answer raises them from the first ``__anext__`` when nothing was sent yet
 (the route can still answer with that status); later, from the ``__anext__`` where it happened, with
 ``outcome.status == "error"`` and the partial text kept.
+
+How a route holds it (create it once per process, in the lifespan; ``await backend.aclose()`` at
+shutdown)::
+
+    stream = backend.stream(body, deadline, completion_id=our_id)
+    first = await stream.__anext__()        # an ApiError here still becomes an HTTP status
+
+    async def events():
+        try:
+            yield first
+            async for event in stream:      # an ApiError here: send a `data: {"error": ...}` event
+                yield event
+        finally:
+            await stream.aclose()          # a disconnect cancels the upstream request
+            log(stream.outcome)            # "ok", "cancelled" (partial text) or "error"
 """
 
 from __future__ import annotations
