@@ -8,6 +8,8 @@ arms is the proxy. Arms, each its own process on loopback:
 - ``direct``: the client talks to the fake.
 - ``backend``: a minimal Starlette app in this file around `vlmops.serve.upstream.UpstreamBackend`
   (the proxy's own cost, without the gateway's auth, limits and logging).
+- ``aiohttp`` (only when asked for with --arms): the same bare route with aiohttp as the upstream
+  client, a sketch to size what swapping httpx would change; not vlmops code.
 - ``gateway``: ``vlmops serve --upstream URL --insecure-no-auth`` (the whole gateway); skipped while
   `vlmops serve` has no --upstream option.
 
@@ -97,6 +99,52 @@ def serve_backend(port: int, upstream: str) -> None:
                     yield event
             finally:
                 await stream.aclose()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    routes = [Route("/v1/chat/completions", chat, methods=["POST"]), Route("/readyz", lambda r: Response())]
+    uvicorn.run(Starlette(routes=routes), host="127.0.0.1", port=port, log_level="warning")
+
+
+def serve_aiohttp_proxy(port: int, upstream: str) -> None:
+    """A sketch, not vlmops code: the same route with aiohttp as the upstream client, framing and
+    parsing every event as UpstreamBackend does, to size what that client would change."""
+    import aiohttp
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+
+    state: dict = {}
+
+    async def chat(request: Request) -> Response:
+        if "session" not in state:
+            state["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+        body = await request.json()
+        url = upstream + "/chat/completions"
+        if not body.get("stream"):
+            async with state["session"].post(url, json=body) as response:
+                answer = json.loads(await response.read())
+            return Response(json.dumps(answer), media_type="application/json")
+        payload = {**body, "stream_options": {"include_usage": True}}
+        response = await state["session"].post(url, json=payload)
+
+        async def events():
+            buffer = b""
+            try:
+                async for chunk in response.content.iter_any():
+                    buffer += chunk
+                    while (end := buffer.find(b"\n\n")) >= 0:
+                        block, buffer = buffer[:end], buffer[end + 2 :]
+                        data = block[6:]
+                        if data != b"[DONE]":
+                            chunk_json = json.loads(data)
+                            if not chunk_json["choices"]:
+                                continue
+                        yield block + b"\n\n"
+            finally:
+                response.release()
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -293,6 +341,10 @@ def main() -> None:
             ports["backend"] = free_port()
             cmd = [*me, "--role", "backend", "--port", str(ports["backend"]), "--upstream", upstream]
             procs["backend"] = start(cmd, ports["backend"], tmp / "backend.log")
+        if "aiohttp" in arms:
+            ports["aiohttp"] = free_port()
+            cmd = [*me, "--role", "aiohttp", "--port", str(ports["aiohttp"]), "--upstream", upstream]
+            procs["aiohttp"] = start(cmd, ports["aiohttp"], tmp / "aiohttp.log")
         if "gateway" in arms:
             ports["gateway"] = free_port()
             cmd = [str(Path(sys.executable).parent / "vlmops"), "serve", "--upstream", upstream]
@@ -353,7 +405,7 @@ def print_rows(mode: str, concurrency: int, rows: dict[str, dict], deltas: dict[
 if __name__ == "__main__":
     if "--role" in sys.argv:
         role = argparse.ArgumentParser()
-        role.add_argument("--role", choices=["fake", "backend"])
+        role.add_argument("--role", choices=["fake", "backend", "aiohttp"])
         role.add_argument("--port", type=int)
         role.add_argument("--token-delay-ms", type=float, default=5.0)
         role.add_argument("--tokens", type=int, default=32)
@@ -361,6 +413,8 @@ if __name__ == "__main__":
         a = role.parse_args()
         if a.role == "fake":
             serve_fake(a.port, a.token_delay_ms, a.tokens)
+        elif a.role == "aiohttp":
+            serve_aiohttp_proxy(a.port, a.upstream)
         else:
             serve_backend(a.port, a.upstream)
     else:
