@@ -2,7 +2,9 @@
 
 It answers from the pixels it is sent, so a test can tell that the right image reached it: the
 answer names the image's dominant colour and echoes the prompt's first word. Knobs on `FakeServer`
-make it refuse keys, rate-limit, fail, stall or answer garbage.
+make it refuse keys, rate-limit, fail, stall or answer garbage; stream slowly (`token_delay_s`), give
+longer answers (`extra_tokens`), send broken JSON or broken SSE, end a stream early, quote the key it
+was sent in its errors (`echo_key`), and count streams the client abandoned (`cancelled`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import io
 import json
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,6 +64,16 @@ class FakeServer:
     max_in_flight: int = 0
     bodies: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    token_delay_s: float = 0.0  # between streamed tokens; a non-streamed answer waits tokens x this
+    extra_tokens: int = 0  # " w0", " w1", ... appended to every answer
+    malformed_json: bool = False  # a 200 whose body is not JSON
+    malformed_sse: bool = False  # a stream whose second event is not JSON
+    truncate_stream: bool = False  # a stream that stops after its tokens: no finish_reason, no [DONE]
+    echo_key: bool = False  # error messages quote the Authorization header they got
+    streams_started: int = 0
+    streams_completed: int = 0
+    cancelled: int = 0  # streams the client went away from before the end
+    stream_events: list[float] = field(default_factory=list)  # perf_counter() when each event was sent
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -80,8 +93,9 @@ class FakeServer:
         return app
 
     async def _answer(self, request: Request) -> Response:
+        said = f" (got {request.headers.get('authorization')})" if self.echo_key else ""
         if self.key is not None and request.headers.get("authorization") != f"Bearer {self.key}":
-            return _error(401, "Incorrect API key provided.", "invalid_api_key")
+            return _error(401, "Incorrect API key provided." + said, "invalid_api_key")
         body = await request.json()
         self.bodies.append(body)
         if self.delay_s:
@@ -93,26 +107,50 @@ class FakeServer:
                 headers["retry-after-ms"] = str(self.retry_after_ms)
             if self.retry_after_s is not None:
                 headers["retry-after"] = self.retry_after_s
-            return _error(self.fail_status, "Rate limit reached, slow down.", "rate_limit", headers)
+            return _error(self.fail_status, "Rate limit reached, slow down." + said, "rate_limit", headers)
         if body.get("model") not in self.models:
-            return _error(404, f"The model `{body.get('model')}` does not exist.", "model_not_found")
+            message = f"The model `{body.get('model')}` does not exist." + said
+            return _error(404, message, "model_not_found")
         if self.malformed:
             return JSONResponse({"id": "x", "object": "chat.completion", "choices": [{"index": 0}]})
+        if self.malformed_json:
+            return Response(b'{"id": "x", "choices": [', media_type="application/json")
         image, prompt = _read_message(body["messages"][-1]["content"])
         tokens = expected_tokens(image, prompt, body.get("temperature", 0.0), body.get("seed"))
         limit = body.get("max_completion_tokens") or body.get("max_tokens") or 256
+        tokens += [f" w{i}" for i in range(self.extra_tokens)]
         finish = "length" if len(tokens) > limit else "stop"
         tokens = tokens[:limit]
         usage = {"prompt_tokens": len(prompt.split()) + 1, "completion_tokens": len(tokens)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if body.get("stream"):
-            return StreamingResponse(_chunks(tokens, finish, usage, body), media_type="text/event-stream")
+            chunks = self._recorded(_chunks(tokens, finish, usage, body, self))
+            return StreamingResponse(chunks, media_type="text/event-stream")
+        if self.token_delay_s:
+            await asyncio.sleep(self.token_delay_s * len(tokens))
         message = {"role": "assistant", "content": "".join(tokens)}
         choice = {"index": 0, "message": message, "finish_reason": finish}
         if body.get("logprobs"):
             choice["logprobs"] = {"content": [_logprob(i, t) for i, t in enumerate(tokens)]}
         answer = {"id": "chatcmpl-1", "object": "chat.completion", "choices": [choice], "usage": usage}
         return JSONResponse(answer)
+
+    async def _recorded(self, chunks):
+        """`chunks`, counting a stream the client abandoned (the server cancels it) as cancelled."""
+        with self.lock:
+            self.streams_started += 1
+        finished = False
+        try:
+            async for chunk in chunks:
+                self.stream_events.append(time.perf_counter())
+                yield chunk
+            finished = True
+        finally:
+            with self.lock:
+                if finished:
+                    self.streams_completed += 1
+                else:
+                    self.cancelled += 1
 
 
 def _read_message(content: list[dict]) -> tuple[Image.Image, str]:
@@ -132,7 +170,7 @@ def _error(status: int, message: str, code: str, headers: dict | None = None) ->
     return JSONResponse({"error": {"message": message, "code": code}}, status_code=status, headers=headers)
 
 
-async def _chunks(tokens: list[str], finish: str, usage: dict, body: dict):
+async def _chunks(tokens: list[str], finish: str, usage: dict, body: dict, server: FakeServer):
     def event(choices: list, **extra) -> str:
         chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": choices, **extra}
         return "data: " + json.dumps(chunk)
@@ -143,7 +181,11 @@ async def _chunks(tokens: list[str], finish: str, usage: dict, body: dict):
         if body.get("logprobs"):
             choice["logprobs"] = {"content": [_logprob(i, token)]}
         yield event([choice]) + "\n\n"
-        await asyncio.sleep(0)
+        if server.malformed_sse:
+            yield 'data: {"id": "chatcmpl-1", "choices": [\n\n'
+        await asyncio.sleep(server.token_delay_s)
+    if server.truncate_stream:
+        return
     yield event([{"index": 0, "delta": {}, "finish_reason": finish}]) + "\n\n"
     if (body.get("stream_options") or {}).get("include_usage"):
         yield event([], usage=usage) + "\n\n"
