@@ -39,8 +39,11 @@ def _read_report(path: Path) -> dict:
         raise VlmopsError(
             f"cannot read eval report {path}: {exc}; write one with `vlmops eval --json`"
         ) from None
-    if report.get("schema") != "vlmops.eval/1":
-        raise VlmopsError(f"{path} is not a vlmops eval report (schema vlmops.eval/1)")
+    if report.get("schema") not in ("vlmops.eval/1", "vlmops.geneval/1"):
+        raise VlmopsError(
+            f"{path} is not a vlmops eval report (schema vlmops.eval/1, or vlmops.geneval/1 from "
+            "`vlmops eval --task caption|vqa`)"
+        )
     return report
 
 
@@ -186,16 +189,22 @@ def gate(
         None,
         "--rules",
         help="e.g. 'top1_drop<=0.01,ece_increase<=0.02'. Default: top1_drop<=0.01, worst_slice_drop<=0.02, "
-        "ece_increase<=0.02 and robustness_drop<=0.02, each where both reports have its metric.",
+        "ece_increase<=0.02 and robustness_drop<=0.02, each where both reports have its metric. "
+        "Generative reports: cider_d_drop<=0.1, exact_match_drop<=0.02, vqa_accuracy_drop<=0.02, "
+        "chair_s_increase<=0.02.",
     ),
-    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the paired McNemar test."),
+    alpha: float = typer.Option(
+        0.05, "--alpha", help="Significance level of the paired test (McNemar; Wilcoxon for generative)."
+    ),
     store: str | None = StoreOption,
     json_out: Path | None = JsonOption,
 ) -> None:
     """May the candidate replace the baseline? Exit 0 pass, 1 fail, 2 bad input.
 
     Checks tolerances on top-1, worst-slice top-1, ECE and corruption top-1, and an exact McNemar test
-    on the per-item outcomes of the same evaluation items.
+    on the per-item outcomes of the same evaluation items. Generative reports (`vlmops eval --task
+    caption|vqa`): tolerances on CIDEr-D, exact match, VQA accuracy and CHAIR_s, and a one-sided
+    Wilcoxon signed-rank test on per-item CIDEr-D (captions) or exact match (answers).
     """
     from vlmops.registry.gate import gate as run_gate
 

@@ -19,11 +19,13 @@ from vlmops.evaluate.generative import (
 from vlmops.evaluate.generative_robustness import Runner, robustness_section
 from vlmops.evaluate.hallucination import ObjectVocabulary, chair
 from vlmops.evaluate.slices import default_slice_fields, slice_metrics
-from vlmops.evaluate.text_metrics import caption_tokens, rouge_l
+from vlmops.evaluate.text_metrics import caption_tokens, cider_d, exact_match, rouge_l
 from vlmops.models.base import GenerativeVLM
 from vlmops.store.cache import EmbeddingCache
 from vlmops.store.embed import embed_images_cached
 from vlmops.store.generate import generate_cached
+
+GENERATIVE_SCHEMA = "vlmops.geneval/1"
 
 
 def run_generative_eval(
@@ -102,8 +104,21 @@ def run_generative_eval(
          "references": task.references[i][:3]}
         for i in range(min(20, task.n))
     ]  # fmt: skip
+    report["items"] = item_scores(task, answers)
     report["headline"] = generative_headline(report)
-    return report
+    return {"schema": GENERATIVE_SCHEMA, **report}
+
+
+def item_scores(task: GenerativeTask, answers: list[str]) -> dict:
+    """Per-item scores for paired comparisons of two models on the same items (the promotion gate):
+    item ids (record id and question type), exact match, and CIDEr-D per caption."""
+    ids = [f"{i}/{q}" for i, q in zip(task.frame["id"].astype(str), task.question_types, strict=True)]
+    items = {"ids": ids, "exact_match": [float(x) for x in exact_match(answers, task.references)]}
+    if task.task == "caption":
+        hyps = [caption_tokens(a) for a in answers]
+        refs = [[caption_tokens(r) for r in rs] for rs in task.references]
+        items["cider_d"] = [float(x) for x in cider_d(hyps, refs)]
+    return items
 
 
 GENERATIVE_HEADLINE: dict[str, tuple[Callable[[dict], float | None], str]] = {

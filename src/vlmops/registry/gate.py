@@ -69,13 +69,14 @@ class GateDecision:
         }
 
 
-def parse_gate_rules(text: str) -> list[tuple[str, str, float]]:
-    """'top1_drop<=0.01,ece_increase<=0.02' -> [(metric, op, limit)]."""
+def parse_gate_rules(text: str, deltas: dict | None = None) -> list[tuple[str, str, float]]:
+    """'top1_drop<=0.01,ece_increase<=0.02' -> [(metric, op, limit)]; `deltas`: the known metrics."""
+    deltas = DELTAS if deltas is None else deltas
     rules = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         match = _RULE.match(part)
-        if match is None or match.group(1) not in DELTAS:
-            raise GateError(f"bad gate rule {part!r}: use METRIC<=LIMIT with METRIC in {', '.join(DELTAS)}")
+        if match is None or match.group(1) not in deltas:
+            raise GateError(f"bad gate rule {part!r}: use METRIC<=LIMIT with METRIC in {', '.join(deltas)}")
         rules.append((match.group(1), match.group(2), float(match.group(3))))
     if not rules:
         raise GateError("no gate rules given")
@@ -125,7 +126,17 @@ def gate(candidate: dict, baseline: dict, rules: str | None = None, alpha: float
 
     `rules=None` takes DEFAULT_RULES, less those whose metric one of the reports lacks (listed in
     `not_checked`); an explicit rule on a missing metric fails with a note naming the suite that has it.
+    Two generative reports (vlmops.geneval/1) go to `gate_generative.generative_gate`.
     """
+    from vlmops.registry.gate_generative import GENERATIVE_SCHEMA, generative_gate
+
+    kinds = {candidate.get("schema"), baseline.get("schema")}
+    if GENERATIVE_SCHEMA in kinds:
+        if kinds != {GENERATIVE_SCHEMA}:
+            raise GateError(
+                "one report is of a generative model and the other of a dual encoder; gate like with like"
+            )
+        return generative_gate(candidate, baseline, rules, alpha)
     cand_items, base_items = _paired(candidate, baseline)
     checks, not_checked = [], []
     for metric, op, limit in parse_gate_rules(DEFAULT_RULES if rules is None else rules):

@@ -1,0 +1,121 @@
+"""The promotion gate for generative models: champion and challenger on the same held-out items.
+
+Two `vlmops.geneval/1` reports in (`vlmops eval --task caption|vqa`, or `generative_report`), one
+decision out. The decision rule:
+
+1. A paired test on the per-item scores: CIDEr-D per caption (task caption), exact match per answer
+   (task vqa). The one-sided Wilcoxon signed-rank test (scipy, zeros dropped, the normal approximation
+   with tie correction where ties or zeros occur) asks whether the candidate's scores are lower; the
+   candidate **fails when p_worse < alpha**: it must not be significantly worse. Equal answers give no
+   evidence either way (every difference zero: p = 1). With 0/1 exact-match scores the test is a sign
+   test on the items whose outcome changed, as McNemar's is for classification.
+2. Tolerances on headline metrics, as for classification: a drop in CIDEr-D, exact match or VQA
+   accuracy, a rise in CHAIR_s (captions with a hallucinated object); by default each where both
+   reports have it (`not_checked` lists the others).
+
+The paired bootstrap 95% CI of the mean per-item difference (candidate - baseline; 2,000 resamples of
+items, seeded) is reported beside the test, for reading: it says how large a change could be.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+from vlmops.evaluate.generative_suite import GENERATIVE_SCHEMA
+from vlmops.registry.gate import GateCheck, GateDecision, GateError, parse_gate_rules
+
+__all__ = ["GENERATIVE_SCHEMA", "generative_gate", "paired_score_test"]
+# rule metric -> (headline name, sign): delta = sign * (candidate - baseline), "worse" is positive
+GENERATIVE_DELTAS = {
+    "cider_d_drop": ("cider_d", -1),
+    "exact_match_drop": ("exact_match", -1),
+    "vqa_accuracy_drop": ("vqa_accuracy", -1),
+    "chair_s_increase": ("chair_s", +1),
+}
+GENERATIVE_DEFAULT_RULES = (
+    "cider_d_drop<=0.1,exact_match_drop<=0.02,vqa_accuracy_drop<=0.02,chair_s_increase<=0.02"
+)
+ITEM_METRIC = {"caption": "cider_d", "vqa": "exact_match"}  # the per-item score the paired test compares
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def paired_score_test(candidate, baseline, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
+    """One-sided Wilcoxon signed-rank p-values (candidate worse / better) and the paired bootstrap CI of
+    the mean difference, on per-item scores of the same items."""
+    cand, base = np.asarray(candidate, dtype=float), np.asarray(baseline, dtype=float)
+    if cand.shape != base.shape or cand.ndim != 1 or not len(cand):
+        raise GateError("the per-item scores of the two reports do not pair up (different lengths)")
+    diff = cand - base
+    changed = int(np.count_nonzero(diff))
+    result = {
+        "n": len(diff),
+        "changed": changed,
+        "worse": int((diff < 0).sum()),
+        "better": int((diff > 0).sum()),
+        "mean_difference": float(diff.mean()),
+    }
+    if changed:
+        worse = stats.wilcoxon(cand, base, zero_method="wilcox", alternative="less")
+        better = stats.wilcoxon(cand, base, zero_method="wilcox", alternative="greater")
+        result |= {"statistic": float(worse.statistic), "p_worse": float(worse.pvalue)}
+        result["p_better"] = float(better.pvalue)
+    else:
+        result |= {"statistic": 0.0, "p_worse": 1.0, "p_better": 1.0}
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {**result, "ci95": [float(low), float(high)], "test": "wilcoxon signed-rank, one-sided"}
+
+
+def _paired_items(candidate: dict, baseline: dict) -> tuple[str, list, list]:
+    if candidate.get("task") != baseline.get("task"):
+        raise GateError(
+            f"the reports are of different tasks ({candidate.get('task')} and {baseline.get('task')}); "
+            "evaluate both models with the same --task"
+        )
+    ci, bi = candidate.get("items"), baseline.get("items")
+    if not ci or not bi:
+        raise GateError("a report has no per-item scores ('items'); re-run `vlmops eval` with this version")
+    if ci["ids"] != bi["ids"]:
+        raise GateError("the reports were made on different items; evaluate both on the same data and split")
+    metric = ITEM_METRIC[candidate["task"]]
+    if metric not in ci or metric not in bi:
+        raise GateError(f"a report has no per-item {metric}; re-run `vlmops eval` with this version")
+    return metric, ci[metric], bi[metric]
+
+
+def generative_gate(
+    candidate: dict, baseline: dict, rules: str | None = None, alpha: float = 0.05
+) -> GateDecision:
+    """Decide whether a generative `candidate` may replace `baseline` (see the module's decision rule)."""
+    metric, cand_items, base_items = _paired_items(candidate, baseline)
+    checks, not_checked = [], []
+    text = GENERATIVE_DEFAULT_RULES if rules is None else rules
+    for name, op, limit in parse_gate_rules(text, GENERATIVE_DELTAS):
+        headline, sign = GENERATIVE_DELTAS[name]
+        a, b = candidate["headline"].get(headline), baseline["headline"].get(headline)
+        if a is None or b is None:
+            note = f"{headline} missing from a report (task {candidate.get('task')})"
+            if rules is None:
+                not_checked.append(f"{name}{op}{limit:g}: {note}")
+            else:
+                checks.append(GateCheck(f"{name}{op}{limit:g}", None, limit, False, note))
+            continue
+        delta = sign * (a - b)
+        ok = delta <= limit if op == "<=" else delta < limit
+        note = f"{headline}: {b:.4f} -> {a:.4f}"
+        checks.append(GateCheck(f"{name}{op}{limit:g}", float(delta), limit, bool(ok), note))
+    paired = {"metric": metric, **paired_score_test(cand_items, base_items)}
+    low, high = paired["ci95"]
+    checks.append(
+        GateCheck(
+            f"paired_wilcoxon_p_worse>={alpha:g}",
+            paired["p_worse"],
+            alpha,
+            paired["p_worse"] >= alpha,
+            f"per-item {metric}: {paired['worse']} worse, {paired['better']} better of {paired['n']}; "
+            f"mean difference {paired['mean_difference']:+.4f} (95% CI {low:+.4f} to {high:+.4f})",
+        )
+    )
+    return GateDecision(all(c.passed for c in checks), checks, paired, not_checked)
