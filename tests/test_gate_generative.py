@@ -101,7 +101,10 @@ def test_vqa_gates_on_exact_match_and_mismatched_reports_are_refused(tmp_path):
     broken = generative_report(FixedAnswer("no"), task, store)
     decision = gate(broken, champion)
     assert decision.paired["metric"] == "exact_match" and not decision.passed
-    assert "cider_d_drop<=0.1" in decision.not_checked[0]  # no CIDEr-D for answers: left out and said so
+    asked = gate(broken, champion, rules="cider_d_drop<=0.1")  # no CIDEr-D for answers: a failed check
+    assert asked.checks[0].passed is False and "cider_d missing" in asked.checks[0].note
+    tolerant = gate(champion, champion, rules="exact_match_drop<=0,vqa_accuracy_drop<=0")
+    assert tolerant.passed and len(tolerant.checks) == 3
     with pytest.raises(GateError, match="different tasks"):
         gate(broken, {**champion, "task": "caption"})
     with pytest.raises(GateError, match="different items"):

@@ -49,3 +49,15 @@ def generative_report(model, task, cache_url: str | None = None, seed: int = 0) 
     if {"id", "sha256"} <= set(frame.columns) and frame["sha256"].notna().all():
         report["data"]["dataset_version"] = dataset_version(frame)
     return report
+
+
+def captioner_gate_tasks(manifest, split: str | None, sample: int, seed: int = 0) -> dict:
+    """The held-out sets a captioner is gated on: captions and the VQA questions of the same `sample`
+    images (seeded) of `split` of the emoji data (`data.questions`)."""
+    from vlmops.evaluate.generative import build_generative_task
+    from vlmops.evaluate.task import select_split
+
+    rows, _ = select_split(manifest, split)
+    if sample and len(rows) > sample:
+        rows = rows.sample(sample, random_state=seed)
+    return {task: build_generative_task(rows, "emoji", task, split="all") for task in ("caption", "vqa")}

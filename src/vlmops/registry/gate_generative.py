@@ -9,9 +9,11 @@ decision out. The decision rule:
    candidate **fails when p_worse < alpha**: it must not be significantly worse. Equal answers give no
    evidence either way (every difference zero: p = 1). With 0/1 exact-match scores the test is a sign
    test on the items whose outcome changed, as McNemar's is for classification.
-2. Tolerances on headline metrics, as for classification: a drop in CIDEr-D, exact match or VQA
-   accuracy, a rise in CHAIR_s (captions with a hallucinated object); by default each where both
-   reports have it (`not_checked` lists the others).
+2. Tolerances on headline metrics, only where asked for (`rules`, e.g. ``cider_d_drop<=0.2,
+   chair_s_increase<=0.05``): a drop in CIDEr-D, exact match or VQA accuracy, a rise in CHAIR_s
+   (captions with a hallucinated object). They are not on by default: on the few hundred items a CPU
+   gate affords, one changed caption moves corpus CIDEr-D or CHAIR_s by more than any useful
+   tolerance, while the paired test weighs the changes against the sample size.
 
 The paired bootstrap 95% CI of the mean per-item difference (candidate - baseline; 2,000 resamples of
 items, seeded) is reported beside the test, for reading: it says how large a change could be.
@@ -33,9 +35,6 @@ GENERATIVE_DELTAS = {
     "vqa_accuracy_drop": ("vqa_accuracy", -1),
     "chair_s_increase": ("chair_s", +1),
 }
-GENERATIVE_DEFAULT_RULES = (
-    "cider_d_drop<=0.1,exact_match_drop<=0.02,vqa_accuracy_drop<=0.02,chair_s_increase<=0.02"
-)
 ITEM_METRIC = {"caption": "cider_d", "vqa": "exact_match"}  # the per-item score the paired test compares
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -90,17 +89,13 @@ def generative_gate(
 ) -> GateDecision:
     """Decide whether a generative `candidate` may replace `baseline` (see the module's decision rule)."""
     metric, cand_items, base_items = _paired_items(candidate, baseline)
-    checks, not_checked = [], []
-    text = GENERATIVE_DEFAULT_RULES if rules is None else rules
-    for name, op, limit in parse_gate_rules(text, GENERATIVE_DELTAS):
+    checks: list[GateCheck] = []
+    for name, op, limit in parse_gate_rules(rules, GENERATIVE_DELTAS) if rules else []:
         headline, sign = GENERATIVE_DELTAS[name]
         a, b = candidate["headline"].get(headline), baseline["headline"].get(headline)
         if a is None or b is None:
             note = f"{headline} missing from a report (task {candidate.get('task')})"
-            if rules is None:
-                not_checked.append(f"{name}{op}{limit:g}: {note}")
-            else:
-                checks.append(GateCheck(f"{name}{op}{limit:g}", None, limit, False, note))
+            checks.append(GateCheck(f"{name}{op}{limit:g}", None, limit, False, note))
             continue
         delta = sign * (a - b)
         ok = delta <= limit if op == "<=" else delta < limit
@@ -118,4 +113,4 @@ def generative_gate(
             f"mean difference {paired['mean_difference']:+.4f} (95% CI {low:+.4f} to {high:+.4f})",
         )
     )
-    return GateDecision(all(c.passed for c in checks), checks, paired, not_checked)
+    return GateDecision(all(c.passed for c in checks), checks, paired)
