@@ -169,6 +169,63 @@ def history(
     write_json(rows, json_out)
 
 
+@app.command("canary-check")
+@handle_errors
+def canary_check(
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the one-sided Fisher test."),
+    min_feedback: int = typer.Option(
+        20, "--min-feedback", min=1, help="Judged answers each side needs before a verdict."
+    ),
+    rollback: bool = typer.Option(False, "--rollback", help="Clear the canary alias when it is worse."),
+    store: str | None = StoreOption,
+    json_out: Path | None = JsonOption,
+) -> None:
+    """Is the canary's traffic rejected by people more often than the champion's? Exit 1 when it is.
+
+    Reads the human feedback on requests each version answered since the canary alias was set (any
+    model kind: corrected chat answers count as rejections). With --rollback a worse canary's alias is
+    cleared (a rollback event), which ends it in servers that follow the registry.
+    """
+    from vlmops.registry.canary import canary_check as check
+    from vlmops.store.log import PredictionLog
+
+    registry = _registry(store)
+    canary, champion = registry.alias("canary"), registry.alias("champion")
+    if canary is None or champion is None:
+        raise VlmopsError("canary-check needs both a canary and a champion alias; see `vlmops registry list`")
+    started = [e["time"] for e in registry.history("canary") if e["to_version"] == canary]
+    result = check(
+        PredictionLog(store), canary, champion, alpha, min_feedback, started[-1] if started else None
+    )
+    table = Table("version", "role", "judged", "rejected", "mean rating")
+    for version, role in ((champion, "champion"), (canary, "canary")):
+        rating = result.mean_rating[version]
+        table.add_row(
+            version,
+            role,
+            str(result.judged[version]),
+            str(result.rejected[version]),
+            "" if rating is None else f"{rating:.2f}",
+        )
+    results_console.print(table)
+    p_worse = "n/a" if result.p_worse is None else f"{result.p_worse:.3g}"
+    if not result.enough:
+        results_console.print(f"[yellow]not enough feedback yet[/] (each side needs {min_feedback})")
+    elif result.worse:
+        results_console.print(
+            f"[bold red]canary {canary} is worse[/] (Fisher p = {p_worse})", highlight=False
+        )
+        if rollback:
+            reason = f"canary-check: rejected more often than the champion (p = {p_worse})"
+            registry.clear_alias("canary", kind="rollback", reason=reason)
+            results_console.print(f"canary: {canary} -> (unset) (rollback)", highlight=False)
+    else:
+        results_console.print(f"[green]canary not worse[/] (Fisher p = {p_worse})", highlight=False)
+    write_json(result.to_dict(), json_out)
+    if result.worse:
+        raise typer.Exit(EXIT_FAILED_CHECK)
+
+
 def _report_for(ref: str, store: str | None) -> dict:
     path = Path(ref)
     if path.suffix == ".json" or path.exists():

@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -24,7 +25,7 @@ from PIL import Image
 from vlmops.audit.pii import redact_text
 from vlmops.errors import VlmopsError
 from vlmops.evaluate.calibration import softmax
-from vlmops.models.base import VLM
+from vlmops.models.base import VLM, Generation
 from vlmops.serve.admission import Admission, Ticket, overloaded
 from vlmops.serve.archive import ImageArchive
 from vlmops.serve.batcher import MicroBatcher, ModelSlot, Overloaded
@@ -35,7 +36,7 @@ from vlmops.serve.logwriter import LogWriter
 from vlmops.serve.metrics import GatewayMetrics
 from vlmops.serve.resources import Calibration, Gallery, LabelSet
 from vlmops.serve.shared_limits import SharedTokenBuckets
-from vlmops.store.log import PredictionLog, PredictionRow
+from vlmops.store.log import ChatExchange, PredictionLog, PredictionRow
 
 TEXT_CACHE_SIZE = 50_000
 TEXT_BATCH_CHARS = 32  # a text batch holds at most max_batch texts of this many characters (padded)
@@ -117,8 +118,11 @@ class Gateway:
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._in_flight = 0
         self._slot = ModelSlot()  # both batchers share the model thread: one waits while the other runs
-        self.images = self._batcher("image", model.embed_images)
-        self.texts = self._batcher("text", model.embed_texts)
+        # a generative model (GenerativeVLM: generate, no embeddings) has no embedding batchers; the chat
+        # route runs it through `serve.generative` on the same model thread
+        self.generative = not callable(getattr(model, "embed_images", None))
+        self.images = None if self.generative else self._batcher("image", model.embed_images)
+        self.texts = None if self.generative else self._batcher("text", model.embed_texts)
         self.writer: LogWriter | None = None
         self.archive = ImageArchive(config.keep_images) if config.keep_images else None
         self._named_matrices: dict[str, np.ndarray] = {}
@@ -155,19 +159,21 @@ class Gateway:
         # The model thread drops the GIL inside every tensor op and must win it back after each; with the
         # default 5 ms switch interval it waits behind the event loop (bench/serve_load.py: +7 % at c=32).
         sys.setswitchinterval(GIL_SWITCH_S)
+        self.writer = LogWriter(self.log, on_commit=lambda n, s: self.metrics.log_commit.observe(s))
+        for variant in self.variants.values():
+            await variant.start()
+        if self.variants and self.config.follow_registry_s > 0:
+            self._follow_task = asyncio.get_running_loop().create_task(self._follow_registry())
+        if self.images is None or self.texts is None:
+            return  # a generative model: nothing to embed
         self.images.start()
         self.texts.start()
-        self.writer = LogWriter(self.log, on_commit=lambda n, s: self.metrics.log_commit.observe(s))
         # The server's own label sets and vocabulary are embedded once, as matrices: stacking thousands of
         # cached vectors per request would copy megabytes on the hot path.
         for name, label_set in self.label_sets.items():
             self._named_matrices[name] = await self.text_embeddings(label_set.prompts(), admit=False)
         if self.vocabulary:
             self._vocab_matrix = await self.text_embeddings(list(self.vocabulary), admit=False)
-        for variant in self.variants.values():
-            await variant.start()
-        if self.variants and self.config.follow_registry_s > 0:
-            self._follow_task = asyncio.get_running_loop().create_task(self._follow_registry())
 
     async def stop(self) -> None:
         """Drain the queues, commit the last log rows, stop the threads."""
@@ -175,8 +181,9 @@ class Gateway:
             self._follow_task.cancel()
         for variant in self.variants.values():
             await variant.stop()
-        await self.images.stop()
-        await self.texts.stop()
+        for batcher in (self.images, self.texts):
+            if batcher is not None:
+                await batcher.stop()
         if self.writer is not None:
             self.writer.close()
         self._model_thread.shutdown(wait=True)
@@ -188,6 +195,12 @@ class Gateway:
         """Serve another model as `canary` (a share of traffic) or `shadow` (mirrored, never returned)."""
         if role not in ("canary", "shadow"):
             raise ValueError(f"role must be canary or shadow, got {role!r}")
+        if variant.generative != self.generative:
+            kinds = {True: "a generative model", False: "a dual encoder"}
+            raise VlmopsError(
+                f"the {role} {variant.version} is {kinds[variant.generative]} but the served model "
+                f"{self.version} is {kinds[self.generative]}; a {role} must answer the same requests"
+            )
         variant.metrics = self.metrics  # its batches, queue waits and commits show on this /metrics
         share = self.config.canary_share if role == "canary" else 1.0
         self.metrics.rollout_share.labels(role, variant.version).set(share)
@@ -390,6 +403,33 @@ class Gateway:
         row.texts = [redact_text(t) for t in row.texts]
         try:
             await self.writer.write(row)
+        except Exception as exc:
+            raise ApiError(
+                503, "log_unavailable", f"the prediction log could not be written ({exc}); retry"
+            ) from exc
+
+    # -- generative models (the chat route; see serve.rollout for canary and shadow) ------------------
+    async def generate(
+        self, images: list[Image.Image], prompts: list[str], ticket: Ticket | None = None, **params
+    ) -> list[Generation]:
+        """Answers of the served generative model, on the model thread, within the request's deadline."""
+        if not self.generative:
+            raise ApiError(422, "not_generative", f"{self.version} is a dual encoder; it does not generate")
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(
+            self._model_thread, partial(self.model.generate, images, prompts, **params)
+        )
+        try:
+            async with asyncio.timeout(self._time_left(ticket)):
+                return await job
+        except TimeoutError:
+            raise self._timeout("generating") from None
+
+    async def record_chat(self, row: PredictionRow, chat: ChatExchange) -> None:
+        """Write a chat exchange (its requests row and chat row) durably; a failure is a 503."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self.log.write_chat, [(row, chat)])
         except Exception as exc:
             raise ApiError(
                 503, "log_unavailable", f"the prediction log could not be written ({exc}); retry"
