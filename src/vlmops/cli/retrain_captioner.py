@@ -49,9 +49,9 @@ def retrain_captioner_command(
     json_out: Path | None,
 ) -> None:
     """Fine-tune, register (parent, data version), gate on captions and questions; exit 1 on a fail."""
-    from vlmops.cli.registry import _registry
     from vlmops.data.manifest import resolve_data
     from vlmops.registry.retrain_generative import CaptionRetrainConfig, retrain_captioner
+    from vlmops.registry.store import Registry
     from vlmops.store.log import PredictionLog
 
     source = _image_source(archive, images)
@@ -63,7 +63,7 @@ def retrain_captioner_command(
     uri = f"builtin:emoji-captioner@{out}"
     counts = summary["feedback"]
     if register_as:
-        registry = _registry(store)
+        registry = Registry(store)
         if registry.find(vlm.info.version) is None:
             registry.register(vlm.info.version, model, vlm.info.weights_sha256)
         registry.register(
@@ -93,10 +93,10 @@ def _gate(parent, uri, summary, manifest, split, sample, rules, seed, store, att
     The caption reports are attached to the registry versions, so `vlmops gate --candidate challenger`
     repeats the caption gate from the registry.
     """
-    from vlmops.cli.registry import _registry
     from vlmops.models import load_model
     from vlmops.registry.evaluation import captioner_gate_tasks, generative_report
     from vlmops.registry.gate import gate
+    from vlmops.registry.store import Registry
 
     challenger = load_model(uri)
     decisions, reports = {}, {}
@@ -112,7 +112,7 @@ def _gate(parent, uri, summary, manifest, split, sample, rules, seed, store, att
             f"{paired['worse']} worse, {paired['better']} better, p_worse {paired['p_worse']:.3g}; {verdict}"
         )
     if attach:
-        registry = _registry(store)
+        registry = Registry(store)
         registry.attach_eval(parent.info.version, reports["caption"][0])
         registry.attach_eval(summary["version"], reports["caption"][1])
     return {"passed": all(d["passed"] for d in decisions.values()), **decisions}

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import stats
 
 from vlmops.evaluate.generative_suite import GENERATIVE_SCHEMA
-from vlmops.registry.gate import GateCheck, GateDecision, GateError, parse_gate_rules
+from vlmops.registry.gate_base import GateCheck, GateDecision, GateError, parse_gate_rules
 
 __all__ = ["GENERATIVE_SCHEMA", "generative_gate", "paired_score_test"]
 # rule metric -> (headline name, sign): delta = sign * (candidate - baseline), "worse" is positive
