@@ -15,8 +15,9 @@ from vlmops.data.images import load_image
 from vlmops.data.questions import VQA_KINDS
 from vlmops.evaluate.text_metrics import exact_match
 from vlmops.models import load_model
-from vlmops.registry.retrain_generative import ManifestImages, corrected_answers
+from vlmops.registry.retrain_generative import FirstOf, ManifestImages, corrected_answers
 from vlmops.registry.store import Registry
+from vlmops.serve.archive import ImageArchive
 from vlmops.store.log import ChatExchange, PredictionLog, PredictionRow
 
 pytestmark = pytest.mark.skipif(not manifest_path().exists(), reason="run `vlmops data fetch emoji` first")
@@ -62,6 +63,10 @@ def test_retrain_learns_human_corrections_only_and_records_lineage(tmp_path, wro
     log.add_feedback("lost", False, "party popper", None)  # its image cannot be found
     examples, counts = corrected_answers(log, ManifestImages(manifest))
     assert counts == {"model_label_refused": 6, "used": 6, "no_corrected_answer": 1, "image_not_available": 1}
+    kept = ImageArchive(tmp_path / "archive")  # what `vlmops serve --keep-images` keeps, found by sha256
+    kept.put(b"not an emoji", "f" * 64)
+    both, counts = corrected_answers(log, FirstOf([kept, ManifestImages(manifest)]))
+    assert counts["used"] == 7 and kept.path("f" * 64) in {FirstOf([kept]).path(e.sha256) for e in both[-1:]}
     assert {(e.prompt, e.answer) for e in examples} == {(PROMPT, row["name"]) for row, _ in wrong}
     out = tmp_path / "retrained"
     args = ["retrain", "--model", "builtin:emoji-captioner", "--images", "emoji", "--out", str(out)]
