@@ -114,3 +114,21 @@ def test_captioner_retrain_errors_name_the_fix(tmp_path):
     assert nothing.exit_code == 2 and "no human-corrected chat answers" in nothing.output
     no_archive = CliRunner().invoke(app, ["retrain", "--out", str(tmp_path / "o"), "--store", store])
     assert no_archive.exit_code == 2 and "--archive" in no_archive.output
+
+
+def test_only_keys_allowed_to_label_teach_the_captioner(tmp_path):
+    from vlmops.serve.keys import KeyStore
+
+    store = str(tmp_path / "store.sqlite")
+    log, keys = PredictionLog(store), KeyStore(store)
+    labeller, client = keys.create("labeller"), keys.create("client", scopes="predict")
+    manifest = load_emoji_manifest().head(3)
+    for i, (token, sha) in enumerate(zip([labeller, client, labeller], manifest["sha256"], strict=True)):
+        key_id = keys.verify(token).key_id
+        row = PredictionRow(f"c{i}", "chat", "cap", [sha], 1.0, key_id=key_id)
+        exchange = ChatExchange(f"c{i}", "local", "cap", [{"role": "user", "text": PROMPT}], "x")
+        log.write_chat([(row, exchange)])
+        log.add_feedback(f"c{i}", False, "grinning face", key_id)
+    examples, counts = corrected_answers(log, ManifestImages(manifest), keys.labellers())
+    assert counts == {"key_may_not_label": 1, "used": 2} and {e.request_id for e in examples} == {"c0", "c2"}
+    assert corrected_answers(log, ManifestImages(manifest))[1] == {"used": 3}  # --feedback-from any
