@@ -50,6 +50,10 @@ def test_the_paired_statistic_matches_scipy_and_a_hand_count():
     # six items, each worse by a different amount: W+ = 0, and the exact one-sided p is 1/2**6
     hand = paired_score_test([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], [1.0, 1.2, 1.4, 1.6, 1.8, 2.0])
     assert hand["statistic"] == 0.0 and hand["p_worse"] == pytest.approx(1 / 64)
+    # clusters (an image's questions) are averaged first: the test ranks images (c: the changes cancel)
+    clustered = paired_score_test([0, 0, 1, 1, 0, 1], [1, 1, 1, 1, 1, 0], ["a", "a", "b", "b", "c", "c"])
+    assert (clustered["n"], clustered["items"], clustered["worse"], clustered["changed"]) == (3, 6, 1, 1)
+    assert clustered["mean_difference"] == pytest.approx((-1 + 0 + 0) / 3)
     same = paired_score_test([1.0, 0.0, 3.0], [1.0, 0.0, 3.0])
     assert (same["p_worse"], same["changed"], same["ci95"]) == (1.0, 0, [0.0, 0.0])
 
@@ -101,6 +105,7 @@ def test_vqa_gates_on_exact_match_and_mismatched_reports_are_refused(tmp_path):
     broken = generative_report(FixedAnswer("no"), task, store)
     decision = gate(broken, champion)
     assert decision.paired["metric"] == "exact_match" and not decision.passed
+    assert (decision.paired["n"], decision.paired["items"]) == (20, task.n)  # 20 images, their questions
     asked = gate(broken, champion, rules="cider_d_drop<=0.1")  # no CIDEr-D for answers: a failed check
     assert asked.checks[0].passed is False and "cider_d missing" in asked.checks[0].note
     tolerant = gate(champion, champion, rules="exact_match_drop<=0,vqa_accuracy_drop<=0")

@@ -4,19 +4,19 @@ Two `vlmops.geneval/1` reports in (`vlmops eval --task caption|vqa`, or `generat
 decision out. The decision rule:
 
 1. A paired test on the per-item scores: CIDEr-D per caption (task caption), exact match per answer
-   (task vqa). The one-sided Wilcoxon signed-rank test (scipy, zeros dropped, the normal approximation
-   with tie correction where ties or zeros occur) asks whether the candidate's scores are lower; the
-   candidate **fails when p_worse < alpha**: it must not be significantly worse. Equal answers give no
-   evidence either way (every difference zero: p = 1). With 0/1 exact-match scores the test is a sign
-   test on the items whose outcome changed, as McNemar's is for classification.
+   (task vqa), averaged per image first (the questions about one image are not independent items; a
+   caption is one item per image). The one-sided Wilcoxon signed-rank test (scipy; zero differences
+   dropped; the normal approximation with tie correction where ties or zeros occur) asks whether the
+   candidate's per-image scores are lower; the candidate **fails when p_worse < alpha**: it must not
+   be significantly worse. Equal answers give no evidence either way (every difference zero: p = 1).
 2. Tolerances on headline metrics, only where asked for (`rules`, e.g. ``cider_d_drop<=0.2,
    chair_s_increase<=0.05``): a drop in CIDEr-D, exact match or VQA accuracy, a rise in CHAIR_s
    (captions with a hallucinated object). They are not on by default: on the few hundred items a CPU
    gate affords, one changed caption moves corpus CIDEr-D or CHAIR_s by more than any useful
    tolerance, while the paired test weighs the changes against the sample size.
 
-The paired bootstrap 95% CI of the mean per-item difference (candidate - baseline; 2,000 resamples of
-items, seeded) is reported beside the test, for reading: it says how large a change could be.
+The paired bootstrap 95% CI of the mean per-image difference (candidate - baseline; 2,000 resamples of
+images, seeded) is reported beside the test, for reading: it says how large a change could be.
 """
 
 from __future__ import annotations
@@ -39,16 +39,29 @@ ITEM_METRIC = {"caption": "cider_d", "vqa": "exact_match"}  # the per-item score
 BOOTSTRAP_RESAMPLES = 2000
 
 
-def paired_score_test(candidate, baseline, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
+def paired_score_test(
+    candidate, baseline, clusters=None, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES
+) -> dict:
     """One-sided Wilcoxon signed-rank p-values (candidate worse / better) and the paired bootstrap CI of
-    the mean difference, on per-item scores of the same items."""
+    the mean difference, on per-item scores of the same items.
+
+    `clusters` (one key per item, e.g. its image): items of one cluster are not independent (the
+    questions about one image), so their scores are averaged per cluster first and the clusters are the
+    units the test ranks and the bootstrap resamples.
+    """
     cand, base = np.asarray(candidate, dtype=float), np.asarray(baseline, dtype=float)
     if cand.shape != base.shape or cand.ndim != 1 or not len(cand):
         raise GateError("the per-item scores of the two reports do not pair up (different lengths)")
+    items = len(cand)
+    if clusters is not None:
+        _, unit = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)
+        counts = np.bincount(unit)
+        cand, base = np.bincount(unit, cand) / counts, np.bincount(unit, base) / counts
     diff = cand - base
     changed = int(np.count_nonzero(diff))
     result = {
         "n": len(diff),
+        "items": items,
         "changed": changed,
         "worse": int((diff < 0).sum()),
         "better": int((diff > 0).sum()),
@@ -67,7 +80,7 @@ def paired_score_test(candidate, baseline, seed: int = 0, resamples: int = BOOTS
     return {**result, "ci95": [float(low), float(high)], "test": "wilcoxon signed-rank, one-sided"}
 
 
-def _paired_items(candidate: dict, baseline: dict) -> tuple[str, list, list]:
+def _paired_items(candidate: dict, baseline: dict) -> tuple[str, list, list, list[str]]:
     if candidate.get("task") != baseline.get("task"):
         raise GateError(
             f"the reports are of different tasks ({candidate.get('task')} and {baseline.get('task')}); "
@@ -81,14 +94,15 @@ def _paired_items(candidate: dict, baseline: dict) -> tuple[str, list, list]:
     metric = ITEM_METRIC[candidate["task"]]
     if metric not in ci or metric not in bi:
         raise GateError(f"a report has no per-item {metric}; re-run `vlmops eval` with this version")
-    return metric, ci[metric], bi[metric]
+    images = [item.rpartition("/")[0] for item in ci["ids"]]  # ids are RECORD/QUESTION_TYPE
+    return metric, ci[metric], bi[metric], images
 
 
 def generative_gate(
     candidate: dict, baseline: dict, rules: str | None = None, alpha: float = 0.05
 ) -> GateDecision:
     """Decide whether a generative `candidate` may replace `baseline` (see the module's decision rule)."""
-    metric, cand_items, base_items = _paired_items(candidate, baseline)
+    metric, cand_items, base_items, images = _paired_items(candidate, baseline)
     checks: list[GateCheck] = []
     for name, op, limit in parse_gate_rules(rules, GENERATIVE_DELTAS) if rules else []:
         headline, sign = GENERATIVE_DELTAS[name]
@@ -101,7 +115,7 @@ def generative_gate(
         ok = delta <= limit if op == "<=" else delta < limit
         note = f"{headline}: {b:.4f} -> {a:.4f}"
         checks.append(GateCheck(f"{name}{op}{limit:g}", float(delta), limit, bool(ok), note))
-    paired = {"metric": metric, **paired_score_test(cand_items, base_items)}
+    paired = {"metric": metric, "unit": "image", **paired_score_test(cand_items, base_items, images)}
     low, high = paired["ci95"]
     checks.append(
         GateCheck(
@@ -109,7 +123,8 @@ def generative_gate(
             paired["p_worse"],
             alpha,
             paired["p_worse"] >= alpha,
-            f"per-item {metric}: {paired['worse']} worse, {paired['better']} better of {paired['n']}; "
+            f"{metric} per image ({paired['items']} items): {paired['worse']} worse, {paired['better']} "
+            f"better of {paired['n']}; "
             f"mean difference {paired['mean_difference']:+.4f} (95% CI {low:+.4f} to {high:+.4f})",
         )
     )
