@@ -158,3 +158,18 @@ def test_a_canary_must_be_of_the_served_kind(tmp_path, fake_model):
 
     with pytest.raises(ApiError, match="dual encoder"):
         asyncio.run(generate_on_encoder())
+
+
+def test_a_generative_gateway_refuses_embedding_routes_by_name(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from serve_helpers import b64, png_bytes
+    from vlmops.serve.app import create_app
+
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    with TestClient(create_app(gateway(url, Answers("cap-1")))) as client:
+        r = client.post("/v1/classify", json={"image": b64(png_bytes()), "labels": ["a", "b"]})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "not_an_encoder", r.text
+        assert "/v1/chat/completions" in r.json()["error"]["message"]
+        r = client.post("/v1/embeddings", json={"texts": ["a"]})
+        assert r.json()["error"]["code"] == "not_an_encoder"

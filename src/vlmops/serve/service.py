@@ -119,7 +119,7 @@ class Gateway:
         self._in_flight = 0
         self._slot = ModelSlot()  # both batchers share the model thread: one waits while the other runs
         # a generative model (GenerativeVLM: generate, no embeddings) has no embedding batchers; the chat
-        # route runs it through `serve.generative` on the same model thread
+        # route runs it through `generate` on the same model thread
         self.generative = not callable(getattr(model, "embed_images", None))
         self.images = None if self.generative else self._batcher("image", model.embed_images)
         self.texts = None if self.generative else self._batcher("text", model.embed_texts)
@@ -375,9 +375,20 @@ class Gateway:
             ticket.futures.extend(futures)
         return futures
 
+    def _encoder(self, batcher: MicroBatcher | None) -> MicroBatcher:
+        """The embedding batcher; a generative model has none (422 naming the route it serves)."""
+        if batcher is None:
+            raise ApiError(
+                422,
+                "not_an_encoder",
+                f"{self.version} is a generative model: it answers /v1/chat/completions, not embeddings, "
+                "classify, search or tag; serve a dual encoder for those",
+            )
+        return batcher
+
     async def image_embeddings(self, images: list[Image.Image], ticket: Ticket | None = None) -> np.ndarray:
         """(n, d) embeddings of decoded images through the image batcher."""
-        rows = await self._await(self._submit(self.images, images, ticket), ticket)
+        rows = await self._await(self._submit(self._encoder(self.images), images, ticket), ticket)
         return np.stack(rows).astype(np.float32)
 
     async def text_embeddings(
@@ -390,7 +401,7 @@ class Gateway:
                 loop = asyncio.get_running_loop()
                 vectors = await loop.run_in_executor(self._model_thread, self.model.embed_texts, missing)
             else:
-                vectors = await self._await(self._submit(self.texts, missing, ticket), ticket)
+                vectors = await self._await(self._submit(self._encoder(self.texts), missing, ticket), ticket)
             for text, vector in zip(missing, vectors, strict=True):
                 self._text_cache[text] = np.asarray(vector, dtype=np.float32)
             while len(self._text_cache) > TEXT_CACHE_SIZE:
