@@ -39,8 +39,11 @@ def _read_report(path: Path) -> dict:
         raise VlmopsError(
             f"cannot read eval report {path}: {exc}; write one with `vlmops eval --json`"
         ) from None
-    if report.get("schema") != "vlmops.eval/1":
-        raise VlmopsError(f"{path} is not a vlmops eval report (schema vlmops.eval/1)")
+    if report.get("schema") not in ("vlmops.eval/1", "vlmops.geneval/1"):
+        raise VlmopsError(
+            f"{path} is not a vlmops eval report (schema vlmops.eval/1, or vlmops.geneval/1 from "
+            "`vlmops eval --task caption|vqa`)"
+        )
     return report
 
 
@@ -166,6 +169,63 @@ def history(
     write_json(rows, json_out)
 
 
+@app.command("canary-check")
+@handle_errors
+def canary_check(
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the one-sided Fisher test."),
+    min_feedback: int = typer.Option(
+        20, "--min-feedback", min=1, help="Judged answers each side needs before a verdict."
+    ),
+    rollback: bool = typer.Option(False, "--rollback", help="Clear the canary alias when it is worse."),
+    store: str | None = StoreOption,
+    json_out: Path | None = JsonOption,
+) -> None:
+    """Is the canary's traffic rejected by people more often than the champion's? Exit 1 when it is.
+
+    Reads the human feedback on requests each version answered since the canary alias was set (any
+    model kind: corrected chat answers count as rejections). With --rollback a worse canary's alias is
+    cleared (a rollback event), which ends it in servers that follow the registry.
+    """
+    from vlmops.registry.canary import canary_check as check
+    from vlmops.store.log import PredictionLog
+
+    registry = _registry(store)
+    canary, champion = registry.alias("canary"), registry.alias("champion")
+    if canary is None or champion is None:
+        raise VlmopsError("canary-check needs both a canary and a champion alias; see `vlmops registry list`")
+    started = [e["time"] for e in registry.history("canary") if e["to_version"] == canary]
+    result = check(
+        PredictionLog(store), canary, champion, alpha, min_feedback, started[-1] if started else None
+    )
+    table = Table("version", "role", "judged", "rejected", "mean rating")
+    for version, role in ((champion, "champion"), (canary, "canary")):
+        rating = result.mean_rating[version]
+        table.add_row(
+            version,
+            role,
+            str(result.judged[version]),
+            str(result.rejected[version]),
+            "" if rating is None else f"{rating:.2f}",
+        )
+    results_console.print(table)
+    p_worse = "n/a" if result.p_worse is None else f"{result.p_worse:.3g}"
+    if not result.enough:
+        results_console.print(f"[yellow]not enough feedback yet[/] (each side needs {min_feedback})")
+    elif result.worse:
+        results_console.print(
+            f"[bold red]canary {canary} is worse[/] (Fisher p = {p_worse})", highlight=False
+        )
+        if rollback:
+            reason = f"canary-check: rejected more often than the champion (p = {p_worse})"
+            registry.clear_alias("canary", kind="rollback", reason=reason)
+            results_console.print(f"canary: {canary} -> (unset) (rollback)", highlight=False)
+    else:
+        results_console.print(f"[green]canary not worse[/] (Fisher p = {p_worse})", highlight=False)
+    write_json(result.to_dict(), json_out)
+    if result.worse:
+        raise typer.Exit(EXIT_FAILED_CHECK)
+
+
 def _report_for(ref: str, store: str | None) -> dict:
     path = Path(ref)
     if path.suffix == ".json" or path.exists():
@@ -186,16 +246,22 @@ def gate(
         None,
         "--rules",
         help="e.g. 'top1_drop<=0.01,ece_increase<=0.02'. Default: top1_drop<=0.01, worst_slice_drop<=0.02, "
-        "ece_increase<=0.02 and robustness_drop<=0.02, each where both reports have its metric.",
+        "ece_increase<=0.02 and robustness_drop<=0.02, each where both reports have its metric. "
+        "Generative reports: none by default (the paired test decides); cider_d_drop, exact_match_drop, "
+        "vqa_accuracy_drop and chair_s_increase where given.",
     ),
-    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the paired McNemar test."),
+    alpha: float = typer.Option(
+        0.05, "--alpha", help="Significance level of the paired test (McNemar; Wilcoxon for generative)."
+    ),
     store: str | None = StoreOption,
     json_out: Path | None = JsonOption,
 ) -> None:
     """May the candidate replace the baseline? Exit 0 pass, 1 fail, 2 bad input.
 
     Checks tolerances on top-1, worst-slice top-1, ECE and corruption top-1, and an exact McNemar test
-    on the per-item outcomes of the same evaluation items.
+    on the per-item outcomes of the same evaluation items. Generative reports (`vlmops eval --task
+    caption|vqa`): a one-sided Wilcoxon signed-rank test on per-item CIDEr-D (captions) or exact match
+    (answers), and tolerances on CIDEr-D, exact match, VQA accuracy and CHAIR_s where --rules asks.
     """
     from vlmops.registry.gate import gate as run_gate
 
@@ -220,8 +286,16 @@ def retrain(
     model: str = typer.Option(
         "builtin:emoji-lit", "--model", "-m", help="The model to fine-tune (built-in)."
     ),
-    archive: Path = typer.Option(..., "--archive", help="The image archive of `vlmops serve --keep-images`."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the new model (builtin:emoji-lit@OUT)."),
+    archive: Path | None = typer.Option(
+        None, "--archive", help="The image archive of `vlmops serve --keep-images`."
+    ),
+    images: str | None = typer.Option(
+        None,
+        "--images",
+        help="Captioners: data whose sha256 and image columns find the chat images ('emoji' or a manifest), "
+        "besides or instead of --archive.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the new model (builtin:NAME@OUT)."),
     data: str = typer.Option(
         "emoji", "--data", "-d", help="Labelled data: the label set and the replay images."
     ),
@@ -236,6 +310,9 @@ def retrain(
     gate_split: str | None = typer.Option(
         "test", "--gate-split", help="Evaluate both models on this split of --data and gate ('' = skip)."
     ),
+    gate_sample: int = typer.Option(
+        200, "--gate-sample", min=0, help="Captioners: images of --gate-split to gate on (0 = all)."
+    ),
     rules: str | None = typer.Option(None, "--rules", help="Gate rules (default: top-1, worst slice, ECE)."),
     feedback_from: str = typer.Option(
         "labellers",
@@ -246,21 +323,35 @@ def retrain(
     store: str | None = StoreOption,
     json_out: Path | None = JsonOption,
 ) -> None:
-    """Fine-tune the image tower on human-verified feedback plus replay of the original training data.
+    """Fine-tune on human-verified feedback plus replay of the original training data.
 
-    Labels that came from a model (feedback source "model") are never used: the feedback-loop guard.
-    By default neither are labels from revoked keys or keys without the feedback scope (--feedback-from).
-    The result is registered (default alias: challenger) with the served model as its parent; then both
-    are evaluated (quick suite) on --gate-split and gated. Exit 1 when the gate fails.
+    builtin:emoji-lit: the image tower, from feedback on classify requests. builtin:emoji-captioner: the
+    decoder, from corrected answers to chat completions (images from --archive and/or --images), with
+    replay of the training questions. Labels that came from a model (feedback source "model") are never
+    used: the feedback-loop guard. By default neither are labels from revoked keys or keys without the
+    feedback scope (--feedback-from). The result is registered (default alias: challenger) with the
+    served model as its parent; then both are evaluated on --gate-split and gated (captioners: captions
+    and questions of --gate-sample images, paired tests). Exit 1 when the gate fails.
     """
     from vlmops.data.manifest import resolve_data
     from vlmops.evaluate.task import build_task
     from vlmops.models import load_model
+    from vlmops.models.captioner import EmojiCaptioner
     from vlmops.registry.retrain import RetrainConfig, retrain_from_feedback
     from vlmops.serve.archive import ImageArchive
     from vlmops.store.log import PredictionLog
 
     vlm = load_model(model)
+    if isinstance(vlm, EmojiCaptioner):
+        from vlmops.cli.retrain_captioner import retrain_captioner_command
+
+        options = {"data": data, "replay": replay, "epochs": epochs, "lr": lr, "seed": seed}
+        options |= {"register_as": register_as, "gate_split": gate_split, "gate_sample": gate_sample}
+        options |= {"rules": rules, "feedback_from": feedback_from, "store": store, "json_out": json_out}
+        retrain_captioner_command(vlm, model, archive, images, out, **options)
+        return
+    if archive is None:
+        raise VlmopsError(f"retraining {model} needs --archive: the images `vlmops serve --keep-images` kept")
     task = build_task(resolve_data(data), "emoji" if data == "emoji" else "other", "all", labels)
     config = RetrainConfig(epochs=epochs, lr=lr, seed=seed)
     summary = retrain_from_feedback(

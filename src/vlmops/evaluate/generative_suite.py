@@ -32,6 +32,7 @@ SCORE_RANGES = {
     "clip_score": (0.0, CLIP_SCORE_WEIGHT),
     "ref_clip_score": (0.0, CLIP_SCORE_WEIGHT),
 }
+GENERATIVE_SCHEMA = "vlmops.geneval/1"
 
 
 def run_generative_eval(
@@ -107,8 +108,19 @@ def run_generative_eval(
          "references": task.references[i][:3]}
         for i in range(min(20, task.n))
     ]  # fmt: skip
+    report["items"] = item_scores(task, per_item)
     report["headline"] = generative_headline(report)
-    return report
+    return {"schema": GENERATIVE_SCHEMA, **report}
+
+
+def item_scores(task: GenerativeTask, per_item: dict[str, np.ndarray]) -> dict:
+    """Per-item scores for paired comparisons of two models on the same items (the promotion gate):
+    item ids (record id and question type), exact match, and CIDEr-D per caption."""
+    ids = [f"{i}/{q}" for i, q in zip(task.frame["id"].astype(str), task.question_types, strict=True)]
+    items = {"ids": ids, "exact_match": [float(x) for x in per_item["exact_match"]]}
+    if "cider_d" in per_item:
+        items["cider_d"] = [float(x) for x in per_item["cider_d"]]
+    return items
 
 
 GENERATIVE_HEADLINE: dict[str, tuple[Callable[[dict], float | None], str]] = {

@@ -119,7 +119,8 @@ def encode_examples(tokenizer, questions: pd.DataFrame, max_text: int) -> tuple[
     return ids, target_mask
 
 
-def _loss(decoder, grid, pooled, ids, target_mask, pad: int) -> torch.Tensor:
+def caption_loss(decoder, grid, pooled, ids, target_mask, pad: int) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens and [EOS] (`target_mask`), the prompt not counted."""
     mask = (ids != pad).long()
     logits = decoder(grid, pooled, ids[:, :-1], mask[:, :-1])
     targets = ids[:, 1:].masked_fill(~target_mask[:, 1:], -100)
@@ -198,7 +199,7 @@ def train_captioner(
         for step, batch in enumerate(order.split(config.batch_size)):
             rows = train_rows[batch]
             width = int((ids[batch] != pad).sum(1).max())
-            loss = _loss(
+            loss = caption_loss(
                 decoder,
                 train_grid[rows],
                 train_pooled[rows],
@@ -256,7 +257,9 @@ def _evaluate_loss(decoder, grid, pooled, rows, ids, target_mask, pad: int) -> f
     total, count = 0.0, 0
     with torch.inference_mode():
         for batch in torch.arange(len(ids)).split(512):
-            loss = _loss(decoder, grid[rows[batch]], pooled[rows[batch]], ids[batch], target_mask[batch], pad)
+            loss = caption_loss(
+                decoder, grid[rows[batch]], pooled[rows[batch]], ids[batch], target_mask[batch], pad
+            )
             total += float(loss) * len(batch)
             count += len(batch)
     return total / max(count, 1)

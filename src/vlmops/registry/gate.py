@@ -10,12 +10,12 @@ fails rather than passing silently, and its note says which suite produces the m
 
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass, field
-
 from scipy import stats
 
-from vlmops.errors import VlmopsError
+from vlmops.registry.gate_base import GateCheck, GateDecision, GateError
+from vlmops.registry.gate_base import parse_gate_rules as _parse_rules
+
+__all__ = ["GateCheck", "GateDecision", "GateError", "gate", "mcnemar_worse", "parse_gate_rules"]
 
 # rule metric -> (headline name, sign): delta = sign * (candidate - baseline), "worse" is positive
 DELTAS = {
@@ -32,54 +32,11 @@ SOURCES = {
     "ece": ("calibration", "every suite"),
     "corruption_top1": ("robustness", "--suite standard or full"),
 }
-_RULE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|<)\s*(-?[0-9.]+(?:e-?\d+)?)\s*$")
 
 
-class GateError(VlmopsError):
-    """Bad gate rules or incomparable reports."""
-
-
-@dataclass(frozen=True)
-class GateCheck:
-    """One rule's outcome."""
-
-    rule: str
-    value: float | None
-    limit: float
-    passed: bool
-    note: str = ""
-
-
-@dataclass
-class GateDecision:
-    """All checks and the verdict."""
-
-    passed: bool
-    checks: list[GateCheck]
-    paired: dict = field(default_factory=dict)
-    not_checked: list[str] = field(default_factory=list)  # default rules left out, with the reason
-
-    def to_dict(self) -> dict:
-        """Plain dict for JSON."""
-        return {
-            "passed": self.passed,
-            "checks": [asdict(c) for c in self.checks],
-            "paired": self.paired,
-            "not_checked": self.not_checked,
-        }
-
-
-def parse_gate_rules(text: str) -> list[tuple[str, str, float]]:
-    """'top1_drop<=0.01,ece_increase<=0.02' -> [(metric, op, limit)]."""
-    rules = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        match = _RULE.match(part)
-        if match is None or match.group(1) not in DELTAS:
-            raise GateError(f"bad gate rule {part!r}: use METRIC<=LIMIT with METRIC in {', '.join(DELTAS)}")
-        rules.append((match.group(1), match.group(2), float(match.group(3))))
-    if not rules:
-        raise GateError("no gate rules given")
-    return rules
+def parse_gate_rules(text: str, deltas: dict | None = None) -> list[tuple[str, str, float]]:
+    """'top1_drop<=0.01,ece_increase<=0.02' -> [(metric, op, limit)] (default metrics: DELTAS)."""
+    return _parse_rules(text, DELTAS if deltas is None else deltas)
 
 
 def mcnemar_worse(candidate: list[int], baseline: list[int]) -> dict:
@@ -125,7 +82,17 @@ def gate(candidate: dict, baseline: dict, rules: str | None = None, alpha: float
 
     `rules=None` takes DEFAULT_RULES, less those whose metric one of the reports lacks (listed in
     `not_checked`); an explicit rule on a missing metric fails with a note naming the suite that has it.
+    Two generative reports (vlmops.geneval/1) go to `gate_generative.generative_gate`.
     """
+    from vlmops.registry.gate_generative import GENERATIVE_SCHEMA, generative_gate
+
+    kinds = {candidate.get("schema"), baseline.get("schema")}
+    if GENERATIVE_SCHEMA in kinds:
+        if kinds != {GENERATIVE_SCHEMA}:
+            raise GateError(
+                "one report is of a generative model and the other of a dual encoder; gate like with like"
+            )
+        return generative_gate(candidate, baseline, rules, alpha)
     cand_items, base_items = _paired(candidate, baseline)
     checks, not_checked = [], []
     for metric, op, limit in parse_gate_rules(DEFAULT_RULES if rules is None else rules):

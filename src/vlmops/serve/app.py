@@ -22,6 +22,7 @@ from vlmops.serve import schemas
 from vlmops.serve.admission import Ticket
 from vlmops.serve.browser import add_dashboard_routes
 from vlmops.serve.errors import ApiError
+from vlmops.serve.feedback import verdict
 from vlmops.serve.keys import ApiKey
 from vlmops.serve.limits import RateLimiter
 from vlmops.serve.middleware import GatewayMiddleware, error_json
@@ -375,10 +376,9 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
 
     @app.post("/v1/feedback", response_model=schemas.FeedbackResponse)
     async def feedback(request: Request, key: ApiKey | None = Depends(feedback_key)):
-        """A verdict on an earlier request of the same key (or tenant): accepted, or the right label."""
+        """A verdict on an earlier request of the same key (or tenant): accepted, or the right label; on a
+        chat completion, a rating and/or the corrected answer."""
         body, _ = await parse_body(request, schemas.FeedbackRequest)
-        if not body.accepted and not (body.label or "").strip():
-            raise ApiError(422, "missing_label", "a rejected prediction needs the correct 'label'")
         loop = asyncio.get_running_loop()
         owner = await loop.run_in_executor(None, gateway.log.request_owner, body.request_id)
         if owner is None or not may_give_feedback(key, owner):  # another key's request reads as unknown
@@ -387,10 +387,16 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
                 "unknown_request",
                 f"no logged request {body.request_id!r}; use the request_id of a response",
             )
+        row = verdict(body, owner.endpoint)
         feedback_id = await loop.run_in_executor(
             None,
             lambda: gateway.log.add_feedback(
-                body.request_id, body.accepted, body.label, None if key is None else key.key_id, body.source
+                body.request_id,
+                row.accepted,
+                row.label,
+                None if key is None else key.key_id,
+                body.source,
+                rating=row.rating,
             ),
         )
         return {"request_id": body.request_id, "feedback_id": feedback_id}

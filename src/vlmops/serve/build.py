@@ -58,7 +58,9 @@ def build_gateway(config: ServeConfig) -> Gateway:
     model = load_runtime(config.model, config.runtime, **options)
     if not hasattr(model, "embed_images"):  # generative: /v1/chat/completions only
         check_generative(config)
-        return Gateway(model, config, PredictionLog(config.store, config.log_sync), {})
+        gateway = Gateway(model, config, PredictionLog(config.store, config.log_sync), {})
+        attach_variants(gateway, config, requested, {}, ())
+        return gateway
     version = model.info.version
     template = config.template or (
         "an emoji of {}" if config.model.startswith("builtin:emoji") else "a photo of {}."
@@ -83,8 +85,19 @@ def build_gateway(config: ServeConfig) -> Gateway:
         vocabulary = read_lines(Path(config.vocabulary).expanduser(), "vocabulary")
     log = PredictionLog(config.store, config.log_sync)
     gateway = Gateway(model, config, log, label_sets, calibration, gallery, vocabulary)
+    attach_variants(gateway, config, requested, label_sets, vocabulary)
+    return gateway
+
+
+def attach_variants(
+    gateway: Gateway, config: ServeConfig, requested: str, label_sets: dict, vocabulary: tuple[str, ...]
+) -> None:
+    """Load --canary and --shadow (same label sets and vocabulary; calibration and gallery belong to the
+    primary version) and attach them; `Gateway.attach` refuses a variant of the other kind of model."""
+    from vlmops.export.runtimes import load_runtime, resolve_runtime
+
     for role, uri in (("canary", config.canary), ("shadow", config.shadow)):
-        if uri:  # same label sets and vocabulary; calibration and gallery belong to the primary version
+        if uri:
             variant = load_runtime(
                 uri, requested, **_thread_options(resolve_runtime(uri, requested), config.model_threads)
             )
@@ -100,7 +113,6 @@ def build_gateway(config: ServeConfig) -> Gateway:
                     vocabulary,
                 ),
             )
-    return gateway
 
 
 def generative_uri(uri: str) -> bool:
@@ -127,7 +139,7 @@ def generative_uri(uri: str) -> bool:
 
 def check_generative(config: ServeConfig) -> None:
     """A generative model serves chat only: the dual-encoder resources (except the defaults `vlmops
-    serve` adds when the emoji data is installed) and rollout variants are refused by name."""
+    serve` adds when the emoji data is installed) are refused by name."""
     if config.label_sets == DEFAULT_LABEL_SETS and config.vocabulary == "emoji":
         config.label_sets, config.vocabulary = {}, None
     given = {
@@ -135,8 +147,6 @@ def check_generative(config: ServeConfig) -> None:
         "--vocabulary": config.vocabulary,
         "--calibration": config.calibration,
         "--gallery": config.gallery,
-        "--canary": config.canary,
-        "--shadow": config.shadow,
         "--template": config.template,
     }
     wrong = [name for name, value in given.items() if value]

@@ -27,11 +27,18 @@ from vlmops.audit.pii import redact_text
 from vlmops.serve import chat_format as fmt
 from vlmops.serve.admission import REQUEST_OWNER, Ticket
 from vlmops.serve.chat_backend import ChatBackend, ChatOutcome, ChatStream
-from vlmops.serve.chat_messages import as_data_url, data_url_bytes, image_refs, transcript
+from vlmops.serve.chat_messages import (
+    as_data_url,
+    data_url_bytes,
+    image_refs,
+    single_turn_prompt,
+    transcript,
+)
 from vlmops.serve.chat_schemas import ChatRequest
 from vlmops.serve.errors import ApiError
 from vlmops.serve.keys import ApiKey
 from vlmops.serve.parsing import body_doc, parse_body
+from vlmops.serve.rollout import mirror_chat
 from vlmops.serve.service import Decoded, Gateway
 from vlmops.store.log import ChatExchange, PredictionRow
 
@@ -65,6 +72,8 @@ def add_chat_routes(
 ) -> None:
     """Add POST /v1/chat/completions answered by `backend`."""
     config, limits = gateway.config, gateway.config.limits
+
+    shadows: set[asyncio.Task] = set()  # the shadow's answers still running (referenced until done)
 
     async def chat_key(request: Request) -> ApiKey | None:
         return await authorise(request, "chat")
@@ -104,6 +113,7 @@ def add_chat_routes(
             params=request.params(),
         )
         await gateway.record_chat(row, chat)
+        return row, chat
 
     async def record_failure(exchange: _Exchange, exc: Exception) -> None:
         """A timeout, a failing model or upstream (not a refused request) is logged as an error."""
@@ -133,17 +143,22 @@ def add_chat_routes(
                 data = data_url_bytes(ref)
             images.append(await gateway.decode(data, ref.field, ticket))
         ticket.admission.take_items(ticket, parsed.n)
-        version = getattr(backend, "version", None)
+        # a canary answers its share of traffic (sticky per X-Route-Key), under its own version
+        target = gateway.route(state["request_id"], request.headers.get("x-route-key"))
+        answering = target.chat if target is not gateway and target.chat is not None else backend
+        version = getattr(answering, "version", None)
+        if answering is not backend:  # the client named the served model; the canary answers as itself
+            body["model"] = answering.model.info.name
         if version:
             state["model_version"] = version
         exchange = _Exchange(
             state["request_id"], key, state.get("arrival", time.perf_counter()), parsed, images,
-            backend.mode, version,
+            answering.mode, version,
         )  # fmt: skip
         deadline = time.monotonic() + ticket.remaining()
         REQUEST_OWNER.set(ticket.owner)  # the backend's batches take one request per key in turn
         if parsed.stream:
-            stream = backend.stream(body, deadline)
+            stream = answering.stream(body, deadline)
             events = aiter(stream)
             try:  # a failure before the first event still gets its HTTP status
                 first = await anext(events)
@@ -153,12 +168,17 @@ def add_chat_routes(
                 raise
             return ChatStreamResponse(stream, events, first, exchange, record)
         try:
-            answer, outcome = await backend.complete(body, deadline)
+            answer, outcome = await answering.complete(body, deadline)
         except Exception as exc:
             await record_failure(exchange, exc)
             raise
         answer["id"] = exchange.request_id
-        await record(exchange, outcome, None)
+        row, chat = await record(exchange, outcome, None)
+        if "shadow" in gateway.variants and len(exchange.images) == 1:  # after the answer is logged
+            params = {"max_tokens": parsed.token_limit() or 32, "temperature": parsed.temperature or 0.0,
+                      "seed": parsed.seed}  # fmt: skip
+            images = [exchange.images[0].image]
+            mirror_chat(gateway, images, [single_turn_prompt(parsed)], params, row, chat, shadows)
         return respond(answer)
 
 

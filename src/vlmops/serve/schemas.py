@@ -65,11 +65,29 @@ class TagRequest(_Request):
 
 
 class FeedbackRequest(_Request):
-    """A user's verdict on an earlier prediction."""
+    """A user's verdict on an earlier answer: a classification's label, or a chat completion's answer.
+
+    Classify: `accepted`, and the correct `label` when not accepted. Chat completion: a `rating` and/or
+    a corrected `answer`; `accepted` defaults to "no corrected answer given" and cannot be true with one.
+    """
 
     request_id: Text = Field(min_length=1, max_length=64)
-    accepted: bool = Field(description="true: the prediction was right; false: give the correct label")
+    accepted: bool | None = Field(
+        None,
+        description="true: the prediction was right; false: give the correct label (required for classify; "
+        "for a chat completion it defaults to true without an 'answer' and false with one)",
+    )
     label: Text | None = Field(None, max_length=500, description="the correct label when not accepted")
+    answer: Text | None = Field(
+        None, max_length=8000, description="chat completions: the corrected answer (retraining learns it)"
+    )
+    rating: float | None = Field(
+        None,
+        ge=0,
+        le=5,
+        allow_inf_nan=False,
+        description="a score a person gave the answer, 0 to 5 (e.g. 1-5 stars, or 0/1 for thumbs down/up)",
+    )
     source: Literal["human", "model"] = Field(
         "human", description="who decided: a person, or a model (never used as ground truth for retraining)"
     )

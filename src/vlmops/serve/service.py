@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -24,7 +25,7 @@ from PIL import Image
 from vlmops.audit.pii import redact_text
 from vlmops.errors import VlmopsError
 from vlmops.evaluate.calibration import softmax
-from vlmops.models.base import VLM, GenerativeVLM
+from vlmops.models.base import VLM, Generation, GenerativeVLM
 from vlmops.serve.admission import Admission, Ticket, overloaded
 from vlmops.serve.archive import ImageArchive
 from vlmops.serve.batcher import MicroBatcher, ModelSlot, Overloaded
@@ -130,6 +131,7 @@ class Gateway:
         self._recent_images: OrderedDict[str, Image.Image] = OrderedDict()  # sha256 -> decoded, for chat
         self.images = self._batcher("image", model.embed_images if self.embeds else _no_embedding)
         self.texts = self._batcher("text", model.embed_texts if self.embeds else _no_embedding)
+        self.generative = not self.embeds
         self.chat = None  # a ChatBackend: a generative model's LocalBackend, or an upstream proxy
         if not self.embeds:
             from vlmops.serve.chat_local import LocalBackend
@@ -222,6 +224,12 @@ class Gateway:
         """Serve another model as `canary` (a share of traffic) or `shadow` (mirrored, never returned)."""
         if role not in ("canary", "shadow"):
             raise ValueError(f"role must be canary or shadow, got {role!r}")
+        if variant.generative != self.generative:
+            kinds = {True: "a generative model", False: "a dual encoder"}
+            raise VlmopsError(
+                f"the {role} {variant.version} is {kinds[variant.generative]} but the served model "
+                f"{self.version} is {kinds[self.generative]}; a {role} must answer the same requests"
+            )
         variant.metrics = self.metrics  # its batches, queue waits and commits show on this /metrics
         share = self.config.canary_share if role == "canary" else 1.0
         self.metrics.rollout_share.labels(role, variant.version).set(share)
@@ -443,6 +451,23 @@ class Gateway:
             raise ApiError(
                 503, "log_unavailable", f"the prediction log could not be written ({exc}); retry"
             ) from exc
+
+    # -- generative models (the chat route; see serve.rollout for canary and shadow) ------------------
+    async def generate(
+        self, images: list[Image.Image], prompts: list[str], ticket: Ticket | None = None, **params
+    ) -> list[Generation]:
+        """Answers of the served generative model, on the model thread, within the request's deadline."""
+        if not self.generative:
+            raise ApiError(422, "not_generative", f"{self.version} is a dual encoder; it does not generate")
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(
+            self._model_thread, partial(self.model.generate, images, prompts, **params)
+        )
+        try:
+            async with asyncio.timeout(self._time_left(ticket)):
+                return await job
+        except TimeoutError:
+            raise self._timeout("generating") from None
 
     async def record_chat(self, row: PredictionRow, chat: ChatExchange) -> None:
         """Write a chat exchange (its requests row and chat row) durably; a database failure is a 503."""

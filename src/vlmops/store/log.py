@@ -119,10 +119,12 @@ key_sessions = sa.Table(  # browser sessions of the dashboard: a key exchanged f
 
 @dataclass(frozen=True)
 class RequestOwner:
-    """Who made a logged request: its key id and that key's tenant (both None without auth)."""
+    """Who made a logged request: its key id and that key's tenant (both None without auth), and the
+    request's endpoint ("classify", "chat" ...), which decides what feedback on it may say."""
 
     key_id: str | None
     tenant: str | None
+    endpoint: str | None = None
 
 
 @dataclass
@@ -341,13 +343,13 @@ class PredictionLog:
     def request_owner(self, request_id: str) -> RequestOwner | None:
         """The key (and its tenant) that made a logged request, or None when no such request was logged."""
         query = (
-            sa.select(requests.c.key_id, api_keys.c.tenant)
+            sa.select(requests.c.key_id, api_keys.c.tenant, requests.c.endpoint)
             .select_from(requests.outerjoin(api_keys, requests.c.key_id == api_keys.c.key_id))
             .where(requests.c.request_id == request_id)
         )
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
-        return None if row is None else RequestOwner(row.key_id, row.tenant)
+        return None if row is None else RequestOwner(row.key_id, row.tenant, row.endpoint)
 
     def add_feedback(
         self,
