@@ -160,12 +160,31 @@ def serve(
         0.0, "--price-in", min=0, help="USD per 1M prompt tokens, for the cost logged with each chat."
     ),
     price_out: float = typer.Option(0.0, "--price-out", min=0, help="USD per 1M completion tokens."),
+    upstream: str | None = typer.Option(
+        None,
+        "--upstream",
+        help="Proxy /v1/chat/completions to this OpenAI-compatible server (e.g. http://127.0.0.1:11434/v1) "
+        "instead of serving a local model; every exchange is logged as for a local model.",
+    ),
+    upstream_key_env: str | None = typer.Option(
+        None, "--upstream-key-env", help="Environment variable holding the upstream's API key (never logged)."
+    ),
+    upstream_model: str | None = typer.Option(
+        None, "--upstream-model", help="Model name sent upstream (default: the one the client names)."
+    ),
+    allow_image_host: list[str] = typer.Option(
+        [],
+        "--allow-image-host",
+        help="Fetch http(s) image_url parts from this host (or *.domain); repeatable. Private, loopback and "
+        "link-local addresses and redirects stay refused. Default: data: URLs only.",
+    ),
     insecure_no_auth: bool = typer.Option(
         False, "--insecure-no-auth", help="Serve without API keys (testing only)."
     ),
 ) -> None:
     """Serve a model over HTTP: /v1/embeddings, /v1/classify, /v1/search, /v1/tag, /v1/feedback;
-    a generative model (builtin:emoji-captioner, hf:DIR) answers OpenAI-compatible /v1/chat/completions.
+    a generative model (builtin:emoji-captioner, hf:DIR) answers OpenAI-compatible /v1/chat/completions,
+    and with --upstream URL the gateway proxies that route to an existing OpenAI-compatible server.
 
     Requests are micro-batched, every prediction is written to the store before its response, and
     every /v1 endpoint and /metrics need an API key (`vlmops keys create`) with the right scope;
@@ -192,7 +211,7 @@ def serve(
     workers, threads = choose_parallelism(cores, workers, threads)
     sets = _parse_label_sets(label_set)
     emoji_ready = manifest_path().exists()
-    if not sets and emoji_ready:
+    if not sets and emoji_ready and not upstream:
         sets = dict(DEFAULT_LABEL_SETS)  # dropped again for a generative model (check_generative)
     config = ServeConfig(
         model=model,
@@ -213,7 +232,7 @@ def serve(
         label_sets=sets,
         calibration=str(calibration) if calibration else None,
         gallery=str(gallery) if gallery else None,
-        vocabulary=vocabulary or ("emoji" if emoji_ready else None),
+        vocabulary=vocabulary or ("emoji" if emoji_ready and not upstream else None),
         cors_origins=list(cors_origin),
         keep_images=str(keep_images) if keep_images else None,
         canary=canary,
@@ -223,12 +242,22 @@ def serve(
         redact_prompts=redact_prompts,
         price_in=price_in,
         price_out=price_out,
+        upstream=upstream,
+        upstream_key_env=upstream_key_env,
+        upstream_model=upstream_model,
+        allow_image_hosts=list(allow_image_host),
         limits=Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels),
     )
     if insecure_no_auth:
         console.print("[bold yellow]warning:[/] serving without API keys (--insecure-no-auth)")
-    shown = resolve_runtime(model, runtime)  # auto -> the bundle's runtime; a mismatch fails here
-    if generative_uri(model):  # its options are checked here, not in each worker
+    if upstream:  # checked here, in one line, not in each worker
+        from vlmops.serve.upstream import check_base_url
+
+        check_base_url(upstream)
+        shown, model = "proxy", f"upstream {upstream}"
+    else:
+        shown = resolve_runtime(model, runtime)  # auto -> the bundle's runtime; a mismatch fails here
+    if not upstream and generative_uri(model):  # its options are checked here, not in each worker
         config.runtime = shown
         check_generative(config)
     console.print(

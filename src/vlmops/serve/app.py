@@ -427,7 +427,16 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
     if gateway.chat is not None:
         from vlmops.serve.chat_routes import add_chat_routes
 
-        add_chat_routes(app, gateway, gateway.chat, authorise, admit, answer)
+        fetch = None
+        if config.allow_image_hosts:  # http(s) image URLs from these hosts only, fetched SSRF-safe
+            from vlmops.serve.image_fetch import fetch_image
+
+            async def fetch(url: str, field: str) -> bytes:
+                return await fetch_image(
+                    url, config.allow_image_hosts, limits.max_body_bytes, config.timeout_s, field=field
+                )
+
+        add_chat_routes(app, gateway, gateway.chat, authorise, admit, answer, fetch)
 
     @app.get("/metrics")
     async def metrics(key: ApiKey | None = Depends(admin_key)):

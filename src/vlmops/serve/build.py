@@ -52,6 +52,8 @@ def build_gateway(config: ServeConfig) -> Gateway:
     """Load the model through its runtime and every configured resource."""
     from vlmops.export.runtimes import load_runtime, resolve_runtime
 
+    if config.upstream:
+        return upstream_gateway(config)
     requested = config.runtime
     config.runtime = resolve_runtime(config.model, requested)  # `auto`: what /v1/models reports is real
     options = _thread_options(config.runtime, config.model_threads)
@@ -87,6 +89,38 @@ def build_gateway(config: ServeConfig) -> Gateway:
     gateway = Gateway(model, config, log, label_sets, calibration, gallery, vocabulary)
     attach_variants(gateway, config, requested, label_sets, vocabulary)
     return gateway
+
+
+class UpstreamModel:
+    """What a proxying gateway reports as its model (/v1/models, /readyz): the upstream server. The log
+    records each exchange under the model name the upstream answered with."""
+
+    def __init__(self, base_url: str, model: str | None) -> None:
+        from vlmops.models.base import ModelInfo
+
+        name = model or "upstream"
+        self.info = ModelInfo(name=name, version=f"upstream:{name}", dim=0, uri=f"upstream:{base_url}")
+
+
+def upstream_gateway(config: ServeConfig) -> Gateway:
+    """A gateway that proxies /v1/chat/completions to `config.upstream` (no local model)."""
+    from vlmops.serve.upstream import UpstreamBackend
+
+    given = {"--canary": config.canary, "--shadow": config.shadow, "--calibration": config.calibration,
+             "--gallery": config.gallery}  # fmt: skip
+    wrong = [name for name, value in given.items() if value]
+    if wrong:
+        raise VlmopsError(
+            f"--upstream proxies chat only: {', '.join(wrong)} need a local model; leave them out"
+        )
+    backend = UpstreamBackend(
+        config.upstream,
+        api_key_env=config.upstream_key_env,
+        model=config.upstream_model,
+        timeout_s=config.timeout_s,
+    )
+    model = UpstreamModel(backend.base_url, config.upstream_model)
+    return Gateway(model, config, PredictionLog(config.store, config.log_sync), {}, chat=backend)
 
 
 def attach_variants(

@@ -29,6 +29,7 @@ from vlmops.models.base import VLM, Generation, GenerativeVLM
 from vlmops.serve.admission import Admission, Ticket, overloaded
 from vlmops.serve.archive import ImageArchive
 from vlmops.serve.batcher import MicroBatcher, ModelSlot, Overloaded
+from vlmops.serve.chat_backend import ChatBackend
 from vlmops.serve.decode import decode_and_describe
 from vlmops.serve.errors import ApiError
 from vlmops.serve.limits import Limits
@@ -80,6 +81,10 @@ class ServeConfig:
     redact_prompts: bool = False  # chat prompts are logged PII-redacted (audit.pii.redact_text)
     price_in: float = 0.0  # USD per 1M prompt tokens, for the logged cost of a chat exchange
     price_out: float = 0.0  # USD per 1M completion tokens
+    upstream: str | None = None  # base URL of an OpenAI-compatible server /v1/chat/completions proxies to
+    upstream_key_env: str | None = None  # environment variable holding the upstream's API key
+    upstream_model: str | None = None  # model name sent upstream (default: the client's)
+    allow_image_hosts: list[str] = field(default_factory=list)  # http(s) image_url hosts fetched (SSRF-safe)
     limits: Limits = field(default_factory=Limits)
 
 
@@ -113,6 +118,7 @@ class Gateway:
         calibration: Calibration | None = None,
         gallery: Gallery | None = None,
         vocabulary: tuple[str, ...] = (),
+        chat: ChatBackend | None = None,
     ) -> None:
         self.model, self.config, self.log = model, config, log
         self.version = model.info.version
@@ -132,8 +138,8 @@ class Gateway:
         self.images = self._batcher("image", model.embed_images if self.embeds else _no_embedding)
         self.texts = self._batcher("text", model.embed_texts if self.embeds else _no_embedding)
         self.generative = not self.embeds
-        self.chat = None  # a ChatBackend: a generative model's LocalBackend, or an upstream proxy
-        if not self.embeds:
+        self.chat = chat  # a ChatBackend: a generative model's LocalBackend, or an upstream proxy
+        if chat is None and not self.embeds:
             from vlmops.serve.chat_local import LocalBackend
 
             self.chat = LocalBackend(

@@ -123,6 +123,10 @@ class UpstreamBackend:
         """Close the connection pool (the gateway's shutdown)."""
         await self._client.aclose()
 
+    async def stop(self) -> None:
+        """The gateway's shutdown hook (`Gateway.stop`): close the pool."""
+        await self.aclose()
+
     def payload(self, body: dict, stream: bool) -> dict:
         """The JSON sent upstream: the client's body, the configured model, usage asked for when streaming."""
         payload = dict(body)
