@@ -53,6 +53,8 @@ ARCHIVE_SERVE = "vlmops serve --keep-images archive/"
 CHAT_SERVE = (
     "vlmops serve --model builtin:emoji-captioner --port 8000 --redact-prompts --price-in 0.5 --price-out 1.5"
 )
+PROXY_EXPORT = "export UPSTREAM_KEY=sk-..."
+PROXY_SERVE = "vlmops serve --upstream http://127.0.0.1:11434/v1 --upstream-key-env UPSTREAM_KEY --port 8000"
 CANARY_SERVE = (
     "vlmops serve --keep-images archive/ --canary builtin:emoji-lit@retrained/ --canary-share 0.1 "
     "--follow-registry 5"
@@ -115,6 +117,8 @@ def covered() -> list[str]:
         CURL_PRELUDE,
         *curl_lines(),
         CHAT_SERVE,
+        PROXY_EXPORT,
+        PROXY_SERVE,
         REGISTER,
         ARCHIVE_SERVE,
         MONITOR_REF,
@@ -213,12 +217,17 @@ class Workspace:
         self.timings.append((time.perf_counter() - start, command[:70]))
         return done.stdout
 
-    def serve(self, command: str) -> subprocess.Popen:
-        """Start a README serve line and wait until /readyz answers 200."""
+    def serve(self, command: str, prelude: str = "") -> subprocess.Popen:
+        """Start a README serve line (after the `prelude` lines, e.g. an export) and wait until /readyz
+        answers 200."""
         self.server_log = self.dir.parent / f"server-{time.monotonic_ns()}.log"
         with self.server_log.open("w") as log:  # a file, not a pipe nobody reads until the end
             server = subprocess.Popen(
-                ["bash", "-c", "exec " + self.adapt(command)],
+                [
+                    "bash",
+                    "-c",
+                    prelude + "; exec " + self.adapt(command) if prelude else "exec " + self.adapt(command),
+                ],
                 cwd=self.dir,
                 env=self.env,
                 stdout=log,
@@ -347,6 +356,29 @@ def chat(ws: Workspace) -> None:
     assert row.answer == text and row.prompt_redacted and row.cost_usd > 0
 
 
+def proxy(ws: Workspace) -> None:
+    """The README's proxy lines in front of the OpenAI-compatible fake (whose key is the README's), then
+    the README's client example against the gateway."""
+    from openai_fake import FakeServer
+    from serve_helpers import serve_in_thread
+    from vlmops.store.log import PredictionLog
+
+    fake = FakeServer(key=PROXY_EXPORT.split("=", 1)[1], models=("emoji-captioner",))
+    with serve_in_thread(fake.app()) as port:
+        command = PROXY_SERVE.replace("http://127.0.0.1:11434/v1", f"http://127.0.0.1:{port}/v1")
+        server = ws.serve(command, prelude=PROXY_EXPORT)
+        try:
+            out = ws.run(f"{sys.executable} chat.py")  # the client example written by chat()
+        finally:
+            ws.stop(server)
+    text, tokens = out.strip().rsplit(" ", 1)
+    assert fake.calls == 1 and int(tokens) > 0
+    rows = [
+        r for r in PredictionLog(str(ws.dir.parent / "home" / "store.sqlite")).chats() if r.mode == "upstream"
+    ]
+    assert [(r.answer, r.status) for r in rows] == [(text, "ok")]
+
+
 def traffic(ws: Workspace, n: int = 30) -> None:
     """Classify requests plus human corrections on the served model, as users would send."""
     headers = {"Authorization": f"Bearer {ws.key}"}
@@ -399,6 +431,7 @@ def test_readme_commands_run_and_exit_as_documented(tmp_path: Path) -> None:
         eval_and_audit(ws)
         serve_and_call(ws)
         chat(ws)
+        proxy(ws)
         loop(ws)
     finally:
         print("\n".join(f"{seconds:6.1f} s  {command}" for seconds, command in ws.timings))
