@@ -83,7 +83,11 @@ def faulty_set(n_labels: int = 8, per: int = 150, seed: int = 1):
         texts[[a, b]] = texts[[b, a]]
         captions[a], captions[b] = captions[b], captions[a]
     frame = pd.DataFrame(
-        {"id": [f"r{i}" for i in range(n)], "texts": [[c] for c in captions], "label": [f"l{v}" for v in labels]}
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "texts": [[c] for c in captions],
+            "label": [f"l{v}" for v in labels],
+        }
     )
     return frame, images.astype(np.float32), texts.astype(np.float32)
 
@@ -93,7 +97,8 @@ def small_audit(frame, images, texts) -> list[tuple]:
     labels = list(frame["label"])
     probs, classes = out_of_sample_probs(images, labels)
     confirm, _ = out_of_sample_probs(texts, labels)
-    evidence = (out_of_sample_probs(images, labels, prior=10.0)[0] + out_of_sample_probs(texts, labels, prior=10.0)[0]) / 2
+    lookalike = [out_of_sample_probs(view, labels, prior=10.0)[0] for view in (images, texts)]
+    evidence = (lookalike[0] + lookalike[1]) / 2
     found = label_check(frame, probs, classes, "knn", confirm=confirm, evidence=evidence).findings
     found += alignment_check(frame, images, texts).findings
     partners = swap_partners(images, texts, [t[0] for t in frame["texts"]])
