@@ -77,3 +77,34 @@ def test_gateway_logs_to_postgres(url, fake_model):
         rid = r.json()["request_id"]
         assert client.post("/v1/feedback", json={"request_id": rid, "accepted": True}).status_code == 200
     assert rid in PredictionLog(url).request_ids()
+
+
+def test_embed_cli_caches_in_postgres(url, monkeypatch, fake_model, png_writer, tmp_path):
+    """`vlmops embed --store postgresql://...`: the second run reads every vector back from Postgres."""
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    import vlmops.cli.embed as cli_embed
+    from vlmops.store.cache import open_cache
+
+    model = fake_model(version="pg-embed")
+    monkeypatch.setattr(cli_embed, "load_model", lambda uri: model)
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    app.command("embed")(cli_embed.embed)
+    for i, name in enumerate(["cat/a.png", "cat/b.png", "fox/c.png"]):
+        png_writer(tmp_path / "data" / name, seed=i)
+    args = ["embed", "--model", "fake:x", "--no-progress", "--data", str(tmp_path / "data"), "--store", url]
+    report = tmp_path / "r.json"
+    for misses in (3, 0):
+        result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "e.parquet"), "--json", str(report)])
+        assert result.exit_code == 0, result.output
+        assert json.loads(report.read_text())["images"]["misses"] == misses
+    assert model.images_embedded == 3
+    with open_cache(url) as cache:
+        assert cache.count("pg-embed") == 3 + 2  # three images and two distinct class names
+        cache.put_generations("g", {"k1": '{"text": "a"}'})
+        cache.put_generations("g", {"k1": '{"text": "b"}', "k2": "{}"})  # the first answer stays
+        assert cache.get_generations("g", ["k1", "k2", "k3"]) == {"k1": '{"text": "a"}', "k2": "{}"}
