@@ -252,7 +252,8 @@ def create_tables(engine: sa.Engine, tables: Sequence[sa.Table] | None = None) -
             return
         except sa.exc.DBAPIError as exc:
             message = str(exc.orig)  # Postgres reports a concurrent CREATE TABLE as a pg_type clash
-            if ("already exists" not in message and "pg_type_typname_nsp_index" not in message) or attempt == 4:
+            raced = "already exists" in message or "pg_type_typname_nsp_index" in message
+            if not raced or attempt == 4:
                 raise
             time.sleep(0.05 * (attempt + 1))
 
