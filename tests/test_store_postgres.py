@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 
 import numpy as np
 import pytest
@@ -108,3 +109,79 @@ def test_embed_cli_caches_in_postgres(url, monkeypatch, fake_model, png_writer, 
         cache.put_generations("g", {"k1": '{"text": "a"}'})
         cache.put_generations("g", {"k1": '{"text": "b"}', "k2": "{}"})  # the first answer stays
         assert cache.get_generations("g", ["k1", "k2", "k3"]) == {"k1": '{"text": "a"}', "k2": "{}"}
+
+
+def _replicas(url: str, fake_model, n: int = 2) -> list[tuple]:
+    """`n` (app, key verifier) on one Postgres store, as replicas on different machines would be (each
+    its own process state: buckets, key cache); the key cache keeps its default time to live."""
+    out = []
+    for _ in range(n):
+        verifier = CachedVerifier(KeyStore(url))
+        gateway = Gateway(fake_model(), ServeConfig(store=url), PredictionLog(url), {})
+        out.append((create_app(gateway, verifier), verifier))
+    return out
+
+
+def test_replicas_share_a_keys_rate_through_postgres(url, fake_model):
+    """Two replicas hammered in turn with one key (2/s, burst 4): together they admit what one bucket
+    allows (burst + rate x elapsed), not twice as much as each process's own bucket would."""
+    token = KeyStore(url).create("shared-rate", rate_per_s=2.0, burst=4)
+    body = {"image": b64(png_bytes()), "labels": ["a", "b"]}
+    (first_app, _), (second_app, _) = _replicas(url, fake_model)
+    with TestClient(first_app) as first, TestClient(second_app) as second:
+        clients = (first, second)
+        for client in clients:
+            client.headers["Authorization"] = f"Bearer {token}"
+        start = time.monotonic()
+        codes = [clients[i % 2].post("/v1/classify", json=body).status_code for i in range(24)]
+        elapsed = time.monotonic() - start
+    admitted = codes.count(200)
+    assert set(codes) <= {200, 429}
+    assert 4 <= admitted <= 4 + 2.0 * elapsed + 1, (admitted, elapsed, codes)
+    assert 200 in codes[0::2] and 200 in codes[1::2]  # both replicas served the key
+
+
+def test_a_key_revoked_through_one_replica_is_refused_by_the_other(url, fake_model):
+    """Revocation reaches every replica through the store within the key cache's time to live (2 s)."""
+    store = KeyStore(url)
+    token = store.create("revoked-everywhere")
+    body = {"image": b64(png_bytes()), "labels": ["a", "b"]}
+    (first_app, first_keys), (second_app, _) = _replicas(url, fake_model)
+    with TestClient(first_app) as first, TestClient(second_app) as second:
+        for client in (first, second):
+            client.headers["Authorization"] = f"Bearer {token}"
+            assert client.post("/v1/classify", json=body).status_code == 200
+        first_keys.store.revoke(token.split("_")[1])  # through the first replica's key store
+        revoked = time.monotonic()
+        while second.post("/v1/classify", json=body).status_code == 200:
+            assert time.monotonic() - revoked < 2.5, "the other replica still admits the revoked key"
+            time.sleep(0.05)
+        assert second.post("/v1/classify", json=body).json()["error"]["code"] == "invalid_key"
+
+
+def _take_many(url: str, barrier, granted) -> None:
+    from vlmops.store.rate_buckets import DatabaseTokenBuckets
+
+    buckets = DatabaseTokenBuckets(url)
+    barrier.wait(timeout=60)
+    start = time.time()
+    got = sum(buckets.take("requests:race", rate=1.0, burst=10) == 0.0 for _ in range(50))
+    granted.put((got, start, time.time()))
+    buckets.close()
+
+
+def test_database_buckets_stay_within_budget_under_concurrent_processes(url):
+    """Four processes take from one bucket (1/s, burst 10) at once: the row update is atomic, so all
+    together get the burst plus what the elapsed time refilled, never a burst each."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, granted = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_take_many, args=(url, barrier, granted)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    results = [granted.get(timeout=5) for _ in procs]
+    total = sum(r[0] for r in results)
+    elapsed = max(r[2] for r in results) - min(r[1] for r in results)  # the race, from the barrier
+    assert 10 <= total <= 10 + 1.0 * elapsed + 1, (total, elapsed)
