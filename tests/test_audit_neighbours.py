@@ -22,7 +22,7 @@ def clustered(n: int = 4000, dim: int = 32, clusters: int = 40, seed: int = 0) -
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def brute_force(queries, base, k, exclude=None, block=None):
+def brute_force(queries, base, k, exclude=None, block=None, train=None):
     """Today's exact search written the plain way: the whole product, then argpartition."""
     sims = np.asarray(queries, np.float32) @ np.asarray(base, np.float32).T
     if exclude is not None:

@@ -50,8 +50,9 @@ def _knn_fold(
     k: int,
     weighted: bool,
     prior: float | None = None,
+    everything: np.ndarray | None = None,
 ) -> np.ndarray:
-    """k-NN class probabilities on cosine similarity.
+    """k-NN class probabilities on cosine similarity (`everything`: all folds' rows, for the index).
 
     Each of the k neighbours votes with weight 1 / max(cosine distance, `MIN_DISTANCE`) when `weighted`,
     else 1; one more pseudo-vote of mean weight is spread evenly over the classes (Laplace smoothing), so
@@ -70,7 +71,7 @@ def _knn_fold(
 
     k = min(k, len(train))
     probs = np.empty((len(test), n_classes), dtype=np.float64)
-    neighbours, similarities = top_k(test, train, k, block=CHUNK)
+    neighbours, similarities = top_k(test, train, k, block=CHUNK, train=everything)
     for start in range(0, len(test), CHUNK):
         top, near = neighbours[start : start + CHUNK], similarities[start : start + CHUNK]
         weight = 1.0 / np.clip(1.0 - near, MIN_DISTANCE, None) if weighted else np.ones(top.shape)
@@ -137,7 +138,7 @@ def out_of_sample_probs(
         if not test.any() or not train.any():
             continue
         if method == "knn":
-            probs[test] = _knn_fold(x[train], y[train], x[test], len(classes), k, weighted, prior)
+            probs[test] = _knn_fold(x[train], y[train], x[test], len(classes), k, weighted, prior, x)
         else:
             probs[test] = _logistic_fold(x[train], y[train], x[test], len(classes), seed)
     return probs, classes

@@ -8,7 +8,9 @@ faiss ``IndexIVFFlat`` over inner product (`NeighbourOptions.nlist` clusters, `n
 searched per query) returns candidates whose similarities are then recomputed exactly; a query the
 index cannot give ``k`` usable neighbours (too few in its probed lists, or all excluded) is searched
 exactly. IVF rather than HNSW: its k-means training is seeded and its search order fixed, so an audit
-gives the same findings on every run (HNSW's multithreaded build does not).
+gives the same findings on every run (HNSW's multithreaded build does not). The k-means (spherical,
+`KMEANS_ITERATIONS`, at most `TRAIN_PER_LIST` rows per list) runs once per data set: the label views'
+five folds place their lists by the same centres, trained on all rows (no labels are involved).
 
 Recall against the exact search, and the time, on the emoji embeddings and a 100k set made from
 them: `python bench/ann_recall.py` (bench/RESULTS.md). The threshold: `vlmops audit --ann-threshold N`,
@@ -17,8 +19,10 @@ them: `python bench/ann_recall.py` (bench/RESULTS.md). The threshold: `vlmops au
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -26,17 +30,21 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from vlmops._optional import require
 from vlmops.errors import VlmopsError
 
 DEFAULT_THRESHOLD = 50_000
 BLOCK = 2048
+TRAIN_PER_LIST = 64  # k-means rows per IVF list at most (a seeded sample beyond)
+KMEANS_ITERATIONS = 10
+_TRAINED: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
 
 @dataclass(frozen=True)
 class NeighbourOptions:
     """How `top_k` searches: exact while the base has at most `threshold` rows, else IVF.
 
-    `nlist`: IVF clusters (None: 4 x sqrt(n)); `nprobe`: clusters searched per query (None: nlist / 8,
+    `nlist`: IVF clusters (None: 4 x sqrt(n)); `nprobe`: clusters searched per query (None: nlist / 32,
     at least 16).
     """
 
@@ -48,7 +56,7 @@ class NeighbourOptions:
     def clusters(self, n: int) -> tuple[int, int]:
         """(nlist, nprobe) for a base of `n` rows."""
         nlist = self.nlist or max(1, min(n // 39, int(4 * math.sqrt(n))))
-        nprobe = self.nprobe or max(16, nlist // 8)
+        nprobe = self.nprobe or max(16, nlist // 32)
         return nlist, min(nprobe, nlist)
 
 
@@ -109,20 +117,43 @@ def _exact(
     return ids, sims
 
 
-def _ivf_index(base: np.ndarray, options: NeighbourOptions):
-    from vlmops._optional import require
+def _fingerprint(rows: np.ndarray) -> tuple:
+    """A cheap identity of an array: its shape and a hash of up to 256 evenly spaced rows."""
+    step = max(1, len(rows) // 256)
+    return rows.shape, hashlib.blake2b(rows[::step].tobytes(), digest_size=16).hexdigest()
 
+
+def _centroids(train: np.ndarray, nlist: int, options: NeighbourOptions) -> np.ndarray:
+    """Spherical k-means centres of `train` (a seeded sample of `TRAIN_PER_LIST` rows per list at most),
+    remembered for the last few training sets: the folds of one label view share them."""
     faiss = require("faiss", extra="ann")
-    n, d = base.shape
-    nlist, nprobe = options.clusters(n)
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = options.seed
-    sample = base
-    if n > 64 * nlist:  # k-means needs no more; a seeded sample keeps training fast
-        pick = np.random.default_rng(options.seed).choice(n, 64 * nlist, replace=False)
-        sample = base[np.sort(pick)]
-    index.train(np.ascontiguousarray(sample))
+    key = (_fingerprint(train), nlist, options.seed)
+    if key in _TRAINED:
+        _TRAINED.move_to_end(key)
+        return _TRAINED[key]
+    sample = train
+    if len(train) > TRAIN_PER_LIST * nlist:
+        pick = np.random.default_rng(options.seed).choice(len(train), TRAIN_PER_LIST * nlist, replace=False)
+        sample = train[np.sort(pick)]
+    kmeans = faiss.Kmeans(
+        train.shape[1], nlist, niter=KMEANS_ITERATIONS, seed=options.seed, spherical=True,
+        max_points_per_centroid=TRAIN_PER_LIST,
+    )  # fmt: skip
+    kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
+    _TRAINED[key] = kmeans.centroids
+    while len(_TRAINED) > 4:
+        _TRAINED.popitem(last=False)
+    return kmeans.centroids
+
+
+def _ivf_index(base: np.ndarray, options: NeighbourOptions, train: np.ndarray | None = None):
+    """An IVF-Flat inner-product index holding `base`, its lists the k-means cells of `train` (or base)."""
+    faiss = require("faiss", extra="ann")
+    train = base if train is None else train
+    nlist, nprobe = options.clusters(len(train))  # one k-means for every base drawn from `train`
+    quantizer = faiss.IndexFlatIP(base.shape[1])
+    quantizer.add(_centroids(train, nlist, options))
+    index = faiss.IndexIVFFlat(quantizer, base.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
     index.add(base)
     index.nprobe = nprobe
     return index
@@ -134,13 +165,16 @@ def top_k(
     k: int,
     exclude: tuple[np.ndarray, np.ndarray] | None = None,
     block: int = BLOCK,
+    train: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per query row, the `k` base rows of largest inner product: (ids (q, k), similarities (q, k)).
 
     `exclude` = (query groups, base groups): base rows in the query's group are never returned (in
     the exact search they come back with similarity -inf when fewer than k others exist; from the
     index, such a slot holds id 0 and similarity -inf). Exact while ``len(base)`` is at most the
-    threshold of `current_options`; above it the faiss IVF index, with exact similarities.
+    threshold of `current_options`; above it the faiss IVF index, with exact similarities. `train`: rows
+    (e.g. all of a data set whose folds are searched in turn) to place the index's lists by, so that
+    searches over parts of one set share one k-means (default: the base itself).
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     base = np.ascontiguousarray(base, dtype=np.float32)
@@ -149,7 +183,7 @@ def top_k(
     options = current_options()
     if len(base) <= options.threshold:
         return _exact(queries, base, k, exclude, block)
-    index = _ivf_index(base, options)
+    index = _ivf_index(base, options, train)
     extra = 0
     if exclude is not None:
         groups, counts = np.unique(exclude[1], return_counts=True)
