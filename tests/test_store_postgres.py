@@ -185,3 +185,18 @@ def test_database_buckets_stay_within_budget_under_concurrent_processes(url):
     total = sum(r[0] for r in results)
     elapsed = max(r[2] for r in results) - min(r[1] for r in results)  # the race, from the barrier
     assert 10 <= total <= 10 + 1.0 * elapsed + 1, (total, elapsed)
+
+
+def test_an_unreachable_limits_database_is_a_503_not_a_500(url, fake_model):
+    """When the database holding the shared buckets cannot be reached, the replica answers 503 with
+    Retry-After (as when overloaded), not an internal error."""
+    from vlmops.store.log import make_engine
+
+    token = KeyStore(url).create("limits-down")
+    gateway = Gateway(fake_model(), ServeConfig(store=url), PredictionLog(url), {})
+    gateway.shared_buckets.engine = make_engine("postgresql://vlmops@127.0.0.1:1/none")  # nothing listens
+    with TestClient(create_app(gateway, CachedVerifier(KeyStore(url)))) as client:
+        client.headers["Authorization"] = f"Bearer {token}"
+        r = client.post("/v1/classify", json={"image": b64(png_bytes()), "labels": ["a", "b"]})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert "rate limits' database is unavailable" in r.json()["error"]["message"]

@@ -61,8 +61,11 @@ class DatabaseTokenBuckets:
     def take(self, name: str, rate: float, burst: float, n: float = 1.0) -> float:
         """Take `n` tokens from bucket `name`: 0.0 when granted, else the seconds until they would be."""
         params = {"name": name, "rate": float(rate), "burst": float(burst), "n": float(n)}
-        with self.engine.begin() as conn:
-            tokens, granted = conn.execute(_TAKE, params).one()
+        try:
+            with self.engine.begin() as conn:
+                tokens, granted = conn.execute(_TAKE, params).one()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"the rate limits' database is unavailable: {exc.orig or exc}") from exc
         return 0.0 if granted else (n - tokens) / rate
 
     def close(self) -> None:
