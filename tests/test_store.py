@@ -1,4 +1,5 @@
-"""Embedding cache: hits and misses, keys, dims, exact round trips, concurrent writers, interrupted runs."""
+"""Embedding cache (SQLite, and Postgres where parametrised): hits and misses, keys, dims, exact round trips,
+concurrent writers, interrupted runs."""
 
 from __future__ import annotations
 
