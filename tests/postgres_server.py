@@ -57,3 +57,14 @@ def postgres() -> Iterator[str]:
                 capture_output=True,
             )
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def fresh_database(server_url: str, name: str) -> str:
+    """Create database `name` on the server at `server_url`; returns its URL (an empty store per test)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(server_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return f"{server_url.rsplit('/', 1)[0]}/{name}"

@@ -103,11 +103,30 @@ def test_fail_on(faulty: Path, tmp_path: Path, rule: str, code: int) -> None:
         (("--checks", "spelling"), "unknown audit check(s) ['spelling']"),
         (("--fail-on", "pii>>0"), "cannot parse --fail-on rule"),
         (("--fail-on", "nonsense>0", "--checks", "pii"), "unknown metric 'nonsense'"),
+        (("--ann-threshold", "-1"), "Invalid value for '--ann-threshold'"),
     ],
 )
 def test_bad_input_exits_2(faulty: Path, args: tuple, message: str) -> None:
     result = invoke("audit", "--data", str(faulty), "--no-progress", *args)
     assert result.exit_code == 2 and message in " ".join(result.output.split())
+
+
+def test_ann_threshold_reaches_the_neighbour_searches(
+    faulty: Path, audited: tuple[dict, Path], tmp_path: Path
+) -> None:
+    """--ann-threshold 0 sends every neighbour search through the index; on 40 records it has one list,
+    so it finds what the exact search found."""
+    report, out = audited
+    args = ["--model", "builtin:emoji-lit", "--store", str(out / "s.sqlite"), "--checks", "labels,alignment"]
+    result = invoke("audit", "--data", str(faulty), *args, "--ann-threshold", "0", "--no-progress",
+                    "--json", str(tmp_path / "ann.json"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ann = json.loads((tmp_path / "ann.json").read_text())
+    assert ann["ann_threshold"] == 0 and report["ann_threshold"] == 50_000
+    for check in ("labels", "alignment"):
+        assert [(f["record_id"], f["kind"]) for f in findings(ann, check)] == [
+            (f["record_id"], f["kind"]) for f in findings(report, check)
+        ]
 
 
 def test_without_a_model_embedding_checks_are_skipped(faulty: Path, tmp_path: Path) -> None:

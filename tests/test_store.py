@@ -1,7 +1,9 @@
-"""Embedding cache: hits and misses, keys, dims, exact round trips, concurrent writers, interrupted runs."""
+"""Embedding cache (SQLite, and Postgres where parametrised): hits and misses, keys, dims, exact round trips,
+concurrent writers, interrupted runs."""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import shutil
 import sqlite3
@@ -9,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from vlmops.config import get_settings
 from vlmops.errors import StoreError
 from vlmops.store.cache import MAX_VARIABLES, EmbeddingCache, open_cache
+from vlmops.store.cache_pg import CHUNK
 from vlmops.store.embed import (
     TEXT_TRANSFORM_ID,
     content_sha256,
@@ -22,9 +26,31 @@ from vlmops.store.embed import (
 )
 
 
+@pytest.fixture(scope="module")
+def pg_server():
+    """A throwaway PostgreSQL server for this module's Postgres cases."""
+    from postgres_server import postgres
+
+    with postgres() as url:
+        yield url
+
+
+_DATABASES = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """An empty store: a SQLite file, or a fresh database on the throwaway Postgres server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.sqlite")
+    from postgres_server import fresh_database
+
+    return fresh_database(request.getfixturevalue("pg_server"), f"cache{next(_DATABASES)}")
+
+
 @pytest.fixture
-def cache(tmp_path):
-    with EmbeddingCache(tmp_path / "store.sqlite") as store:
+def cache(store_url):
+    with open_cache(store_url) as store:
         yield store
 
 
@@ -81,7 +107,7 @@ def test_texts_cached(cache, fake_model):
 
 def test_vectors_round_trip_exactly_and_in_chunks(cache):
     rng = np.random.default_rng(0)
-    n = MAX_VARIABLES * 2 + 5
+    n = max(MAX_VARIABLES, CHUNK) * 2 + 5  # several SELECT chunks on either database
     keys = [f"{i:064x}" for i in range(n)]
     vectors = rng.standard_normal((n, 16)).astype(np.float32)
     vectors[0, :3] = [np.float32(1e-38), np.float32(-0.0), np.float32(3.4e38)]
@@ -121,13 +147,14 @@ def _vector(key: int) -> np.ndarray:
 def _writer(path: str, first: int, barrier) -> None:
     """Open the store together with the others, then write keys first..first+99 in batches of 10."""
     barrier.wait(timeout=60)
-    with EmbeddingCache(path) as store:
+    with open_cache(path) as store:
         for start in range(first, first + 100, 10):
             store.put_many("m", "t", {f"k{i}": _vector(i) for i in range(start, start + 10)})
 
 
-def test_concurrent_writers(tmp_path):
-    path = str(tmp_path / "shared.sqlite")
+def test_concurrent_writers(store_url):
+    """Four processes write overlapping keys at once (SQLite file or Postgres): every key once, intact."""
+    path = store_url
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(4)
     procs = [ctx.Process(target=_writer, args=(path, 50 * i, barrier)) for i in range(4)]
@@ -136,13 +163,17 @@ def test_concurrent_writers(tmp_path):
     for proc in procs:
         proc.join(timeout=60)
     assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
-    with EmbeddingCache(path) as store:
+    with open_cache(path) as store:
         assert store.count() == 250
         got = store.get_many("m", "t", [f"k{i}" for i in range(250)])
         assert all(np.array_equal(got[f"k{i}"], _vector(i)) for i in range(250))
-    conn = sqlite3.connect(path)
-    rows = conn.execute("SELECT COUNT(DISTINCT content_sha256), COUNT(*) FROM embeddings").fetchone()
-    conn.close()
+    from vlmops.store.log import make_engine
+
+    engine = make_engine(path)
+    with engine.connect() as conn:
+        query = "SELECT COUNT(DISTINCT content_sha256), COUNT(*) FROM embeddings"
+        rows = tuple(conn.execute(sa.text(query)).one())
+    engine.dispose()
     assert rows == (250, 250)
 
 
@@ -161,8 +192,10 @@ def test_open_cache_urls(tmp_path, monkeypatch):
         assert store.path == tmp_path / "a.sqlite"
     with open_cache(str(tmp_path / "b.sqlite")) as store:
         assert store.path.exists()
-    with pytest.raises(StoreError, match="Postgres support is not implemented yet"):
-        open_cache("postgresql://user@host/db")
+    with pytest.raises(StoreError, match="write it as postgresql://"):
+        open_cache("postgres://user@host/db")
+    with pytest.raises(StoreError, match="cannot open the embedding store at postgresql"):
+        open_cache("postgresql+psycopg://user@127.0.0.1:1/db")  # nothing listens on port 1
     with pytest.raises(StoreError, match="unknown scheme 'redis'"):
         open_cache("redis://host")
     (tmp_path / "junk.sqlite").write_bytes(b"this is not a database" * 100)

@@ -50,8 +50,9 @@ def _knn_fold(
     k: int,
     weighted: bool,
     prior: float | None = None,
+    everything: np.ndarray | None = None,
 ) -> np.ndarray:
-    """k-NN class probabilities on cosine similarity.
+    """k-NN class probabilities on cosine similarity (`everything`: all folds' rows, for the index).
 
     Each of the k neighbours votes with weight 1 / max(cosine distance, `MIN_DISTANCE`) when `weighted`,
     else 1; one more pseudo-vote of mean weight is spread evenly over the classes (Laplace smoothing), so
@@ -66,15 +67,16 @@ def _knn_fold(
     neighbours, whatever their number, cannot outweigh it, and the probabilities measure the evidence of
     close look-alikes rather than of whoever happens to be nearest.
     """
+    from vlmops.audit.neighbours import top_k
+
     k = min(k, len(train))
     probs = np.empty((len(test), n_classes), dtype=np.float64)
+    neighbours, similarities = top_k(test, train, k, block=CHUNK, train=everything)
     for start in range(0, len(test), CHUNK):
-        sims = test[start : start + CHUNK] @ train.T
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        near = np.take_along_axis(sims, top, axis=1)
+        top, near = neighbours[start : start + CHUNK], similarities[start : start + CHUNK]
         weight = 1.0 / np.clip(1.0 - near, MIN_DISTANCE, None) if weighted else np.ones(top.shape)
-        votes = np.zeros((len(sims), n_classes))
-        np.add.at(votes, (np.repeat(np.arange(len(sims)), k), y_train[top].ravel()), weight.ravel())
+        votes = np.zeros((len(top), n_classes))
+        np.add.at(votes, (np.repeat(np.arange(len(top)), k), y_train[top].ravel()), weight.ravel())
         total = votes.sum(axis=1, keepdims=True) / k  # one neighbour's mean weight = one pseudo-vote
         if prior is not None:
             total = np.full_like(total, prior)
@@ -136,7 +138,7 @@ def out_of_sample_probs(
         if not test.any() or not train.any():
             continue
         if method == "knn":
-            probs[test] = _knn_fold(x[train], y[train], x[test], len(classes), k, weighted, prior)
+            probs[test] = _knn_fold(x[train], y[train], x[test], len(classes), k, weighted, prior, x)
         else:
             probs[test] = _logistic_fold(x[train], y[train], x[test], len(classes), seed)
     return probs, classes
@@ -393,6 +395,20 @@ def _swapped(scored: np.ndarray, skip: set, img, txt, texts: np.ndarray, ids: np
     return out
 
 
+def _best_other_caption(
+    img: np.ndarray, txt: np.ndarray, texts: np.ndarray, scored: np.ndarray, local: np.ndarray
+) -> np.ndarray:
+    """Per record `scored[local]`: the scored record whose caption (not a copy of its own) fits its image
+    best (one `neighbours.top_k` search, exact below its threshold)."""
+    from vlmops.audit.neighbours import top_k
+
+    if not len(local):
+        return np.empty(0, dtype=np.int64)
+    code = np.unique(texts[scored].astype(str), return_inverse=True)[1]
+    ids, sims = top_k(img[scored[local]], txt[scored], 1, exclude=(code[local], code))
+    return scored[np.where(np.isfinite(sims[:, 0]), ids[:, 0], 0)]
+
+
 def alignment_check(
     frame: pd.DataFrame,
     image_emb: np.ndarray,
@@ -432,11 +448,9 @@ def alignment_check(
     }
     ids = frame["id"].astype(str).to_numpy()
     flagged = np.flatnonzero(z < z_threshold)
-    for local in flagged[np.argsort(z[flagged], kind="stable")]:
+    order = flagged[np.argsort(z[flagged], kind="stable")]
+    for local, best in zip(order, _best_other_caption(img, txt, texts, scored, order), strict=True):
         row = scored[local]
-        others = txt[scored] @ img[row]
-        others[texts[scored] == texts[row]] = -np.inf  # own caption and its copies
-        best = scored[int(np.argmax(others))]
         result.findings.append(
             _misaligned(row, best, float(sim[local]), float(z[local]), ids, texts, given, img, txt)
         )

@@ -60,6 +60,13 @@ def audit(
     store: str | None = typer.Option(
         None, "--store", help="Embedding store URL/path (default under VLMOPS_HOME)."
     ),
+    ann_threshold: int | None = typer.Option(
+        None,
+        "--ann-threshold",
+        min=0,
+        help="Neighbour searches over more records use an approximate (faiss IVF) index; below, exact. "
+        "Default 50000 or VLMOPS_ANN_THRESHOLD.",
+    ),
     html: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML report here."),
     json_out: Path | None = JsonOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -79,7 +86,7 @@ def audit(
     if label_method not in ("knn", "logistic"):
         raise typer.BadParameter(f"--label-method must be knn or logistic, got {label_method!r}")
     parse_rules(fail_on)  # bad syntax fails now, before the audit's work
-    report, frame = _run(data, model, chosen, min_n, label_method, store, progress)
+    report, frame = _run(data, model, chosen, min_n, label_method, store, progress, ann_threshold)
     metrics = report.metrics
     try:
         rules = parse_rules(fail_on, metrics)
@@ -104,7 +111,14 @@ def audit(
 
 
 def _run(
-    data: str, model: str | None, checks: list[str], min_n: int, label_method: str, store, progress: bool
+    data: str,
+    model: str | None,
+    checks: list[str],
+    min_n: int,
+    label_method: str,
+    store,
+    progress: bool,
+    ann_threshold: int | None = None,
 ):
     from vlmops.audit.run import AuditInputs, run_audit
     from vlmops.data.manifest import attribute_columns, resolve_data
@@ -126,7 +140,10 @@ def _run(
         template = DEFAULT_TEMPLATES["emoji" if data == "emoji" else "other"][0]
         inputs = AuditInputs(frame, hashes, vlm, cache, progress, prompt_template=template)
         announce = (lambda name: console.print(f"[dim]audit:[/] {name}")) if progress else None
-        return run_audit(inputs, checks, data_meta, fields, tier_names, min_n, label_method, announce), frame
+        report = run_audit(
+            inputs, checks, data_meta, fields, tier_names, min_n, label_method, announce, ann_threshold
+        )
+        return report, frame
 
 
 def _write_quarantine(report, path: Path) -> int:

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from vlmops.errors import StoreError
 from vlmops.serve.errors import ApiError
 from vlmops.serve.limits import TokenBucket
 
@@ -161,7 +162,10 @@ class Admission:
     def _take_budget(self, owner: str, n: int) -> float:
         """Take `n` items from the key's budget; the seconds until they would be there (0.0: taken)."""
         if self.shared is not None:
-            return self.shared.take(f"items:{owner}", self.key_items_per_s, self.key_items_in_flight, n)
+            try:
+                return self.shared.take(f"items:{owner}", self.key_items_per_s, self.key_items_in_flight, n)
+            except StoreError as exc:  # the database of replica-shared budgets (Postgres) is down
+                raise overloaded(f"{exc}; retry shortly") from exc
         bucket = self._buckets.get(owner)
         if bucket is None:
             bucket = self._buckets[owner] = TokenBucket(self.key_items_per_s, self.key_items_in_flight)

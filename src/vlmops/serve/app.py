@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vlmops.errors import StoreError
 from vlmops.serve import schemas
 from vlmops.serve.admission import Ticket
 from vlmops.serve.browser import add_dashboard_routes
@@ -119,7 +120,10 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
             raise ApiError(
                 401, "invalid_key", "the API key is unknown or revoked", {"WWW-Authenticate": "Bearer"}
             )
-        wait = limiter.check(key.key_id, key.rate_per_s, key.burst)
+        try:
+            wait = limiter.check(key.key_id, key.rate_per_s, key.burst)
+        except StoreError as exc:  # the database of replica-shared rate limits (Postgres) is down
+            raise ApiError(503, "overloaded", f"{exc}; retry shortly", {"Retry-After": "1"}) from exc
         if wait > 0:
             raise ApiError(
                 429,

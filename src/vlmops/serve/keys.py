@@ -215,7 +215,9 @@ def _to_key(row: sa.Row) -> ApiKey:
 class CachedVerifier:
     """`KeyStore.verify` with a short memory, so a busy server does not query the database per request.
 
-    A revocation takes effect within `ttl_s` seconds in every server process.
+    A revocation takes effect within `ttl_s` seconds in every server process, and in every replica on
+    other machines that shares the store (a ``postgresql://`` URL): each asks the database again once
+    its memory of a key is `ttl_s` old.
     """
 
     def __init__(self, store: KeyStore, ttl_s: float = 2.0) -> None:

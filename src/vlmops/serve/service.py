@@ -61,7 +61,8 @@ class ServeConfig:
     key_items_per_s: float = 500.0  # images + new texts per second and key (burst: key_items_in_flight)
     key_items_in_flight: int = 1024  # per key, queued or running; the model queue holds 4x this
     pixels_in_flight: int = 64_000_000  # decoded at once, across requests
-    shared_limits: str | None = None  # file of the key buckets the worker processes share (--workers N)
+    shared_limits: str | None = None  # file of the key buckets the worker processes share (--workers N);
+    # unused with a postgresql:// store, whose rate_buckets table every replica shares
     log_sync: str = "full"  # the prediction log's fsync: before the answers ("full"), or "group" (background)
     decode_threads: int = 2
     model_threads: int | None = None  # intra-op threads of the model (torch or ONNX Runtime); None: theirs
@@ -126,7 +127,7 @@ class Gateway:
         self.vocabulary = vocabulary
         self.default_template = config.template or "a photo of {}."
         self.metrics = GatewayMetrics()
-        self.shared_buckets = SharedTokenBuckets(config.shared_limits) if config.shared_limits else None
+        self.shared_buckets = shared_buckets(config)
         self.admission = _admission(config, self.shared_buckets)
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="vlmops-model")
         self._decode_pool = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="vlmops-decode")
@@ -598,7 +599,21 @@ def _retrieve(future: asyncio.Future) -> None:
         future.exception()
 
 
-def _admission(config: ServeConfig, shared: SharedTokenBuckets | None = None) -> Admission:
+def shared_buckets(config: ServeConfig):
+    """Where the per-key token buckets live: in the Postgres store when the store is Postgres (shared by
+    every replica on every machine), else in the mapped file of `config.shared_limits` (the worker
+    processes of one machine), else None (each process its own)."""
+    from vlmops.config import get_settings
+
+    url = config.store or get_settings().resolved_store_url()
+    if url.startswith(("postgresql://", "postgresql+psycopg://")):
+        from vlmops.store.rate_buckets import DatabaseTokenBuckets
+
+        return DatabaseTokenBuckets(url)
+    return SharedTokenBuckets(config.shared_limits) if config.shared_limits else None
+
+
+def _admission(config: ServeConfig, shared=None) -> Admission:
     """The admission counters for a config, after checking that its limits fit together."""
     limits = config.limits
     largest = max(limits.max_labels, limits.max_texts, limits.max_images)

@@ -1,5 +1,7 @@
 """Content-addressed cache of model outputs in SQLite (WAL), safe for several writing processes.
 
+(`open_cache` gives the same cache on PostgreSQL for a ``postgresql://`` URL: `vlmops.store.cache_pg`.)
+
 Embeddings: one row per ``(model_version, content_sha256, transform_id)`` holding the vector's
 dimension and its float32 little-endian bytes. Generations: one row per ``(model_version, key)``
 holding a generative model's answer as JSON, where the key hashes the image, the prompt and the
@@ -228,18 +230,21 @@ class EmbeddingCache:
 
 
 def open_cache(url: str | None = None) -> EmbeddingCache:
-    """Open the store at `url` (``sqlite:///path`` or a plain path; default from settings)."""
+    """Open the store at `url` (``sqlite:///path``, a plain path or ``postgresql://...``; default from
+    settings). A Postgres store is a `PostgresEmbeddingCache`, with the same methods."""
     url = url or get_settings().resolved_store_url()
     if url.startswith("sqlite:///"):
         return EmbeddingCache(url.removeprefix("sqlite:///"))
     scheme, sep, _ = url.partition("://")
     if not sep:
         return EmbeddingCache(url)
-    if scheme in ("postgres", "postgresql") or scheme.startswith("postgresql+"):
-        raise StoreError(
-            f"store URL {url!r}: Postgres support is not implemented yet; "
-            "use sqlite:///path/to/store.sqlite or a plain file path"
-        )
+    if scheme in ("postgresql", "postgresql+psycopg"):
+        from vlmops.store.cache_pg import PostgresEmbeddingCache
+
+        return PostgresEmbeddingCache(url)  # type: ignore[return-value]  # same methods
+    if scheme == "postgres" or scheme.startswith("postgresql+"):
+        raise StoreError(f"store URL {url!r}: write it as postgresql://user@host:port/database")
     raise StoreError(
-        f"store URL {url!r} has unknown scheme {scheme!r}; use sqlite:///path or a plain file path"
+        f"store URL {url!r} has unknown scheme {scheme!r}; "
+        "use sqlite:///path, a plain file path or postgresql://user@host:port/database"
     )

@@ -253,7 +253,9 @@ def create_tables(engine: sa.Engine, tables: Sequence[sa.Table] | None = None) -
             metadata.create_all(engine, tables=tables)
             return
         except sa.exc.DBAPIError as exc:
-            if "already exists" not in str(exc.orig) or attempt == 4:
+            message = str(exc.orig)  # Postgres reports a concurrent CREATE TABLE as a pg_type clash
+            raced = "already exists" in message or "pg_type_typname_nsp_index" in message
+            if not raced or attempt == 4:
                 raise
             time.sleep(0.05 * (attempt + 1))
 
