@@ -48,8 +48,8 @@ class Guard:
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         env[LOG_ENV] = str(self.log)
         env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-        env.update(loopback_env(tmp / "home"))  # HOME moves: keep the data where it is
-        env["VLMOPS_HOME"] = str(get_settings().home)
+        env.update(loopback_env(tmp / "home"), VLMOPS_RAY_HOME=str(tmp / "home"))
+        env["VLMOPS_HOME"] = str(get_settings().home)  # HOME moved: keep the data where it is
         self.env = env
 
     def command(self, argv: list[str], name: str) -> list[str]:

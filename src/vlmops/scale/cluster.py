@@ -33,6 +33,7 @@ from vlmops._optional import require
 from vlmops.errors import VlmopsError
 
 ADDRESS_ENV = "VLMOPS_RAY_ADDRESS"
+HOME_ENV = "VLMOPS_RAY_HOME"
 LOCAL = "local"
 CLOSED_LOOPBACK_URL = "http://127.0.0.1:9/"  # the discard port: nothing listens, nothing leaves
 BOOTSTRAP_CONFIG = "provider:\n  type: local\n"
@@ -66,6 +67,11 @@ def loopback_env(home: Path) -> dict[str, str]:
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_USAGE_STATS_REPORT_URL": CLOSED_LOOPBACK_URL,
     }
+
+
+def ray_home() -> Path:
+    """The private HOME of loopback nodes (`vlmops.scale.loopback_node`): VLMOPS_RAY_HOME or a /tmp folder."""
+    return Path(os.environ.get(HOME_ENV) or Path(tempfile.gettempdir()) / f"vlmops-ray-home-{os.getuid()}")
 
 
 def resolve_address(address: str | None) -> str:
@@ -134,7 +140,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Iterator
         return
     _check_reachable(address)
     loopback = is_loopback_address(address)
-    with _single_node_mode(ray) if loopback else contextlib.nullcontext():
+    token = ray_home() / ".ray" / "auth_token"  # written by a loopback node's head
+    extra = {"RAY_AUTH_TOKEN_PATH": str(token)} if loopback and token.exists() else {}
+    extra = {k: v for k, v in extra.items() if k not in os.environ and "RAY_AUTH_TOKEN" not in os.environ}
+    with _single_node_mode(ray) if loopback else contextlib.nullcontext(), _environ(extra):
         try:
             ray.init(
                 address=address,
