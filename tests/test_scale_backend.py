@@ -109,3 +109,22 @@ def test_pool_options_are_checked() -> None:
         RayImageEmbedder(cpus_per_actor=0)
     with pytest.raises(VlmopsError, match="4 CPUs, but the Ray cluster has 2"):
         RayImageEmbedder(actors=2, cpus_per_actor=2)._check_room(2.0)
+
+
+def test_kuberay_manifest_keeps_usage_stats_off_and_the_probe_away() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    docs = {d["kind"]: d for d in yaml.safe_load_all((root / "deploy" / "kuberay.yaml").read_text())}
+    assert yaml.safe_load(docs["ConfigMap"]["data"]["ray_bootstrap_config.yaml"]) == yaml.safe_load(
+        BOOTSTRAP_CONFIG
+    )
+    spec = docs["RayCluster"]["spec"]
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert any(m["mountPath"].endswith("/ray_bootstrap_config.yaml") for m in head["volumeMounts"])
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        env = {e["name"]: e["value"] for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_USAGE_STATS_ENABLED"] == "0"
+        assert group["rayStartParams"]["disable-usage-stats"] == "true"
+    egress = docs["NetworkPolicy"]["spec"]["egress"][0]["to"][0]["ipBlock"]
+    assert "169.254.169.254/32" in egress["except"]
