@@ -1,7 +1,8 @@
 """A real two-node Ray cluster on this machine: `ray start --head` and `ray start --address` as separate
 processes on loopback (through `python -m vlmops.scale.loopback_node`, Ray's own CLI with the node's
-processes kept off the network); embed, the quick eval and a small audit through `--ray ADDRESS` equal
-the local runs (embeddings <= 1e-6, the same metrics, the same findings), and no process touches the network.
+processes kept off the network); embed, the quick eval, a small audit and a gallery index through
+`--ray ADDRESS` equal the local runs (embeddings <= 1e-6, the same metrics, the same findings), and
+no process touches the network.
 
 The nodes take the loopback addresses 127.0.0.2 and 127.0.0.3: Ray rewrites 127.0.0.1 into the
 machine's interface address on a multi-node cluster (see vlmops.scale.cluster). Each node has one CPU,
@@ -144,6 +145,12 @@ def test_two_node_cluster_gives_the_local_results(cluster) -> None:
     for name, check in audit_local["checks"].items():
         assert "skipped" not in check, (name, check)
         assert audit_ray["checks"][name]["findings"] == check["findings"], name
+
+    index = ["index", "build", *model, "-d", manifest]
+    vlmops(guard, "index-ray", *index, "-o", "gallery-ray", "--store", "ray-index.sqlite", *ray)
+    vlmops(guard, "index-local", *index, "-o", "gallery-local", "--store", "local.sqlite", "--no-progress")
+    a, b = (np.load(guard.tmp / g / "embeddings.npy") for g in ("gallery-local", "gallery-ray"))
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1e-6
 
     assert guard.findings() == [], "a Ray process touched a non-loopback address"
     if guard.use_strace:
