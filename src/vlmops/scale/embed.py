@@ -83,6 +83,7 @@ class RayImageEmbedder:
     ) -> Iterator[tuple[list[str], np.ndarray]]:
         """Yield ``(keys, vectors)`` chunks for `items` ((content key, path) pairs) as Ray returns them."""
         import logging
+        import warnings
 
         import ray
 
@@ -97,25 +98,26 @@ class RayImageEmbedder:
             rows, override_num_blocks=min(MAX_BLOCKS, math.ceil(len(rows) / batch_size))
         )
         threads = max(1, int(self.cpus_per_actor))
-        embedded = dataset.map_batches(
-            EmbedActor,
-            fn_constructor_kwargs={
-                "uri": model.info.uri,
-                "version": model.info.version,
-                "threads": threads,
-                "loader": self.loader,
-            },
-            batch_size=batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=self.actors),
-            num_cpus=self.cpus_per_actor,
-            ray_remote_args_fn=_retries,
-        )
+        with warnings.catch_warnings():
+            # Ray 2.60 has no other way to bound restarts (the extra pins 2.60; removed in 2.64)
+            warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated")
+            embedded = dataset.map_batches(
+                EmbedActor,
+                fn_constructor_kwargs={
+                    "uri": model.info.uri,
+                    "version": model.info.version,
+                    "threads": threads,
+                    "loader": self.loader,
+                },
+                batch_size=batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=self.actors),
+                num_cpus=self.cpus_per_actor,
+                ray_remote_args_fn=_retries,
+            )
         try:
             for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
                 yield [str(key) for key in batch["key"]], np.asarray(batch["vector"], dtype=np.float32)
-        except VlmopsError:
-            raise
         except Exception as exc:  # Ray wraps worker errors in its own types; report the cause in one line
             if not _is_ray_error(exc):
                 raise
