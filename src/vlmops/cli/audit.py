@@ -83,7 +83,7 @@ def audit(
     if label_method not in ("knn", "logistic"):
         raise typer.BadParameter(f"--label-method must be knn or logistic, got {label_method!r}")
     parse_rules(fail_on)  # bad syntax fails now, before the audit's work
-    with ray_embedding(ray, ray_actors, ray_cpus_per_actor):
+    with ray_embedding(ray if model else None, ray_actors, ray_cpus_per_actor):  # no model, no embedding
         report, frame = _run(data, model, chosen, min_n, label_method, store, progress)
     metrics = report.metrics
     try:
