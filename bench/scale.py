@@ -100,16 +100,18 @@ def main(argv: list[str] | None = None) -> dict:
         for round_ in range(args.rounds):
             for name in seconds:
                 cores = int(name[-1])
+                note = ""
                 if name.startswith("local"):
                     took, vectors = time_local(model, paths, cores, args.batch_size)
                 else:
-                    took, vectors = time_ray(model, paths, cores, args.batch_size)
+                    took, vectors, first = time_ray(model, paths, cores, args.batch_size)
+                    to_first[name].append(first)
+                    note = f"  (first vector after {first:.1f} s: actor start + model load)"
                 seconds[name].append(took)
                 reference = vectors if reference is None else reference
                 worst = max(worst, float(np.abs(vectors - reference).max()))
-                print(
-                    f"round {round_ + 1} {name:7s} {took:7.1f} s  {len(paths) / took:6.1f} img/s", flush=True
-                )
+                rate = len(paths) / took
+                print(f"round {round_ + 1} {name:7s} {took:7.1f} s  {rate:6.1f} img/s{note}", flush=True)
     median = {name: statistics.median(v) for name, v in seconds.items()}
     result = {
         "images": len(paths),
