@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,13 @@ def assert_loopback_only(guard: Guard) -> None:
         assert guard.loopback_connects() > 0, "strace saw no connect at all: it did not watch Ray"
 
 
+def assert_nothing_left_running(guard: Guard, within: float = 30) -> None:
+    deadline = time.time() + within
+    while guard.ours() and time.time() < deadline:
+        time.sleep(0.5)
+    assert guard.ours() == [], "Ray processes outlived the command that started them"
+
+
 def embedding(path: Path) -> np.ndarray:
     return np.stack(pd.read_parquet(path)["image_embedding"].to_numpy())
 
@@ -72,6 +80,7 @@ def test_embed_on_local_ray_equals_local(guard: Guard, manifest: Path) -> None:
     assert "embedding images" in remote.stderr  # the progress bar, fed as Ray returns vectors
     stats = json.loads((guard.tmp / "ray.json").read_text())["images"]
     assert stats["misses"] == stats["unique"] > 0  # every image went through Ray, none from a cache
+    assert_nothing_left_running(guard)  # the private Ray of --ray local ends with the command
     a, b = embedding(guard.tmp / "local.parquet"), embedding(guard.tmp / "ray.parquet")
     assert a.shape == b.shape and np.abs(a - b).max() <= 1e-6
     rerun = [*base, "-o", "again.parquet", "--store", "ray.sqlite", "--json", "again.json", "--no-progress"]
