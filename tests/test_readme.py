@@ -36,6 +36,19 @@ README = ROOT / "README.md"
 ELSEWHERE = {
     "make demo": "the Makefile's demo target = setup + `vlmops demo` (tests/test_cli.py runs the demo)",
     "make test": "is the suite itself (tests/test_cli.py checks the README, Makefile and .ci/run agree)",
+    **dict.fromkeys(
+        [
+            "python -m vlmops.scale.loopback_node start --head --node-ip-address 127.0.0.2 --port 6390 "
+            "--num-cpus 1 --include-dashboard false --disable-usage-stats",
+            "python -m vlmops.scale.loopback_node start --address 127.0.0.2:6390 --node-ip-address 127.0.0.3 "
+            "--num-cpus 1 --disable-usage-stats",
+            "vlmops embed --model builtin:emoji-lit --data emoji --out emoji.parquet --ray 127.0.0.2:6390 "
+            "--ray-actors 2",
+        ],
+        "tests/test_scale_cluster.py starts the same two nodes (free ports for the rest) and embeds, "
+        "evaluates and audits through them",
+    ),
+    "ray stop": "not run: it would stop every Ray process of the user (the tests stop their nodes by pid)",
 }
 SERVE_BLOCK = [
     "vlmops keys create --name my-app",

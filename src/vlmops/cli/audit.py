@@ -16,6 +16,7 @@ from vlmops.cli._common import (
     results_console,
     write_json,
 )
+from vlmops.cli._ray import RayActorsOption, RayCpusOption, RayOption, ray_embedding
 
 app = typer.Typer(
     help="Audit an image-text data set: provenance, quality, duplicates, leakage, labels, PII, poisoning.",
@@ -68,6 +69,9 @@ def audit(
         "Default 50000 or VLMOPS_ANN_THRESHOLD.",
     ),
     html: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML report here."),
+    ray: str | None = RayOption,
+    ray_actors: int = RayActorsOption,
+    ray_cpus_per_actor: float = RayCpusOption,
     json_out: Path | None = JsonOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -86,7 +90,8 @@ def audit(
     if label_method not in ("knn", "logistic"):
         raise typer.BadParameter(f"--label-method must be knn or logistic, got {label_method!r}")
     parse_rules(fail_on)  # bad syntax fails now, before the audit's work
-    report, frame = _run(data, model, chosen, min_n, label_method, store, progress, ann_threshold)
+    with ray_embedding(ray if model else None, ray_actors, ray_cpus_per_actor):  # no model, no embedding
+        report, frame = _run(data, model, chosen, min_n, label_method, store, progress, ann_threshold)
     metrics = report.metrics
     try:
         rules = parse_rules(fail_on, metrics)

@@ -9,6 +9,7 @@ import numpy as np
 import typer
 
 from vlmops.cli._common import JsonOption, handle_errors, print_skipped, results_console, write_json
+from vlmops.cli._ray import RayActorsOption, RayCpusOption, RayOption, ray_embedding
 from vlmops.models import load_model
 
 
@@ -37,6 +38,9 @@ def embed(
         help="Leave out rows whose image cannot be read (listed in the output and --json) instead of "
         "stopping with the list of them.",
     ),
+    ray: str | None = RayOption,
+    ray_actors: int = RayActorsOption,
+    ray_cpus_per_actor: float = RayCpusOption,
     json_out: Path | None = JsonOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -50,6 +54,8 @@ def embed(
 
     Every image's header is checked before any embedding: unreadable images are listed together with
     their row numbers (exit 2), or left out with --skip-unreadable.
+
+    With --ray the images not yet in the store are embedded by a Ray Data actor pool (same vectors).
     """
     from vlmops.data.manifest import resolve_data
     from vlmops.data.screen import screen_images, skipped_summary
@@ -60,7 +66,8 @@ def embed(
     frame, skipped = screen_images(resolve_data(data), data, skip=skip_unreadable)
     vlm = load_model(model)
     with open_cache(store) as cache:
-        images, image_stats = embed_images_cached(vlm, list(frame["image"]), cache, batch_size, progress)
+        with ray_embedding(ray, ray_actors, ray_cpus_per_actor):
+            images, image_stats = embed_images_cached(vlm, list(frame["image"]), cache, batch_size, progress)
         first_texts = [texts[0] if len(texts) else None for texts in frame["texts"]]
         with_text = [i for i, text in enumerate(first_texts) if text is not None]
         text_vectors, text_stats = None, None

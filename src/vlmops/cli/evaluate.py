@@ -16,6 +16,7 @@ from vlmops.cli._common import (
     results_console,
     write_json,
 )
+from vlmops.cli._ray import RayActorsOption, RayCpusOption, RayOption, ray_embedding
 
 
 def _split_list(value: str | None) -> list[str] | None:
@@ -127,6 +128,9 @@ def evaluate(
         None, "--price-out", min=0.0, help="caption/vqa: dollars per million answer tokens (API models)."
     ),
     html: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML report here."),
+    ray: str | None = RayOption,
+    ray_actors: int = RayActorsOption,
+    ray_cpus_per_actor: float = RayCpusOption,
     json_out: Path | None = JsonOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -144,6 +148,9 @@ def evaluate(
     """
     if task in ("caption", "vqa"):
         from vlmops.cli.evaluate_generative import evaluate_generative
+
+        if ray is not None:
+            raise typer.BadParameter("--ray runs --task classify only for now", param_hint="--ray")
 
         evaluate_generative(
             model or "builtin:emoji-captioner", data, task, split, suite, prompt, judge, max_tokens,
@@ -186,7 +193,8 @@ def evaluate(
             "dataset_version": dataset_version(task.frame.assign(sha256=ctx.content_keys)),
             "skipped_unreadable": skipped_summary(skipped),
         }
-        report = run_eval(ctx, options, data_meta, manifest, on_section=_announce(progress))
+        with ray_embedding(ray, ray_actors, ray_cpus_per_actor):
+            report = run_eval(ctx, options, data_meta, manifest, on_section=_announce(progress))
     payload = report.to_dict()
     results = check_rules(rules, report.headline)
     payload["fail_on"] = [r.to_dict() for r in results]

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from vlmops.cli._common import JsonOption, console, handle_errors, results_console, write_json
+from vlmops.cli._ray import RayActorsOption, RayCpusOption, RayOption, ray_embedding
 from vlmops.errors import VlmopsError
 
 StoreOption = typer.Option(
@@ -373,6 +374,9 @@ def index_build(
     model: str = ModelOption,
     split: str | None = typer.Option(None, "--split", help="Only this split (default: every record)."),
     store: str | None = StoreOption,
+    ray: str | None = RayOption,
+    ray_actors: int = RayActorsOption,
+    ray_cpus_per_actor: float = RayCpusOption,
     json_out: Path | None = JsonOption,
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
@@ -389,7 +393,7 @@ def index_build(
         if frame.empty:
             raise VlmopsError(f"no records in split {split!r}; check --split")
     vlm = load_model(model)
-    with open_cache(store) as cache:
+    with open_cache(store) as cache, ray_embedding(ray, ray_actors, ray_cpus_per_actor):
         vectors, _ = embed_images_cached(vlm, list(frame["image"]), cache, progress=progress)
     labels = [
         None if lab is None or lab != lab else str(lab) for lab in frame.get("label", [None] * len(frame))

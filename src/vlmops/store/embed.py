@@ -4,15 +4,22 @@ Both entry points return ``(vectors, stats)``: an ``(n, d)`` float32 array in in
 `EmbedStats`. Identical inputs (same file bytes or same text) are embedded once. Misses are written
 to the cache after every batch, so an interrupted run keeps the batches it finished. `EmbedStats`
 counts distinct inputs: ``hits + misses == unique <= n``; ``seconds`` includes hashing.
+
+Image files may be embedded elsewhere: inside `use_image_backend(backend)`, the misses of
+`embed_images_cached` go to `backend.embed_files` (e.g. `vlmops.scale`'s Ray Data actor pool), which
+streams back ``(keys, vectors)`` chunks; they are checked, cached and counted exactly as local batches.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -23,6 +30,30 @@ from vlmops.models.base import VLM, batched, sha256_file
 from vlmops.store.cache import EmbeddingCache
 
 TEXT_TRANSFORM_ID = "text"
+Chunks = Iterator[tuple[list[str], np.ndarray]]
+
+
+class ImageBackend(Protocol):
+    """Somewhere else to embed image files: yields ``(keys, vectors)`` chunks covering every item once."""
+
+    def embed_files(self, model: VLM, items: Sequence[tuple[str, str]], batch_size: int) -> Chunks:
+        """Embed `items` ((content key, path) pairs) with a copy of `model`; chunks in any order."""
+        ...
+
+
+_image_backend: contextvars.ContextVar[ImageBackend | None] = contextvars.ContextVar(
+    "image_backend", default=None
+)
+
+
+@contextlib.contextmanager
+def use_image_backend(backend: ImageBackend | None) -> Iterator[None]:
+    """Within the block, `embed_images_cached` sends its misses to `backend` (None: embed here)."""
+    token = _image_backend.set(backend)
+    try:
+        yield
+    finally:
+        _image_backend.reset(token)
 
 
 @dataclass(frozen=True)
@@ -78,8 +109,15 @@ def embed_images_cached(
     def encode(batch: list[str]) -> np.ndarray:
         return model.embed_images([load_image(sources[k]) for k in batch])
 
+    backend = _image_backend.get()
+    stream = None
+    if backend is not None:
+
+        def stream(misses: list[str]) -> Chunks:
+            return backend.embed_files(model, [(k, str(sources[k])) for k in misses], batch_size)
+
     return _embed_cached(
-        model, keys, model.transform_id, cache, encode, batch_size, progress, "images", start
+        model, keys, model.transform_id, cache, encode, batch_size, progress, "images", start, stream
     )
 
 
@@ -180,8 +218,12 @@ def _embed_cached(
     progress: bool,
     what: str,
     start: float,
+    stream: Callable[[list[str]], Chunks] | None = None,
 ) -> tuple[np.ndarray, EmbedStats]:
-    """Shared body: look up distinct keys, encode misses batch by batch, store each batch, reassemble."""
+    """Shared body: look up distinct keys, encode misses batch by batch, store each batch, reassemble.
+
+    `stream` (misses -> ``(keys, vectors)`` chunks) replaces the local batches of `encode` when given.
+    """
     if batch_size < 1:
         raise VlmopsError(f"batch_size must be at least 1, got {batch_size}")
     version = model.info.version
@@ -191,19 +233,27 @@ def _embed_cached(
     if misses:
         from vlmops.progress import progress_bar
 
+        if stream is None:
+
+            def stream(todo: list[str]) -> Chunks:
+                return ((batch, encode(batch)) for batch in batched(todo, batch_size))
+
+        wanted = set(misses)
         with progress_bar(progress) as bar:
             task = bar.add_task(f"embedding {what} ({model.info.name})", total=len(misses))
-            for batch in batched(misses, batch_size):
-                out = np.asarray(encode(batch), dtype=np.float32)
+            for batch, encoded in stream(misses):
+                out = np.asarray(encoded, dtype=np.float32)
                 if out.ndim != 2 or out.shape[0] != len(batch):
                     raise VlmopsError(
                         f"model {model.info.uri} returned shape {out.shape} for {len(batch)} {what}; "
                         "expected (n, d): the adapter is broken"
                     )
-                fresh = dict(zip(batch, out, strict=True))
+                fresh = {k: v for k, v in zip(batch, out, strict=True) if k in wanted and k not in vectors}
                 cache.put_many(version, transform_id, fresh)
                 vectors.update(fresh)
-                bar.advance(task, len(batch))
+                bar.advance(task, len(fresh))
+        if lost := [k for k in misses if k not in vectors]:
+            raise VlmopsError(f"{len(lost)} of {len(misses)} {what} came back without a vector; run again")
     dim = next(iter(vectors.values())).shape[0] if vectors else model.info.dim
     result = np.stack([vectors[k] for k in keys]) if keys else np.zeros((0, dim), dtype=np.float32)
     stats = EmbedStats(

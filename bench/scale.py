@@ -1,0 +1,154 @@
+"""Scaling of image embedding: the local path against Ray Data with 1 and 2 single-core actors.
+
+Every configuration embeds the same images into a fresh in-memory store (all misses), with the same
+model and batch size, and must give the same vectors (max |difference| printed). Configurations:
+local with 1 torch thread and with 2; a private local Ray (127.0.0.1, `vlmops.scale.connect`) with 1
+actor x 1 CPU and 2 actors x 1 CPU (`RayImageEmbedder`). Ray is started once, before any timing; each
+Ray job's time includes starting its actors and loading the model in each, as a real job's does.
+Rounds are interleaved (local1, ray1, local2, ray2, ...); the median over rounds is reported with the
+min-max. Targets (issue 18): ray2 / ray1 speed-up >= 1.8; Ray at equal cores at most 10 % slower
+than local (ray1 vs local1, ray2 vs local2).
+
+    python bench/scale.py                      # first 3000 emoji images, 2 rounds
+    python bench/scale.py --limit 0 --rounds 3 # every emoji image
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="builtin:emoji-lit")
+    parser.add_argument("--data", default="emoji")
+    parser.add_argument("--limit", type=int, default=3000, help="first N distinct images (0: all)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def images(data: str, limit: int) -> list[str]:
+    """Distinct image files (by content) of the data set, the first `limit` of them."""
+    from vlmops.data.manifest import resolve_data
+
+    frame = resolve_data(data)
+    if "sha256" in frame:
+        frame = frame.drop_duplicates("sha256")
+    paths = [str(p) for p in frame["image"]]
+    return paths[:limit] if limit else paths
+
+
+def time_local(model, paths: list[str], threads: int, batch: int):
+    """Seconds and vectors of the local path with `threads` torch threads."""
+    import torch
+
+    from vlmops.store.cache import EmbeddingCache
+    from vlmops.store.embed import embed_images_cached
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        start = time.perf_counter()
+        vectors, _ = embed_images_cached(model, paths, EmbeddingCache(":memory:"), batch, progress=False)
+        return time.perf_counter() - start, vectors
+    finally:
+        torch.set_num_threads(saved)
+
+
+def time_ray(model, paths: list[str], actors: int, batch: int):
+    """Seconds, vectors and seconds to the first vector (actor start and model load) of a Ray Data job
+    with `actors` actors of 1 CPU (Ray already connected)."""
+    from vlmops.scale import RayImageEmbedder
+    from vlmops.store.cache import EmbeddingCache
+    from vlmops.store.embed import embed_images_cached, use_image_backend
+
+    first: list[float] = []
+
+    class Timed(RayImageEmbedder):
+        def embed_files(self, model, items, batch_size):
+            for chunk in super().embed_files(model, items, batch_size):
+                first.append(first[0] if first else time.perf_counter())
+                yield chunk
+
+    with use_image_backend(Timed(actors=actors, cpus_per_actor=1)):
+        start = time.perf_counter()
+        vectors, _ = embed_images_cached(model, paths, EmbeddingCache(":memory:"), batch, progress=False)
+        return time.perf_counter() - start, vectors, first[0] - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    import numpy as np
+
+    from vlmops.models import load_model
+    from vlmops.scale import connect
+
+    paths = images(args.data, args.limit)
+    model = load_model(args.model)
+    seconds: dict[str, list[float]] = {"local1": [], "ray1": [], "local2": [], "ray2": []}
+    to_first: dict[str, list[float]] = {"ray1": [], "ray2": []}
+    reference, worst = None, 0.0
+    with connect("local", num_cpus=2) as cluster:
+        print(f"{len(paths)} images, {args.model}, batch {args.batch_size}; {cluster.describe()}", flush=True)
+        for round_ in range(args.rounds):
+            for name in seconds:
+                cores = int(name[-1])
+                note = ""
+                if name.startswith("local"):
+                    took, vectors = time_local(model, paths, cores, args.batch_size)
+                else:
+                    took, vectors, first = time_ray(model, paths, cores, args.batch_size)
+                    to_first[name].append(first)
+                    note = f"  (first vector after {first:.1f} s: actor start + model load)"
+                seconds[name].append(took)
+                reference = vectors if reference is None else reference
+                worst = max(worst, float(np.abs(vectors - reference).max()))
+                rate = len(paths) / took
+                print(f"round {round_ + 1} {name:7s} {took:7.1f} s  {rate:6.1f} img/s{note}", flush=True)
+    median = {name: statistics.median(v) for name, v in seconds.items()}
+    result = {
+        "images": len(paths),
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "seconds": seconds,
+        "median_seconds": median,
+        "seconds_to_first_vector": to_first,
+        "speedup_ray2_over_ray1": median["ray1"] / median["ray2"],
+        "ray_overhead_1_core": median["ray1"] / median["local1"] - 1,
+        "ray_overhead_2_cores": median["ray2"] / median["local2"] - 1,
+        "max_abs_diff": worst,
+    }
+    report(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def report(result: dict) -> None:
+    """The table and the verdicts against the targets."""
+    print("\n| config | median s [min-max] | img/s |\n|---|---|---|")
+    for name, values in result["seconds"].items():
+        med = result["median_seconds"][name]
+        print(f"| {name} | {med:.1f} [{min(values):.1f}-{max(values):.1f}] | {result['images'] / med:.1f} |")
+    speedup = result["speedup_ray2_over_ray1"]
+    verdict = "met" if speedup >= 1.8 else "NOT met"
+    print(f"ray 2 actors / 1 actor speed-up: {speedup:.2f} (target >= 1.8: {verdict})")
+    for cores in (1, 2):
+        overhead = result[f"ray_overhead_{cores}_core" + ("s" if cores > 1 else "")]
+        verdict = "met" if overhead <= 0.10 else "NOT met"
+        print(
+            f"Ray overhead at {cores} core(s) vs local: {100 * overhead:+.1f} % (target <= +10 %: {verdict})"
+        )
+    print(f"max |vector difference| between configurations: {result['max_abs_diff']:.2e}")
+
+
+if __name__ == "__main__":
+    main()

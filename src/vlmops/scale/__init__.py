@@ -1,0 +1,9 @@
+"""Ray backends for vlmops jobs: start or join Ray on loopback (`cluster`), embed on Ray Data (`embed`).
+
+Ray is the optional extra ``vlmops[ray]``; nothing here imports it before it is used.
+"""
+
+from vlmops.scale.cluster import ADDRESS_ENV, LOCAL, RayCluster, connect, loopback_env
+from vlmops.scale.embed import RayImageEmbedder
+
+__all__ = ["ADDRESS_ENV", "LOCAL", "RayCluster", "RayImageEmbedder", "connect", "loopback_env"]

@@ -1,0 +1,149 @@
+"""Embed image files on Ray Data: the files as a Dataset in blocks, decoded and embedded by an actor pool.
+
+`RayImageEmbedder` is an `ImageBackend` for `vlmops.store.embed.use_image_backend`: the cache lookup,
+the writes and the progress bar stay in the calling process, only the misses travel. Each actor loads
+the model once (by its URI, so every node needs the same weights at the same path, or a builtin
+model), checks it has the caller's model version, and embeds one batch per call with
+``cpus_per_actor`` torch threads. An actor that dies (a killed worker, a lost node) is restarted by Ray
+and its batch run again (``max_restarts``/``max_task_retries``); each file's vector depends on the file
+alone, so the result is the same.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vlmops.errors import VlmopsError
+from vlmops.models.base import VLM
+
+MAX_RESTARTS = 3  # per actor
+MAX_TASK_RETRIES = 3  # per batch, on an actor that died while running it
+MAX_BLOCKS = 512
+
+
+class RayJobError(VlmopsError):
+    """A Ray job failed (a worker error that retries did not cure)."""
+
+
+def _retries() -> dict[str, int]:
+    """Remote options of each actor: bounded restarts and retries (Ray Data's default is forever)."""
+    return {"max_restarts": MAX_RESTARTS, "max_task_retries": MAX_TASK_RETRIES}
+
+
+def _load(uri: str) -> VLM:
+    from vlmops.models import load_model
+
+    return load_model(uri)
+
+
+class EmbedActor:
+    """One actor of the pool: loads the model once, then embeds batches of image files."""
+
+    def __init__(self, uri: str, version: str, threads: int, loader: Callable[[str], VLM]) -> None:
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+        except ImportError:  # a model without torch (onnx)
+            pass
+        self.model = loader(uri)
+        if self.model.info.version != version:
+            raise VlmopsError(
+                f"a Ray worker loaded {uri} as version {self.model.info.version}, the caller has {version}: "
+                "give every node the same weights at the same path"
+            )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from vlmops.data.images import load_image
+
+        vectors = self.model.embed_images([load_image(path) for path in batch["path"]])
+        return {"key": batch["key"], "vector": np.asarray(vectors, dtype=np.float32)}
+
+
+@dataclass
+class RayImageEmbedder:
+    """Embeds image files on the connected Ray cluster with `actors` actors of `cpus_per_actor` CPUs."""
+
+    actors: int = 2
+    cpus_per_actor: float = 1.0
+    loader: Callable[[str], VLM] = field(default=_load)  # picklable: runs on the workers
+
+    def __post_init__(self) -> None:
+        if self.actors < 1:
+            raise VlmopsError(f"--ray-actors must be at least 1, got {self.actors}")
+        if self.cpus_per_actor <= 0:
+            raise VlmopsError(f"--ray-cpus-per-actor must be above 0, got {self.cpus_per_actor}")
+
+    def embed_files(
+        self, model: VLM, items: Sequence[tuple[str, str]], batch_size: int
+    ) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Yield ``(keys, vectors)`` chunks for `items` ((content key, path) pairs) as Ray returns them."""
+        import logging
+        import warnings
+
+        import ray
+
+        if not items:
+            return
+        self._check_room(float(ray.cluster_resources().get("CPU", 0.0)))
+        data = ray.data.DataContext.get_current()
+        data.enable_progress_bars = False  # the caller's bar counts the vectors as they arrive
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-run INFO lines on the console
+        rows = [{"key": key, "path": path} for key, path in items]
+        dataset = ray.data.from_items(
+            rows, override_num_blocks=min(MAX_BLOCKS, math.ceil(len(rows) / batch_size))
+        )
+        threads = max(1, int(self.cpus_per_actor))
+        with warnings.catch_warnings():
+            # Ray 2.60 has no other way to bound restarts (the extra pins 2.60; removed in 2.64)
+            warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated")
+            embedded = dataset.map_batches(
+                EmbedActor,
+                fn_constructor_kwargs={
+                    "uri": model.info.uri,
+                    "version": model.info.version,
+                    "threads": threads,
+                    "loader": self.loader,
+                },
+                batch_size=batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=self.actors),
+                num_cpus=self.cpus_per_actor,
+                ray_remote_args_fn=_retries,
+            )
+        try:
+            for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
+                yield [str(key) for key in batch["key"]], np.asarray(batch["vector"], dtype=np.float32)
+        except Exception as exc:  # Ray wraps worker errors in its own types; report the cause in one line
+            if not _is_ray_error(exc):
+                raise
+            cause = str(exc).strip().splitlines()
+            raise RayJobError(
+                f"the Ray embedding job failed: {cause[-1] if cause else type(exc).__name__}"
+            ) from exc
+
+    def _check_room(self, cpus: float) -> None:
+        """Fail now, not by waiting forever, when the pool cannot fit in the cluster."""
+        need = self.actors * self.cpus_per_actor
+        if need > cpus:
+            raise VlmopsError(
+                f"{self.actors} actors x {self.cpus_per_actor:g} CPUs = {need:g} CPUs, but the Ray cluster "
+                f"has {cpus:g}: lower --ray-actors or --ray-cpus-per-actor, or add nodes"
+            )
+
+
+def _is_ray_error(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".")[0] == "ray" or any(
+        type(cause).__module__.split(".")[0] == "ray" for cause in _causes(exc)
+    )
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen = exc.__cause__ or exc.__context__
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__

@@ -1,0 +1,62 @@
+"""Code that runs inside Ray workers during the tests (importable there: tests/ is on their PYTHONPATH)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+class CrashingModel:
+    """Wraps a model; the first actor to reach its second batch kills its own process (SIGKILL) once."""
+
+    def __init__(self, model, marker: str) -> None:
+        self.model, self.info, self.marker = model, model.info, Path(marker)
+        self.transform_id = model.transform_id
+        self.calls = 0
+
+    def embed_images(self, images):
+        self.calls += 1
+        if self.calls == 2 and not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)  # as `kill -9` from outside: no clean-up, mid-job
+        return self.model.embed_images(images)
+
+
+class CrashOnce:
+    """A picklable loader for `RayImageEmbedder`: the real model, wrapped in `CrashingModel`."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __call__(self, uri: str):
+        from vlmops.models import load_model
+
+        return CrashingModel(load_model(uri), self.marker)
+
+
+def crash_job(out: str, marker: str, manifest: str, batch_size: int = 8) -> None:
+    """Embed a manifest locally, then on a private local Ray whose worker dies once; save both."""
+    from vlmops.data.manifest import resolve_data
+    from vlmops.models import load_model
+    from vlmops.scale import RayImageEmbedder, connect
+    from vlmops.store.cache import EmbeddingCache
+    from vlmops.store.embed import embed_images_cached, use_image_backend
+
+    paths = list(resolve_data(manifest)["image"])
+    model = load_model("builtin:emoji-lit")
+    local, _ = embed_images_cached(model, paths, EmbeddingCache(":memory:"), batch_size, progress=False)
+    cache = EmbeddingCache(Path(out).with_suffix(".sqlite"))
+    with connect("local") as cluster, use_image_backend(RayImageEmbedder(2, 1.0, loader=CrashOnce(marker))):
+        remote, stats = embed_images_cached(model, paths, cache, batch_size, progress=True)
+    np.savez(out, local=local, remote=remote)
+    summary = {"cluster": cluster.describe(), "stats": stats.to_dict(), "cached": cache.count()}
+    Path(out).with_suffix(".json").write_text(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    crash_job(*sys.argv[1:4])

@@ -1,0 +1,130 @@
+"""The store's image backend hook (what `--ray` plugs into) and the Ray helpers that need no Ray running."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vlmops.errors import VlmopsError
+from vlmops.scale.cluster import (
+    BOOTSTRAP_CONFIG,
+    RayClusterError,
+    _check_reachable,
+    is_loopback_address,
+    loopback_env,
+    resolve_address,
+)
+from vlmops.scale.embed import RayImageEmbedder
+from vlmops.scale.loopback_node import _flag
+from vlmops.store.cache import EmbeddingCache
+from vlmops.store.embed import embed_images_cached, use_image_backend
+
+
+class ReversedBackend:
+    """Embeds here, but returns the chunks last-first (as a cluster may): the caller must reorder."""
+
+    def __init__(self, chunk: int = 2, drop: int = 0) -> None:
+        self.chunk, self.drop = chunk, drop
+        self.items: list[tuple[str, str]] = []
+
+    def embed_files(self, model, items: Sequence[tuple[str, str]], batch_size: int):
+        from vlmops.data.images import load_image
+
+        self.items = list(items)
+        kept = list(items)[self.drop :]
+        chunks = [kept[i : i + self.chunk] for i in range(0, len(kept), self.chunk)]
+        for chunk in reversed(chunks):
+            keys = [key for key, _ in chunk]
+            yield keys, model.embed_images([load_image(path) for _, path in chunk])
+
+
+@pytest.fixture
+def images(tmp_path: Path, png_writer) -> list[Path]:
+    paths = [png_writer(tmp_path / f"{i}.png", seed=i) for i in range(7)]
+    return [*paths, paths[0]]  # a repeated file is embedded once
+
+
+def test_backend_gets_only_the_misses_and_results_keep_input_order(fake_model, images, tmp_path) -> None:
+    model = fake_model()
+    expected, _ = embed_images_cached(model, images, EmbeddingCache(":memory:"), progress=False)
+    cache = EmbeddingCache(tmp_path / "store.sqlite")
+    embed_images_cached(model, images[:3], cache, progress=False)  # three already cached
+    backend = ReversedBackend()
+    with use_image_backend(backend):
+        vectors, stats = embed_images_cached(model, images, cache, batch_size=2, progress=False)
+    assert [Path(path) for _, path in backend.items] == images[3:7]  # misses only, each once
+    assert (stats.hits, stats.misses, stats.unique, stats.n) == (3, 4, 7, 8)
+    np.testing.assert_array_equal(vectors, expected)
+    assert cache.count() == 7  # the backend's vectors went into the shared cache
+
+
+def test_without_the_block_embedding_is_local_again(fake_model, images) -> None:
+    backend = ReversedBackend()
+    with use_image_backend(backend):
+        pass
+    embed_images_cached(fake_model(), images, EmbeddingCache(":memory:"), progress=False)
+    assert backend.items == []
+
+
+def test_a_backend_that_loses_items_is_an_error_and_keeps_what_came_back(fake_model, images) -> None:
+    cache = EmbeddingCache(":memory:")
+    with use_image_backend(ReversedBackend(drop=2)), pytest.raises(VlmopsError, match="2 of 7 images"):
+        embed_images_cached(fake_model(), images, cache, progress=False)
+    assert cache.count() == 5  # the vectors that did arrive are kept
+
+
+def test_addresses() -> None:
+    assert resolve_address(None) == "local"
+    assert resolve_address("auto") == "auto"
+    assert is_loopback_address("127.0.0.2:6379") and is_loopback_address("localhost:1")
+    assert not is_loopback_address("10.0.0.5:6379") and not is_loopback_address("auto")
+    assert _flag(["start", "--node-ip-address", "127.0.0.3"], "--node-ip-address") == "127.0.0.3"
+    assert _flag(["--node-ip-address=127.0.0.4"], "--node-ip-address") == "127.0.0.4"
+
+
+def test_address_from_environment(monkeypatch) -> None:
+    monkeypatch.setenv("VLMOPS_RAY_ADDRESS", "127.0.0.2:6390")
+    assert resolve_address(None) == "127.0.0.2:6390"
+
+
+def test_loopback_env_prevents_the_cloud_probe(tmp_path: Path) -> None:
+    env = loopback_env(tmp_path / "home")
+    assert (tmp_path / "home" / "ray_bootstrap_config.yaml").read_text() == BOOTSTRAP_CONFIG
+    assert env["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert is_loopback_address(env["RAY_USAGE_STATS_REPORT_URL"].removeprefix("http://").rstrip("/"))
+
+
+def test_nothing_listening_is_a_clear_error_in_seconds() -> None:
+    with pytest.raises(RayClusterError, match="nothing answers there"):
+        _check_reachable("127.0.0.1:1", timeout=2)
+
+
+def test_pool_options_are_checked() -> None:
+    with pytest.raises(VlmopsError, match="--ray-actors"):
+        RayImageEmbedder(actors=0)
+    with pytest.raises(VlmopsError, match="--ray-cpus-per-actor"):
+        RayImageEmbedder(cpus_per_actor=0)
+    with pytest.raises(VlmopsError, match="4 CPUs, but the Ray cluster has 2"):
+        RayImageEmbedder(actors=2, cpus_per_actor=2)._check_room(2.0)
+
+
+def test_kuberay_manifest_keeps_usage_stats_off_and_the_probe_away() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    docs = {d["kind"]: d for d in yaml.safe_load_all((root / "deploy" / "kuberay.yaml").read_text())}
+    assert yaml.safe_load(docs["ConfigMap"]["data"]["ray_bootstrap_config.yaml"]) == yaml.safe_load(
+        BOOTSTRAP_CONFIG
+    )
+    spec = docs["RayCluster"]["spec"]
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert any(m["mountPath"].endswith("/ray_bootstrap_config.yaml") for m in head["volumeMounts"])
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        env = {e["name"]: e["value"] for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_USAGE_STATS_ENABLED"] == "0"
+        assert group["rayStartParams"]["disable-usage-stats"] == "true"
+    egress = docs["NetworkPolicy"]["spec"]["egress"][0]["to"][0]["ipBlock"]
+    assert "169.254.169.254/32" in egress["except"]

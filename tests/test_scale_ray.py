@@ -1,0 +1,116 @@
+"""Embedding on a private local Ray (Ray Data actor pool): same vectors as the local path, a killed
+worker retried, progress shown, and not one connection outside loopback from any process Ray starts.
+
+Every Ray process here runs under `ray_guard.Guard`: the network audit hook in each Python process and
+strace on the whole tree. Ray is the `ray` extra that `make test` installs, so CI runs these.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from eval_data import write_manifest
+from ray_guard import Guard
+
+pytestmark = pytest.mark.ray
+VLMOPS = shutil.which("vlmops", path=str(Path(sys.executable).parent)) or "vlmops"
+
+
+@pytest.fixture(scope="module")
+def guard(tmp_path_factory):
+    """One guard for the module; every process it started is stopped at the end."""
+    guard = Guard(tmp_path_factory.mktemp("ray-local"))
+    yield guard
+    guard.stop()
+
+
+@pytest.fixture(scope="module")
+def manifest(guard: Guard) -> Path:
+    return write_manifest(guard.tmp / "shapes", per_class=8)
+
+
+def assert_loopback_only(guard: Guard) -> None:
+    assert guard.findings() == [], "a process Ray started touched a non-loopback address"
+    if guard.use_strace:
+        assert guard.loopback_connects() > 0, "strace saw no connect at all: it did not watch Ray"
+
+
+def assert_nothing_left_running(guard: Guard, within: float = 30) -> None:
+    deadline = time.time() + within
+    while guard.ours() and time.time() < deadline:
+        time.sleep(0.5)
+    assert guard.ours() == [], "Ray processes outlived the command that started them"
+
+
+def embedding(path: Path) -> np.ndarray:
+    return np.stack(pd.read_parquet(path)["image_embedding"].to_numpy())
+
+
+def test_guard_refuses_and_records_a_non_loopback_connect(tmp_path: Path) -> None:
+    """The check is live: a guarded process asking for the cloud metadata address is caught."""
+    guard = Guard(tmp_path)
+    code = (
+        "import socket\n"
+        "try:\n    socket.create_connection(('169.254.169.254', 80), timeout=1)\n"
+        "except PermissionError as exc:\n    print('refused:', exc)\n"
+    )
+    result = guard.run([sys.executable, "-c", code], "probe")
+    assert "refused:" in result.stdout, result.stderr
+    assert any("169.254.169.254" in finding for finding in guard.findings())
+
+
+def test_embed_on_local_ray_equals_local(guard: Guard, manifest: Path) -> None:
+    base = [VLMOPS, "embed", "-m", "builtin:emoji-lit", "-d", str(manifest), "-b", "8"]
+    local = guard.run([*base, "-o", "local.parquet", "--store", "local.sqlite", "--no-progress"], "local")
+    assert local.returncode == 0, local.stderr
+    remote = guard.run(
+        [*base, "-o", "ray.parquet", "--store", "ray.sqlite", "--json", "ray.json", "--ray", "local"],
+        "embed-ray",
+    )
+    assert remote.returncode == 0, remote.stderr
+    assert "private local Ray on 127.0.0.1" in remote.stderr
+    assert "embedding images" in remote.stderr  # the progress bar, fed as Ray returns vectors
+    stats = json.loads((guard.tmp / "ray.json").read_text())["images"]
+    assert stats["misses"] == stats["unique"] > 0  # every image went through Ray, none from a cache
+    assert_nothing_left_running(guard)  # the private Ray of --ray local ends with the command
+    a, b = embedding(guard.tmp / "local.parquet"), embedding(guard.tmp / "ray.parquet")
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1e-6
+    rerun = [*base, "-o", "again.parquet", "--store", "ray.sqlite", "--json", "again.json", "--no-progress"]
+    again = guard.run(rerun, "rerun")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((guard.tmp / "again.json").read_text())["images"]["misses"] == 0  # cached by Ray's run
+    assert_loopback_only(guard)
+
+
+def test_killed_worker_is_retried_with_the_same_result(guard: Guard, manifest: Path) -> None:
+    marker, out = guard.tmp / "killed.pid", guard.tmp / "crash.npz"
+    code = "import sys, ray_helpers; ray_helpers.crash_job(*sys.argv[1:])"
+    result = guard.run([sys.executable, "-c", code, str(out), str(marker), str(manifest)], "crash")
+    assert result.returncode == 0, result.stderr
+    assert marker.exists(), "no worker was killed: the test did not test a retry"
+    arrays = np.load(out)
+    assert np.abs(arrays["local"] - arrays["remote"]).max() <= 1e-6
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["cached"] == summary["stats"]["unique"] == summary["stats"]["misses"]
+    assert_loopback_only(guard)
+
+
+def test_bad_address_is_one_clear_error(guard: Guard, manifest: Path) -> None:
+    result = guard.run(
+        [VLMOPS, "embed", "-m", "builtin:emoji-lit", "-d", str(manifest), "-o", "x.parquet",
+         "--store", "x.sqlite", "--ray", "127.0.0.1:1"],
+        "bad-address",
+        timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "cannot join the Ray cluster at '127.0.0.1:1'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert_loopback_only(guard)
