@@ -21,6 +21,11 @@ def demo(
         "--loop/--no-loop",
         help="Then run the closed loop: shift, detect, retrain, gate, canary, rollback.",
     ),
+    generative: bool = typer.Option(
+        True,
+        "--generative/--no-generative",
+        help="With the loop, also its generative act: builtin:emoji-captioner behind /v1/chat/completions.",
+    ),
     workdir: Path | None = typer.Option(
         None, "--workdir", help="Folder for the loop (default: VLMOPS_HOME/demo/TIME)."
     ),
@@ -32,7 +37,10 @@ def demo(
     The loop serves the model, replays google/twitter traffic and then facebook/openmoji and
     low-contrast images, detects the shift and the accuracy drop before labels, retrains from user
     feedback, gates the challenger, runs it as a canary, promotes it, and rolls back a broken one.
-    It writes an HTML story report and prints where. Exit 1 when the quality bar fails or the loop
+    Its generative act does the same with builtin:emoji-captioner answering chat requests: the
+    OpenMoji shift is seen in grounding before any label, corrected answers retrain the decoder, a
+    paired gate and a canary judged by people promote it, and a broken captioner is rolled back.
+    It writes an HTML story report and prints where. Exit 1 when the quality bar fails or either act
     does not end with the retrained champion and the broken canary rolled back.
     """
     from vlmops.data.emoji import fetch_emoji, load_emoji_manifest
@@ -75,8 +83,12 @@ def demo(
         raise typer.Exit(1)
     if loop:
         payload["loop"] = _run_loop(workdir)
+        if generative:
+            payload["generative"] = _run_generative(payload["loop"]["workdir"])
     write_json(payload, json_out)
     if loop and not payload["loop"]["succeeded"]:
+        raise typer.Exit(1)
+    if loop and generative and not payload["generative"]["succeeded"]:
         raise typer.Exit(1)
 
 
@@ -96,5 +108,29 @@ def _run_loop(workdir: Path | None) -> dict:
         and results["rollback"]["after"] == [results["champion"]]
     )
     results["story"] = str(story)
+    results["workdir"] = str(workdir)
     console.print(f"story report: [bold]{story}[/] ({results['seconds']:.0f} s)")
     return results
+
+
+def _run_generative(workdir: str) -> dict:
+    from vlmops.demo.generative import run_generative_act
+
+    console.rule("[bold]the generative act")
+    results = run_generative_act(
+        Path(workdir) / "generative", say=lambda t: console.print(t, highlight=False)
+    )
+    results["succeeded"] = generative_act_succeeded(results)
+    return results
+
+
+def generative_act_succeeded(results: dict) -> bool:
+    """Shift seen before labels, gate passed, challenger promoted, broken canary rolled back."""
+    rollback = results["rollback"]
+    return bool(
+        results["phases"][0]["drifted"]
+        and results["gate"]["passed"]
+        and results["champion"] == results["retrain"]["version"]
+        and rollback["check"]["worse"]
+        and rollback["after"] == [results["champion"]]
+    )
