@@ -141,3 +141,24 @@ def test_the_cli_refuses_a_bad_upstream_in_one_line(tmp_path):
         app, ["serve", "--upstream", "ftp://example/v1", "--store", str(tmp_path / "s")]
     )
     assert result.exit_code == 2 and "http(s) URL" in result.output and "Traceback" not in result.output
+
+
+def test_image_urls_are_fetched_only_from_allowed_public_hosts(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    config = ServeConfig(
+        store=url, upstream=fake.url, upstream_key_env=KEY_ENV, auth=False, allow_image_hosts=["127.0.0.1"]
+    )
+    with serve_in_thread(create_app(build_gateway(config))) as port:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        for image_url, words in (
+            ("http://169.254.169.254/latest/meta-data", "allow"),  # not an allowed host: never contacted
+            (f"http://127.0.0.1:{port}/healthz", "loopback"),  # allowed by name, refused by address
+        ):
+            parts = [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": image_url}}]
+            with pytest.raises(openai.APIStatusError) as refused:
+                client.chat.completions.create(
+                    model="fake-vlm", messages=[{"role": "user", "content": parts}]
+                )
+            assert 400 <= refused.value.status_code < 500 and words in str(refused.value).lower()
+    assert fake.calls == 0 and PredictionLog(url).chats() == []  # refused before the upstream was asked
