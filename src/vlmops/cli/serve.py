@@ -23,9 +23,10 @@ ModelOption = typer.Option(
     "builtin:emoji-lit", "--model", "-m", help="Model URI, e.g. builtin:emoji-lit, onnx:/dir."
 )
 RUNTIME_HELP = (
-    "auto | torch | torch-int8 | onnx | onnx-int8 (onnx runtimes export and gate the model once, then "
-    "cache it). auto: an onnx:DIR bundle's own runtime; a built-in model's cached onnx export when one "
-    "exists (faster); else torch."
+    "auto | torch | onnx-image | torch-int8 | onnx | onnx-int8 (onnx and onnx-int8 export and gate the "
+    "model once, then cache it; onnx-image runs a built-in model's image tower under ONNX Runtime, same "
+    "vectors and version). auto: an onnx:DIR bundle's own runtime; for builtin:emoji-lit its cached onnx "
+    "export when one exists, else onnx-image; else torch."
 )
 
 
