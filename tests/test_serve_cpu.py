@@ -58,3 +58,48 @@ def test_answers_serialised_once_still_match_their_response_models(tmp_path, fak
             parsed = model_cls.model_validate_json(r.content)
             assert parsed.model_dump(mode="json") == r.json()  # no field missing, none extra
             assert r.json()["request_id"] == r.headers["x-request-id"]
+
+
+def test_hot_routes_skip_fastapi_dependency_solving_but_keep_its_checks_and_docs(
+    tmp_path, fake_model, monkeypatch
+):
+    """/v1 predict routes are served by pure-ASGI handlers (GatewayMiddleware calls them): no routing,
+    dependency solving or exception middleware per request; auth, admission, errors and the OpenAPI
+    description are the same as through FastAPI."""
+    import fastapi.routing
+
+    solved = []
+    real = fastapi.routing.solve_dependencies
+
+    async def counting(*args, **kwargs):
+        solved.append(kwargs.get("request") or args)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counting)
+    app, key, _ = make_app(tmp_path, fake_model())
+    image = b64(png_bytes())
+    with TestClient(app) as client:
+        r = client.post("/v1/classify", json={"image": image, "labels": ["a", "b"]})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "missing_key"
+        assert r.json()["request_id"] == r.headers["x-request-id"] and r.headers["x-model-version"]
+        client.headers["Authorization"] = f"Bearer {key}"
+        for path, body in (
+            ("/v1/classify", {"image": image, "labels": ["a", "b"]}),
+            ("/v1/tag", {"image": image}),
+            ("/v1/embeddings", {"texts": ["x"]}),
+        ):
+            assert client.post(path, json=body).status_code == 200
+        r = client.post("/v1/classify", json={"image": image, "labels": ["a"]})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "bad_labels"
+        r = client.post("/v1/classify", content=b"x", headers={"content-type": "text/plain"})
+        assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+        assert not solved  # none of these went through FastAPI's per-request machinery
+        assert client.get("/v1/models").status_code == 200 and solved  # other routes still do
+        spec = client.get("/openapi.json").json()
+        operation = spec["paths"]["/v1/classify"]["post"]
+        assert operation["operationId"] == "classify_v1_classify_post" and operation["summary"] == "Classify"
+        assert "multipart/form-data" in operation["requestBody"]["content"]
+        assert "ClassifyResponse" in str(operation["responses"]["200"])
+        metrics = client.get("/metrics").text
+    assert 'vlmops_requests_total{endpoint="/v1/classify",model_version="fake-1",status="200"} 1.0' in metrics
+    assert 'vlmops_requests_total{endpoint="/v1/classify",model_version="fake-1",status="401"} 1.0' in metrics
