@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 from fastapi.testclient import TestClient
 
@@ -103,3 +104,33 @@ def test_hot_routes_skip_fastapi_dependency_solving_but_keep_its_checks_and_docs
         metrics = client.get("/metrics").text
     assert 'vlmops_requests_total{endpoint="/v1/classify",model_version="fake-1",status="200"} 1.0' in metrics
     assert 'vlmops_requests_total{endpoint="/v1/classify",model_version="fake-1",status="401"} 1.0' in metrics
+
+
+def test_small_pngs_decode_on_the_loop_and_others_on_the_decode_pool(tmp_path, fake_model):
+    """A PNG whose header declares a small image skips the two thread hand-offs; anything larger (or not
+    a PNG) still decodes on the pool, and both log the same statistics and hash."""
+    app, key, _ = make_app(tmp_path, fake_model())
+    gateway = app.state.gateway
+    pooled = []
+    submit = gateway._decode_pool.submit
+
+    def counting(fn, *args, **kwargs):
+        pooled.append(args[1])  # the field name
+        return submit(fn, *args, **kwargs)
+
+    gateway._decode_pool.submit = counting
+    small, large = png_bytes(size=(64, 64)), png_bytes(size=(200, 200))
+    jpeg = png_bytes(size=(32, 32), fmt="JPEG")
+    with TestClient(app) as client:
+        client.headers["Authorization"] = f"Bearer {key}"
+        for data in (small, large, jpeg):
+            r = client.post("/v1/classify", json={"image": b64(data), "labels": ["a", "b"]})
+            assert r.status_code == 200, r.text
+        r = client.post("/v1/classify", json={"image": b64(small[:-30]), "labels": ["a", "b"]})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "corrupt_image"  # checked inline too
+    assert pooled == ["image", "image"]  # the 200x200 PNG and the JPEG; not the 64x64 PNG
+    rows = gateway.log.requests()
+    assert [json.loads(row.input_sha256)[0] for row in rows] == [
+        hashlib.sha256(d).hexdigest() for d in (small, large, jpeg)
+    ]
+    assert [json.loads(row.image_stats)[0]["width"] for row in rows] == [64, 200, 32]
