@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
                     "points": points,
                     "ratios": found,
                     "non_loopback": remote,
-                    "args": vars(args) | {"json": str(args.json)},
+                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                 },
                 indent=2,
             )
