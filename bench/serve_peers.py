@@ -29,6 +29,7 @@ socket.connect/sendto/getaddrinfo; where `strace` exists, each server also runs 
     python bench/serve_peers.py --quick              # 1 round, 3 s per point (a smoke run)
     python bench/serve_peers.py --peers bentoml litserve ray --json out.json
     python bench/serve_peers.py --baseline-src /tmp/old/src   # also vlmops from another checkout
+    python bench/serve_peers.py --peer-runtime onnx-image     # the peers on vlmops's runtime too
 """
 
 from __future__ import annotations
@@ -128,12 +129,14 @@ def vlmops_system(
     )
 
 
-def peer_system(peer: str, tmp: Path, port: int, image_b64: str) -> System:
-    """A peer framework's server from its venv, 2 workers x 1 torch thread, batching on."""
+def peer_system(peer: str, tmp: Path, port: int, image_b64: str, runtime: str = "torch") -> System:
+    """A peer framework's server from its venv, 2 workers x 1 torch thread, batching on; `runtime`
+    ``onnx-image`` runs the image tower as vlmops's default runtime does (ONNX Runtime)."""
     python = peer_python(peer)
     env = base_env(tmp)
     env["PYTHONPATH"] += os.pathsep + str(PEERS_DIR)
     env.update(OMP_NUM_THREADS="1", PEER_TORCH_THREADS="1", VIRTUAL_ENV=str(python.parent.parent))
+    env["PEER_RUNTIME"] = runtime
     body = {"image": image_b64, "labels": LABELS}
     bindir = python.parent
     if peer == "bentoml":
@@ -231,13 +234,13 @@ def _ms(value: float | None) -> str:
     return "   n/a" if value is None else f"{value:6.1f}"
 
 
-def build_system(name: str, tmp: Path, port: int, image_b64: str, baseline_src: Path | None = None) -> System:
+def build_system(name: str, tmp: Path, port: int, image_b64: str, args: argparse.Namespace) -> System:
     """vlmops, the baseline vlmops (another checkout's src) or a peer, ready to start."""
     if name == "vlmops":
         return vlmops_system(tmp, port, image_b64)
     if name == BASELINE:
-        return vlmops_system(tmp, port, image_b64, baseline_src, BASELINE)
-    return peer_system(name, tmp, port, image_b64)
+        return vlmops_system(tmp, port, image_b64, args.baseline_src, BASELINE)
+    return peer_system(name, tmp, port, image_b64, args.peer_runtime)
 
 
 def run_rounds(args: argparse.Namespace, tmp: Path, image_b64: str) -> tuple[list[dict], list[str]]:
@@ -249,7 +252,7 @@ def run_rounds(args: argparse.Namespace, tmp: Path, image_b64: str) -> tuple[lis
         order = systems[round_ % len(systems) :] + systems[: round_ % len(systems)]
         for name in order:
             port = free_port()
-            system = build_system(name, tmp, port, image_b64, args.baseline_src)
+            system = build_system(name, tmp, port, image_b64, args)
             server = Server(system, port, tmp, use_strace)
             try:
                 server.wait_ready()
@@ -356,6 +359,13 @@ def main(argv: list[str] | None = None) -> None:
         help=f"also run '{BASELINE}': vlmops serve from this src folder (another checkout), same flags",
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 64])
+    parser.add_argument(
+        "--peer-runtime",
+        choices=("torch", "onnx-image"),
+        default="torch",
+        help="the peers' model runtime: torch (what their own examples use), or onnx-image (vlmops's "
+        "default: the image tower under ONNX Runtime), to compare the serving layers alone",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each point")
