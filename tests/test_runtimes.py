@@ -164,3 +164,19 @@ def test_onnx_image_needs_a_builtin_lit_model(fake_model):
 
     with pytest.raises(ModelLoadError, match=r"supports the built-in LiT models .* use runtime torch"):
         onnx_images(fake_model())
+
+
+def test_importing_vlmops_turns_onnx_runtime_telemetry_off_unless_the_user_chose():
+    """ONNX Runtime >= 1.29 uploads telemetry on Linux (a DNS lookup from a background thread was caught
+    by bench/serve_peers.py's strace); vlmops allows no network but loopback at run time."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, vlmops; print(os.environ.get('ORT_DISABLE_TELEMETRY'))"
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+    env["ORT_DISABLE_TELEMETRY"] = "0"  # an explicit choice is kept
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"

@@ -76,6 +76,7 @@ def session(path: Path | bytes, threads: int | None = None):
     """A CPU ONNX Runtime session (of a file, or a serialised model) with all graph optimisations and
     `threads` intra-op threads."""
     ort = _import("onnxruntime")
+    ort.disable_telemetry_events()  # and ORT_DISABLE_TELEMETRY, set by `import vlmops`: no uploads
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
