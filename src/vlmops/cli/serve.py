@@ -172,7 +172,7 @@ def serve(
     from vlmops.serve.build import CONFIG_ENV, build_app, config_to_env
     from vlmops.serve.limits import Limits
     from vlmops.serve.service import ServeConfig
-    from vlmops.serve.workers import PARENT_ENV, choose_parallelism, usable_cores
+    from vlmops.serve.workers import PARENT_ENV, choose_parallelism, serve_workers, usable_cores
 
     cores = usable_cores()
     workers, threads = choose_parallelism(cores, workers, threads)
@@ -232,15 +232,7 @@ def serve(
         metrics_dir = tempfile.mkdtemp(prefix="vlmops-metrics-")
         atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    uvicorn.run(
-        "vlmops.serve.build:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="warning",
-        timeout_graceful_shutdown=30,
-    )
+    serve_workers(host, port, workers)  # one SO_REUSEPORT socket per worker: connections spread evenly
 
 
 keys_app = typer.Typer(help="API keys for `vlmops serve`: create, list, revoke.", no_args_is_help=True)
