@@ -3,6 +3,9 @@
 Measured on 2 cores (bench/serve_load.py, bench/RESULTS.md): one process per core, each running its
 model on one thread, carries 1.4-1.8x the load of one process whose model spreads over both cores:
 the event loop, decoding and logging of each process then have a core's worth of GIL to themselves.
+
+`serve_workers` runs them, each on its own SO_REUSEPORT socket of the port, so that connections are
+spread over the workers by the kernel instead of going to whichever worker accepts first.
 """
 
 from __future__ import annotations
