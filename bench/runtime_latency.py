@@ -1,8 +1,9 @@
 """CPU per image of builtin:emoji-lit under torch and under ONNX Runtime, one thread, by batch size.
 
-What `--runtime auto` chooses between in `vlmops serve` (one model thread per worker process): the
-same 64-px emoji PNGs, decoded once, embedded in batches of 1, 8 and 32 for `--seconds` each.
-ONNX Runtime is loaded from the cached export (`load_runtime(..., "onnx")` makes it once).
+What `--runtime` chooses between in `vlmops serve` (one model thread per worker process): the same
+64-px emoji PNGs, decoded once, embedded in batches of 1, 8 and 32 for `--seconds` each, under
+`torch`, `onnx-image` (the default: the image tower exported in memory at load) and, with `--onnx`,
+the cached full export (`load_runtime(..., "onnx")` makes it once, ~25 s).
 
     python bench/runtime_latency.py --seconds 2
 """
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--onnx", action="store_true", help="also the full ONNX export (made once, cached)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -38,8 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     images = [load_image(Path(p).read_bytes()) for p in paths]
     models = {
         "torch": load_runtime("builtin:emoji-lit", "torch"),
-        "onnx": load_runtime("builtin:emoji-lit", "onnx", threads=1),
+        "onnx-image": load_runtime("builtin:emoji-lit", "onnx-image", threads=1),
     }
+    if args.onnx:
+        models["onnx"] = load_runtime("builtin:emoji-lit", "onnx", threads=1)
     for name, model in models.items():
         for size in args.batches:
             batch = images[:size]
@@ -50,12 +54,16 @@ def main(argv: list[str] | None = None) -> None:
                 n += size
             wall = time.perf_counter() - start
             print(
-                f"{name:5s} batch {size:2d}: {1000 * (_cpu() - cpu0) / n:5.2f} ms CPU per image, "
+                f"{name:10s} batch {size:2d}: {1000 * (_cpu() - cpu0) / n:5.2f} ms CPU per image, "
                 f"{n / wall:6.0f} images/s on one thread",
                 flush=True,
             )
-    a, b = (m.embed_images(images[:16]) for m in models.values())
-    print(f"cosine torch vs onnx, 16 images: min {float(np.min((a * b).sum(axis=1))):.7f}")
+    reference = models["torch"].embed_images(images)
+    for name, model in list(models.items())[1:]:
+        vectors = model.embed_images(images)
+        cosine = float(np.min((reference * vectors).sum(1)))
+        diff = float(np.abs(reference - vectors).max())
+        print(f"torch vs {name}, {len(images)} images: min cosine {cosine:.7f}, max abs diff {diff:.1e}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ socket.connect/sendto/getaddrinfo; where `strace` exists, each server also runs 
     python bench/serve_peers.py                      # 3 rounds, concurrency 1 32 64, 8 s per point
     python bench/serve_peers.py --quick              # 1 round, 3 s per point (a smoke run)
     python bench/serve_peers.py --peers bentoml litserve ray --json out.json
+    python bench/serve_peers.py --baseline-src /tmp/old/src   # also vlmops from another checkout
+    python bench/serve_peers.py --peer-runtime onnx-image     # the peers on vlmops's runtime too
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ TORCH = "torch==2.13.0"
 PEER_SPECS = {"bentoml": "bentoml==1.4.40", "litserve": "litserve==0.2.19", "ray": "ray[serve]==2.60.0"}
 DEFAULT_PEERS = ("bentoml", "litserve")  # ray is optional: --peers bentoml litserve ray
 LABELS = ["grinning face", "cat face", "red heart"]
+BASELINE = "vlmops-baseline"
 N_KEYS = 8  # vlmops: clients share 8 API keys, so one key's default item budget does not cap the loop
 
 
@@ -100,8 +103,11 @@ def base_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def vlmops_system(tmp: Path, port: int, image_b64: str) -> System:
-    """`vlmops serve --port P` with default flags, a fresh store and N_KEYS API keys."""
+def vlmops_system(
+    tmp: Path, port: int, image_b64: str, src: Path | None = None, name: str = "vlmops"
+) -> System:
+    """`vlmops serve --port P` with default flags, a fresh store and N_KEYS API keys (`src`: the vlmops
+    source folder to run, another checkout's for a before/after comparison)."""
     from vlmops.serve.keys import KeyStore
 
     store = f"sqlite:///{tmp / f'vlmops-store-{port}.sqlite'}"  # fresh each round
@@ -109,9 +115,11 @@ def vlmops_system(tmp: Path, port: int, image_b64: str) -> System:
     tokens = [keys.create(f"bench-{i}", 1e6, 10**6, ("predict",), None) for i in range(N_KEYS)]
     env = base_env(tmp)
     env["VLMOPS_STORE_URL"] = store
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(NETGUARD_DIR), str(src)])
     vlmops = shutil.which("vlmops", path=str(Path(sys.executable).parent)) or "vlmops"
     return System(
-        "vlmops",
+        name,
         [vlmops, "serve", "--port", str(port)],
         env,
         "/readyz",
@@ -121,12 +129,14 @@ def vlmops_system(tmp: Path, port: int, image_b64: str) -> System:
     )
 
 
-def peer_system(peer: str, tmp: Path, port: int, image_b64: str) -> System:
-    """A peer framework's server from its venv, 2 workers x 1 torch thread, batching on."""
+def peer_system(peer: str, tmp: Path, port: int, image_b64: str, runtime: str = "torch") -> System:
+    """A peer framework's server from its venv, 2 workers x 1 torch thread, batching on; `runtime`
+    ``onnx-image`` runs the image tower as vlmops's default runtime does (ONNX Runtime)."""
     python = peer_python(peer)
     env = base_env(tmp)
     env["PYTHONPATH"] += os.pathsep + str(PEERS_DIR)
     env.update(OMP_NUM_THREADS="1", PEER_TORCH_THREADS="1", VIRTUAL_ENV=str(python.parent.parent))
+    env["PEER_RUNTIME"] = runtime
     body = {"image": image_b64, "labels": LABELS}
     bindir = python.parent
     if peer == "bentoml":
@@ -224,23 +234,26 @@ def _ms(value: float | None) -> str:
     return "   n/a" if value is None else f"{value:6.1f}"
 
 
-def build_system(name: str, tmp: Path, port: int, image_b64: str) -> System:
-    """vlmops or a peer, ready to start."""
-    return (
-        vlmops_system(tmp, port, image_b64) if name == "vlmops" else peer_system(name, tmp, port, image_b64)
-    )
+def build_system(name: str, tmp: Path, port: int, image_b64: str, args: argparse.Namespace) -> System:
+    """vlmops, the baseline vlmops (another checkout's src) or a peer, ready to start."""
+    if name == "vlmops":
+        return vlmops_system(tmp, port, image_b64)
+    if name == BASELINE:
+        return vlmops_system(tmp, port, image_b64, args.baseline_src, BASELINE)
+    return peer_system(name, tmp, port, image_b64, args.peer_runtime)
 
 
 def run_rounds(args: argparse.Namespace, tmp: Path, image_b64: str) -> tuple[list[dict], list[str]]:
     """Every round starts each system afresh (order rotated per round) and measures every concurrency."""
-    systems = ["vlmops", *args.peers]
+    systems = ["vlmops", *([BASELINE] if args.baseline_src else []), *args.peers]
     use_strace = not args.no_strace and strace_works()
     rows, remote, answers = [], [], {}
     for round_ in range(args.rounds):
         order = systems[round_ % len(systems) :] + systems[: round_ % len(systems)]
         for name in order:
             port = free_port()
-            server = Server(build_system(name, tmp, port, image_b64), port, tmp, use_strace)
+            system = build_system(name, tmp, port, image_b64, args)
+            server = Server(system, port, tmp, use_strace)
             try:
                 server.wait_ready()
                 answers[name] = answer(server)
@@ -292,7 +305,7 @@ def ratios(summary: dict, concurrencies: list[int]) -> dict[str, dict]:
     """vlmops / the best peer: throughput at each concurrency, and the c=1 p50 (lower is better)."""
     out: dict[str, dict] = {}
     for c in concurrencies:
-        peers = {s: v for (s, cc), v in summary.items() if cc == c and s != "vlmops"}
+        peers = {s: v for (s, cc), v in summary.items() if cc == c and s not in ("vlmops", BASELINE)}
         if ("vlmops", c) not in summary or not peers:
             continue
         best = max(peers, key=lambda s: peers[s]["per_s"][0])
@@ -322,6 +335,10 @@ def report(summary: dict, found: dict, concurrencies: list[int]) -> None:
         if (r := found.get(f"throughput_c{c}")) is not None:
             target = "" if c == 1 else f"  (target >= 1.2: {'met' if r['ratio'] >= 1.2 else 'NOT met'})"
             print(f"c={c:3d}: vlmops / best peer ({r['best_peer']}) img/s = {r['ratio']:.2f}{target}")
+    for c in concurrencies:
+        if ("vlmops", c) in summary and (BASELINE, c) in summary:
+            ratio = summary[("vlmops", c)]["per_s"][0] / summary[(BASELINE, c)]["per_s"][0]
+            print(f"c={c:3d}: vlmops / {BASELINE} img/s = {ratio:.2f}")
     if (r := found.get("p50_c1")) is not None:
         verdict = "met" if r["ratio"] <= 1.2 else "NOT met"
         print(
@@ -332,8 +349,23 @@ def report(summary: dict, found: dict, concurrencies: list[int]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--peers", nargs="+", default=list(DEFAULT_PEERS), choices=list(PEER_SPECS))
+    parser.add_argument(
+        "--peers", nargs="*", default=list(DEFAULT_PEERS), choices=list(PEER_SPECS), help="none: vlmops only"
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help=f"also run '{BASELINE}': vlmops serve from this src folder (another checkout), same flags",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 64])
+    parser.add_argument(
+        "--peer-runtime",
+        choices=("torch", "onnx-image"),
+        default="torch",
+        help="the peers' model runtime: torch (what their own examples use), or onnx-image (vlmops's "
+        "default: the image tower under ONNX Runtime), to compare the serving layers alone",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each point")
@@ -370,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
                     "points": points,
                     "ratios": found,
                     "non_loopback": remote,
-                    "args": vars(args) | {"json": str(args.json)},
+                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                 },
                 indent=2,
             )

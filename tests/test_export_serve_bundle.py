@@ -87,7 +87,7 @@ def test_runtime_is_read_from_the_bundle(int8_bundle, tmp_path, monkeypatch):
     monkeypatch.setenv("VLMOPS_HOME", str(tmp_path))  # a home without a cached ONNX export of it
     get_settings(fresh=True)
     try:
-        assert resolve_runtime("builtin:emoji-lit") == "torch"
+        assert resolve_runtime("builtin:emoji-lit") == "onnx-image"  # no cached export: the in-memory one
     finally:
         monkeypatch.undo()
         get_settings(fresh=True)

@@ -106,3 +106,21 @@ def test_bad_inputs_name_the_problem():
         ImageStatsDetector().fit([])
     with pytest.raises(DriftInputError, match="at least 2"):
         ImageStatsDetector().fit(draw(np.random.default_rng(3), 10)).test(draw(np.random.default_rng(4), 1))
+
+
+def test_grey_mean_and_std_equal_pillows_imagestat_exactly():
+    """The statistics the gateway logs per image: PIL ImageStat's numbers, computed without its loops."""
+    from PIL import ImageStat
+
+    from vlmops.models.image_stats import grey_mean_std
+
+    rng = np.random.default_rng(3)
+    for i in range(200):
+        h, w = rng.integers(1, 120, 2)
+        if i % 4:
+            pixels = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        else:
+            pixels = np.full((h, w), rng.integers(0, 256), dtype=np.uint8)  # constant: std exactly 0
+        image = Image.fromarray(pixels, "L")
+        stat = ImageStat.Stat(image)
+        assert grey_mean_std(image) == (stat.mean[0], stat.stddev[0])

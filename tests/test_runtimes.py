@@ -95,7 +95,7 @@ def test_onnx_runtime_exports_once_into_the_home_and_reuses_it_and_checks_onnx_u
 
 
 def test_auto_runs_a_builtin_model_under_onnx_once_its_export_is_cached(tiny_uri, home, monkeypatch):
-    assert rt.resolve_runtime(tiny_uri) == "torch"  # nothing exported yet: no export at start-up either
+    assert rt.resolve_runtime(tiny_uri) == "onnx-image"  # nothing exported yet: no export step at start-up
     exported = rt.load_runtime(tiny_uri, "onnx")
     assert rt.resolve_runtime(tiny_uri) == "onnx"
 
@@ -127,3 +127,56 @@ def test_onnx_int8_calibrates_on_emoji_train_and_gates_on_val(tiny_uri, home, mo
     assert model.runtime == "onnx-int8" and "+onnx-int8-" in model.info.version
     assert meta["quantization"]["image"]["calibration"]["n_images"] == 32
     assert meta["gate"]["split"] == "val" and meta["gate"]["n"] > 100 and meta["gate"]["passed"]
+
+
+def test_onnx_image_runs_the_image_tower_under_onnx_runtime_with_the_same_version_and_vectors(tiny_uri, home):
+    from vlmops.models.builtin import EmojiLit
+
+    torch_model = rt.load_runtime(tiny_uri, "torch")
+    fast = rt.load_runtime(tiny_uri, "onnx-image", threads=1)
+    assert fast.runtime == "onnx-image" and isinstance(fast, EmojiLit)
+    assert fast.info == torch_model.info  # same vectors, so the same version (cache keys, calibrations)
+    images = sample_images(9, seed=11)
+    np.testing.assert_allclose(fast.embed_images(images), torch_model.embed_images(images), atol=1e-5)
+    assert fast.embed_images([]).shape == (0, torch_model.info.dim)
+    np.testing.assert_array_equal(fast.embed_texts(TEXTS), torch_model.embed_texts(TEXTS))  # torch text tower
+    pixels = fast.pixels(images[:2]).requires_grad_(True)
+    fast.embed_pixels(pixels).sum().backward()  # gradients still flow through the torch tower
+    assert pixels.grad is not None and float(pixels.grad.abs().sum()) > 0
+    assert not (home / "exports").exists()  # exported in memory: nothing cached, nothing to go stale
+
+
+def test_auto_picks_onnx_image_for_builtin_lit_models_only(tiny_uri, home):
+    assert rt.resolve_runtime(tiny_uri) == "onnx-image"
+    assert rt.resolve_runtime("builtin:emoji-lit") == "onnx-image"
+    assert rt.resolve_runtime("builtin:emoji-captioner") == "torch"  # generative: no image-tower runtime
+    assert rt.resolve_runtime(tiny_uri, "torch") == "torch"
+
+
+def test_onnx_image_refuses_a_tower_that_does_not_match_torch(tiny_uri, monkeypatch):
+    monkeypatch.setattr("vlmops.models.onnx_image.PARITY_ATOL", -1.0)  # any difference is too much
+    with pytest.raises(ModelLoadError, match=r"differs from torch by .* serve it with --runtime torch"):
+        rt.load_runtime(tiny_uri, "onnx-image")
+
+
+def test_onnx_image_needs_a_builtin_lit_model(fake_model):
+    from vlmops.models.onnx_image import onnx_images
+
+    with pytest.raises(ModelLoadError, match=r"supports the built-in LiT models .* use runtime torch"):
+        onnx_images(fake_model())
+
+
+def test_importing_vlmops_turns_onnx_runtime_telemetry_off_unless_the_user_chose():
+    """ONNX Runtime >= 1.29 uploads telemetry on Linux (a DNS lookup from a background thread was caught
+    by bench/serve_peers.py's strace); vlmops allows no network but loopback at run time."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, vlmops; print(os.environ.get('ORT_DISABLE_TELEMETRY'))"
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+    env["ORT_DISABLE_TELEMETRY"] = "0"  # an explicit choice is kept
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"

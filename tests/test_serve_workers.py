@@ -42,6 +42,9 @@ def test_serve_starts_one_worker_per_core_with_one_thread_each_and_says_so(tmp_p
     calls = []
     monkeypatch.setattr(workers, "usable_cores", lambda: 2)
     monkeypatch.setattr(uvicorn, "run", lambda target, **kw: calls.append((target, kw)))
+    monkeypatch.setattr(
+        workers, "serve_workers", lambda host, port, n: calls.append((workers.APP_FACTORY, n))
+    )
     monkeypatch.setattr(build, "build_app", lambda config: calls.append(("app", config)) or "app")
     for name in (build.CONFIG_ENV, PARENT_ENV, "PROMETHEUS_MULTIPROC_DIR"):
         monkeypatch.setenv(name, "")  # restored after the test: the command sets them for its workers
@@ -50,8 +53,8 @@ def test_serve_starts_one_worker_per_core_with_one_thread_each_and_says_so(tmp_p
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, (result.output, result.exception)
     assert "2 worker processes x 1 model thread (2 usable cores" in result.output
-    ((target, kwargs),) = calls
-    assert kwargs["workers"] == 2 and target == "vlmops.serve.build:app_from_env"
+    ((target, n),) = calls
+    assert n == 2 and target == "vlmops.serve.build:app_from_env"
     config = json.loads(os.environ[build.CONFIG_ENV])
     assert config["model_threads"] == 1
     assert config["shared_limits"] and Path(config["shared_limits"]).parent.is_dir()  # one budget per key
@@ -127,3 +130,39 @@ def test_worker_processes_share_each_keys_budget(tmp_path):
     for proc in procs:
         proc.join(30)
     assert sum(counts) == 10, counts  # three processes, one budget of 10
+
+
+def test_each_worker_has_its_own_socket_and_connections_spread_over_them():
+    """One socket shared by the workers let the first one awake accept all 32 connections of a burst
+    (measured); SO_REUSEPORT sockets get a share each."""
+    import socket
+
+    from serve_helpers import free_port
+    from vlmops.serve.workers import reuseport_sockets
+
+    port = free_port()
+    listeners = reuseport_sockets("127.0.0.1", port, 2)
+    clients = []
+    try:
+        for _ in range(32):  # a burst, as keep-alive clients connect at start
+            clients.append(socket.create_connection(("127.0.0.1", port)))
+        accepted = []
+        for listener in listeners:
+            listener.setblocking(False)
+            n = 0
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                n += 1
+            accepted.append(n)
+        assert sum(accepted) == 32 and min(accepted) >= 4, accepted  # binomial(32, 1/2): >= 4 but 1e-5
+        # a server without SO_REUSEPORT cannot take the port meanwhile
+        with pytest.raises(OSError), socket.socket() as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            other.bind(("127.0.0.1", port))
+    finally:
+        for sock in clients + listeners:
+            sock.close()

@@ -16,15 +16,21 @@ TEMPLATE = "an emoji of {}"
 
 
 class EmojiClassifier:
-    """Model and label embeddings loaded once per worker process; one torch thread unless told."""
+    """Model and label embeddings loaded once per worker process; one torch thread unless told; the
+    image tower under ONNX Runtime (vlmops's `onnx-image` runtime) when PEER_RUNTIME=onnx-image."""
 
     def __init__(self, threads: int | None = None) -> None:
         import torch
 
         from vlmops.models import load_model
 
-        torch.set_num_threads(threads or int(os.environ.get("PEER_TORCH_THREADS", "1")))
+        threads = threads or int(os.environ.get("PEER_TORCH_THREADS", "1"))
+        torch.set_num_threads(threads)
         self.model = load_model("builtin:emoji-lit")
+        if os.environ.get("PEER_RUNTIME", "torch") == "onnx-image":  # serve_peers.py --peer-runtime
+            from vlmops.models.onnx_image import onnx_images
+
+            self.model = onnx_images(self.model, threads)  # vlmops's default runtime, in the peer
         vectors = self.model.embed_texts([TEMPLATE.format(label) for label in LABELS])
         self.label_vectors = dict(zip(LABELS, vectors, strict=True))
 

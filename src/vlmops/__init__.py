@@ -20,9 +20,16 @@ Layers, top to bottom. A module imports from its own layer or below, never above
     base           config, errors, hashing, jsonable, progress, _optional (modules at the top level)
 """
 
+import os as _os
+
 from vlmops.errors import VlmopsError
 
 __version__ = "0.1.0"
+
+# No network except loopback at run time (DESIGN.md): ONNX Runtime >= 1.29 on Linux uploads usage
+# telemetry (a DNS lookup of its endpoint from a background thread, seen by bench/serve_peers.py's strace)
+# unless this is set before it initialises; set here, so every vlmops process and its workers inherit it.
+_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
 def load_model(uri: str, **options):

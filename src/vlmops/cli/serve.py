@@ -24,9 +24,10 @@ ModelOption = typer.Option(
     "builtin:emoji-lit", "--model", "-m", help="Model URI, e.g. builtin:emoji-lit, onnx:/dir."
 )
 RUNTIME_HELP = (
-    "auto | torch | torch-int8 | onnx | onnx-int8 (onnx runtimes export and gate the model once, then "
-    "cache it). auto: an onnx:DIR bundle's own runtime; a built-in model's cached onnx export when one "
-    "exists (faster); else torch."
+    "auto | torch | onnx-image | torch-int8 | onnx | onnx-int8 (onnx and onnx-int8 export and gate the "
+    "model once, then cache it; onnx-image runs a built-in model's image tower under ONNX Runtime, same "
+    "vectors and version). auto: an onnx:DIR bundle's own runtime; for builtin:emoji-lit its cached onnx "
+    "export when one exists, else onnx-image; else torch."
 )
 
 
@@ -206,7 +207,7 @@ def serve(
     )
     from vlmops.serve.limits import Limits
     from vlmops.serve.service import ServeConfig
-    from vlmops.serve.workers import PARENT_ENV, choose_parallelism, usable_cores
+    from vlmops.serve.workers import PARENT_ENV, choose_parallelism, serve_workers, usable_cores
 
     cores = usable_cores()
     workers, threads = choose_parallelism(cores, workers, threads)
@@ -282,15 +283,7 @@ def serve(
         metrics_dir = tempfile.mkdtemp(prefix="vlmops-metrics-")
         atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    uvicorn.run(
-        "vlmops.serve.build:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="warning",
-        timeout_graceful_shutdown=30,
-    )
+    serve_workers(host, port, workers)  # one SO_REUSEPORT socket per worker: connections spread evenly
 
 
 keys_app = typer.Typer(help="API keys for `vlmops serve`: create, list, revoke.", no_args_is_help=True)

@@ -28,6 +28,11 @@ def load_runtime(uri: str, runtime: str = AUTO, progress: bool = False, **option
         return load_model(uri, **options)
     if runtime == "torch":
         return load_model(uri, **options)
+    if runtime == "onnx-image":
+        from vlmops.models.onnx_image import onnx_images
+
+        threads = options.pop("threads", None)
+        return onnx_images(load_model(uri, **options), threads)
     if runtime == "torch-int8":
         return torch_int8(load_model(uri, **options))
     return _exported(uri, runtime, progress, **options)

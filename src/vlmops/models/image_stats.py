@@ -8,12 +8,16 @@ for drift (`monitor.image_stats.ImageStatsDetector`).
 from __future__ import annotations
 
 import io
+import math
 
-from PIL import Image, ImageStat
+import numpy as np
+from PIL import Image
 
 from vlmops.models.preprocess import to_rgb
 
 THUMBNAIL_SIDE = 64
+_LEVELS = np.arange(256, dtype=np.int64)
+_SQUARES = _LEVELS**2
 
 
 def sniff_format(data: bytes) -> str:
@@ -22,6 +26,17 @@ def sniff_format(data: bytes) -> str:
         return Image.open(io.BytesIO(data)).format or "unknown"
     except (OSError, SyntaxError, ValueError):  # a header Pillow cannot read
         return "unknown"
+
+
+def grey_mean_std(grey: Image.Image) -> tuple[float, float]:
+    """Mean and standard deviation of an "L" image, from its histogram: PIL's `ImageStat.Stat` values
+    (the same sums in the same order), without its Python loops over the 256 bins."""
+    counts = np.asarray(grey.histogram(), dtype=np.int64)
+    n = int(counts.sum())
+    if not n:
+        return 0.0, 0.0
+    total, squares = int(counts @ _LEVELS), int(counts @ _SQUARES)  # integers: exact
+    return total / n, math.sqrt((squares - total**2 / n) / n)
 
 
 def describe_image(image: Image.Image, data: bytes, image_format: str | None = None) -> dict:
@@ -34,13 +49,13 @@ def describe_image(image: Image.Image, data: bytes, image_format: str | None = N
     width, height = image.size
     factor = max(1, max(width, height) // THUMBNAIL_SIDE)
     small = image.reduce(factor) if factor > 1 else image  # box-average first: a 12 MP photo costs ~20 ms
-    stat = ImageStat.Stat(small.convert("L"))
+    brightness, contrast = grey_mean_std(small.convert("L"))
     return {
         "width": width,
         "height": height,
         "aspect": width / height,
-        "brightness": stat.mean[0],
-        "contrast": stat.stddev[0],
+        "brightness": brightness,
+        "contrast": contrast,
         "bytes": len(data),
         "format": image_format or sniff_format(data),
     }

@@ -72,15 +72,18 @@ def read_bundle(folder: Path) -> dict:
     return meta
 
 
-def session(path: Path, threads: int | None = None):
-    """A CPU ONNX Runtime session with all graph optimisations and `threads` intra-op threads."""
+def session(path: Path | bytes, threads: int | None = None):
+    """A CPU ONNX Runtime session (of a file, or a serialised model) with all graph optimisations and
+    `threads` intra-op threads."""
     ort = _import("onnxruntime")
+    ort.disable_telemetry_events()  # and ORT_DISABLE_TELEMETRY, set by `import vlmops`: no uploads
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 class OnnxVLM:

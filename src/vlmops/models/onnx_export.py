@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -173,7 +174,7 @@ def _synthetic_images(size: int, n: int = 4) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def _export_image(tower, path: Path, example: np.ndarray) -> None:
+def _export_image(tower, path: Path | BinaryIO, example: np.ndarray) -> None:
     import torch
 
     with warnings.catch_warnings():
@@ -181,7 +182,7 @@ def _export_image(tower, path: Path, example: np.ndarray) -> None:
         torch.onnx.export(
             tower,
             (torch.from_numpy(example),),
-            str(path),
+            path if hasattr(path, "write") else str(path),
             input_names=["pixels"],
             output_names=["embedding"],
             dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}},

@@ -1,12 +1,17 @@
-"""One model, four ways to run it: torch / torch-int8 / onnx / onnx-int8 (`vlmops.export.load_runtime`).
+"""One model, five ways to run it: torch / torch-int8 / onnx / onnx-int8 / onnx-image
+(`vlmops.export.load_runtime`).
 
-The default runtime, ``auto``, is the fastest one that needs no new export: an ``onnx:DIR`` bundle's
-runtime as its bundle.json records it (``onnx`` or ``onnx-int8``); for a built-in model, ``onnx`` when
-its fp32 export is already cached (any earlier ``--runtime onnx`` made it: ONNX Runtime runs the same
-vectors, cosine > 0.9999, at a quarter of torch's CPU per image at batch 1 and releases the GIL
-throughout; bench/RESULTS.md), else ``torch``; ``torch`` for any other URI.
+The default runtime, ``auto``, is the fastest one that needs no export step: an ``onnx:DIR`` bundle's
+runtime as its bundle.json records it (``onnx`` or ``onnx-int8``); for a built-in LiT model
+(``builtin:emoji-lit``, ``builtin:emoji-lit@DIR``), ``onnx`` when its fp32 export is already cached (any
+earlier ``--runtime onnx`` made it), else ``onnx-image``; ``torch`` for any other URI. ONNX Runtime runs
+the same vectors at a quarter of torch's CPU per image at batch 1 and releases the GIL for a whole batch
+(bench/RESULTS.md), which is what a server with an event loop beside its model needs.
 
 - ``torch``: the model as `load_model` gives it.
+- ``onnx-image``: the torch model with its image tower run by ONNX Runtime, exported in memory at load
+  and checked against torch (`vlmops.models.onnx_image`): the same vectors to float32 rounding, so the
+  same version; the text tower and gradients stay torch.
 - ``torch-int8``: torch dynamic int8 quantization (per-channel weights) of every ``nn.Linear``. That
   covers the whole MiniLM text tower but only the *head* of the built-in CNN image tower (its
   convolutions stay fp32), so image embedding is no faster, and the text vectors move (cosine to fp32
@@ -28,7 +33,7 @@ from vlmops.errors import ModelLoadError
 from vlmops.models import parse_uri
 from vlmops.models.base import VLM, ModelInfo
 
-RUNTIMES = ("torch", "torch-int8", "onnx", "onnx-int8")
+RUNTIMES = ("torch", "torch-int8", "onnx", "onnx-int8", "onnx-image")
 AUTO = "auto"
 
 
@@ -37,6 +42,12 @@ def export_dir(version: str, runtime: str) -> Path:
     from vlmops.config import get_settings
 
     return get_settings().home / "exports" / f"{version}-{runtime}"
+
+
+def is_builtin_lit(uri: str) -> bool:
+    """True for ``builtin:emoji-lit`` and ``builtin:emoji-lit@DIR`` (the models ONNX Runtime can run)."""
+    parsed = parse_uri(uri)
+    return parsed.scheme == "builtin" and parsed.target.partition("@")[0] == "emoji-lit"
 
 
 def cached_export(uri: str) -> Path | None:
@@ -58,7 +69,9 @@ def resolve_runtime(uri: str, runtime: str = AUTO) -> str:
     if parsed.scheme != "onnx":
         if runtime != AUTO:
             return runtime
-        return "onnx" if cached_export(uri) is not None else "torch"
+        if not is_builtin_lit(uri):
+            return "torch"
+        return "onnx" if cached_export(uri) is not None else "onnx-image"
     from vlmops.models.onnx import read_bundle
 
     meta = read_bundle(Path(parsed.target).expanduser())

@@ -197,12 +197,12 @@ def _thread_options(runtime: str, threads: int | None) -> dict:
     """Load options that give the model `threads` intra-op threads (torch's are per process: set here)."""
     if threads is None:
         return {}
-    if runtime.startswith("onnx"):
+    if runtime in ("onnx", "onnx-int8"):
         return {"threads": threads}
     import torch
 
-    torch.set_num_threads(threads)
-    return {}
+    torch.set_num_threads(threads)  # onnx-image: its text tower is torch
+    return {"threads": threads} if runtime == "onnx-image" else {}
 
 
 def build_app(config: ServeConfig) -> FastAPI:

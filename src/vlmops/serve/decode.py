@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import struct
 import time
 import warnings
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from vlmops.serve.errors import ApiError
 from vlmops.serve.limits import Limits
 
 REDUCE_MARGIN = 4  # keep at least 4x the model's input side: its own resize sees nearly the same pixels
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees
 
 
@@ -45,6 +47,14 @@ def decode_base64(data: str, field: str) -> bytes:
         raise ApiError(
             422, "invalid_base64", f"{field} is not valid base64 ({exc}); encode the file bytes with base64"
         ) from exc
+
+
+def png_pixels(data: bytes) -> int | None:
+    """Width x height that a PNG's header (IHDR) declares, without decoding; None for anything else."""
+    if len(data) >= 24 and data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", data[16:24])
+        return width * height
+    return None
 
 
 def decode_image(data: bytes, limits: Limits, field: str = "image") -> Image.Image:

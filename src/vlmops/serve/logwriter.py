@@ -93,8 +93,11 @@ class LogWriter:
                 self._dirty.set()
                 if self.on_commit is not None:
                     self.on_commit(len(entries), time.perf_counter() - start)
+            waiting: dict = {}  # one wake-up of each event loop per group, not one per row
             for _, future, loop in entries:
-                loop.call_soon_threadsafe(_settle, future, error)
+                waiting.setdefault(loop, []).append(future)
+            for loop, futures in waiting.items():
+                loop.call_soon_threadsafe(_settle_all, futures, error)
 
     def _sync_loop(self) -> None:
         """fsync the log whenever rows were committed since the last fsync, at most once per interval."""
@@ -112,10 +115,11 @@ class LogWriter:
             self._stopping.wait(self.sync_interval_s)
 
 
-def _settle(future: asyncio.Future, error: Exception | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+def _settle_all(futures: list[asyncio.Future], error: Exception | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)

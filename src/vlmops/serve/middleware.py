@@ -35,7 +35,10 @@ KNOWN_PATHS = frozenset(
 
 class GatewayMiddleware:
     """Assigns X-Request-ID, stamps X-Model-Version, enforces max body bytes, records metrics, answers
-    an unexpected error with a JSON 500 and releases the request's admission ticket when it ends."""
+    an unexpected error with a JSON 500 and releases the request's admission ticket when it ends.
+
+    `routes` maps a POST path to a pure-ASGI handler that serves it instead of the app below (the hot
+    /v1 routes: see `vlmops.serve.app.create_app`)."""
 
     def __init__(
         self,
@@ -44,8 +47,10 @@ class GatewayMiddleware:
         model_version: str,
         max_body_bytes: int,
         release: Callable | None = None,
+        routes: dict[str, Callable] | None = None,
     ) -> None:
         self.app, self.metrics = app, metrics
+        self.routes = routes if routes is not None else {}  # POST path -> pure-ASGI handler (hot routes)
         self.model_version, self.max_body = model_version, max_body_bytes
         self.release = release  # called with scope["state"]["ticket"] when a request that took one ends
 
@@ -83,8 +88,9 @@ class GatewayMiddleware:
                         raise ApiError(413, "body_too_large", self._too_large_message(received))
                 return message
 
+            hot = self.routes.get(scope["path"]) if scope["method"] == "POST" else None
             try:
-                await self.app(scope, limited_receive, send_with_headers)
+                await (hot or self.app)(scope, limited_receive, send_with_headers)
             except Exception as exc:
                 await answer_unexpected(scope, exc, send_with_headers, status_box["started"])
             finally:
