@@ -74,6 +74,7 @@ class FakeServer:
     streams_completed: int = 0
     cancelled: int = 0  # streams the client went away from before the end
     stream_events: list[float] = field(default_factory=list)  # perf_counter() when each event was sent
+    peers: list[int] = field(default_factory=list)  # the client's port for each request (its connection)
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -82,6 +83,7 @@ class FakeServer:
         async def chat(request: Request) -> Response:
             with self.lock:
                 self.calls += 1
+                self.peers.append(request.client.port if request.client else -1)
                 self.in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:

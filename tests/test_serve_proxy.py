@@ -83,6 +83,25 @@ def test_plain_and_streamed_answers_pass_through_and_are_logged(proxy):
     assert fake.bodies[0]["model"] == "fake-vlm"
 
 
+def test_streamed_events_pass_through_byte_for_byte_but_for_the_id(proxy):
+    """The gateway splices its request id into the upstream's chunks instead of re-serialising them."""
+    client = proxy[0]
+    body = {"model": "fake-vlm", "messages": messages(), "max_tokens": 8, "stream": True}
+    headers = {"Authorization": f"Bearer {client.api_key}"}
+    port = client.base_url.port
+    with httpx.stream(
+        "POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, headers=headers
+    ) as r:
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and len(lines) > 3
+    rid = json.loads(lines[0][6:])["id"]
+    assert rid != "chatcmpl-1"  # the gateway's request id
+    for line in lines[:-1]:
+        chunk = json.loads(line[6:])
+        as_sent = "data: " + json.dumps({**chunk, "id": "chatcmpl-1"})  # what the fake wrote
+        assert line == as_sent.replace('{"id": "chatcmpl-1"', '{"id":' + json.dumps(rid), 1)
+
+
 def test_upstream_errors_become_502_504_with_clear_messages(proxy):
     client, url, fake = proxy
     with pytest.raises(openai.NotFoundError, match="does not exist"):  # an upstream 4xx passes through

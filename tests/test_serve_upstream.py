@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -325,24 +326,38 @@ def test_connections_are_reused(fake):
         for _ in range(3):
             await backend.complete(chat_body(), soon())
             await collect(backend.stream(chat_body(stream=True), soon()))
-        return backend._client._transport._pool.connections
 
-    connections = run(go, fake.url)
-    assert len(connections) == 1
+    run(go, fake.url)
+    assert len(fake.peers) == 6 and len(set(fake.peers)) == 1  # one keep-alive connection for all six
 
 
-def mock_stream(chunks: list[bytes], status: int = 200):
-    """An httpx transport answering every request with `chunks` as an SSE body, split exactly so."""
-    import httpx
+@contextlib.asynccontextmanager
+async def raw_upstream(chunks: list[bytes], status: int = 200):
+    """A loopback server answering every POST with `chunks` as an SSE body, each written (and flushed)
+    on its own, a moment apart, so the client's reads see the splits; yields its /v1 base URL."""
+    from aiohttp import web
 
-    async def body():
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(status=status, headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
         for chunk in chunks:
-            yield chunk
+            await response.write(chunk)
+            await asyncio.sleep(0.0005)
+        await response.write_eof()
+        return response
 
-    def handler(request):
-        return httpx.Response(status, headers={"content-type": "text/event-stream"}, content=body())
-
-    return httpx.MockTransport(handler)
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}/v1"
+    finally:
+        await runner.cleanup()
 
 
 def test_sse_framing_crlf_multiline_comments_and_odd_splits():
@@ -375,7 +390,7 @@ def test_sse_framing_crlf_multiline_comments_and_odd_splits():
             stream = holder["s"] = backend.stream(chat_body(stream=True), soon())
             return await collect(stream)
 
-        events = asyncio.run(_with(go, mock_stream(pieces)))
+        events = asyncio.run(_with(go, pieces))
         chunks = payloads(events)
         assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["Hel", "lo", "!", None]
         outcome = holder["s"].outcome
@@ -397,17 +412,19 @@ def test_an_upstream_error_event_mid_stream_is_502():
         return await collect(stream)
 
     with pytest.raises(ApiError) as info:
-        asyncio.run(_with(go, mock_stream([raw])))
+        asyncio.run(_with(go, [raw]))
     assert info.value.status == 502 and "failed mid-stream: CUDA out of memory" in info.value.message
     assert holder["s"].outcome.status == "error" and holder["s"].outcome.text == "a"
 
 
-async def _with(coro_fn, transport):
-    backend = UpstreamBackend("http://upstream.invalid/v1", transport=transport)
-    try:
-        return await coro_fn(backend)
-    finally:
-        await backend.aclose()
+async def _with(coro_fn, chunks: list[bytes]):
+    """`coro_fn(backend)` against a `raw_upstream` sending `chunks`."""
+    async with raw_upstream(chunks) as url:
+        backend = UpstreamBackend(url)
+        try:
+            return await coro_fn(backend)
+        finally:
+            await backend.aclose()
 
 
 def proxy_app(backend_options: dict):
@@ -418,6 +435,12 @@ def proxy_app(backend_options: dict):
     from starlette.routing import Route
 
     state = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        if "backend" in state:
+            await state["backend"].aclose()
 
     async def chat(request: Request) -> Response:
         if "backend" not in state:  # made on the server's loop, like the gateway's lifespan would
@@ -442,7 +465,8 @@ def proxy_app(backend_options: dict):
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])]), state
+    routes = [Route("/v1/chat/completions", chat, methods=["POST"])]
+    return Starlette(routes=routes, lifespan=lifespan), state
 
 
 def test_the_openai_client_through_a_route_around_the_backend(fake):

@@ -8,11 +8,26 @@ import time
 
 DONE = b"data: [DONE]\n\n"
 _PIECES = re.compile(r"\s*\S+\s*$|\s*\S+")
+_FIRST_ID = re.compile(rb'data: \{\s*"id"\s*:\s*"(?:[^"\\]|\\.)*"')  # a chunk whose first key is its id
 
 
 def sse(payload: dict) -> bytes:
     """One server-sent event carrying `payload` as JSON."""
     return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def with_id(event: bytes, id_json: bytes) -> bytes:
+    """An SSE chunk event (``data: {...}``) with its ``id`` set to `id_json` (a JSON string literal).
+
+    When ``id`` is the chunk's first key, as OpenAI-compatible servers and `chunk` send it, the bytes
+    are spliced (the rest passes through untouched); otherwise the chunk is parsed and re-serialised.
+    """
+    found = _FIRST_ID.match(event)
+    if found is not None:
+        return b'data: {"id":' + id_json + event[found.end() :]
+    payload = json.loads(event[6:])
+    payload["id"] = json.loads(id_json)
+    return sse(payload)
 
 
 def usage(prompt_tokens: int | None, completion_tokens: int | None) -> dict:

@@ -189,7 +189,7 @@ class ChatStreamResponse(Response):
         self.status_code, self.background = 200, None  # no super().__init__: there is no body to render
         self.stream, self.events, self.first = stream, events, first
         self.exchange, self.record = exchange, record
-        self.own_id = re.compile(rb'"id":\s*"' + re.escape(exchange.request_id.encode()) + rb'"')
+        self.id_json = json.dumps(exchange.request_id).encode()
         self.ttft_s: float | None = None
         self.logged = False
 
@@ -246,17 +246,13 @@ class ChatStreamResponse(Response):
             await self._log(self.stream.outcome, "error")
 
     def _stamp(self, event: bytes) -> bytes:
-        """The chunk with the request id as its id (parsed only when it has another); notes the time of
+        """The chunk with the request id as its id (spliced in, see `fmt.with_id`); notes the time of
         the first content."""
         if not event.startswith(b"data: {"):
             return event
         if self.ttft_s is None and _CONTENT.search(event):
             self.ttft_s = time.perf_counter() - self.exchange.start
-        if self.own_id.search(event):
-            return event
-        payload = json.loads(event[6:])
-        payload["id"] = self.exchange.request_id
-        return fmt.sse(payload)
+        return fmt.with_id(event, self.id_json)
 
     async def _log(self, outcome: ChatOutcome, status: str) -> None:
         if self.logged:

@@ -3,21 +3,22 @@
 Each ``__anext__`` reads upstream bytes until one event is complete and returns it as
 ``b"data: {...}\\n\\n"`` (comments and ``event:`` lines are dropped; the payload bytes are the
 upstream's unless the id is rewritten). The text, finish reason, usage and time to first token are
-accumulated into ``outcome`` on the way. ``aclose()`` closes the upstream response, so the upstream
-server sees the request go away and stops generating.
+accumulated into ``outcome`` on the way. ``aclose()`` closes the upstream connection, so the upstream
+server sees the request go away and stops generating; a stream read to its end returns its connection
+to the pool instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from typing import Protocol
 
-import httpx
+import aiohttp
 
 from vlmops.serve.chat_backend import ChatOutcome
+from vlmops.serve.chat_format import with_id
 from vlmops.serve.errors import ApiError
 
 DONE = b"data: [DONE]\n\n"
@@ -29,14 +30,15 @@ class Upstream(Protocol):
 
     base_url: str
     model: str | None
-    _client: httpx.AsyncClient
 
     def payload(self, body: dict, stream: bool) -> dict: ...
-    async def check_status(self, response: httpx.Response) -> None: ...
+    async def post(self, payload: dict, stream: bool) -> aiohttp.ClientResponse: ...
     def scrub(self, text: str) -> str: ...
-    def unreachable(self, exc: Exception) -> ApiError: ...
-    def too_slow(self, start: float, exc: Exception) -> ApiError: ...
+    def failure(self, start: float, exc: Exception) -> ApiError: ...
     def malformed(self, what: str) -> ApiError: ...
+
+
+FAILURES = (ApiError, TimeoutError, aiohttp.ClientError, OSError)  # what ends a stream as an error
 
 
 class UpstreamStream:
@@ -46,10 +48,10 @@ class UpstreamStream:
         self._backend = backend
         self._body = body
         self._deadline = deadline
-        self._completion_id = completion_id
+        self._completion_id = None if completion_id is None else json.dumps(completion_id).encode()
         self._client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         self._start = time.monotonic()
-        self._response: httpx.Response | None = None
+        self._response: aiohttp.ClientResponse | None = None
         self._chunks = None  # the body's byte chunks, once the upstream answered
         self._buffer = b""  # bytes of events not yet passed on
         self._parts: list[str] = []
@@ -81,42 +83,27 @@ class UpstreamStream:
         except asyncio.CancelledError:
             self._end_soon("cancelled")  # no await: a cancelled task group would cancel that too
             raise
-        except (ApiError, TimeoutError, httpx.HTTPError, httpx.StreamError) as exc:
+        except FAILURES as exc:
             if self._finished:  # aclose() from another task closed the response under this read
                 raise StopAsyncIteration from None
             await self._end("error")
-            raise self._api_error(exc) from None
-
-    def _api_error(self, exc: Exception) -> ApiError:
-        """The ApiError a failure while streaming maps to."""
-        if isinstance(exc, ApiError):
-            return exc
-        if isinstance(exc, TimeoutError | httpx.TimeoutException):
-            return self._backend.too_slow(self._start, exc)
-        if isinstance(exc, httpx.TransportError):
-            return self._backend.unreachable(exc)
-        return self._backend.malformed(f"{type(exc).__name__}: {exc}")
+            raise self._backend.failure(self._start, exc) from None
 
     async def aclose(self) -> None:
         """Stop early: close the upstream request; the outcome is "cancelled" with the partial text."""
         if not self._finished:
             self._end_soon("cancelled")
         elif self._closing is None:
-            self._closing = asyncio.ensure_future(self._close_response())
+            self._closing = asyncio.ensure_future(self._close_response(reuse=False))
         await asyncio.shield(self._closing)
 
     async def _open(self) -> None:
         backend = self._backend
-        payload = backend.payload(self._body, stream=True)
-        headers = {"Accept-Encoding": "identity"}  # events pass as they come, not inflated from gzip
-        request = backend._client.build_request("POST", "/chat/completions", json=payload, headers=headers)
-        self._response = await backend._client.send(request, stream=True)
-        await backend.check_status(self._response)
+        self._response = await backend.post(backend.payload(self._body, stream=True), stream=True)
         kind = self._response.headers.get("content-type", "")
         if not kind.startswith("text/event-stream"):
             raise backend.malformed(f"a streamed request was answered with content-type {kind or 'none'!r}")
-        encoded = self._response.headers.get("content-encoding", "identity") != "identity"
-        self._chunks = self._response.aiter_bytes() if encoded else self._response.aiter_raw()
+        self._chunks = self._response.content.iter_any()  # bytes as they arrive (inflated if gzipped)
 
     async def _next_event(self) -> bytes:
         """The next event to pass on, read straight from the body's chunks (no line-by-line layers)."""
@@ -181,10 +168,8 @@ class UpstreamStream:
         self._account(chunk, choices)
         if not choices and not self._client_wants_usage:
             return None  # the usage chunk we asked for on the operator's behalf
-        if self._completion_id is not None:
-            chunk["id"] = self._completion_id
-            data = json.dumps(chunk, separators=(",", ":")).encode()
-        return b"data: " + data + b"\n\n"
+        event = b"data: " + data + b"\n\n"
+        return event if self._completion_id is None else with_id(event, self._completion_id)
 
     def _account(self, chunk: dict, choices: list) -> None:
         if chunk.get("model"):  # what served it, as for complete()
@@ -213,32 +198,37 @@ class UpstreamStream:
         await asyncio.shield(self._closing)
 
     def _end_soon(self, status: str) -> None:
-        """Make the outcome final (once: the first ending wins) and start closing the upstream response."""
+        """Make the outcome final (once: the first ending wins) and start closing the upstream connection."""
         if not self._finished:
             self._finished = True
             self._sync_text()
             self.outcome.status = status
         if self._closing is None:
-            self._closing = asyncio.ensure_future(self._close_response())
+            self._closing = asyncio.ensure_future(self._close_response(reuse=False))
 
     async def _drain(self) -> None:
-        """After [DONE]: read the upstream's last bytes (keep-alive) and close; at most a second."""
+        """After [DONE]: read the upstream's last bytes and give the connection back to the pool (or
+        close it if they take more than a second)."""
         if self._closing is None:
+            reuse = False
             if self._chunks is not None:
                 try:
                     async with asyncio.timeout(min(1.0, remaining(self._deadline))):
                         async for _ in self._chunks:
                             pass
-                except (TimeoutError, httpx.HTTPError):
+                    reuse = True
+                except FAILURES:
                     pass
-            self._closing = asyncio.ensure_future(self._close_response())
+            self._closing = asyncio.ensure_future(self._close_response(reuse))
         await asyncio.shield(self._closing)
 
-    async def _close_response(self) -> None:
+    async def _close_response(self, reuse: bool) -> None:
         response = self._response
-        if response is not None and not response.is_closed:
-            with contextlib.suppress(httpx.HTTPError, RuntimeError):  # an already broken connection
-                await response.aclose()
+        if response is not None and not response.closed:
+            if reuse:
+                response.release()  # read to its end: the connection goes back to the pool
+            else:
+                response.close()  # the upstream sees the request go away
 
 
 def remaining(deadline: float) -> float:
