@@ -19,11 +19,14 @@ a third of httpx's CPU, which leaves more to the servers on a small machine; els
 p50 latency, p50 time to the first token (streams), throughput, and for each proxy arm the added p50
 latency, added p50 TTFT and the throughput ratio to direct (targets: <= 3 ms, <= 5 ms, >= 0.9).
 
-Server CPU per request is the serving process's own (the fake's for direct, the proxy's for the others,
-from /proc at 10 ms resolution), which the load of other processes on a shared machine inflates far
+Server CPU per request is the serving process's own, with all its descendants (the fake's for direct,
+the proxy's for the others, the supervisor's and its workers' for the gateway; from /proc at 10 ms
+resolution), which the load of other processes on a shared machine inflates far
 less than it inflates latency; 1000 / it is the most requests a second one core could carry.
 
-Run: ``python bench/gateway_proxy.py [--arms direct,backend,gateway] [--concurrency 1,16]``
+Run: ``python bench/gateway_proxy.py [--arms direct,backend,gateway] [--concurrency 1,16]``; with
+``--baseline-src DIR`` a ``gw-base`` arm serves the same gateway from another checkout's source, in the
+same interleaved rounds (an A/B of a change).
 """
 
 from __future__ import annotations
@@ -160,9 +163,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen:
-    """Start a server process and wait for its /readyz."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+def start(cmd: list[str], port: int, log: Path, src: Path = ROOT / "src") -> subprocess.Popen:
+    """Start a server process (with `src` first on its path) and wait for its /readyz."""
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -272,10 +275,40 @@ async def drive(port: int, stream: bool, concurrency: int, per_client: int) -> d
     }
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (field 3 onwards)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, their children...), read from /proc (what
+    psutil's ``children(recursive=True)`` does; psutil is not a dependency)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(_stat(int(entry.name))[1])
+            except (OSError, IndexError, ValueError):
+                continue  # exited while we looked
+    found, frontier = [], [pid]
+    while frontier:
+        below = [child for child, parent in parents.items() if parent in frontier]
+        found += below
+        frontier = below
+    return found
+
+
 def cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds used by a process and all its live descendants (the gateway serves
+    from worker processes under its supervisor; Linux /proc)."""
+    total = 0
+    for one in (pid, *descendants(pid)):
+        try:
+            fields = _stat(one)
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -323,6 +356,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20, help="per virtual client per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="another checkout's src/ (e.g. from `git archive`): adds a `gw-base` arm, the whole gateway "
+        "from that code, run interleaved with the others",
+    )
     args = parser.parse_args()
     arms = args.arms.split(",")
     if "gateway" in arms and not gateway_has_upstream():
@@ -350,6 +389,12 @@ def main() -> None:
             cmd = [str(Path(sys.executable).parent / "vlmops"), "serve", "--upstream", upstream]
             cmd += ["--port", str(ports["gateway"]), "--insecure-no-auth", "--store", str(tmp / "gw.sqlite")]
             procs["gateway"] = start(cmd, ports["gateway"], tmp / "gateway.log")
+        if args.baseline_src:  # the same gateway from another checkout's src, interleaved (an A/B)
+            arms.append("gw-base")
+            ports["gw-base"] = free_port()
+            cmd = [str(Path(sys.executable).parent / "vlmops"), "serve", "--upstream", upstream]
+            cmd += ["--port", str(ports["gw-base"]), "--insecure-no-auth", "--store", str(tmp / "b.sqlite")]
+            procs["gw-base"] = start(cmd, ports["gw-base"], tmp / "gw-base.log", args.baseline_src.resolve())
         report = run_all(arms, ports, {arm: p.pid for arm, p in procs.items()}, args)
     finally:
         for proc in procs.values():
