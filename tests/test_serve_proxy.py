@@ -102,6 +102,35 @@ def test_streamed_events_pass_through_byte_for_byte_but_for_the_id(proxy):
         assert line == as_sent.replace('{"id": "chatcmpl-1"', '{"id":' + json.dumps(rid), 1)
 
 
+def test_the_chat_route_skips_fastapi_dependency_solving_but_keeps_its_checks(proxy, monkeypatch):
+    """/v1/chat/completions is a pure-ASGI handler too (GatewayMiddleware calls it): no routing,
+    dependency solving or exception middleware per request or per streamed event."""
+    import fastapi.routing
+
+    client = proxy[0]
+    solved = []
+    real = fastapi.routing.solve_dependencies
+
+    async def counting(*args, **kwargs):
+        if kwargs["request"].url.port == client.base_url.port:  # the gateway's, not the fake upstream's
+            solved.append(kwargs["request"].url.path)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counting)
+    plain = client.chat.completions.create(model="fake-vlm", messages=messages(), max_tokens=8)
+    streamed = list(
+        client.chat.completions.create(model="fake-vlm", messages=messages(), max_tokens=8, stream=True)
+    )
+    assert plain.choices[0].message.content == "".join(c.choices[0].delta.content or "" for c in streamed)
+    anonymous = openai.OpenAI(base_url=client.base_url, api_key="vlm_not-a-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        anonymous.chat.completions.create(model="fake-vlm", messages=messages())
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.chat.completions.create(model="fake-vlm", messages=[])
+    assert not solved
+    assert httpx.get(f"{str(client.base_url).rstrip('/')}/models").status_code == 401 and solved
+
+
 def test_upstream_errors_become_502_504_with_clear_messages(proxy):
     client, url, fake = proxy
     with pytest.raises(openai.NotFoundError, match="does not exist"):  # an upstream 4xx passes through

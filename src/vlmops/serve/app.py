@@ -456,7 +456,9 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
                     url, config.allow_image_hosts, limits.max_body_bytes, config.timeout_s, field=field
                 )
 
-        add_chat_routes(app, gateway, gateway.chat, authorise, admit, answer, fetch)
+        add_chat_routes(
+            app, gateway, gateway.chat, authorise, admit, answer, fetch, fast_routes, error_response
+        )
 
     @app.get("/metrics")
     async def metrics(key: ApiKey | None = Depends(admin_key)):

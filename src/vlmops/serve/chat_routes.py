@@ -69,8 +69,12 @@ def add_chat_routes(
     admit: Callable[[Request, ApiKey | None], Ticket],
     respond: Callable[[dict], object],
     fetch_image: FetchImage | None = None,
+    fast_routes: dict[str, Callable] | None = None,
+    error_response: Callable[[Request, ApiError], Response] | None = None,
 ) -> None:
-    """Add POST /v1/chat/completions answered by `backend`."""
+    """Add POST /v1/chat/completions answered by `backend`; with `fast_routes` (and the app's
+    `error_response`) also as a pure-ASGI handler that `GatewayMiddleware` calls directly, so a request,
+    and every event of a streamed answer, skips Starlette's routing and exception middleware."""
     config, limits = gateway.config, gateway.config.limits
 
     shadows: set[asyncio.Task] = set()  # the shadow's answers still running (referenced until done)
@@ -125,6 +129,21 @@ def add_chat_routes(
     @app.post(PATH, openapi_extra=body_doc(ChatRequest))
     async def chat_completions(request: Request, key: ApiKey | None = Depends(chat_key)):
         """OpenAI-compatible chat completion about images (text and image_url parts), streamed or not."""
+        return await answer_chat(request, key)
+
+    if fast_routes is not None and error_response is not None:
+
+        async def asgi(scope, receive, send) -> None:
+            request = Request(scope, receive)
+            try:
+                response = await answer_chat(request, await authorise(request, "chat"))
+            except ApiError as exc:
+                response = error_response(request, exc)
+            await response(scope, receive, send)
+
+        fast_routes[PATH] = asgi
+
+    async def answer_chat(request: Request, key: ApiKey | None):
         state = request.scope["state"]
         ticket = admit(request, key)
         parsed, _ = await parse_body(request, ChatRequest)
