@@ -1,4 +1,5 @@
-"""CPU an HTTP client spends reading SSE chat streams: httpx (what UpstreamBackend uses) vs aiohttp.
+"""CPU an HTTP client spends reading SSE chat streams: httpx (UpstreamBackend's client until issue 17's
+work moved it to aiohttp) vs aiohttp.
 
 bench/gateway_proxy.py shows the proxy's CPU per streamed answer is mostly its upstream client's; this
 measures that part alone, against the same fake upstream (tests/openai_fake.py in its own process), as
