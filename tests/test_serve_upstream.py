@@ -311,6 +311,46 @@ def test_key_never_in_outcomes_or_repr(fake):
     assert fake.bodies and all(KEY not in json.dumps(b) for b in fake.bodies)
 
 
+def test_proxies_from_the_environment_are_not_used(fake, monkeypatch):
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    answer, _ = run(lambda b: b.complete(chat_body(), soon()), fake.url)
+    assert answer["choices"][0]["message"]["content"] == "a red image about describe"
+
+
+def test_a_redirect_is_not_followed_but_is_a_502_naming_the_fix():
+    from aiohttp import web
+
+    hits = []
+
+    async def moved(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(status=307, headers={"Location": "http://127.0.0.1:9/elsewhere"})
+
+    async def go():
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", moved)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        backend = UpstreamBackend(f"http://{host}:{port}/v1")
+        try:
+            for call in (backend.complete, lambda body, deadline: collect(backend.stream(body, deadline))):
+                with pytest.raises(ApiError) as info:
+                    await call(chat_body(), soon())
+                assert info.value.status == 502 and info.value.code == "upstream_redirect"
+                assert "--upstream" in info.value.message and "127.0.0.1:9/elsewhere" in info.value.message
+        finally:
+            await backend.aclose()
+            await runner.cleanup()
+
+    asyncio.run(go())
+    assert hits == ["/v1/chat/completions"] * 2  # asked once each, the Location never followed
+
+
 def test_configuration_errors_name_the_fix(monkeypatch):
     with pytest.raises(UpstreamConfigError, match="not an http"):
         UpstreamBackend("ftp://127.0.0.1/v1")
