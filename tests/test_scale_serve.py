@@ -156,6 +156,7 @@ def test_kill_9_loses_no_acknowledged_request(served):
     result = asyncio.run(run_load("127.0.0.1", served.port, request, 8, 100_000, 40.0, collect_ids=True))
     killer.join()
     served.guard.procs[0].wait(30)
+    print(f"kill -9 mid-load: {result.summary()}")
     assert len(result.request_ids) > 20 and result.errors > 0, result.summary()
     missing = set(result.request_ids) - PredictionLog(served.url).request_ids()
     assert not missing, f"{len(missing)} of {len(result.request_ids)} acknowledged requests are not logged"
