@@ -192,9 +192,9 @@ def test_serve_on_ray_refuses_bad_options_before_starting_ray(tmp_path, monkeypa
 
 def test_a_replica_plan_becomes_serves_deployment_options():
     pytest.importorskip("ray.serve")
-    from vlmops.scale.serve import ReplicaPlan, _deployment
+    from vlmops.scale.serve import ReplicaPlan, deployment
 
-    fixed = _deployment(ReplicaPlan(replicas=3, cpus=0.5, max_ongoing=64))._deployment_config
+    fixed = deployment(ReplicaPlan(replicas=3, cpus=0.5, max_ongoing=64))._deployment_config
     assert fixed.num_replicas == 3 and fixed.max_ongoing_requests == 64
-    scaled = _deployment(ReplicaPlan(replicas=2, autoscale=(1, 4)))._deployment_config.autoscaling_config
+    scaled = deployment(ReplicaPlan(replicas=2, autoscale=(1, 4)))._deployment_config.autoscaling_config
     assert (scaled.min_replicas, scaled.initial_replicas, scaled.max_replicas) == (1, 2, 4)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable
@@ -159,7 +160,7 @@ def _replica_tag() -> str:
         return f"pid-{os.getpid()}"
 
 
-def _deployment(plan: ReplicaPlan):
+def deployment(plan: ReplicaPlan):
     """The Serve deployment whose replicas each build the app by calling the builder they are given."""
     from ray import serve
 
@@ -201,13 +202,11 @@ def serve_on_ray(
 
         try:
             serve.start(http_options={"host": host, "port": port})
-            serve.run(_deployment(plan).bind(builder), name=APP_NAME, route_prefix="/", blocking=False)
+            serve.run(deployment(plan).bind(builder), name=APP_NAME, route_prefix="/", blocking=False)
         except (RuntimeError, ValueError) as exc:
+            reason = _failure_reason(serve) or str(exc).strip().splitlines()[-1]
             _stop(serve, cluster)
-            raise RayServeError(
-                f"the gateway did not start on Ray Serve ({str(exc).strip().splitlines()[-1][:300]}); "
-                "the replicas' logs are under Ray's session folder (logs/serve/)"
-            ) from None
+            raise RayServeError(f"the app did not start on Ray Serve: {reason[:500]}") from None
         if announce is not None:
             announce(cluster)
         stop = threading.Event()
@@ -219,6 +218,20 @@ def serve_on_ray(
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             _stop(serve, cluster)
+
+
+def _failure_reason(serve) -> str | None:
+    """The error a replica failed with (the last exception line of the deployment's message), if any."""
+    try:
+        deployments = serve.status().applications[APP_NAME].deployments
+    except Exception:  # the status itself is unavailable: say what serve.run said
+        return None
+    for status in deployments.values():
+        lines = [line.strip() for line in (status.message or "").splitlines() if line.strip()]
+        errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b.*: ", line)]
+        if errors:
+            return errors[-1]
+    return None
 
 
 def _stop(serve, cluster: RayCluster) -> None:
