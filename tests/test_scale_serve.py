@@ -6,7 +6,8 @@ One server for the module (Ray is slow to start on a small machine): a throwaway
 keys and rate-limit buckets the replicas share; each answer names its replica (X-Vlmops-Replica), so
 the tests see both serve. Every Ray process runs under tests/ray_guard.py (socket audit hook and, where
 it may trace, strace): any non-loopback destination fails the module. The last test kills the server
-with SIGKILL mid-load and finds every acknowledged request in the Postgres log.
+with SIGKILL mid-load (one replica first, which Serve replaces, then every process) and finds every
+acknowledged request in the Postgres log.
 """
 
 from __future__ import annotations
@@ -141,6 +142,45 @@ def test_a_keys_rate_limit_is_shared_by_the_replicas(served):
     assert int(answers[-1].headers["retry-after"]) >= 1
 
 
+def replica_pids(guard: Guard) -> list[int]:
+    """The processes of the gateway's Serve replicas (Ray names them in their command line)."""
+    pids = []
+    for pid in guard.ours():
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ServeReplica:vlmops:gateway"):
+                pids.append(pid)
+        except OSError:
+            pass
+    return pids
+
+
+def test_a_replica_killed_mid_load_loses_no_acknowledged_request_and_is_replaced(served):
+    key = served.keys.create("replica-load", rate_per_s=100_000, burst=100_000)
+    body = {"image": b64(random_png(2)), "labels": ["red", "green", "blue"]}
+    request = build_request("127.0.0.1", served.port, "/v1/classify", body, bearer(key))
+    victims = replica_pids(served.guard)
+    assert len(victims) == 2, victims
+    killer = threading.Timer(3.0, os.kill, (victims[0], signal.SIGKILL))
+    killer.start()
+    result = asyncio.run(run_load("127.0.0.1", served.port, request, 8, 100_000, 8.0, collect_ids=True))
+    killer.join()
+    print(f"one replica killed mid-load: {result.summary()}")
+    assert len(result.request_ids) > 20, result.summary()  # the other replica went on answering
+    missing = set(result.request_ids) - PredictionLog(served.url).request_ids()
+    assert not missing, f"{len(missing)} of {len(result.request_ids)} acknowledged requests are not logged"
+    deadline, tags = time.time() + 180, set()
+    while len(tags) < 2 and time.time() < deadline:  # Serve starts a new replica in the dead one's place
+        alive = replica_pids(served.guard)
+        if len(alive) < 2 or victims[0] in alive:
+            time.sleep(1)
+            continue
+        r = served.client.post("/v1/classify", json=body, headers=bearer(key))
+        if r.status_code == 200:
+            tags.add(r.headers[REPLICA])
+    assert len(tags) == 2, tags  # the survivor and the new replica both answer
+    assert not any(tag.endswith(f"-{victims[0]}") for tag in tags), tags
+
+
 def test_kill_9_loses_no_acknowledged_request(served):
     key = served.keys.create("load", rate_per_s=100_000, burst=100_000)
     body = {"image": b64(random_png(1)), "labels": ["red", "green", "blue"]}
@@ -153,7 +193,7 @@ def test_kill_9_loses_no_acknowledged_request(served):
 
     killer = threading.Thread(target=kill_soon)
     killer.start()
-    result = asyncio.run(run_load("127.0.0.1", served.port, request, 8, 100_000, 40.0, collect_ids=True))
+    result = asyncio.run(run_load("127.0.0.1", served.port, request, 8, 100_000, 15.0, collect_ids=True))
     killer.join()
     served.guard.procs[0].wait(30)
     print(f"kill -9 mid-load: {result.summary()}")
