@@ -64,6 +64,8 @@ class ReplicaPlan:
                 "min_replicas": low,
                 "initial_replicas": start,
                 "max_replicas": high,
+                # a replica's share of requests in flight before Serve adds one: a full batch at the
+                # default --queue 512 (64), never less than 2
                 "target_ongoing_requests": max(2, self.max_ongoing // 8),
             }
         else:
