@@ -198,3 +198,18 @@ def test_a_replica_plan_becomes_serves_deployment_options():
     assert fixed.num_replicas == 3 and fixed.max_ongoing_requests == 64
     scaled = deployment(ReplicaPlan(replicas=2, autoscale=(1, 4)))._deployment_config.autoscaling_config
     assert (scaled.min_replicas, scaled.initial_replicas, scaled.max_replicas) == (1, 2, 4)
+
+
+def test_a_running_serve_with_its_proxy_elsewhere_is_refused_by_name(monkeypatch):
+    pytest.importorskip("ray.serve")
+    from types import SimpleNamespace
+
+    import ray.serve.context
+
+    from vlmops.scale.serve import RayServeError, _check_proxy_address
+
+    running = SimpleNamespace(http_config=SimpleNamespace(host="127.0.0.1", port=8000))
+    monkeypatch.setattr(ray.serve.context, "_get_global_client", lambda: running)
+    _check_proxy_address("127.0.0.1", 8000)
+    with pytest.raises(RayServeError, match=r"--host 127\.0\.0\.1 --port 8000"):
+        _check_proxy_address("127.0.0.1", 9000)

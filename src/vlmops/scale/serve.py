@@ -204,6 +204,10 @@ def serve_on_ray(
 
         try:
             serve.start(http_options={"host": host, "port": port})
+        except (RuntimeError, ValueError) as exc:
+            raise RayServeError(f"Ray Serve did not start: {str(exc).strip().splitlines()[-1]}") from None
+        _check_proxy_address(host, port)
+        try:
             serve.run(deployment(plan).bind(builder), name=APP_NAME, route_prefix="/", blocking=False)
         except (RuntimeError, ValueError) as exc:
             reason = _failure_reason(serve) or str(exc).strip().splitlines()[-1]
@@ -220,6 +224,22 @@ def serve_on_ray(
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             _stop(serve, cluster)
+
+
+def _check_proxy_address(host: str, port: int) -> None:
+    """Serve already running on a joined cluster keeps its proxy's address: refuse to announce ours."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        options = _get_global_client().http_config
+    except Exception:  # a private API of Ray 2.60: without it, nothing to compare
+        return
+    if (options.host, options.port) != (host, port):
+        raise RayServeError(
+            f"Serve already runs on this Ray cluster with its HTTP proxy on {options.host}:{options.port}, "
+            f"not {host}:{port}: pass --host {options.host} --port {options.port}, or stop that Serve "
+            "(`serve shutdown`)"
+        )
 
 
 def _failure_reason(serve) -> str | None:
