@@ -165,3 +165,51 @@ def test_serve_on_a_port_in_use_fails_at_once_without_loading_the_model(tmp_path
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and str(port) in lines[0] and "--port" in lines[0], result.output
     assert "serving" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--ray-replicas", "2"], ["SQLite", "postgresql://", "--ray-replicas 1"]),
+        (["--ray-autoscale", "1:3"], ["SQLite", "postgresql://"]),
+        (["--ray-autoscale", "3:1"], ["--ray-autoscale", "MIN:MAX"]),
+        (["--workers", "2"], ["--workers", "--ray-replicas"]),
+    ],
+)
+def test_serve_on_ray_refuses_bad_options_before_starting_ray(tmp_path, monkeypatch, args, words):
+    import vlmops.scale.serve as ray_serve
+
+    def no_ray(*_a, **_k):
+        raise AssertionError("Ray was started before the options were checked")
+
+    monkeypatch.setattr(ray_serve, "serve_on_ray", no_ray)
+    store = str(tmp_path / "s.sqlite")
+    result = CliRunner().invoke(app, ["serve", "--ray", "local", "--store", store, "--port", "0", *args])
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    errors = [line for line in result.output.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and all(word in result.output for word in words), result.output
+
+
+def test_a_replica_plan_becomes_serves_deployment_options():
+    pytest.importorskip("ray.serve")
+    from vlmops.scale.serve import ReplicaPlan, deployment
+
+    fixed = deployment(ReplicaPlan(replicas=3, cpus=0.5, max_ongoing=64))._deployment_config
+    assert fixed.num_replicas == 3 and fixed.max_ongoing_requests == 64
+    scaled = deployment(ReplicaPlan(replicas=2, autoscale=(1, 4)))._deployment_config.autoscaling_config
+    assert (scaled.min_replicas, scaled.initial_replicas, scaled.max_replicas) == (1, 2, 4)
+
+
+def test_a_running_serve_with_its_proxy_elsewhere_is_refused_by_name(monkeypatch):
+    pytest.importorskip("ray.serve")
+    from types import SimpleNamespace
+
+    import ray.serve.context
+
+    from vlmops.scale.serve import RayServeError, _check_proxy_address
+
+    running = SimpleNamespace(http_config=SimpleNamespace(host="127.0.0.1", port=8000))
+    monkeypatch.setattr(ray.serve.context, "_get_global_client", lambda: running)
+    _check_proxy_address("127.0.0.1", 8000)
+    with pytest.raises(RayServeError, match=r"--host 127\.0\.0\.1 --port 8000"):
+        _check_proxy_address("127.0.0.1", 9000)

@@ -48,6 +48,10 @@ ELSEWHERE = {
         "tests/test_scale_cluster.py starts the same two nodes (free ports for the rest) and embeds, "
         "evaluates and audits through them",
     ),
+    "vlmops serve --ray local --ray-replicas 2 --store postgresql://vlmops@127.0.0.1:5432/vlmops "
+    "--port 8000": (
+        "tests/test_scale_serve.py runs it against a throwaway Postgres (free ports) under the network guard"
+    ),
     "ray stop": "not run: it would stop every Ray process of the user (the tests stop their nodes by pid)",
 }
 SERVE_BLOCK = [

@@ -128,3 +128,38 @@ def test_kuberay_manifest_keeps_usage_stats_off_and_the_probe_away() -> None:
         assert group["rayStartParams"]["disable-usage-stats"] == "true"
     egress = docs["NetworkPolicy"]["spec"]["egress"][0]["to"][0]["ipBlock"]
     assert "169.254.169.254/32" in egress["except"]
+
+
+def test_kuberay_service_builds_the_gateway_app_with_the_settings_of_the_cluster() -> None:
+    import importlib
+
+    import yaml
+
+    pytest.importorskip("ray.serve")
+    root = Path(__file__).resolve().parents[1]
+    docs = {d["kind"]: d for d in yaml.safe_load_all((root / "deploy" / "kuberay-service.yaml").read_text())}
+    spec = docs["RayService"]["spec"]
+    (application,) = yaml.safe_load(spec["serveConfigV2"])["applications"]
+    module, _, name = application["import_path"].partition(":")
+    built = getattr(importlib.import_module(module), name)(application["args"])
+    scaling = built._bound_deployment._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas) == (2, 8)
+    cluster = spec["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        env = {e["name"]: e["value"] for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert (
+            env["RAY_USAGE_STATS_ENABLED"] == "0" and group["rayStartParams"]["disable-usage-stats"] == "true"
+        )
+        assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == "vlmops.scale.serve:proxy_middlewares"
+    egress = docs["NetworkPolicy"]["spec"]["egress"][0]["to"][0]["ipBlock"]
+    assert "169.254.169.254/32" in egress["except"]
+
+
+def test_the_serve_config_builder_refuses_unknown_args_and_an_unshared_store(tmp_path) -> None:
+    pytest.importorskip("ray.serve")
+    from vlmops.serve.ray_app import app
+
+    with pytest.raises(VlmopsError, match="unknown args replica_count"):
+        app({"replica_count": 2})
+    with pytest.raises(VlmopsError, match="postgresql://"):
+        app({"store": str(tmp_path / "s.sqlite"), "replicas": 2})

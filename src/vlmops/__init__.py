@@ -13,7 +13,7 @@ Layers, top to bottom. A module imports from its own layer or below, never above
     export         ONNX/int8 bundles and their accuracy gate (uses models and evaluate)
     audit, report  data governance; HTML/Markdown rendering shared by every report
     evaluate       tasks and metrics
-    scale          Ray backends for embedding/generation jobs
+    scale          Ray backends for embedding/generation jobs and gateway replicas on Ray Serve
     store          embedding cache, prediction log, feedback, the monitor's and registry's tables
     models         adapters behind load_model(uri); image preprocessing and statistics
     data           records, manifests, loaders, the emoji set

@@ -38,3 +38,53 @@ def ray_embedding(address: str | None, actors: int, cpus_per_actor: float) -> It
             highlight=False,
         )
         yield
+
+
+ServeRayOption = typer.Option(
+    None,
+    "--ray",
+    help="Serve on Ray Serve instead of local worker processes: 'local' starts a private single-node Ray "
+    "on 127.0.0.1, 'auto' or HOST:PORT joins a running cluster. Serve's HTTP proxy listens on --host:--port.",
+)
+ServeReplicasOption = typer.Option(
+    1, "--ray-replicas", min=1, help="With --ray: gateway replicas (initial count with --ray-autoscale)."
+)
+ServeAutoscaleOption = typer.Option(
+    None, "--ray-autoscale", help="With --ray: MIN:MAX replicas, scaled by Serve on requests in flight."
+)
+ServeCpusOption = typer.Option(
+    1.0, "--ray-cpus-per-replica", min=0.01, help="With --ray: CPUs per replica (and its model threads)."
+)
+
+
+def serve_ray(
+    builder,
+    address: str,
+    host: str,
+    port: int,
+    *,
+    replicas: int,
+    autoscale: str | None,
+    cpus: float,
+    max_ongoing: int,
+    store_url: str,
+    what: str,
+) -> None:
+    """Serve `builder`'s app on Ray Serve until Ctrl-C/SIGTERM, saying what was deployed."""
+    from vlmops.scale.serve import ReplicaPlan, check_shared_store, parse_autoscale, serve_on_ray
+
+    plan = ReplicaPlan(
+        replicas, parse_autoscale(autoscale) if autoscale else None, cpus, max_ongoing=max_ongoing
+    )
+    check_shared_store(store_url, plan)
+    console.print(f"deploying {what} on Ray Serve: {plan.describe()} ...", highlight=False, soft_wrap=True)
+
+    def announce(cluster) -> None:
+        console.print(
+            f"[dim]ray:[/] {cluster.describe()}\nserving {what} on http://{host}:{port} through Ray Serve "
+            f"(application 'vlmops', {plan.describe()}); Ctrl-C stops it",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    serve_on_ray(builder, address=address, host=host, port=port, plan=plan, announce=announce)

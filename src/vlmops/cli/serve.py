@@ -12,7 +12,17 @@ import typer
 from rich.table import Table
 
 from vlmops.cli._common import JsonOption, console, handle_errors, results_console, write_json
-from vlmops.cli._ray import RayActorsOption, RayCpusOption, RayOption, ray_embedding
+from vlmops.cli._ray import (
+    RayActorsOption,
+    RayCpusOption,
+    RayOption,
+    ServeAutoscaleOption,
+    ServeCpusOption,
+    ServeRayOption,
+    ServeReplicasOption,
+    ray_embedding,
+    serve_ray,
+)
 from vlmops.errors import VlmopsError
 
 StoreOption = typer.Option(
@@ -183,6 +193,10 @@ def serve(
     insecure_no_auth: bool = typer.Option(
         False, "--insecure-no-auth", help="Serve without API keys (testing only)."
     ),
+    ray: str | None = ServeRayOption,
+    ray_replicas: int = ServeReplicasOption,
+    ray_autoscale: str | None = ServeAutoscaleOption,
+    ray_cpus: float = ServeCpusOption,
 ) -> None:
     """Serve a model over HTTP: /v1/embeddings, /v1/classify, /v1/search, /v1/tag, /v1/feedback;
     a generative model (builtin:emoji-captioner, hf:DIR) answers OpenAI-compatible /v1/chat/completions,
@@ -210,6 +224,10 @@ def serve(
     from vlmops.serve.workers import PARENT_ENV, choose_parallelism, serve_workers, usable_cores
 
     cores = usable_cores()
+    if ray is not None:
+        if workers is not None:
+            raise VlmopsError("--workers runs processes on this machine; with --ray use --ray-replicas")
+        workers, threads = 1, threads or max(1, int(ray_cpus))
     workers, threads = choose_parallelism(cores, workers, threads)
     sets = _parse_label_sets(label_set)
     emoji_ready = manifest_path().exists()
@@ -262,6 +280,25 @@ def serve(
     if not upstream and generative_uri(model):  # its options are checked here, not in each worker
         config.runtime = shown
         check_generative(config)
+    if ray is not None:
+        from functools import partial
+
+        from vlmops.config import get_settings
+        from vlmops.serve.build import app_from_json
+
+        serve_ray(
+            partial(app_from_json, config_to_env(config)),
+            ray,
+            host,
+            port,
+            replicas=ray_replicas,
+            autoscale=ray_autoscale,
+            cpus=ray_cpus,
+            max_ongoing=queue,
+            store_url=store or get_settings().resolved_store_url(),
+            what=f"{model} ({shown})",
+        )
+        return
     console.print(
         f"serving {model} ({shown}) on http://{host}:{port}  docs: /docs\n"
         f"{workers} worker process{'es' if workers > 1 else ''} x {threads} model "

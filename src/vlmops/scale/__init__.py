@@ -1,4 +1,5 @@
-"""Ray backends for vlmops jobs: start or join Ray on loopback (`cluster`), embed on Ray Data (`embed`).
+"""Ray backends for vlmops: start or join Ray on loopback (`cluster`), embed on Ray Data (`embed`), serve an
+ASGI app (the gateway) as Ray Serve replicas (`serve`).
 
 Ray is the optional extra ``vlmops[ray]``; nothing here imports it before it is used.
 """

@@ -228,6 +228,11 @@ def config_from_json(text: str) -> ServeConfig:
     return ServeConfig(**data, limits=Limits(**{**limits, "formats": frozenset(limits["formats"])}))
 
 
+def app_from_json(text: str) -> FastAPI:
+    """The app for a config given as `config_to_env` JSON (what each Ray Serve replica builds)."""
+    return build_app(config_from_json(text))
+
+
 def app_from_env() -> FastAPI:
     """Uvicorn factory for worker processes (``--workers N``)."""
     die_with_parent()
@@ -237,4 +242,4 @@ def app_from_env() -> FastAPI:
         raise VlmopsError(f"{CONFIG_ENV} is not set; start the server with `vlmops serve`") from None
 
 
-__all__ = ["ResourceError", "app_from_env", "build_app", "build_gateway"]
+__all__ = ["ResourceError", "app_from_env", "app_from_json", "build_app", "build_gateway"]
