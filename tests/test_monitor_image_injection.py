@@ -194,3 +194,56 @@ def test_the_wrapper_names_the_fix_and_survives_bad_images(images):
     with pytest.raises(OCRError, match="raise timeout_s"):
         TesseractOCR(timeout_s=0.001).read(images[1][0])
     assert SENTENCE.split()[0] == "Ignore"
+
+
+def test_an_injected_image_sent_through_the_gateway_is_reported_by_monitor_run(tmp_path, images):
+    """End to end: chat through the gateway with --keep-images, then `vlmops monitor run --json`."""
+    import base64
+    import json
+
+    import openai
+    from typer.testing import CliRunner
+
+    from serve_helpers import make_app, serve_in_thread
+    from vlmops.cli import app as cli
+    from vlmops.models import load_model
+
+    clean, injected = images
+    kept = tmp_path / "kept"
+    app, key, url = make_app(
+        tmp_path, load_model("builtin:emoji-captioner"), label_sets_obj={}, vocabulary_obj=(),
+        keep_images=str(kept),
+    )  # fmt: skip
+    sent = [*clean[:20], *clean[20:32], *injected[:8]]  # 20 healthy, then a window with 8 injected
+    ids = []
+    with serve_in_thread(app) as port:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+        for data in sent:
+            url_data = "data:image/png;base64," + base64.b64encode(data).decode()
+            content = [{"type": "text", "text": "Describe this emoji."},
+                       {"type": "image_url", "image_url": {"url": url_data}}]  # fmt: skip
+            answer = client.chat.completions.create(
+                model="emoji-captioner", messages=[{"role": "user", "content": content}], max_tokens=12
+            )
+            ids.append(answer.id)
+    vocabulary = tmp_path / "objects.txt"
+    vocabulary.write_text("face\nflag\nperson\n")
+    out = tmp_path / "report.json"
+    args = ["monitor", "run", "--model", "builtin:emoji-captioner", "--store", url, "--window", "20"]
+    args += ["--images", str(kept), "--vocabulary", str(vocabulary), "--json", str(out), "--no-progress"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    detector = report["results"]["generative"]["detectors"]["image_injection"]
+    assert detector["drifted"] and detector["p_value"] < 0.01, detector
+    assert report["metrics"]["generative.image_injection.count"] >= 7
+    assert report["metrics"]["generative.image_injection.drifted"] == 1.0
+    examples = report["results"]["generative"]["examples"]["image_injection"]
+    assert examples and {e["request_id"] for e in examples} <= set(ids[32:])
+    assert report["results"]["generative"]["detectors"]["injection"]["p_value"] == 1.0  # prompts clean
+
+    no_images = tmp_path / "plain.json"  # without the kept images the report says why, plainly
+    args = ["monitor", "run", "--model", "builtin:emoji-captioner", "--store", url, "--window", "20"]
+    result = CliRunner().invoke(cli, [*args, "--json", str(no_images), "--no-progress"])
+    skipped = json.loads(no_images.read_text())["results"]["generative"]["detectors"]["image_injection"]
+    assert "--keep-images" in skipped["skipped"]
