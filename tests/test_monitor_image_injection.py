@@ -182,6 +182,9 @@ def test_the_detector_says_why_it_did_not_run(tmp_path, images):
     # too few for the test, but the one injected image is still counted and shown
     assert metrics["generative.image_injection.count"] == 1 and detector["count"] == 1
     assert results["examples"]["image_injection"][0]["request_id"] == "r105"
+    # a frame with the first image's hash only (no list of all images) is read all the same
+    metrics, _ = generative_section(reference, current.assign(image_sha256s=None), config)
+    assert metrics["generative.image_injection.count"] == 1
 
 
 def test_the_wrapper_names_the_fix_and_survives_bad_images(images):

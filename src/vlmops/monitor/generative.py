@@ -265,8 +265,11 @@ def _judge_detectors(section: _Section, ref_ok: pd.DataFrame, win_ok: pd.DataFra
 
 def _image_lists(frame: pd.DataFrame) -> list[list[str]]:
     """Each exchange's image hashes (all of them; the first only in frames built without the list)."""
-    lists = frame["image_sha256s"] if "image_sha256s" in frame else frame["image_sha256"].map(lambda s: [s])
-    return [[s for s in (v if isinstance(v, list) else [v]) if isinstance(s, str) and s] for v in lists]
+    lists = frame["image_sha256s"] if "image_sha256s" in frame else [None] * len(frame)
+    return [
+        [s for s in (v if isinstance(v, list) else [first]) if isinstance(s, str) and s]
+        for v, first in zip(lists, frame["image_sha256"], strict=True)
+    ]
 
 
 def _image_injection(section: _Section, reference: pd.DataFrame, current: pd.DataFrame) -> list[dict]:
