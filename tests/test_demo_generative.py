@@ -57,7 +57,7 @@ def test_the_generative_act_sees_the_shift_retrains_gates_promotes_and_rolls_bac
 def section(results: dict | None, skipped: str | None = None) -> str:
     """The story's 'Generative act' section for these results (checked for balanced tags), its
     whitespace collapsed."""
-    html = render("demo_generative.html.j2", generative=generative_story(results, skipped))
+    html = render("demo_generative.html.j2", generative_act=generative_story(results, skipped))
     parser = TagBalance()
     parser.feed(html)
     assert not parser.errors and not parser.stack, (parser.errors, parser.stack)
@@ -94,7 +94,7 @@ def act_results(gate_passed: bool = True) -> dict:
         "corrected": 87,
         "retrain": {"version": "cap-new", "feedback": {"used": 87}, "replay": 512},
         "gate": {"passed": gate_passed, "champion_cider": 0.4321, "challenger_cider": 0.9876, "better": 71,
-                 "worse": 9, "p_worse": 1e-6},
+                 "worse": 9, "p_worse": 0.9999, "p_better": 1e-6},
         "rollback": {"check": broken, "rolled_back": True, "after": ["cap-new"]},
         "champion": "cap-new" if gate_passed else "cap-old",
         "seconds": 321.0,
@@ -123,12 +123,40 @@ def test_the_story_section_shows_every_phase_with_its_numbers():
     assert "champion 0.432 &rarr; challenger 0.988" in html and "71 better and 9 worse" in html
     assert "rejected 5 of 24 of its answers and 7 of 26 of the champion's" in html
     assert "26 of 27 of its answers against 4 of 23" in html and ">rolled back<" in html
-    assert ">promoted<" in html and "Afterwards every answer came from cap-new" in html
+    assert ">promoted<" in html and "Afterwards every answer came from <code>cap-new</code>" in html
 
 
 def test_the_story_section_says_when_there_was_no_canary_or_no_act():
     html = section(act_results(gate_passed=False))
     assert ">failed<" in html and "No canary: the gate did not pass." in html and ">promoted<" not in html
-    html = section(None, "the generative act was not run (`vlmops demo --no-generative`)")
-    assert "Skipped: the generative act was not run (`vlmops demo --no-generative`)" in html
+    html = section(None, "the generative act was not run (vlmops demo --no-generative)")
+    assert "Skipped: the generative act was not run (vlmops demo --no-generative)" in html
     assert "CIDEr" not in html
+
+
+def test_the_story_page_shows_the_act_in_chromium(tmp_path):
+    """The whole story page (an empty loop and store, this act): the section is linked from the contents,
+    laid out, and its badges are visible."""
+    from playwright.sync_api import sync_playwright
+
+    from test_dashboard import _chromium
+    from vlmops.demo import write_story
+
+    path = write_story({}, str(tmp_path / "store.sqlite"), tmp_path / "story.html", act_results())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(path.as_uri())
+        act = page.locator("#generative-act")
+        assert page.locator('a[href="#generative-act"]').is_visible()
+        assert act.get_by_role("heading", name="Generative act").is_visible()
+        assert act.locator("ol > li").count() == 8
+        for badge in ("passed", "promoted", "rolled back"):
+            assert act.locator(".badge", has_text=badge).first.is_visible(), badge
+        box = act.locator("table").bounding_box()
+        assert box is not None and box["width"] > 400 and box["height"] > 60, box
+        act.screenshot(path=str(tmp_path / "generative-act.png"))
+        browser.close()
+    assert not errors

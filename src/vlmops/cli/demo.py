@@ -83,7 +83,7 @@ def demo(
         raise typer.Exit(1)
     if loop:
         payload["loop"] = _run_loop(workdir)
-        reason = "the generative act was not run (`vlmops demo --no-generative`)"
+        reason = "the generative act was not run (vlmops demo --no-generative)"
         try:
             if generative:
                 reason = "the generative act stopped with an error before it finished (see the console)"

@@ -238,6 +238,7 @@ def run_generative_act(
         "better": paired["better"],
         "worse": paired["worse"],
         "p_worse": paired["p_worse"],
+        "p_better": paired.get("p_better"),
     }
     say(
         f"    CIDEr-D {base['headline']['cider_d']:.3f} -> {cand['headline']['cider_d']:.3f}; "

@@ -359,7 +359,7 @@ def write_story(
     store: str,
     path: Path,
     generative: dict | None = None,
-    generative_skipped: str = "the generative act was not run (`vlmops demo --no-generative`)",
+    generative_skipped: str = "the generative act was not run (vlmops demo --no-generative)",
 ) -> Path:
     """The demo's HTML story: what happened per phase, the gate, the rollback, the generative act
     (`run_generative_act`'s results, or why it did not run), and the dashboard."""
@@ -373,4 +373,4 @@ def write_story(
     story = [{"id": "story", "title": "Story"}, {"id": "generative-act", "title": "Generative act"}]
     context["sections"] = [*story, *context["sections"]]
     act = generative_story(generative, generative_skipped)
-    return write_html(render("demo.html.j2", story=results, generative=act, **context), path)
+    return write_html(render("demo.html.j2", story=results, generative_act=act, **context), path)
