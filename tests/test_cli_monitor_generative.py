@@ -221,6 +221,7 @@ def test_grounding_falls_when_the_images_change(tmp_path):
         "60",
         "--vocabulary",
         str(vocabulary),
+        "--no-ocr",  # OCR of 180 images is tested in test_monitor_image_injection, on small windows
     )
     detectors = report["results"]["generative"]["detectors"]
     grounding = detectors["grounding"]
@@ -228,3 +229,4 @@ def test_grounding_falls_when_the_images_change(tmp_path):
     assert grounding["evidence"]["window_mean"] < grounding["evidence"]["reference_mean"] - 0.05
     assert "p_value" in detectors["hallucination"]  # ran: kept images and a vocabulary
     assert report["metrics"]["generative.hallucination.window"] >= 0.0
+    assert "--no-ocr" in detectors["image_injection"]["skipped"]

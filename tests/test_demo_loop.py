@@ -30,6 +30,7 @@ def test_the_loop_detects_retrains_gates_promotes_and_rolls_back(tmp_path):
     assert kinds.count("rollback") == 1 and kinds.count("promote") >= 2
     story = write_story(results, str(tmp_path / "store.sqlite"), tmp_path / "story.html").read_text()
     assert "What happened" in story and story.count("<svg") == 2 and "refused" in story
+    assert 'id="generative-act"' in story and "--no-generative" in story  # the act did not run here
     # lineage: every version the loop registered names the data it learned from; gated ones their report's
     lineage = {row["version"]: row for row in results["lineage"]}
     retrained = results["retrain"]["version"]

@@ -83,8 +83,13 @@ def demo(
         raise typer.Exit(1)
     if loop:
         payload["loop"] = _run_loop(workdir)
-        if generative:
-            payload["generative"] = _run_generative(payload["loop"]["workdir"])
+        reason = "the generative act was not run (vlmops demo --no-generative)"
+        try:
+            if generative:
+                reason = "the generative act stopped with an error before it finished (see the console)"
+                payload["generative"] = _run_generative(payload["loop"]["workdir"])
+        finally:  # the loop's story is written even when the generative act fails
+            _write_story(payload["loop"], payload.get("generative"), reason)
     write_json(payload, json_out)
     if loop and not payload["loop"]["succeeded"]:
         raise typer.Exit(1)
@@ -96,21 +101,29 @@ def _run_loop(workdir: Path | None) -> dict:
     import time
 
     from vlmops.config import get_settings
-    from vlmops.demo import run_loop, write_story
+    from vlmops.demo import run_loop
 
     workdir = workdir or get_settings().home / "demo" / time.strftime("%Y%m%d-%H%M%S")
     console.rule("[bold]the closed loop")
     results = run_loop(workdir, say=lambda text: console.print(text, highlight=False))
-    story = write_story(results, str(workdir / "store.sqlite"), workdir / "story.html")
     results["succeeded"] = bool(
         results["gate"]["passed"]
         and results["rollback"]["alerts"]
         and results["rollback"]["after"] == [results["champion"]]
     )
-    results["story"] = str(story)
     results["workdir"] = str(workdir)
-    console.print(f"story report: [bold]{story}[/] ({results['seconds']:.0f} s)")
+    console.print(f"the loop took {results['seconds']:.0f} s")
     return results
+
+
+def _write_story(results: dict, generative: dict | None, reason: str) -> None:
+    """The HTML story of the loop and of the generative act (or why it did not run); its path in `results`."""
+    from vlmops.demo import write_story
+
+    workdir = Path(results["workdir"])
+    story = write_story(results, str(workdir / "store.sqlite"), workdir / "story.html", generative, reason)
+    results["story"] = str(story)
+    console.print(f"story report: [bold]{story}[/]")
 
 
 def _run_generative(workdir: str) -> dict:

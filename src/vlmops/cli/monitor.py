@@ -152,6 +152,11 @@ def run(
         help="Objects for the hallucination estimate, one per line ('dog: puppy'); default: the "
         "reference data's tags.",
     ),
+    ocr: bool = typer.Option(
+        True,
+        "--ocr/--no-ocr",
+        help="Read the text in the kept chat images (Tesseract) for injection attempts drawn into them.",
+    ),
     rules: Path | None = typer.Option(None, "--rules", help="Alert rules YAML; exit 1 when one fires."),
     seed: int = typer.Option(0, "--seed"),
     rollback_canary: bool = typer.Option(
@@ -173,9 +178,12 @@ def run(
     text queries; each runs only when the log holds enough of them.
 
     Chat traffic (/v1/chat/completions) of --chat-version adds generative.{answer_embedding,answer_length,
-    finish_reason,refusal_rate,grounding,hallucination,pii,injection}.{p_value,statistic,drifted,reference,
-    window} (the latest --window exchanges against the earlier ones) and generative.usage.* (latency,
-    TTFT, tokens, cost; per key in the JSON). --model may be a generative model: then only chat is watched.
+    finish_reason,refusal_rate,grounding,hallucination,pii,injection,image_injection}.{p_value,statistic,
+    drifted,reference,window} (the latest --window exchanges against the earlier ones),
+    generative.{injection,image_injection,pii}.count and generative.usage.* (latency, TTFT, tokens, cost;
+    per key in the JSON). grounding, hallucination and image_injection (text in the images, read by
+    Tesseract) need the server's kept images (--images). --model may be a generative model: then only
+    chat is watched.
     """
     from vlmops.evaluate.task import DEFAULT_TEMPLATES
     from vlmops.export.runtimes import load_runtime
@@ -215,6 +223,8 @@ def run(
                 images=images,
                 vocabulary=_chat_vocabulary(images, vocabulary, reference_data),
                 object_template=DEFAULT_TEMPLATES["emoji" if reference_data == "emoji" else "other"][0],
+                ocr=None if ocr else False,
+                progress=progress,
             )
         report = run_monitor(
             log, vlm.info.version, reference, window, seed, generative=generative, chat_version=watched

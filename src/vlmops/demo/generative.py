@@ -184,11 +184,14 @@ def run_generative_act(
     from vlmops.serve.app import create_app
 
     workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     act = ChatAct(workdir, sizes, say)
+    act.results["traffic"] = {phase: len(rows) for phase, rows in act.rows.items()}
     judge = load_model("builtin:emoji-lit")
     champion = load_model("builtin:emoji-captioner")
     act.registry.register(champion.info.version, "builtin:emoji-captioner", champion.info.weights_sha256)
     act.registry.promote(champion.info.version, reason="shipped captioner")
+    act.results["shipped"] = champion.info.version
     say(f"G1. serving {champion.info.version} on /v1/chat/completions (google/twitter emoji)")
     with TestClient(create_app(act.gateway(champion))) as client:
         act.send(client, act.rows["healthy"])
@@ -235,6 +238,7 @@ def run_generative_act(
         "better": paired["better"],
         "worse": paired["worse"],
         "p_worse": paired["p_worse"],
+        "p_better": paired.get("p_better"),
     }
     say(
         f"    CIDEr-D {base['headline']['cider_d']:.3f} -> {cand['headline']['cider_d']:.3f}; "
@@ -277,9 +281,11 @@ def run_generative_act(
         after = act.send(client, act.rows["healthy"][:20])
     act.results["rollback"] = {
         "check": check,
+        "rolled_back": bool(check["worse"]),
         "after": sorted({a["model_version"] for a in after}),
     }
     say(f"    rejected {check['rejected']} of {check['judged']}; afterwards answers come from "
         f"{act.results['rollback']['after']}")  # fmt: skip
     act.results["champion"] = champion.info.version
+    act.results["seconds"] = time.perf_counter() - started
     return act.results

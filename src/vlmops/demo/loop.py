@@ -354,13 +354,23 @@ def lineage(registry: Registry) -> list[dict]:
     return rows
 
 
-def write_story(results: dict, store: str, path: Path) -> Path:
-    """The demo's HTML story: what happened per phase, the gate, the rollback, and the dashboard."""
+def write_story(
+    results: dict,
+    store: str,
+    path: Path,
+    generative: dict | None = None,
+    generative_skipped: str = "the generative act was not run (vlmops demo --no-generative)",
+) -> Path:
+    """The demo's HTML story: what happened per phase, the gate, the rollback, the generative act
+    (`run_generative_act`'s results, or why it did not run), and the dashboard."""
+    from vlmops.demo.story_generative import generative_story
     from vlmops.monitor.dashboard import dashboard_context
     from vlmops.report.html import render, write_html
 
     context = dashboard_context(store)
     context["title"] = "vlmops demo: the closed loop"
     context["subtitle"] = "serve, detect a shift, retrain from feedback, gate, canary, promote, roll back"
-    context["sections"] = [{"id": "story", "title": "Story"}, *context["sections"]]
-    return write_html(render("demo.html.j2", story=results, **context), path)
+    story = [{"id": "story", "title": "Story"}, {"id": "generative-act", "title": "Generative act"}]
+    context["sections"] = [*story, *context["sections"]]
+    act = generative_story(generative, generative_skipped)
+    return write_html(render("demo.html.j2", story=results, generative_act=act, **context), path)

@@ -2,7 +2,7 @@
 
 One row per /v1/chat/completions exchange (`PredictionLog.chats()`): when, which key, which model
 version, the user's text, the answer, how it ended, its tokens, time to first token, latency, cost,
-and the sha256 of the first image (what the kept-image archive is keyed by).
+the sha256 of the first image (what the kept-image archive is keyed by) and of every image.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from vlmops.store.log import PredictionLog, chat_exchanges, requests
 COLUMNS = (
     "request_id", "time", "key_id", "model_version", "model", "mode", "status", "stream", "prompt_text",
     "system_text", "answer", "finish_reason", "tokens_in", "tokens_out", "ttft_ms", "latency_ms",
-    "cost_usd", "image_sha256", "n_images",
+    "cost_usd", "image_sha256", "n_images", "image_sha256s",
 )  # fmt: skip
 
 
@@ -68,6 +68,7 @@ def chats_frame(rows) -> pd.DataFrame:
                 "cost_usd": data["cost_usd"],
                 "image_sha256": hashes[0] if hashes else None,
                 "n_images": len(hashes),
+                "image_sha256s": hashes,
             }
         )
     frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))

@@ -11,7 +11,10 @@ beside ``generative.<name>.{reference,window}``, the value compared, so alert ru
 - ``hallucination``: share of answers with an object the judge does not see in the image, among
   answers that mention one (issue 16's label-free estimate; needs kept images and a vocabulary);
 - ``pii``: share of answers with PII (`audit.pii.scan_text`); examples are masked;
-- ``injection``: share of prompts with a prompt-injection attempt (`text_patterns.INJECTION_PATTERNS`).
+- ``injection``: share of prompts with a prompt-injection attempt (`text_patterns.INJECTION_PATTERNS`);
+- ``image_injection``: share of exchanges whose kept image carries such an attempt in its text, read
+  by OCR (`monitor.image_text`; needs the kept images and Tesseract), with ``generative.image_injection
+  .count``, the exchanges of the window that carry one (a rule ``count > 0`` fires on the first).
 
 Answer detectors read answered exchanges (status ok); finish reasons read all of them. A detector that
 cannot run says why (``{"skipped": reason}``) and has no metrics, so no rule fires on it. Latency, time
@@ -21,7 +24,7 @@ to first token, tokens and cost come overall (``generative.usage.*``) and per ke
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,14 +42,16 @@ from vlmops.monitor.grounding import (
     object_vectors,
     unsupported_flags,
 )
+from vlmops.monitor.image_text import exchange_injections, image_texts
 from vlmops.monitor.mmd import MMDDetector
 from vlmops.monitor.permutation import PermutationShiftDetector
 from vlmops.monitor.text_patterns import injection_matches, refusal_matches
 
 DETECTOR_NAMES = (
     "answer_embedding", "answer_length", "finish_reason", "refusal_rate", "grounding", "hallucination",
-    "pii", "injection",
+    "pii", "injection", "image_injection",
 )  # fmt: skip
+NO_IMAGES = "no kept images: serve with --keep-images DIR and pass it as --images"
 SNIPPET = 160  # characters of a prompt or answer shown as an example
 
 
@@ -64,6 +69,8 @@ class GenerativeConfig:
     alpha: float = 0.05
     seed: int = 0
     examples: int = 5
+    ocr: Any = None  # reads text in kept images (image_injection): None: Tesseract; False: off
+    progress: bool = False  # a bar while OCR reads many images
 
 
 def answer_features(frame: pd.DataFrame) -> pd.DataFrame:
@@ -166,6 +173,7 @@ def generative_section(
         "pii": _examples(win_ok, win_f["pii"].map(bool), "answer", win_f["pii"], k),
         "refusal": _examples(win_ok, win_f["refusal"].map(bool), "answer", win_f["refusal"], k),
     }
+    examples["image_injection"] = _image_injection(section, reference, current)
     section.metrics["generative.injection.count"] = float(all_f["injection"].map(bool).sum())
     section.metrics["generative.pii.count"] = float(win_f["pii"].map(bool).sum())
     usage = usage_summary(current)
@@ -187,7 +195,7 @@ def generative_section(
     return section.metrics, results
 
 
-def _flag(lists: pd.Series) -> np.ndarray:
+def _flag(lists: Iterable) -> np.ndarray:
     """1.0 where the list of matches is non-empty."""
     return np.array([float(bool(v)) for v in lists])
 
@@ -220,7 +228,7 @@ def _judge_detectors(section: _Section, ref_ok: pd.DataFrame, win_ok: pd.DataFra
     if c.judge is None:
         why = "no judge model (pass --judge)"
     elif c.images is None:
-        why = "no kept images: serve with --keep-images DIR and pass it as --images"
+        why = NO_IMAGES
     if why:
         section.skip("grounding", why)
         section.skip("hallucination", why)
@@ -253,3 +261,56 @@ def _judge_detectors(section: _Section, ref_ok: pd.DataFrame, win_ok: pd.DataFra
     if result is not None:
         section.detectors["hallucination"]["evidence"]["unsupported_mentions"] = flags[1][1]
         section.detectors["hallucination"]["evidence"]["answers_with_mentions"] = flags[1][2]
+
+
+def _image_lists(frame: pd.DataFrame) -> list[list[str]]:
+    """Each exchange's image hashes (all of them; the first only in frames built without the list)."""
+    lists = frame["image_sha256s"] if "image_sha256s" in frame else [None] * len(frame)
+    return [
+        [s for s in (v if isinstance(v, list) else [first]) if isinstance(s, str) and s]
+        for v, first in zip(lists, frame["image_sha256"], strict=True)
+    ]
+
+
+def _image_injection(section: _Section, reference: pd.DataFrame, current: pd.DataFrame) -> list[dict]:
+    """Injection attempts written inside the kept images (OCR), as the prompt detector reads prompts;
+    returns the examples. All exchanges count, answered or not, as for prompts."""
+    from vlmops.errors import MissingDependencyError
+
+    c = section.config
+    if c.images is None:
+        section.skip("image_injection", NO_IMAGES)
+        return []
+    if c.ocr is False:
+        section.skip("image_injection", "OCR turned off (--no-ocr)")
+        return []
+    frames = (reference, current)
+    lists = [_image_lists(f) for f in frames]
+    shas = [s for frame_lists in lists for shas in frame_lists for s in shas]
+    try:
+        texts = image_texts(shas, c.images, c.ocr or None, c.cache, c.progress)
+    except MissingDependencyError as exc:
+        section.skip("image_injection", str(exc))
+        return []
+    kept = [np.array([any(s in texts for s in v) for v in frame_lists], dtype=bool) for frame_lists in lists]
+    found = [exchange_injections(frame_lists, texts) for frame_lists in lists]
+    flags = [_flag(f)[k] for f, k in zip(found, kept, strict=True)]
+    section.metrics["generative.image_injection.count"] = float(flags[1].sum())
+    n_ref, n_win = len(flags[0]), len(flags[1])
+    if min(n_ref, n_win) < c.min_window:  # too few for the test: the count and examples still stand
+        section.skip("image_injection", too_few(n_ref, n_win, c.min_window, "exchanges with a kept image"))
+        section.detectors["image_injection"]["count"] = int(flags[1].sum())
+    else:
+        unit = "share of exchanges with a kept image whose text is an injection attempt"
+        section.permutation("image_injection", "mean", flags[0], flags[1], unit)
+        evidence = section.detectors["image_injection"]["evidence"]
+        evidence["unread_images"] = sum(t is None for t in texts.values())
+        evidence["images_read"] = len(texts)
+    window = current[kept[1]]
+    window_found = pd.Series([f for f, k in zip(found[1], kept[1], strict=True) if k], index=window.index)
+    text_of = pd.Series(
+        [" | ".join(texts.get(s) or "" for s in v) for v, k in zip(lists[1], kept[1], strict=True) if k],
+        index=window.index,
+    )
+    rows = window.assign(image_text=text_of)
+    return _examples(rows, window_found.map(bool), "image_text", window_found, c.examples)

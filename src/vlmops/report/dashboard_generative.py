@@ -11,19 +11,21 @@ from vlmops.report.plots import colour, figure_to_svg, index_axis, legend_outsid
 
 GENERATIVE_DETECTORS = (
     "answer_embedding", "answer_length", "finish_reason", "refusal_rate", "grounding", "hallucination",
-    "pii", "injection",
+    "pii", "injection", "image_injection",
 )  # fmt: skip
 RATES = {  # share-valued signals drawn on one 0..1 axis: (metric, label)
     "grounding": ("generative.grounding.window", "grounding (judge cosine)"),
     "hallucination": ("generative.hallucination.window", "hallucination estimate"),
     "refusals": ("generative.refusal_rate.window", "refusal rate"),
     "injections": ("generative.injection.window", "injection attempts"),
+    "image-injections": ("generative.image_injection.window", "injection text in images"),
     "pii": ("generative.pii.window", "answers with PII"),
 }
 
 
 def signals_svg(runs: list[dict]) -> str:
-    """Grounding, hallucination estimate, refusal, injection and PII rates of each pass's window."""
+    """Grounding, hallucination estimate, refusal, injection (prompts, images) and PII rates of each
+    pass's window."""
     if not runs:
         return ""
     with style():
@@ -58,6 +60,7 @@ def _pass_row(run: dict, when: str) -> dict:
         "hallucination": m.get("generative.hallucination.window"),
         "refusal_rate": m.get("generative.refusal_rate.window"),
         "injection_rate": m.get("generative.injection.window"),
+        "image_injection_rate": m.get("generative.image_injection.window"),
         "pii_rate": m.get("generative.pii.window"),
         "ttft_ms_p50": m.get("generative.usage.ttft_ms_p50"),
         "cost_usd": m.get("generative.usage.cost_usd"),
