@@ -25,6 +25,7 @@ from vlmops.serve.admission import Ticket
 from vlmops.serve.browser import add_dashboard_routes
 from vlmops.serve.errors import ApiError
 from vlmops.serve.feedback import verdict
+from vlmops.serve.heap import freeze_startup_heap
 from vlmops.serve.keys import ApiKey
 from vlmops.serve.limits import RateLimiter
 from vlmops.serve.middleware import GatewayMiddleware, error_json
@@ -59,6 +60,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         await gateway.start()
+        freeze_startup_heap()  # full collections skip the model and libraries (serve.heap)
         _app.state.ready = True
         yield
         _app.state.ready = False

@@ -12,12 +12,15 @@ depends on `sync` (SQLite only; Postgres follows its own ``synchronous_commit``)
   fsync (`vlmops.serve.logwriter` calls it in the background): a power cut may take the last moments'
   rows, and one fsync is shared by a whole group of requests instead of paid by each.
 
-Several server processes may write at once: SQLite serialises writers behind its busy timeout,
-Postgres behind row locks.
+Several server processes may write at once: Postgres serialises them behind row locks; on SQLite the
+group writes (`write`, `write_chat`) first queue on a file lock (`vlmops.store.writelock`), which wakes
+the next writer the moment the last one commits instead of after a busy-handler sleep, and every other
+writer waits behind SQLite's busy timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -32,6 +35,7 @@ import sqlalchemy as sa
 
 from vlmops.config import get_settings
 from vlmops.errors import StoreError
+from vlmops.store.writelock import WriterLock
 
 BUSY_TIMEOUT_S = 30.0
 SYNC_MODES = ("full", "group")
@@ -283,6 +287,7 @@ class PredictionLog:
         database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
         # group: acknowledged rows sit in the WAL, written but not yet fsync'd, until `sync` is called
         self.wal_path = Path(f"{database}-wal") if sync == "group" and database else None
+        self._writer_lock = WriterLock(database) if database and database != ":memory:" else None
         try:
             create_tables(self.engine)
             add_missing_columns(self.engine, requests)
@@ -295,7 +300,7 @@ class PredictionLog:
         """Insert rows in one transaction; returns only once they are committed."""
         values = [r.to_row() for r in rows]
         if values:
-            with self.engine.begin() as conn:
+            with self._writing(), self.engine.begin() as conn:
                 conn.execute(requests.insert(), values)
 
     def write_chat(self, pairs: Iterable[tuple[PredictionRow, ChatExchange]]) -> None:
@@ -305,9 +310,10 @@ class PredictionLog:
             if row.request_id != chat.request_id:
                 raise StoreError(f"chat row {chat.request_id} paired with request row {row.request_id}")
         if pairs:
-            with self.engine.begin() as conn:
-                conn.execute(requests.insert(), [row.to_row() for row, _ in pairs])
-                conn.execute(chat_exchanges.insert(), [chat.to_row() for _, chat in pairs])
+            rows, chats = [row.to_row() for row, _ in pairs], [chat.to_row() for _, chat in pairs]
+            with self._writing(), self.engine.begin() as conn:
+                conn.execute(requests.insert(), rows)
+                conn.execute(chat_exchanges.insert(), chats)
 
     def chats(self, since: float | None = None, limit: int | None = None) -> list[sa.Row]:
         """Logged chat exchanges joined with their requests rows, in time order."""
@@ -397,6 +403,12 @@ class PredictionLog:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(feedback).order_by(feedback.c.id)))
 
+    def _writing(self):
+        """The writer lock of a SQLite file (a no-op context for Postgres and in-memory SQLite)."""
+        return self._writer_lock.held() if self._writer_lock is not None else contextlib.nullcontext()
+
     def close(self) -> None:
         """Release pooled connections."""
         self.engine.dispose()
+        if self._writer_lock is not None:
+            self._writer_lock.close()
