@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from test_audit_scan import _write_set
-
 from vlmops.audit.run import CHECKS, AuditInputs, run_audit
 from vlmops.store.cache import open_cache
 from vlmops.store.embed import content_sha256
