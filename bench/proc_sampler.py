@@ -3,7 +3,8 @@ and each Ray Data actor (no psutil needed; Linux only).
 
 `ProcSampler` reads utime+stime of the matching processes every `interval` seconds on a thread of the
 driver; `summary()` gives, per process role, the CPU seconds used while sampling, and how many of each
-actor's threads did real work (over 20 % of its CPU): a single-core actor should have one.
+actor's threads did real work (over 20 % of its CPU after the actor was first seen): a single-core actor
+should have one. Only this process and its descendants are watched (Ray started here), not other users'.
 """
 
 from __future__ import annotations
@@ -31,6 +32,22 @@ def _cpu(path: str) -> float | None:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15 of stat)
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def descends_from(pid: int, root: int) -> bool:
+    """True when `root` is `pid` or one of its ancestors (other users' Ray processes are not ours)."""
+    while pid > 1:
+        if pid == root:
+            return True
+        pid = _parent(pid)
+    return False
+
+
 def role(pid: int, cmdline: str) -> str | None:
     """'driver', 'actor', 'raylet', 'gcs', 'ray-other' or None (not ours to watch)."""
     if pid == os.getpid():
@@ -55,6 +72,7 @@ class ProcSampler(threading.Thread):
         self.samples: dict[int, list[tuple[float, float]]] = {}
         self.roles: dict[int, str] = {}
         self.threads: dict[int, dict[str, float]] = {}
+        self.first_thread_cpu: dict[tuple[int, str], float] = {}
         self._halt = threading.Event()
 
     def _discover(self) -> None:
@@ -64,7 +82,7 @@ class ProcSampler(threading.Thread):
                 "ray-other",
             ):  # idle workers turn actors
                 found = role(int(entry), _cmdline(entry))
-                if found:
+                if found and descends_from(int(entry), os.getpid()):
                     self.roles[int(entry)] = found
 
     def run(self) -> None:
@@ -91,7 +109,8 @@ class ProcSampler(threading.Thread):
         for tid in tasks:
             cpu = _cpu(f"/proc/{pid}/task/{tid}/stat")
             if cpu is not None:
-                seen[tid] = cpu
+                first = self.first_thread_cpu.setdefault((pid, tid), cpu)
+                seen[tid] = cpu - first  # since the thread was first seen
 
     def stop(self) -> None:
         """Stop sampling (joins the thread)."""

@@ -220,7 +220,8 @@ def report(result: dict) -> None:
                 print(f"  {name} r{i}: CPU {d['cpu_ms_per_image']:.2f} ms/img; CPU s by process: {procs}")
                 continue
             actors = "; ".join(
-                f"pid {a['pid']}: {a['images']} img, {a['cpu_ms_per_image']:.2f} CPU ms/img, "
+                f"pid {a['pid']:.0f}: {a['images']:.0f} img, {a['cpu_ms_per_image']:.2f} CPU ms/img, "
+                f"{a['cpu_s'] / a['busy_s']:.2f} cores while in a batch ({a['busy_s']:.1f} s), "
                 f"start-up {a['startup_cpu_s']:.1f} CPU s / {a['startup_wall_s']:.1f} s"
                 for a in d["actors"]
             )
