@@ -14,6 +14,8 @@ Model. Each stage's measured CPU seconds at n0 images are scaled to n as (n / n0
   (`vlmops.audit.neighbours`): each query then scans about n / 32 rows, so n queries cost ~n^2 / 32
   (exponent 2). Were nprobe held at 16, a query would scan 4 sqrt(n) rows: n^1.5. The whole stage is
   scaled so, its linear parts too, which overstates it.
+Memory: the label views hold about six (n, classes) float64 matrices at once (image, caption,
+look-alike and zero-shot probabilities): 100k emoji records with 1,923 labels peaked near 12 GiB.
 Driver-node stages are taken to use all `--cores` cores of that node (faiss and BLAS are threaded, the
 Python parts are not: optimistic); per-image stages all cores of all nodes with no loss (the actor
 start-up, ~2.5 CPU s per actor, is negligible at these sizes).
@@ -29,6 +31,7 @@ from pathlib import Path
 
 PER_IMAGE = ("hashing", "image_scan", "embedding")
 NEIGHBOURS = ("label_views", "labels", "alignment", "duplicates")
+LABEL_VIEW_MATRICES = 6  # image, look-alike, caption, caption look-alike, zero-shot, their mean
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=float, nargs="*", default=[1e6, 1e7])
     parser.add_argument("--nodes", type=int, nargs="*", default=[1, 4, 16])
     parser.add_argument("--dim", type=int, default=384, help="embedding dimensions (emoji-lit: 384)")
+    parser.add_argument("--classes", type=int, default=1923, help="distinct labels (emoji: 1923)")
     return parser.parse_args(argv)
 
 
@@ -69,7 +73,7 @@ def table(args: argparse.Namespace, n0: int, costs: dict[str, float]) -> list[st
     """The Markdown table."""
     lines = [
         f"| images | nodes x {args.cores} cores | per-image stages CPU h (on all nodes) "
-        "| driver stages CPU h (n^2 / n^1.5) | wall h (n^2 / n^1.5) | vectors in driver RAM |",
+        "| driver stages CPU h (n^2 / n^1.5) | wall h (n^2 / n^1.5) | driver RAM: vectors + label views |",
         "|---|---|---|---|---|---|",
     ]
     for n in args.sizes:
@@ -77,9 +81,11 @@ def table(args: argparse.Namespace, n0: int, costs: dict[str, float]) -> list[st
             hi = project(n0, costs, n, nodes, args.cores, 2.0)
             lo = project(n0, costs, n, nodes, args.cores, 1.5)
             gib = 2 * n * args.dim * 4 / 2**30  # image and caption vectors, float32
+            views = LABEL_VIEW_MATRICES * n * args.classes * 8 / 2**30  # (n, classes) float64 each
             lines.append(
                 f"| {n:,.0f} | {nodes} | {hi['spread_cpu_h']:.1f} | {hi['driver_cpu_h']:.1f} / "
-                f"{lo['driver_cpu_h']:.1f} | {hi['wall_h']:.1f} / {lo['wall_h']:.1f} | {gib:.0f} GiB |"
+                f"{lo['driver_cpu_h']:.1f} | {hi['wall_h']:.1f} / {lo['wall_h']:.1f} "
+                f"| {gib:.0f} + {views:,.0f} GiB |"
             )
     return lines
 
