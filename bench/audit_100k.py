@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -122,6 +123,7 @@ def run(manifest: Path, model_uri: str, checks: str, ann_threshold: int | None, 
             fields,
             tier_names,
             ann_threshold=ann_threshold,
+            on_check=lambda name: print(f"  check {name} ({time.strftime('%H:%M:%S')})", flush=True),
         )
     payload = report.to_dict()
     payload["timings"] = {**timer.stages, **payload["timings"]}
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "timings": payload["timings"],
         "summary": payload["summary"],
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "command": "python bench/audit_100k.py " + " ".join(argv or __import__("sys").argv[1:]),
     }
     print(f"\n{n} images, {args.model}; wall seconds from a shared 2-core machine, CPU seconds primary")
