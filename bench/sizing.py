@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 PER_IMAGE = ("hashing", "image_scan", "embedding")
@@ -39,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--audit", type=Path, required=True, help="JSON of bench/audit_100k.py")
     parser.add_argument("--scale", type=Path, default=None, help="JSON of bench/scale.py (actor CPU/img)")
+    parser.add_argument("--smaller", type=Path, default=None, help="a smaller run's JSON: measured exponents")
     parser.add_argument("--cores", type=int, default=16, help="cores per node (default: %(default)s)")
     parser.add_argument("--sizes", type=float, nargs="*", default=[1e6, 1e7])
     parser.add_argument("--nodes", type=int, nargs="*", default=[1, 4, 16])
@@ -100,6 +102,15 @@ def main(argv: list[str] | None = None) -> list[str]:
     for name, cost in costs.items():
         kind = "per image" if name in PER_IMAGE else "neighbours" if name in NEIGHBOURS else "per record"
         print(f"  {name}: {cost:.1f} CPU s ({kind})")
+    if args.smaller:
+        small = json.loads(args.smaller.read_text())
+        n1, c1 = int(small["n"]), {k: float(t["cpu_s"]) for k, t in small["timings"].items()}
+        print(f"measured exponents, CPU s from n = {n1:,} to {n0:,} (the model's in brackets):")
+        for name, cost in audit["timings"].items():
+            if c1.get(name, 0) > 0.5 and cost["cpu_s"] > 0.5:
+                measured = math.log(cost["cpu_s"] / c1[name]) / math.log(n0 / n1)
+                assumed = "1 / 1.5-2" if name in NEIGHBOURS else "1"
+                print(f"  {name}: {measured:.2f} [{assumed}]")
     lines = table(args, n0, costs)
     print("\n".join(lines))
     return lines
