@@ -8,14 +8,17 @@ Model. Each stage's measured CPU seconds at n0 images are scaled to n as (n / n0
   running on the nodes too is an assumption of this table, marked in its header.
 - exponent 1, on the driver node: the per-record checks (provenance, quality, leakage, balance, PII,
   poisoning: per-class statistics and clustering, taken as linear).
-- exponent 2 (upper case) or 1.5 (lower case), on the driver node: the stages whose cost is neighbour
+- exponent 1, 1.5 or 2 (three columns), on the driver node: the stages whose cost is neighbour
   search (label views, labels, alignment's caption swaps, embedding near-duplicates). Above the ANN
   threshold they use a faiss IVF index with nlist = 4 sqrt(n) lists and nprobe = max(16, nlist / 32)
-  (`vlmops.audit.neighbours`): each query then scans about n / 32 rows, so n queries cost ~n^2 / 32
-  (exponent 2). Were nprobe held at 16, a query would scan 4 sqrt(n) rows: n^1.5. The whole stage is
-  scaled so, its linear parts too, which overstates it.
-Memory: the label views hold about six (n, classes) float64 matrices at once (image, caption,
-look-alike and zero-shot probabilities): 100k emoji records with 1,923 labels peaked near 12 GiB.
+  (`vlmops.audit.neighbours`): each query then scans about n / 32 rows, so n queries cost ~n^2 / 32,
+  exponent 2 in the limit; were nprobe held at 16, a query would scan 4 sqrt(n) rows: n^1.5. Between
+  15k and 30k records (`--smaller`) these stages measured 0.7-1.1: there the per-row work (votes,
+  exact similarities, k-means) outweighs the scan, so 1 is the lower case and 2 the upper (the whole
+  stage scaled so, its linear parts too).
+Memory: the driver's peak RSS, measured, scaled linearly (15k: 4.8 GiB, 30k: 9.1 GiB; the 100k run
+was killed by the kernel at 18.5 GiB on a 23 GiB machine). Part of it is the label views' (n, classes)
+float64 probability matrices (image, caption, look-alike, zero-shot; 1,923 classes for emoji).
 Driver-node stages are taken to use all `--cores` cores of that node (faiss and BLAS are threaded, the
 Python parts are not: optimistic); per-image stages all cores of all nodes with no loss (the actor
 start-up, ~2.5 CPU s per actor, is negligible at these sizes).
@@ -32,7 +35,6 @@ from pathlib import Path
 
 PER_IMAGE = ("hashing", "image_scan", "embedding")
 NEIGHBOURS = ("label_views", "labels", "alignment", "duplicates")
-LABEL_VIEW_MATRICES = 6  # image, look-alike, caption, caption look-alike, zero-shot, their mean
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,8 +46,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cores", type=int, default=16, help="cores per node (default: %(default)s)")
     parser.add_argument("--sizes", type=float, nargs="*", default=[1e6, 1e7])
     parser.add_argument("--nodes", type=int, nargs="*", default=[1, 4, 16])
-    parser.add_argument("--dim", type=int, default=384, help="embedding dimensions (emoji-lit: 384)")
-    parser.add_argument("--classes", type=int, default=1923, help="distinct labels (emoji: 1923)")
     return parser.parse_args(argv)
 
 
@@ -75,19 +75,18 @@ def table(args: argparse.Namespace, n0: int, costs: dict[str, float]) -> list[st
     """The Markdown table."""
     lines = [
         f"| images | nodes x {args.cores} cores | per-image stages CPU h (on all nodes) "
-        "| driver stages CPU h (n^2 / n^1.5) | wall h (n^2 / n^1.5) | driver RAM: vectors + label views |",
+        "| driver stages CPU h (n^1 / n^1.5 / n^2) | wall h (n^1 / n^1.5 / n^2) "
+        "| driver peak RSS, measured x n / n0 |",
         "|---|---|---|---|---|---|",
     ]
     for n in args.sizes:
         for nodes in args.nodes:
-            hi = project(n0, costs, n, nodes, args.cores, 2.0)
-            lo = project(n0, costs, n, nodes, args.cores, 1.5)
-            gib = 2 * n * args.dim * 4 / 2**30  # image and caption vectors, float32
-            views = LABEL_VIEW_MATRICES * n * args.classes * 8 / 2**30  # (n, classes) float64 each
+            runs = [project(n0, costs, n, nodes, args.cores, e) for e in (1.0, 1.5, 2.0)]
+            peak = f"{args.peak_gib * n / n0:,.0f}" if args.peak_gib else "?"
+            driver = " / ".join(f"{r['driver_cpu_h']:,.1f}" for r in runs)
+            wall = " / ".join(f"{r['wall_h']:,.1f}" for r in runs)
             lines.append(
-                f"| {n:,.0f} | {nodes} | {hi['spread_cpu_h']:.1f} | {hi['driver_cpu_h']:.1f} / "
-                f"{lo['driver_cpu_h']:.1f} | {hi['wall_h']:.1f} / {lo['wall_h']:.1f} "
-                f"| {gib:.0f} + {views:,.0f} GiB |"
+                f"| {n:,.0f} | {nodes} | {runs[0]['spread_cpu_h']:.1f} | {driver} | {wall} | {peak} GiB |"
             )
     return lines
 
@@ -98,6 +97,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     audit = json.loads(args.audit.read_text())
     scale = json.loads(args.scale.read_text()) if args.scale else None
     n0, costs = stage_costs(audit, scale)
+    args.peak_gib = audit.get("peak_rss_gib")
     print(f"inputs: CPU s per stage at n0 = {n0:,} ({args.audit}" + (f", {args.scale})" if scale else ")"))
     for name, cost in costs.items():
         kind = "per image" if name in PER_IMAGE else "neighbours" if name in NEIGHBOURS else "per record"
