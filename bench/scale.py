@@ -6,7 +6,10 @@ local with 1 torch thread and with 2; a private local Ray (127.0.0.1, `vlmops.sc
 actor x 1 CPU and 2 actors x 1 CPU (`RayImageEmbedder`). Ray is started once, before any timing; each
 Ray job's time includes starting its actors and loading the model in each, as a real job's does.
 Rounds are interleaved (local1, ray1, local2, ray2, ...); the median over rounds is reported with the
-min-max. Targets (issue 18): ray2 / ray1 speed-up >= 1.8; Ray at equal cores at most 10 % slower
+min-max. Wall-clock ratios need a quiet machine; the diagnostics do not: each actor's CPU ms per image
+and start-up CPU (from the actors, `RayImageEmbedder.stats`), the share of the time both actors were
+busy at once, the CPU of every process (driver, raylet, gcs, actors; `proc_sampler`), and the speed-up
+those CPU costs allow. Targets (issue 18): ray2 / ray1 speed-up >= 1.8; Ray at equal cores at most 10 % slower
 than local (ray1 vs local1, ray2 vs local2).
 
     python bench/scale.py                      # first 3000 emoji images, 2 rounds
@@ -17,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
+
+from proc_sampler import ProcSampler
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,7 +52,7 @@ def images(data: str, limit: int) -> list[str]:
 
 
 def time_local(model, paths: list[str], threads: int, batch: int):
-    """Seconds and vectors of the local path with `threads` torch threads."""
+    """Seconds, vectors and process CPU seconds of the local path with `threads` torch threads."""
     import torch
 
     from vlmops.store.cache import EmbeddingCache
@@ -55,16 +61,16 @@ def time_local(model, paths: list[str], threads: int, batch: int):
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         vectors, _ = embed_images_cached(model, paths, EmbeddingCache(":memory:"), batch, progress=False)
-        return time.perf_counter() - start, vectors
+        return time.perf_counter() - start, vectors, time.process_time() - cpu
     finally:
         torch.set_num_threads(saved)
 
 
 def time_ray(model, paths: list[str], actors: int, batch: int):
-    """Seconds, vectors and seconds to the first vector (actor start and model load) of a Ray Data job
-    with `actors` actors of 1 CPU (Ray already connected)."""
+    """Seconds, vectors, seconds to the first vector (actor start and model load) and the actors' own
+    report (`RayImageEmbedder.stats`) of a Ray Data job with `actors` actors of 1 CPU (Ray connected)."""
     from vlmops.scale import RayImageEmbedder
     from vlmops.store.cache import EmbeddingCache
     from vlmops.store.embed import embed_images_cached, use_image_backend
@@ -77,10 +83,11 @@ def time_ray(model, paths: list[str], actors: int, batch: int):
                 first.append(first[0] if first else time.perf_counter())
                 yield chunk
 
-    with use_image_backend(Timed(actors=actors, cpus_per_actor=1)):
+    backend = Timed(actors=actors, cpus_per_actor=1)
+    with use_image_backend(backend):
         start = time.perf_counter()
         vectors, _ = embed_images_cached(model, paths, EmbeddingCache(":memory:"), batch, progress=False)
-        return time.perf_counter() - start, vectors, first[0] - start
+        return time.perf_counter() - start, vectors, first[0] - start, backend.stats.to_dict()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -94,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_model(args.model)
     seconds: dict[str, list[float]] = {"local1": [], "ray1": [], "local2": [], "ray2": []}
     to_first: dict[str, list[float]] = {"ray1": [], "ray2": []}
+    diagnostics: dict[str, list[dict]] = {name: [] for name in seconds}
     reference, worst = None, 0.0
     with connect("local", num_cpus=2) as cluster:
         print(f"{len(paths)} images, {args.model}, batch {args.batch_size}; {cluster.describe()}", flush=True)
@@ -101,12 +109,21 @@ def main(argv: list[str] | None = None) -> dict:
             for name in seconds:
                 cores = int(name[-1])
                 note = ""
+                sampler = ProcSampler()
+                sampler.start()
                 if name.startswith("local"):
-                    took, vectors = time_local(model, paths, cores, args.batch_size)
+                    took, vectors, cpu = time_local(model, paths, cores, args.batch_size)
+                    note = f"  CPU {1000 * cpu / len(paths):.2f} ms/img"
+                    diagnostics[name].append({"cpu_ms_per_image": round(1000 * cpu / len(paths), 3)})
                 else:
-                    took, vectors, first = time_ray(model, paths, cores, args.batch_size)
+                    took, vectors, first, stats = time_ray(model, paths, cores, args.batch_size)
                     to_first[name].append(first)
                     note = f"  (first vector after {first:.1f} s: actor start + model load)"
+                    diagnostics[name].append(stats)
+                sampler.stop()
+                seen = sampler.summary()
+                diagnostics[name][-1]["cpu_s_by_process"] = seen["cpu_s_by_role"]
+                diagnostics[name][-1]["actor_busy_threads"] = seen.get("actor_busy_threads", [])
                 seconds[name].append(took)
                 reference = vectors if reference is None else reference
                 worst = max(worst, float(np.abs(vectors - reference).max()))
@@ -125,11 +142,58 @@ def main(argv: list[str] | None = None) -> dict:
         "ray_overhead_1_core": median["ray1"] / median["local1"] - 1,
         "ray_overhead_2_cores": median["ray2"] / median["local2"] - 1,
         "max_abs_diff": worst,
+        "diagnostics": diagnostics,
+        "derived": derived(diagnostics, len(paths)),
+        "loadavg": os.getloadavg(),
     }
     report(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result
+
+
+def derived(diagnostics: dict[str, list[dict]], images: int) -> dict:
+    """Machine-load-free readings of the diagnostics: CPU per image of each path, the Ray job's whole
+    CPU (actors, driver, Ray's own processes) against the local path's, and the speed-up the actors'
+    CPU costs allow on 2 free cores (start-up paid once per actor, in parallel, then the work split)."""
+
+    def median(name, fn):
+        values = [fn(d) for d in diagnostics[name]]
+        return statistics.median(values) if values else float("nan")
+
+    local = median("local1", lambda d: d["cpu_ms_per_image"])
+    out: dict = {"local1_cpu_ms_per_image": local}
+    lines = []
+    for name in ("ray1", "ray2"):
+        if not diagnostics[name]:
+            continue
+        actor_ms = median(name, lambda d: statistics.mean(a["cpu_ms_per_image"] for a in d["actors"]))
+        startup = median(name, lambda d: max(a["startup_cpu_s"] for a in d["actors"]))
+        total = median(name, lambda d: sum(d["cpu_s_by_process"].values()))
+        busy = median(name, lambda d: d["all_busy_fraction"])
+        out[name] = {
+            "actor_cpu_ms_per_image": actor_ms,
+            "startup_cpu_s": startup,
+            "job_cpu_s": total,
+            "all_busy_fraction": busy,
+        }
+        lines.append(
+            f"{name}: actors {actor_ms:.2f} CPU ms/img in batches (local1 {local:.2f}: "
+            f"{100 * (actor_ms / local - 1):+.1f} %); start-up {startup:.1f} CPU s per actor; whole job "
+            f"{1000 * total / images:.2f} CPU ms/img (all processes); all actors busy {100 * busy:.0f} %"
+        )
+    if diagnostics["ray1"] and diagnostics["ray2"]:
+        per_image = out["ray1"]["actor_cpu_ms_per_image"] / 1000
+        one = out["ray1"]["startup_cpu_s"] + images * per_image
+        two = out["ray2"]["startup_cpu_s"] + images * out["ray2"]["actor_cpu_ms_per_image"] / 1000 / 2
+        out["cpu_bound_speedup_ray2_over_ray1"] = one / two
+        out["cpu_bound_speedup_without_startup"] = per_image / (out["ray2"]["actor_cpu_ms_per_image"] / 2000)
+        lines.append(
+            f"speed-up 2 actors / 1 that the CPU costs allow on 2 free cores: {one / two:.2f} with start-up "
+            f"({images} images), {out['cpu_bound_speedup_without_startup']:.2f} without"
+        )
+    out["lines"] = lines
+    return out
 
 
 def report(result: dict) -> None:
@@ -148,6 +212,26 @@ def report(result: dict) -> None:
             f"Ray overhead at {cores} core(s) vs local: {100 * overhead:+.1f} % (target <= +10 %: {verdict})"
         )
     print(f"max |vector difference| between configurations: {result['max_abs_diff']:.2e}")
+    print("\nDiagnostics (CPU, not wall: meaningful on a shared machine; per round):")
+    for name, rounds in result["diagnostics"].items():
+        for i, d in enumerate(rounds, 1):
+            procs = ", ".join(f"{k} {v:.1f}" for k, v in sorted(d["cpu_s_by_process"].items()))
+            if name.startswith("local"):
+                print(f"  {name} r{i}: CPU {d['cpu_ms_per_image']:.2f} ms/img; CPU s by process: {procs}")
+                continue
+            actors = "; ".join(
+                f"pid {a['pid']:.0f}: {a['images']:.0f} img, {a['cpu_ms_per_image']:.2f} CPU ms/img, "
+                f"{a['cpu_s'] / a['busy_s']:.2f} cores while in a batch ({a['busy_s']:.1f} s), "
+                f"start-up {a['startup_cpu_s']:.1f} CPU s / {a['startup_wall_s']:.1f} s"
+                for a in d["actors"]
+            )
+            actors += f"; threads doing work per actor {d['actor_busy_threads']}"
+            print(
+                f"  {name} r{i}: {actors}; all actors busy {100 * d['all_busy_fraction']:.0f} % of the "
+                f"{d['busy_span_s']:.1f} s they worked; CPU s by process: {procs}"
+            )
+    for line in result["derived"]["lines"]:
+        print(line)
 
 
 if __name__ == "__main__":

@@ -51,10 +51,12 @@ def crash_job(out: str, marker: str, manifest: str, batch_size: int = 8) -> None
     model = load_model("builtin:emoji-lit")
     local, _ = embed_images_cached(model, paths, EmbeddingCache(":memory:"), batch_size, progress=False)
     cache = EmbeddingCache(Path(out).with_suffix(".sqlite"))
-    with connect("local") as cluster, use_image_backend(RayImageEmbedder(2, 1.0, loader=CrashOnce(marker))):
+    backend = RayImageEmbedder(2, 1.0, loader=CrashOnce(marker))
+    with connect("local") as cluster, use_image_backend(backend):
         remote, stats = embed_images_cached(model, paths, cache, batch_size, progress=True)
     np.savez(out, local=local, remote=remote)
     summary = {"cluster": cluster.describe(), "stats": stats.to_dict(), "cached": cache.count()}
+    summary["ray"] = backend.stats.to_dict()
     Path(out).with_suffix(".json").write_text(json.dumps(summary))
 
 

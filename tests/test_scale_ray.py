@@ -100,6 +100,12 @@ def test_killed_worker_is_retried_with_the_same_result(guard: Guard, manifest: P
     assert np.abs(arrays["local"] - arrays["remote"]).max() <= 1e-6
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["cached"] == summary["stats"]["unique"] == summary["stats"]["misses"]
+    actors = summary["ray"][
+        "actors"
+    ]  # what each actor did: every image counted once, by the batch that returned
+    assert sum(a["images"] for a in actors) == summary["stats"]["misses"]
+    assert all(a["cpu_ms_per_image"] > 0 and a["startup_cpu_s"] > 0 and a["busy_s"] > 0 for a in actors)
+    assert 0.0 <= summary["ray"]["all_busy_fraction"] <= 1.0
     assert_loopback_only(guard)
 
 

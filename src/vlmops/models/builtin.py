@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 from vlmops.errors import ModelLoadError
 from vlmops.models.base import VLM, ModelInfo, embed_in_batches, sha256_file
 from vlmops.models.preprocess import TO_RGB_ID
-from vlmops.models.towers import ImageTower, ImageTowerConfig, TextTower, pixels_from_images
+from vlmops.models.towers import ImageTower, ImageTowerConfig, TextTower, minilm_dir, pixels_from_images
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,8 +72,20 @@ class EmojiLit:
         self.card = card  # the model card written by `vlmops train` (None for an untrained candidate)
         self.logit_scale = float(logit_scale)
         self.info = info
-        self.text_tower = text_tower or TextTower()
+        self._text_tower = text_tower
+        self._text_path = minilm_dir() if text_tower is None else None  # missing weights fail now
+        self._text_lock = threading.Lock()
         self.batch_size = batch_size
+
+    @property
+    def text_tower(self) -> TextTower:
+        """The frozen text tower, loaded on first use: a job that only embeds images (a Ray actor, the
+        audit's image pass) never pays for importing transformers and reading MiniLM (~3 CPU-s)."""
+        if self._text_tower is None:
+            with self._text_lock:
+                if self._text_tower is None:
+                    self._text_tower = TextTower(self._text_path)
+        return self._text_tower
 
     @property
     def transform_id(self) -> str:

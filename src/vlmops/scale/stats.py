@@ -1,0 +1,91 @@
+"""What each actor of a Ray embedding job did: its start-up, its batches, its CPU, and how much of the
+job's time every actor was busy at once; the numbers that say whether adding actors can speed a job up,
+whatever else the machine is running.
+
+Each `EmbedActor` batch reports its process id, wall start and end (``time.time``, comparable across
+the processes of one node) and the process CPU seconds it used; `RayJobStats.from_batches` sums them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class ActorStats:
+    """One actor: its start-up (process, imports, model load) and its share of the batches."""
+
+    pid: int
+    startup_wall_s: float
+    startup_cpu_s: float
+    batches: int
+    images: int
+    busy_s: float  # wall seconds inside batches
+    cpu_s: float  # process CPU seconds inside batches (every thread of the actor)
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        """Process CPU milliseconds per image embedded (decode + model)."""
+        return 1000 * self.cpu_s / self.images if self.images else 0.0
+
+
+@dataclass(frozen=True)
+class RayJobStats:
+    """Per-actor stats of one job and the fraction of its busy time that every actor was busy at once."""
+
+    actors: list[ActorStats] = field(default_factory=list)
+    all_busy_fraction: float = 0.0  # of the time at least one actor was inside a batch
+    busy_span_s: float = 0.0  # first batch start to last batch end
+
+    @classmethod
+    def from_batches(cls, rows: list[tuple[int, float, float, float, int, float, float]]) -> RayJobStats:
+        """`rows`: (pid, start, end, cpu_s, images, startup_wall_s, startup_cpu_s) of each batch."""
+        if not rows:
+            return cls()
+        per: dict[int, list] = {}
+        for pid, start, end, cpu, images, boot_wall, boot_cpu in rows:
+            entry = per.setdefault(pid, [boot_wall, boot_cpu, 0, 0, 0.0, 0.0, []])
+            entry[2] += 1
+            entry[3] += images
+            entry[4] += end - start
+            entry[5] += cpu
+            entry[6].append((start, end))
+        actors = [
+            ActorStats(pid, round(e[0], 3), round(e[1], 3), e[2], e[3], round(e[4], 3), round(e[5], 3))
+            for pid, e in sorted(per.items())
+        ]
+        spans = [sorted(e[6]) for e in per.values()]
+        any_s = _length(_union([s for actor in spans for s in actor]))
+        all_s = _length(_intersection([_union(actor) for actor in spans]))
+        every = [s for actor in spans for s in actor]
+        span = max(end for _, end in every) - min(start for start, _ in every)
+        return cls(actors, round(all_s / any_s, 3) if any_s else 0.0, round(span, 3))
+
+    def to_dict(self) -> dict:
+        """JSON-ready, with each actor's CPU ms per image."""
+        return {
+            "actors": [{**asdict(a), "cpu_ms_per_image": round(a.cpu_ms_per_image, 3)} for a in self.actors],
+            "all_busy_fraction": self.all_busy_fraction,
+            "busy_span_s": self.busy_span_s,
+        }
+
+
+def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def _intersection(unions: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:
+    common = unions[0]
+    for other in unions[1:]:
+        common = [(max(a, c), min(b, d)) for a, b in common for c, d in other if max(a, c) < min(b, d)]
+    return common
+
+
+def _length(spans: list[tuple[float, float]]) -> float:
+    return sum(end - start for start, end in spans)

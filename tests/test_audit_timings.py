@@ -1,0 +1,57 @@
+"""The audit's per-stage ``timings``: wall and CPU seconds of the image scan, the embedding, the label
+views and each check, with the embedding counted once in its own stage (not in the first check that
+reads it)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from test_audit_scan import _write_set
+from vlmops.audit.run import CHECKS, AuditInputs, run_audit
+from vlmops.store.cache import open_cache
+from vlmops.store.embed import content_sha256
+from vlmops.timing import StageTimer
+
+BURN_S = 0.3
+
+
+def _burn(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_stage_timer_tells_cpu_from_waiting() -> None:
+    timer = StageTimer()
+    with timer.stage("sleep"):
+        time.sleep(0.3)
+    with timer.stage("burn"):
+        _burn(0.3)
+    with timer.stage("burn"):  # a stage timed twice adds up
+        _burn(0.1)
+    assert timer.stages["sleep"]["wall_s"] >= 0.29 and timer.stages["sleep"]["cpu_s"] < 0.1
+    assert timer.stages["burn"]["cpu_s"] >= 0.39
+    assert timer.wall() == {name: entry["wall_s"] for name, entry in timer.stages.items()}
+
+
+def test_audit_reports_cpu_and_wall_per_stage_with_embedding_apart(tmp_path: Path, fake_model) -> None:
+    frame = _write_set(tmp_path / "images")
+
+    class SlowModel(fake_model):
+        def embed_images(self, images):
+            _burn(BURN_S)  # CPU spent embedding: must land in the embedding stage
+            return super().embed_images(images)
+
+    keys = [content_sha256(p) for p in frame["image"]]
+    with open_cache(str(tmp_path / "store.sqlite")) as cache:
+        inputs = AuditInputs(frame, keys, SlowModel(), cache, False)
+        report = run_audit(inputs, list(CHECKS), {}, [], [], min_n=3)
+    timings = json.loads(json.dumps(report.to_dict()))["timings"]
+    assert list(timings) == ["image_scan", "embedding", "label_views", *CHECKS]
+    for entry in timings.values():
+        assert set(entry) == {"wall_s", "cpu_s"} and entry["wall_s"] >= 0 and entry["cpu_s"] >= 0
+    assert timings["embedding"]["cpu_s"] >= BURN_S * 0.9
+    assert timings["duplicates"]["cpu_s"] < BURN_S * 0.9  # the vectors were there already
+    assert report.meta["timing_seconds"] == {name: e["wall_s"] for name, e in timings.items()}
