@@ -137,18 +137,11 @@ def test_the_story_section_says_when_there_was_no_canary_or_no_act():
 def test_the_story_page_shows_the_act_in_chromium(tmp_path):
     """The whole story page (an empty loop and store, this act): the section is linked from the contents,
     laid out, and its badges are visible."""
-    from playwright.sync_api import sync_playwright
-
-    from test_dashboard import _chromium
+    from html_check import chromium_page
     from vlmops.demo import write_story
 
     path = write_story({}, str(tmp_path / "store.sqlite"), tmp_path / "story.html", act_results())
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(path.as_uri())
+    with chromium_page(path) as page:
         act = page.locator("#generative-act")
         assert page.locator('a[href="#generative-act"]').is_visible()
         assert act.get_by_role("heading", name="Generative act").is_visible()
@@ -158,5 +151,3 @@ def test_the_story_page_shows_the_act_in_chromium(tmp_path):
         box = act.locator("table").bounding_box()
         assert box is not None and box["width"] > 400 and box["height"] > 60, box
         act.screenshot(path=str(tmp_path / "generative-act.png"))
-        browser.close()
-    assert not errors
