@@ -130,6 +130,24 @@ def test_dim_mismatch_is_a_clear_error(cache):
     assert cache.delete_model("model-x") == 1 and cache.count() == 1
 
 
+def test_mixed_sizes_and_corrupt_rows_are_clear_errors(cache, store_url):
+    """One call with vectors of two sizes is refused whole; a stored row whose bytes do not match its
+    dimension is named with the fix (both stores share `store.vectors`)."""
+    with pytest.raises(StoreError, match=r"model m have mixed sizes \[3, 4\]"):
+        cache.put_many("m", "t", {"a": np.ones(3), "b": np.ones(4)})
+    assert cache.count() == 0
+    cache.put_many("m", "t", {"a": np.ones(4)})
+    truncate = "UPDATE embeddings SET vector = substr(vector, 1, 12)"
+    if store_url.startswith("postgresql"):
+        with sa.create_engine(store_url).begin() as conn:
+            conn.execute(sa.text(truncate))
+    else:
+        with sqlite3.connect(store_url) as conn:
+            conn.execute(truncate)
+    with pytest.raises(StoreError, match=r"corrupt vector for a in .*; delete .* and re-embed"):
+        cache.get_many("m", "t", ["a"])
+
+
 def test_interrupted_run_keeps_finished_batches(cache, paths, fake_model):
     failing = fake_model(fail_on_batch=2)
     with pytest.raises(RuntimeError, match="batch 2"):

@@ -22,12 +22,12 @@ import numpy as np
 
 from vlmops.config import get_settings
 from vlmops.errors import StoreError
+from vlmops.store.vectors import as_stored, from_stored
 
 SCHEMA_VERSION = "1"
 BUSY_TIMEOUT_S = 30.0
 # Stay well below SQLite's bound-variable limit (999 before 3.32, 32766 after).
 MAX_VARIABLES = 900
-_DTYPE = np.dtype("<f4")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -130,24 +130,16 @@ class EmbeddingCache:
                 ).fetchall()
             )
             for key, dim, blob in rows:
-                if len(blob) != dim * _DTYPE.itemsize:
-                    raise StoreError(
-                        f"corrupt vector for {key} in {self.path}; delete the store and re-embed"
-                    )
-                found[key] = np.frombuffer(blob, dtype=_DTYPE).astype(np.float32)
+                found[key] = from_stored(key, dim, blob, f"in {self.path}; delete the store and re-embed")
         return found
 
     def put_many(self, model_version: str, transform_id: str, items: Mapping[str, np.ndarray]) -> None:
         """Store vectors by content sha256 in one transaction; keys already present are left as they are."""
         if not items:
             return
-        vectors = {key: np.asarray(vec, dtype=_DTYPE).reshape(-1) for key, vec in items.items()}
-        dims = {vec.shape[0] for vec in vectors.values()}
-        if len(dims) != 1:
-            raise StoreError(f"vectors for model {model_version} have mixed sizes {sorted(dims)}")
-        dim = dims.pop()
+        dim, blobs = as_stored(model_version, items)
         now = time.time()
-        rows = [(model_version, key, transform_id, dim, vec.tobytes(), now) for key, vec in vectors.items()]
+        rows = [(model_version, key, transform_id, dim, blob, now) for key, blob in blobs.items()]
         self._retry(lambda: self._write(model_version, dim, rows))
 
     def _write(self, model_version: str, dim: int, rows: list[tuple]) -> None:

@@ -20,10 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
 from vlmops.errors import StoreError
+from vlmops.store.vectors import as_stored, from_stored
 
 SCHEMA_VERSION = "1"
 CHUNK = 5000  # keys per SELECT ... IN (postgres allows 65535 bound parameters)
-_DTYPE = np.dtype("<f4")
 T = TypeVar("T")
 
 metadata = sa.MetaData()
@@ -110,25 +110,19 @@ class PostgresEmbeddingCache:
                     t.content_sha256.in_(unique[start : start + CHUNK]),
                 )
                 for key, dim, blob in self._run(lambda q=query: conn.execute(q).all()):
-                    if len(blob) != dim * _DTYPE.itemsize:
-                        raise StoreError(f"corrupt vector for {key} in {self._where}; delete it and re-embed")
-                    found[key] = np.frombuffer(bytes(blob), dtype=_DTYPE).astype(np.float32)
+                    found[key] = from_stored(key, dim, blob, f"in {self._where}; delete it and re-embed")
         return found
 
     def put_many(self, model_version: str, transform_id: str, items: Mapping[str, np.ndarray]) -> None:
         """Store vectors by content sha256 in one transaction; keys already present are left as they are."""
         if not items:
             return
-        vectors = {key: np.asarray(vec, dtype=_DTYPE).reshape(-1) for key, vec in items.items()}
-        dims = {vec.shape[0] for vec in vectors.values()}
-        if len(dims) != 1:
-            raise StoreError(f"vectors for model {model_version} have mixed sizes {sorted(dims)}")
-        dim = dims.pop()
+        dim, blobs = as_stored(model_version, items)
         now = time.time()
         rows = [
             {"model_version": model_version, "content_sha256": key, "transform_id": transform_id,
-             "dim": dim, "vector": vec.tobytes(), "created_at": now}
-            for key, vec in vectors.items()
+             "dim": dim, "vector": blob, "created_at": now}
+            for key, blob in blobs.items()
         ]  # fmt: skip
 
         def write() -> None:
