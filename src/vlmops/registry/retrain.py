@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from vlmops.evaluate.task import EvalTask
 from vlmops.models.builtin import BUILTIN_MODELS, EmojiLit
 from vlmops.models.towers import ImageTower
 from vlmops.models.training import augment
+from vlmops.registry.retrain_card import retrain_sections
 from vlmops.serve.archive import ImageArchive
 from vlmops.store.log import PredictionLog, prediction_of
 
@@ -229,24 +230,10 @@ def retrain_from_feedback(
         model.tower, pixels, torch.tensor(targets), class_emb, model.logit_scale, config, weights
     )
     data_version = retrain_data_version(examples, task, chosen)
-    extra = {
-        "parent": model.info.version,
-        "data_version": data_version,
-        "feedback": counts,
-        "feedback_from": feedback_from,
-        "replay": len(chosen),
-        "config": asdict(config),
-        "history": history,
-    }
-    parent_data = (model.card or {}).get("data") or {}
-    data = {
-        **parent_data,
-        "train_version": data_version,
-        "parent_train_version": parent_data.get("train_version"),
-        "n_train_images": len(images),
-        "feedback_examples": len(examples),
-        "replay_images": len(chosen),
-    }
+    extra, data = retrain_sections(
+        model, data_version, counts, feedback_from, len(chosen), config, history,
+        n_train_images=len(images), feedback_examples=len(examples), replay_images=len(chosen),
+    )  # fmt: skip
     save_retrained(model, tower, out, extra, data)
     info = load_model(f"builtin:emoji-lit@{out}").info  # its version comes from the one place that names it
     return {"out": str(out), "version": info.version, "weights_sha256": info.weights_sha256, **extra}

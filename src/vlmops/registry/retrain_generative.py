@@ -19,7 +19,7 @@ import copy
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -30,6 +30,7 @@ from torch import nn
 
 from vlmops.errors import VlmopsError
 from vlmops.models.captioner import PAD, EmojiCaptioner, save_captioner
+from vlmops.registry.retrain_card import retrain_sections
 from vlmops.store.log import PredictionLog
 
 
@@ -258,26 +259,14 @@ def retrain_captioner(
     weights = torch.tensor([float(config.feedback_repeats)] * len(examples) + [1.0] * len(questions))
     decoder, history = fine_tune_decoder(model, paths, prompts, answers, weights, config)
     data_version = caption_data_version(examples, questions, manifest)
-    extra = {
-        "parent": model.info.version,
-        "data_version": data_version,
-        "feedback": counts,
-        "feedback_from": feedback_from,
-        "replay": len(questions),
-        "config": asdict(config),
-        "history": history,
-    }
-    parent_data = (model.card or {}).get("data") or {}
+    extra, data = retrain_sections(
+        model, data_version, counts, feedback_from, len(questions), config, history,
+        feedback_examples=len(examples), replay_questions=len(questions),
+    )  # fmt: skip
     card = {
         **{k: v for k, v in (model.card or {}).items() if k not in ("decoder", "weights_sha256")},
         "retrain": extra,
-        "data": {
-            **parent_data,
-            "train_version": data_version,
-            "parent_train_version": parent_data.get("train_version"),
-            "feedback_examples": len(examples),
-            "replay_questions": len(questions),
-        },
+        "data": data,
     }
     save_captioner(decoder, model.tokenizer, card, out)
     info = load_model(f"builtin:emoji-captioner@{out}").info
