@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from vlmops.audit.findings import CheckResult, Finding
+from vlmops.audit.scan import EMBEDDING_CHECKS
 from vlmops.errors import DataError
 from vlmops.models.base import VLM
 from vlmops.store.cache import EmbeddingCache
@@ -32,7 +33,6 @@ CHECKS = (
     "pii",
     "poisoning",
 )
-EMBEDDING_CHECKS = ("duplicates", "labels", "alignment", "poisoning")  # read the image embeddings
 NEEDS_MODEL = {
     "labels": "label issues need out-of-sample probabilities from embeddings",
     "alignment": "caption-image alignment needs a model's similarity scores",

@@ -55,9 +55,9 @@ class RayJobStats:
             for pid, e in sorted(per.items())
         ]
         spans = [sorted(e[6]) for e in per.values()]
-        any_s = _length(_union([s for actor in spans for s in actor]))
-        all_s = _length(_intersection([_union(actor) for actor in spans]))
         every = [s for actor in spans for s in actor]
+        any_s = _length(_union(every))
+        all_s = _length(_intersection([_union(actor) for actor in spans]))
         span = max(end for _, end in every) - min(start for start, _ in every)
         return cls(actors, round(all_s / any_s, 3) if any_s else 0.0, round(span, 3))
 
