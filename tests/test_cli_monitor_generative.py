@@ -151,8 +151,15 @@ def check_dashboard(store: str, tmp_path) -> None:
             for gid in gids:
                 line = page.locator(f'[id$="{gid}"] path').first
                 assert line.is_visible() and (line.get_attribute("d") or "").count("L") >= 1, gid
-        rows = page.locator("#generative table").nth(1).locator("tbody tr")
+        tables = page.locator("#generative table")
+        rows = tables.nth(2).locator("tbody tr")  # after the two per-window tables
         assert rows.count() == 1  # the latest window: key k1 only (the shifted traffic)
+        for i in range(2):
+            assert tables.nth(i).locator("tbody tr").count() == 2, i  # one row per monitoring pass
+        # every table fits the page width (none scrolls sideways) and shows acronyms as such
+        widths = page.eval_on_selector_all("#generative div.scroll", "ds => ds.map(d => d.scrollWidth - d.clientWidth)")
+        assert widths and max(widths) <= 0, widths
+        assert page.get_by_role("columnheader", name="TTFT ms p50").count() == 2
         panel = page.locator("#generative")
         for kind in ("injection", "refusal"):  # example rows, with the patterns they matched
             assert panel.get_by_role("cell", name=kind, exact=True).count() >= 1, kind

@@ -55,7 +55,10 @@ def format_percent(value: object, digits: int = 1) -> str:
     return f"{float(value) * 100:.{digits}f}%"
 
 
-_WORDS = {"auc": "AUC", "ece": "ECE", "mce": "mCE", "nll": "NLL", "ci": "CI", "rss": "RSS", "uri": "URI"}
+_WORDS = {
+    "auc": "AUC", "ece": "ECE", "mce": "mCE", "nll": "NLL", "ci": "CI", "rss": "RSS", "uri": "URI",
+    "pii": "PII", "ttft": "TTFT", "usd": "USD",
+}  # fmt: skip
 
 
 def humanize(name: object) -> str:
