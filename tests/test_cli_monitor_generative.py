@@ -157,7 +157,8 @@ def check_dashboard(store: str, tmp_path) -> None:
         for i in range(2):
             assert tables.nth(i).locator("tbody tr").count() == 2, i  # one row per monitoring pass
         # every table fits the page width (none scrolls sideways) and shows acronyms as such
-        widths = page.eval_on_selector_all("#generative div.scroll", "ds => ds.map(d => d.scrollWidth - d.clientWidth)")
+        overflow = "ds => ds.map(d => d.scrollWidth - d.clientWidth)"
+        widths = page.eval_on_selector_all("#generative div.scroll", overflow)
         assert widths and max(widths) <= 0, widths
         assert page.get_by_role("columnheader", name="TTFT ms p50").count() == 2
         panel = page.locator("#generative")
