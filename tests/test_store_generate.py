@@ -79,3 +79,56 @@ def test_without_a_cache_every_pair_is_generated(pngs):
     assert model.pairs == 10
     with pytest.raises(ValueError, match="5 images but 1 prompts"):
         generate_cached(model, pngs, ["Describe."], DecodingParams())
+
+
+class ReversedBackend:
+    """Generates here with its own copy of the model, but returns the chunks last-first (as a cluster
+    may) and can lose the first `drop` items: the caller must reorder, cache and notice the loss."""
+
+    def __init__(self, chunk: int = 2, drop: int = 0) -> None:
+        self.chunk, self.drop = chunk, drop
+        self.items: list = []
+
+    def generate_pairs(self, model, items, params, batch_size):
+        from vlmops.store.generate import generate_batch, load_source
+
+        self.items = list(items)
+        kept = self.items[self.drop :]
+        chunks = [kept[i : i + self.chunk] for i in range(0, len(kept), self.chunk)]
+        for chunk in reversed(chunks):
+            images = [load_source(image) for _, image, _ in chunk]
+            yield [key for key, _, _ in chunk], generate_batch(model, images, [p for *_, p in chunk], params)
+
+
+def test_a_generation_backend_gets_only_the_misses_and_answers_keep_input_order(tmp_path, pngs):
+    from vlmops.store.generate import DerivedImage, use_generation_backend
+
+    cache = EmbeddingCache(tmp_path / "store.sqlite")
+    model = CountingCaptioner()
+    flipped = DerivedImage(pngs[1], "flip", lambda im: im.transpose(0))
+    images, prompts = [*pngs, flipped, pngs[0]], ["Describe."] * 7
+    local, _ = generate_cached(CountingCaptioner(), images, prompts, DecodingParams())
+    generate_cached(model, images[:2], prompts[:2], DecodingParams(), cache)  # two pairs cached first
+    backend = ReversedBackend()
+    counts: list[int] = []
+    with use_generation_backend(backend):
+        remote, stats = generate_cached(
+            model, images, prompts, DecodingParams(), cache, on_batch=counts.append
+        )
+    assert remote == local  # input order restored, the derived image made on the backend's side
+    assert [image for _, image, _ in backend.items] == [*pngs[2:], flipped]  # the misses only, once each
+    assert (stats.hits, stats.misses, sum(counts)) == (2, 4, 4)
+    _, stats = generate_cached(model, images, prompts, DecodingParams(), cache)  # outside: local again
+    assert stats.misses == 0  # the backend's answers were cached
+
+
+def test_a_generation_backend_that_loses_answers_is_an_error_and_keeps_what_came_back(tmp_path, pngs):
+    from vlmops.errors import VlmopsError
+    from vlmops.store.generate import use_generation_backend
+
+    cache = EmbeddingCache(tmp_path / "store.sqlite")
+    model = CountingCaptioner()
+    with use_generation_backend(ReversedBackend(drop=2)), pytest.raises(VlmopsError, match="2 of 5 prompts"):
+        generate_cached(model, pngs, ["Describe."] * 5, DecodingParams(), cache)
+    _, stats = generate_cached(model, pngs, ["Describe."] * 5, DecodingParams(), cache)
+    assert (stats.hits, stats.misses) == (3, 2)

@@ -6,20 +6,29 @@ image's sha256, the prompt and every decoding parameter, so a re-run with the sa
 recomputes only metrics, and a change of any of them generates again. Misses are written after each
 batch, so an interrupted run keeps what it finished. Sampling (temperature > 0) is cached too: the
 seed is part of the key, and models that honour it repeat themselves.
+
+Answers may be generated elsewhere: inside `use_generation_backend(backend)`, the misses of
+`generate_cached` go to `backend.generate_pairs` (e.g. `vlmops.scale`'s Ray Data actor pool), which
+streams back ``(keys, generations)`` chunks in any order; they are checked, cached and counted exactly
+as local batches.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from PIL import Image
 
 from vlmops.data.images import load_image
+from vlmops.errors import VlmopsError
 from vlmops.models.base import Generation, GenerativeVLM, Usage
 from vlmops.store.cache import EmbeddingCache
 from vlmops.store.embed import content_sha256
@@ -49,6 +58,36 @@ class DerivedImage:
 
 
 ImageSource = str | Path | DerivedImage
+GenerationChunks = Iterator[tuple[list[str], list[Generation]]]
+
+
+class GenerationBackend(Protocol):
+    """Somewhere else to generate: yields ``(keys, generations)`` chunks covering every item once."""
+
+    def generate_pairs(
+        self,
+        model: GenerativeVLM,
+        items: Sequence[tuple[str, ImageSource, str]],
+        params: DecodingParams,
+        batch_size: int,
+    ) -> GenerationChunks:
+        """Answer `items` ((cache key, image, prompt) triples) with a copy of `model`; chunks in any order."""
+        ...
+
+
+_generation_backend: contextvars.ContextVar[GenerationBackend | None] = contextvars.ContextVar(
+    "generation_backend", default=None
+)
+
+
+@contextlib.contextmanager
+def use_generation_backend(backend: GenerationBackend | None) -> Iterator[None]:
+    """Within the block, `generate_cached` sends its misses to `backend` (None: generate here)."""
+    token = _generation_backend.set(backend)
+    try:
+        yield
+    finally:
+        _generation_backend.reset(token)
 
 
 @dataclass(frozen=True)
@@ -72,11 +111,11 @@ def generation_key(image_sha256: str, prompt: str, params: DecodingParams) -> st
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def _to_json(generation: Generation) -> str:
+def to_json(generation: Generation) -> str:
     return json.dumps(generation.to_dict(), ensure_ascii=False)
 
 
-def _from_json(text: str) -> Generation:
+def from_json(text: str) -> Generation:
     data = json.loads(text)
     usage = data.pop("usage")
     usage.pop("total_tokens", None)
@@ -92,7 +131,8 @@ def _identity(source: ImageSource, file_hashes: dict[str, str]) -> str:
     return file_hashes[str(source)]
 
 
-def _load(source: ImageSource) -> Image.Image:
+def load_source(source: ImageSource) -> Image.Image:
+    """The image of a file path, or of a `DerivedImage` made from its file."""
     if isinstance(source, DerivedImage):
         return source.make(load_image(source.source))
     return load_image(source)
@@ -123,28 +163,68 @@ def generate_cached(
     for i, key in enumerate(keys):
         first.setdefault(key, i)
     found = cache.get_generations(model.info.version, list(first)) if cache is not None else {}
-    answers = {key: _from_json(text) for key, text in found.items()}
+    answers = {key: from_json(text) for key, text in found.items()}
     missing = [key for key in first if key not in answers]
-    for start in range(0, len(missing), batch_size):
-        chunk = missing[start : start + batch_size]
-        batch_images = [_load(images[first[key]]) for key in chunk]
-        batch_prompts = [prompts[first[key]] for key in chunk]
-        produced = model.generate(
-            batch_images,
-            batch_prompts,
-            max_tokens=params.max_tokens,
-            temperature=params.temperature,
-            seed=params.seed,
-            logprobs=params.logprobs,
-        )
-        new = dict(zip(chunk, produced, strict=True))
+    backend = _generation_backend.get()
+    if backend is None:
+        chunks = _local_chunks(model, images, prompts, params, first, missing, batch_size)
+    else:
+        items = [(key, images[first[key]], prompts[first[key]]) for key in missing]
+        chunks = backend.generate_pairs(model, items, params, batch_size)
+    wanted = set(missing)
+    for chunk, produced in chunks:
+        if len(produced) != len(chunk):
+            raise VlmopsError(
+                f"model {model.info.uri} returned {len(produced)} answers for {len(chunk)} prompts: "
+                "the adapter is broken"
+            )
+        new = {k: g for k, g in zip(chunk, produced, strict=True) if k in wanted and k not in answers}
         answers.update(new)
         if cache is not None:
-            cache.put_generations(model.info.version, {key: _to_json(g) for key, g in new.items()})
+            cache.put_generations(model.info.version, {key: to_json(g) for key, g in new.items()})
         if on_batch:
-            on_batch(len(chunk))
+            on_batch(len(new))
+    if lost := [key for key in missing if key not in answers]:
+        raise VlmopsError(f"{len(lost)} of {len(missing)} prompts came back without an answer; run again")
     generated = sum(answers[key].usage.completion_tokens or 0 for key in missing)
     stats = GenerateStats(
         len(keys), len(first), len(found), len(missing), time.perf_counter() - began, generated
     )
     return [answers[key] for key in keys], stats
+
+
+def _local_chunks(
+    model: GenerativeVLM,
+    images: Sequence[ImageSource],
+    prompts: Sequence[str],
+    params: DecodingParams,
+    first: dict[str, int],
+    missing: list[str],
+    batch_size: int,
+) -> GenerationChunks:
+    """The misses generated in this process, `batch_size` distinct pairs at a time."""
+    for start in range(0, len(missing), batch_size):
+        chunk = missing[start : start + batch_size]
+        yield (
+            chunk,
+            generate_batch(
+                model,
+                [load_source(images[first[key]]) for key in chunk],
+                [prompts[first[key]] for key in chunk],
+                params,
+            ),
+        )
+
+
+def generate_batch(
+    model: GenerativeVLM, images: list[Image.Image], prompts: list[str], params: DecodingParams
+) -> list[Generation]:
+    """One `model.generate` call with the decoding settings of `params`."""
+    return model.generate(
+        images,
+        prompts,
+        max_tokens=params.max_tokens,
+        temperature=params.temperature,
+        seed=params.seed,
+        logprobs=params.logprobs,
+    )
