@@ -60,5 +60,39 @@ def crash_job(out: str, marker: str, manifest: str, batch_size: int = 8) -> None
     Path(out).with_suffix(".json").write_text(json.dumps(summary))
 
 
+def generate_job(out: str, manifest: str, limit: int = 8) -> None:
+    """Answer files and images derived from them (a lambda, as the eval's corruptions are) locally, then
+    on a private local Ray with every job sent to the pool; save both as the cache's JSON."""
+    from vlmops.data.manifest import resolve_data
+    from vlmops.models import load_model
+    from vlmops.scale import RayGenerator, connect
+    from vlmops.store.cache import EmbeddingCache
+    from vlmops.store.generate import (
+        DecodingParams,
+        DerivedImage,
+        generate_cached,
+        to_json,
+        use_generation_backend,
+    )
+
+    paths = [str(p) for p in resolve_data(manifest)["image"]][:limit]
+    images = [*paths, *(DerivedImage(p, "rotate:90", lambda im: im.rotate(90)) for p in paths)]
+    prompts = ["Describe this emoji."] * len(images)
+    model = load_model("builtin:emoji-captioner")
+    params = DecodingParams(max_tokens=12)
+    local, _ = generate_cached(model, images, prompts, params, EmbeddingCache(":memory:"), batch_size=4)
+    cache = EmbeddingCache(Path(out).with_suffix(".sqlite"))
+    backend = RayGenerator(2, 1.0, min_items=0)
+    with connect("local"), use_generation_backend(backend):
+        remote, stats = generate_cached(model, images, prompts, params, cache, batch_size=4)
+    summary = {
+        "local": [json.loads(to_json(g)) for g in local],
+        "remote": [json.loads(to_json(g)) for g in remote],
+        "stats": stats.to_dict(),
+        "ray": backend.stats.to_dict(),
+    }
+    Path(out).write_text(json.dumps(summary))
+
+
 if __name__ == "__main__":
     crash_job(*sys.argv[1:4])

@@ -109,6 +109,68 @@ def test_killed_worker_is_retried_with_the_same_result(guard: Guard, manifest: P
     assert_loopback_only(guard)
 
 
+def test_generations_on_local_ray_equal_local_ones_derived_images_included(
+    guard: Guard, manifest: Path
+) -> None:
+    out = guard.tmp / "generate.json"
+    code = "import sys, ray_helpers; ray_helpers.generate_job(*sys.argv[1:])"
+    result = guard.run([sys.executable, "-c", code, str(out), str(manifest)], "generate")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(out.read_text())
+    local, remote = summary["local"], summary["remote"]
+    assert len(local) == len(remote) == 16 and len({g["text"] for g in local}) > 1
+    for a, b in zip(local, remote, strict=True):
+        assert (a["text"], a["token_ids"], a["finish_reason"]) == (
+            b["text"],
+            b["token_ids"],
+            b["finish_reason"],
+        )
+        assert np.allclose(a["token_logprobs"], b["token_logprobs"], atol=1e-5)
+    stats = summary["stats"]
+    assert stats["n"] == 16 and stats["misses"] == stats["unique"] >= 4  # all made on Ray, none cached
+    actors = summary["ray"]["actors"]
+    assert sum(a["images"] for a in actors) == stats["misses"]  # every answer from an actor, counted once
+    assert_loopback_only(guard)
+
+
+def test_caption_eval_on_local_ray_equals_local(guard: Guard) -> None:
+    from vlmops.data.emoji import load_emoji_manifest, manifest_path
+
+    if not manifest_path().exists():
+        pytest.skip("run `vlmops data fetch emoji` first")
+    emoji = load_emoji_manifest()
+    chosen = emoji[emoji["split"] == "test"].sample(12, random_state=0)
+    data = guard.tmp / "captions.jsonl"
+    rows = [{"id": r.id, "image": r.image, "texts": [r.name], "label": r.label} for r in chosen.itertuples()]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    base = [
+        VLMOPS,
+        "eval",
+        "--task",
+        "caption",
+        "-d",
+        str(data),
+        "--suite",
+        "quick",
+        "--judge",
+        "builtin:emoji-lit",
+    ]
+    local = guard.run([*base, "--store", "gl.sqlite", "--json", "gl.json", "--no-progress"], "geval-local")
+    assert local.returncode == 0, local.stderr
+    args = ["--store", "gr.sqlite", "--json", "gr.json", "--ray", "local", "--ray-min-items", "0"]
+    remote = guard.run([*base, *args], "geval-ray")
+    assert remote.returncode == 0, remote.stderr
+    assert "embedding and generating with 2 actor(s)" in " ".join(remote.stderr.split())  # wrapped lines
+    a, b = (json.loads((guard.tmp / name).read_text()) for name in ("gl.json", "gr.json"))
+    assert b["generation"]["misses"] == 12
+    assert a["items"] == b["items"] and a["examples"] == b["examples"]  # the same answers, item by item
+    for key, value in a["headline"].items():
+        if isinstance(value, float) and key != "tokens_per_s":
+            assert value == pytest.approx(b["headline"][key], abs=1e-6, nan_ok=True), key
+    assert_nothing_left_running(guard)
+    assert_loopback_only(guard)
+
+
 def test_bad_address_is_one_clear_error(guard: Guard, manifest: Path) -> None:
     result = guard.run(
         [VLMOPS, "embed", "-m", "builtin:emoji-lit", "-d", str(manifest), "-o", "x.parquet",

@@ -13,28 +13,46 @@ RayOption = typer.Option(
     None,
     "--ray",
     envvar="VLMOPS_RAY_ADDRESS",
-    help="Embed images on Ray Data: 'local' starts a private single-node Ray on 127.0.0.1, 'auto' or "
-    "HOST:PORT joins a running cluster. Default (unset): embed in this process.",
+    help="Embed images (and generate answers) on Ray Data: 'local' starts a private single-node Ray on "
+    "127.0.0.1, 'auto' or HOST:PORT joins a running cluster. Default (unset): work in this process.",
 )
 RayActorsOption = typer.Option(2, "--ray-actors", min=1, help="With --ray: actors in the embedding pool.")
 RayCpusOption = typer.Option(
     1.0, "--ray-cpus-per-actor", min=0.01, help="With --ray: CPUs (and torch threads) per actor."
+)  # one pool size for both kinds of work: a job embeds, then generates, never both at once
+
+
+RayMinItemsOption = typer.Option(
+    None,
+    "--ray-min-items",
+    min=0,
+    help="With --ray: generation jobs with fewer answers to make stay in this process (a pool's start-up "
+    "costs more than it saves on a few hundred answers; an eval's robustness part makes many small jobs). "
+    "Default 512; 0 sends every job to Ray.",
 )
 
 
 @contextlib.contextmanager
-def ray_embedding(address: str | None, actors: int, cpus_per_actor: float) -> Iterator[None]:
-    """Within the block, image embeddings of the store go to a Ray actor pool (nothing when no address)."""
+def ray_embedding(
+    address: str | None, actors: int, cpus_per_actor: float, min_items: int | None = None
+) -> Iterator[None]:
+    """Within the block, the store's image embeddings and generations go to Ray actor pools (nothing
+    when no address)."""
     if address is None or not address.strip():
         yield
         return
-    from vlmops.scale import RayImageEmbedder, connect
+    from vlmops.scale import RayGenerator, RayImageEmbedder, connect
     from vlmops.store.embed import use_image_backend
+    from vlmops.store.generate import use_generation_backend
 
-    backend = RayImageEmbedder(actors=actors, cpus_per_actor=cpus_per_actor)
-    with connect(address) as cluster, use_image_backend(backend):
+    embedder = RayImageEmbedder(actors=actors, cpus_per_actor=cpus_per_actor)
+    generator = RayGenerator(actors=actors, cpus_per_actor=cpus_per_actor)
+    if min_items is not None:
+        generator.min_items = min_items
+    with connect(address) as cluster, use_image_backend(embedder), use_generation_backend(generator):
         console.print(
-            f"[dim]ray:[/] {cluster.describe()}; embedding with {actors} actor(s) x {cpus_per_actor:g} CPU",
+            f"[dim]ray:[/] {cluster.describe()}; embedding and generating with {actors} actor(s) x "
+            f"{cpus_per_actor:g} CPU",
             highlight=False,
         )
         yield

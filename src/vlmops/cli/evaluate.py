@@ -16,7 +16,7 @@ from vlmops.cli._common import (
     results_console,
     write_json,
 )
-from vlmops.cli._ray import RayActorsOption, RayCpusOption, RayOption, ray_embedding
+from vlmops.cli._ray import RayActorsOption, RayCpusOption, RayMinItemsOption, RayOption, ray_embedding
 
 
 def _split_list(value: str | None) -> list[str] | None:
@@ -131,6 +131,7 @@ def evaluate(
     ray: str | None = RayOption,
     ray_actors: int = RayActorsOption,
     ray_cpus_per_actor: float = RayCpusOption,
+    ray_min_items: int | None = RayMinItemsOption,
     json_out: Path | None = JsonOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -149,14 +150,12 @@ def evaluate(
     if task in ("caption", "vqa"):
         from vlmops.cli.evaluate_generative import evaluate_generative
 
-        if ray is not None:
-            raise typer.BadParameter("--ray runs --task classify only for now", param_hint="--ray")
-
-        evaluate_generative(
-            model or "builtin:emoji-captioner", data, task, split, suite, prompt, judge, max_tokens,
-            temperature, seed, slice_fields, min_n, cluster_by, dollars_per_hour, price_in, price_out,
-            fail_on, store, batch_size, skip_unreadable, html, json_out, progress, vocabulary,
-        )  # fmt: skip
+        with ray_embedding(ray, ray_actors, ray_cpus_per_actor, ray_min_items):  # answers, judge vectors
+            evaluate_generative(
+                model or "builtin:emoji-captioner", data, task, split, suite, prompt, judge, max_tokens,
+                temperature, seed, slice_fields, min_n, cluster_by, dollars_per_hour, price_in, price_out,
+                fail_on, store, batch_size, skip_unreadable, html, json_out, progress, vocabulary,
+            )  # fmt: skip
         return
     if task != "classify":
         raise typer.BadParameter(f"unknown task {task!r}; use classify, caption or vqa", param_hint="--task")

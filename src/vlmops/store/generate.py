@@ -165,11 +165,11 @@ def generate_cached(
     found = cache.get_generations(model.info.version, list(first)) if cache is not None else {}
     answers = {key: from_json(text) for key, text in found.items()}
     missing = [key for key in first if key not in answers]
+    items = [(key, images[first[key]], prompts[first[key]]) for key in missing]
     backend = _generation_backend.get()
     if backend is None:
-        chunks = _local_chunks(model, images, prompts, params, first, missing, batch_size)
+        chunks = local_chunks(model, items, params, batch_size)
     else:
-        items = [(key, images[first[key]], prompts[first[key]]) for key in missing]
         chunks = backend.generate_pairs(model, items, params, batch_size)
     wanted = set(missing)
     for chunk, produced in chunks:
@@ -193,27 +193,17 @@ def generate_cached(
     return [answers[key] for key in keys], stats
 
 
-def _local_chunks(
+def local_chunks(
     model: GenerativeVLM,
-    images: Sequence[ImageSource],
-    prompts: Sequence[str],
+    items: Sequence[tuple[str, ImageSource, str]],
     params: DecodingParams,
-    first: dict[str, int],
-    missing: list[str],
     batch_size: int,
 ) -> GenerationChunks:
-    """The misses generated in this process, `batch_size` distinct pairs at a time."""
-    for start in range(0, len(missing), batch_size):
-        chunk = missing[start : start + batch_size]
-        yield (
-            chunk,
-            generate_batch(
-                model,
-                [load_source(images[first[key]]) for key in chunk],
-                [prompts[first[key]] for key in chunk],
-                params,
-            ),
-        )
+    """`items` ((key, image, prompt) triples) answered in this process, `batch_size` at a time."""
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        images = [load_source(image) for _, image, _ in chunk]
+        yield [key for key, _, _ in chunk], generate_batch(model, images, [p for *_, p in chunk], params)
 
 
 def generate_batch(
