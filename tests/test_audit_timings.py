@@ -78,3 +78,18 @@ def test_audit_reports_cpu_and_wall_per_stage_with_embedding_apart(tmp_path: Pat
     assert timings["embedding"]["cpu_s"] >= BURN_S * 0.9
     assert timings["duplicates"]["cpu_s"] < BURN_S * 0.9  # the vectors were there already
     assert report.meta["timing_seconds"] == {name: e["wall_s"] for name, e in timings.items()}
+
+
+def test_the_label_views_are_let_go_after_the_last_check_that_reads_them(tmp_path: Path, fake_model) -> None:
+    """The views hold several (n, classes) matrices (1.5 GiB each per 100k records at 1,923 classes):
+    balance, PII and poisoning run without them."""
+    frame = _write_set(tmp_path / "images")
+    keys = [content_sha256(p) for p in frame["image"]]
+    held = {}
+    with open_cache(str(tmp_path / "store.sqlite")) as cache:
+        inputs = AuditInputs(frame, keys, fake_model(), cache, False)
+        run_audit(
+            inputs, list(CHECKS), {}, [], [], min_n=3, on_check=lambda n: held.update({n: len(inputs.views)})
+        )
+    assert held["labels"] == held["alignment"] == 1
+    assert held["balance"] == held["pii"] == held["poisoning"] == 0 and inputs.views == {}
