@@ -10,8 +10,10 @@ written as a 64x64 RGB PNG, with the source's texts, label, split and attributes
 The audit is the library call `vlmops audit --data <manifest> --model <model>` makes (every check,
 the default --ann-threshold), into a fresh embedding store, so every image is embedded. Stages:
 reading the manifest, hashing the files, then the audit's own ``timings`` (image scan, embedding,
-label views, each check). CPU seconds count every thread of this process; on a shared machine they,
-not the wall seconds, are the cost of a stage.
+label views, each check), each with its peak resident memory (`vlmops.timing.StageTimer`: the
+kernel's high-water mark reset as the stage starts) and the memory held when it ends. CPU seconds
+count every thread of this process; on a shared machine they, not the wall seconds, are the cost of
+a stage.
 
     python bench/audit_100k.py --n 5000 --json /tmp/audit_5k.json      # a try-out
     nice python bench/audit_100k.py --json bench/audit_100k.json        # 100k (20-40 min on 2 cores)
@@ -130,6 +132,13 @@ def run(manifest: Path, model_uri: str, checks: str, ann_threshold: int | None, 
     return payload
 
 
+def peak_gib(timings: dict) -> float:
+    """The run's peak RSS in GiB: the largest stage peak (the timer resets the kernel's high-water mark at
+    each stage, which ``ru_maxrss`` reads too, so that alone may miss an earlier stage's peak)."""
+    stages = [t.get("peak_rss_mib", 0.0) / 1024 for t in timings.values()]
+    return round(max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, *stages]), 2)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Build (or reuse) the set, audit it, print and return the per-stage costs."""
     args = parse_args(argv)
@@ -153,16 +162,24 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "timings": payload["timings"],
         "summary": payload["summary"],
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_rss_gib": peak_gib(payload["timings"]),
         "command": "python bench/audit_100k.py " + " ".join(argv or __import__("sys").argv[1:]),
     }
     print(f"\n{n} images, {args.model}; wall seconds from a shared 2-core machine, CPU seconds primary")
-    print("| stage | CPU s | wall s | CPU ms / image |\n|---|---|---|---|")
+    print("| stage | CPU s | wall s | CPU ms / image | peak RSS GiB | RSS at end GiB |")
+    print("|---|---|---|---|---|---|")
     for name, t in result["timings"].items():
-        print(f"| {name} | {t['cpu_s']:.1f} | {t['wall_s']:.1f} | {1000 * t['cpu_s'] / n:.2f} |")
+        peak, end = t.get("peak_rss_mib", float("nan")) / 1024, t.get("rss_end_mib", float("nan")) / 1024
+        print(
+            f"| {name} | {t['cpu_s']:.1f} | {t['wall_s']:.1f} | {1000 * t['cpu_s'] / n:.2f} "
+            f"| {peak:.2f} | {end:.2f} |"
+        )
     total_cpu = sum(t["cpu_s"] for t in result["timings"].values())
     total_wall = sum(t["wall_s"] for t in result["timings"].values())
-    print(f"| total | {total_cpu:.1f} | {total_wall:.1f} | {1000 * total_cpu / n:.2f} |")
+    print(
+        f"| total | {total_cpu:.1f} | {total_wall:.1f} | {1000 * total_cpu / n:.2f} "
+        f"| {result['peak_rss_gib']:.2f} | |"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -12,18 +12,25 @@ Model. Each stage's measured CPU seconds at n0 images are scaled to n as (n / n0
   search (label views, labels, alignment's caption swaps, embedding near-duplicates). Above the ANN
   threshold they use a faiss IVF index with nlist = 4 sqrt(n) lists and nprobe = max(16, nlist / 32)
   (`vlmops.audit.neighbours`): each query then scans about n / 32 rows, so n queries cost ~n^2 / 32,
-  exponent 2 in the limit; were nprobe held at 16, a query would scan 4 sqrt(n) rows: n^1.5. Between
-  15k and 30k records (`--smaller`) these stages measured 0.7-1.1: there the per-row work (votes,
-  exact similarities, k-means) outweighs the scan, so 1 is the lower case and 2 the upper (the whole
-  stage scaled so, its linear parts too).
-Memory: the driver's peak RSS, measured, scaled linearly (15k: 4.8 GiB, 30k: 9.1 GiB; the 100k run
-was killed by the kernel at 18.5 GiB on a 23 GiB machine). Part of it is the label views' (n, classes)
-float64 probability matrices (image, caption, look-alike, zero-shot; 1,923 classes for emoji).
+  exponent 2 in the limit; were nprobe held at 16, a query would scan 4 sqrt(n) rows: n^1.5. From 30k
+  to 100k records (`--smaller bench/audit_30k.json`, the index forced at 30k, used by default at
+  100k) these stages measured 1.0 (label views), 1.5 (alignment) and 2.0 (embedding near-duplicates),
+  so 1 is the lower case and 2 the upper (the whole stage scaled so, its linear parts too). (The
+  labels and poisoning checks' exponents between those runs mean nothing: issue 18 item 3 made them
+  cheaper in between.)
+Memory: the driver's peak RSS, measured per stage (`StageTimer`'s ``peak_rss_mib``: each stage's own
+peak, the kernel's high-water mark reset as it starts) and scaled linearly from the stage with the
+largest peak, which is named. The dominant holders left after issue 18 item 3 are the label views'
+(n, classes) float64 probability matrices (five kept: image, caption, zero-shot, two look-alike;
+1,923 classes for emoji, 1.5 GiB each per 100k records: 7.7 GiB of the 100k run's 11.6 GiB peak),
+linear in n at a fixed label set. (Before, the 100k run was killed by the kernel at 18.5 GiB: the
+patch hasher kept every window hash.)
 Driver-node stages are taken to use all `--cores` cores of that node (faiss and BLAS are threaded, the
 Python parts are not: optimistic); per-image stages all cores of all nodes with no loss (the actor
 start-up, ~2.5 CPU s per actor, is negligible at these sizes).
 
-    python bench/sizing.py --audit bench/audit_100k.json --scale bench/scale.json --cores 16
+    python bench/sizing.py --audit bench/audit_100k.json --smaller bench/audit_30k.json \\
+        --scale bench/scale_emoji.json --cores 16
 """
 
 from __future__ import annotations
@@ -82,13 +89,24 @@ def table(args: argparse.Namespace, n0: int, costs: dict[str, float]) -> list[st
     for n in args.sizes:
         for nodes in args.nodes:
             runs = [project(n0, costs, n, nodes, args.cores, e) for e in (1.0, 1.5, 2.0)]
-            peak = f"{args.peak_gib * n / n0:,.0f}" if args.peak_gib else "?"
+            peak = f"{args.peak_gib * n / n0:,.0f} GiB" if args.peak_gib else "?"
+            peak += f" ({args.peak_stage})" if args.peak_stage else ""
             driver = " / ".join(f"{r['driver_cpu_h']:,.1f}" for r in runs)
             wall = " / ".join(f"{r['wall_h']:,.1f}" for r in runs)
             lines.append(
-                f"| {n:,.0f} | {nodes} | {runs[0]['spread_cpu_h']:.1f} | {driver} | {wall} | {peak} GiB |"
+                f"| {n:,.0f} | {nodes} | {runs[0]['spread_cpu_h']:.1f} | {driver} | {wall} | {peak} |"
             )
     return lines
+
+
+def peak_stage(audit: dict) -> tuple[str | None, float | None]:
+    """(stage, GiB) of the largest per-stage peak RSS of a run; (None, its lifetime peak) for runs from
+    before stages recorded their peaks."""
+    peaks = {name: t["peak_rss_mib"] / 1024 for name, t in audit["timings"].items() if "peak_rss_mib" in t}
+    if not peaks:
+        return None, audit.get("peak_rss_gib")
+    name = max(peaks, key=peaks.get)
+    return name, peaks[name]
 
 
 def main(argv: list[str] | None = None) -> list[str]:
@@ -97,8 +115,13 @@ def main(argv: list[str] | None = None) -> list[str]:
     audit = json.loads(args.audit.read_text())
     scale = json.loads(args.scale.read_text()) if args.scale else None
     n0, costs = stage_costs(audit, scale)
-    args.peak_gib = audit.get("peak_rss_gib")
+    args.peak_stage, args.peak_gib = peak_stage(audit)
     print(f"inputs: CPU s per stage at n0 = {n0:,} ({args.audit}" + (f", {args.scale})" if scale else ")"))
+    if args.peak_gib:
+        print(
+            f"  driver peak RSS at n0: {args.peak_gib:.2f} GiB"
+            + (f" ({args.peak_stage})" if args.peak_stage else "")
+        )
     for name, cost in costs.items():
         kind = "per image" if name in PER_IMAGE else "neighbours" if name in NEIGHBOURS else "per record"
         print(f"  {name}: {cost:.1f} CPU s ({kind})")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from vlmops.audit.findings import CheckResult, Finding
-from vlmops.audit.stats import MAD_TO_SIGMA, robust_z
+from vlmops.audit.stats import MAD_TO_SIGMA, other_class, robust_z, row_blocks
 from vlmops.errors import DataError
 
 CHUNK = 2048
@@ -146,10 +146,12 @@ def out_of_sample_probs(
 
 def zero_shot_probs(image_emb: np.ndarray, class_emb: np.ndarray, logit_scale: float) -> np.ndarray:
     """Softmax over classes of logit_scale x cosine(image, class text)."""
-    logits = float(logit_scale) * (_normalise(image_emb, np.float64) @ _normalise(class_emb, np.float64).T)
+    logits = _normalise(image_emb, np.float64) @ _normalise(class_emb, np.float64).T
+    logits *= float(logit_scale)  # in place from here: one (n, classes) matrix
     logits -= logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
-    return e / e.sum(axis=1, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=1, keepdims=True)
+    return logits
 
 
 def _confident_joint(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -159,9 +161,12 @@ def _confident_joint(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     sums = np.bincount(labels, weights=probs[np.arange(len(labels)), labels], minlength=n_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         thresholds = np.where(counts > 0, sums / counts, np.inf)  # no items labelled j: never confident j
-    above = probs >= thresholds - 1e-12
-    confident = np.where(above, probs, -1.0).argmax(axis=1)
-    counted = above.any(axis=1)
+    confident = np.empty(len(labels), dtype=np.int64)
+    counted = np.empty(len(labels), dtype=bool)
+    for block in row_blocks(len(labels)):  # no full-size temporaries
+        above = probs[block] >= thresholds - 1e-12
+        confident[block] = np.where(above, probs[block], -1.0).argmax(axis=1)
+        counted[block] = above.any(axis=1)
     joint = np.zeros((n_classes, n_classes))
     np.add.at(joint, (labels[counted], confident[counted]), 1.0)
     rows = joint.sum(axis=1, keepdims=True)
@@ -231,10 +236,7 @@ def both_views_flag(first: np.ndarray, second: np.ndarray, y: np.ndarray) -> np.
     never flags it, even when neither view gives its label any support (with k-NN views: none of the k
     neighbours in either view carries the label).
     """
-    rows = np.arange(len(y))
-    other_a, other_b = first.copy(), second.copy()
-    other_a[rows, y] = other_b[rows, y] = -1.0
-    agree = other_a.argmax(axis=1) == other_b.argmax(axis=1)
+    agree = other_class((first,), y)[0] == other_class((second,), y)[0]
     neither = unsupported(first, y) & unsupported(second, y)
     flagged = confident_learning(first, y)[0] & confident_learning(second, y)[0]
     return (flagged & agree) | neither
@@ -242,9 +244,13 @@ def both_views_flag(first: np.ndarray, second: np.ndarray, y: np.ndarray) -> np.
 
 def best_other(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Per item: the probability of the most probable class other than its given one."""
-    other = np.array(probs, dtype=np.float64, copy=True)
-    other[np.arange(len(y)), y] = -1.0
-    return other.max(axis=1)
+    return other_class((probs,), y)[1]
+
+
+def _rows(matrix: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """matrix[keep], without the copy when `keep` is every row in order."""
+    matrix = np.asarray(matrix)
+    return matrix if len(keep) == len(matrix) else matrix[keep]
 
 
 def label_check(
@@ -288,29 +294,26 @@ def label_check(
     if len(keep) == 0:
         result.skipped = "no record has a label among the probability columns"
         return result
-    mask, suggested, self_conf = confident_learning(np.asarray(probs)[keep], y[keep])
+    probs = np.asarray(probs)
+    mask, suggested, self_conf = confident_learning(_rows(probs, keep), y[keep])
     if confirm is not None:
         confirm = np.asarray(confirm)
-        if confirm.shape != np.asarray(probs).shape:
-            raise ValueError(
-                f"confirm has shape {confirm.shape}, probs {np.asarray(probs).shape}: use the same rows"
-            )
-        first, second = np.asarray(probs)[keep], confirm[keep]
+        if confirm.shape != probs.shape:
+            raise ValueError(f"confirm has shape {confirm.shape}, probs {probs.shape}: use the same rows")
+        first, second = _rows(probs, keep), _rows(confirm, keep)
         mask = both_views_flag(first, second, y[keep])
-        mean = (first + second) / 2
-        mean[np.arange(len(keep)), y[keep]] = -1.0  # the suggestion is another class
-        suggested = mean.argmax(axis=1)
-        probs = (np.asarray(probs) + confirm) / 2
+        suggested = other_class((first, second), y[keep])[0]  # another class, by the views' mean
     if evidence is not None:
         evidence = np.asarray(evidence)
-        if evidence.shape != np.asarray(probs).shape:
-            shapes = f"evidence has shape {evidence.shape}, probs {np.asarray(probs).shape}"
-            raise ValueError(f"{shapes}: use the same rows")
-        mask &= best_other(evidence[keep], y[keep]) >= ALTERNATIVE
+        if evidence.shape != probs.shape:
+            raise ValueError(f"evidence has shape {evidence.shape}, probs {probs.shape}: use the same rows")
+        mask &= best_other(_rows(evidence, keep), y[keep]) >= ALTERNATIVE
     ids = frame["id"].astype(str).to_numpy()
     for local in sorted(np.flatnonzero(mask), key=lambda i: self_conf[i]):
         row, sugg = keep[local], str(classes[suggested[local]])
         p_sugg = float(probs[row, suggested[local]])
+        if confirm is not None:  # the views' mean
+            p_sugg = float((probs[row, suggested[local]] + confirm[row, suggested[local]]) / 2)
         result.findings.append(
             Finding(
                 record_id=ids[row],

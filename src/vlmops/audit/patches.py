@@ -80,15 +80,18 @@ def _flagged_windows(
     n_labels: int,
     min_share: float,
     max_elsewhere: float,
+    bits: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(element, distinct-hash id, home label) of every window whose hash is common in one label only.
 
     Elements must come sorted by (slot, hash), one slot per image; `bucket` maps slot -> label id
     (n_labels for unlabelled). A hash belongs to label L when it is in >= max(3, min_share x |L|) images
     of L and in <= max_elsewhere as many images outside L (at most one label can satisfy that). For
-    speed the count sorts (hash, slot) packed into one uint64, i.e. 64 - log2(images) hash bits.
+    speed the count sorts (hash, slot) packed into one uint64, i.e. 64 - `bits` hash bits (`bits`: the
+    slot's share, default enough for the largest slot given; `PatchHasher` passes the one it filtered
+    its windows by).
     """
-    bits = np.uint64(max(1, int(slots.max(initial=0)).bit_length()))
+    bits = np.uint64(bits or slot_bits(int(slots.max(initial=0))))
     low = np.uint64((1 << int(bits)) - 1)
     ordered = np.sort((hashes & ~low) | slots.astype(np.uint64))
     prefix = ordered >> bits
@@ -164,7 +167,13 @@ def _group_patches(
 
 @dataclass
 class PatchHashes:
-    """Window hashes of n images, sorted by (slot, hash): slots number the images in hashing order."""
+    """Window hashes of n images that can be flagged, sorted by (slot, hash): slots number the images in
+    hashing order.
+
+    Only windows whose hash prefix (hash >> `slot_bits`, the part `_flagged_windows` compares) is in at
+    least 3 windows are kept: no other window can be flagged, and keeping them all would cost thousands
+    of records per image.
+    """
 
     size: int
     quant_bits: int
@@ -173,21 +182,33 @@ class PatchHashes:
     slots: np.ndarray  # int64 slot of each hash
     places: np.ndarray  # (k, 2) int32 (y, x) of each hash's first window
     slot_image: np.ndarray  # int64 image index (order of `add`) of each slot
+    slot_bits: int = 0  # low hash bits that `_flagged_windows` replaces by the slot (0: from `slots`)
+
+
+def slot_bits(top_slot: int) -> int:
+    """Bits the packed (hash prefix, slot) keys of `_flagged_windows` give the slot: enough for `top_slot`."""
+    return max(1, int(top_slot).bit_length())
 
 
 class PatchHasher:
     """Streaming window hasher: `add` images one at a time (kept only until their shape's batch is hashed),
     then `finish` for the `PatchHashes` that `find_repeated_patches` groups.
 
-    Images of one shape are hashed together, BATCH at a time, so memory holds at most one batch per shape
-    besides the hashes.
+    Images of one shape are hashed together, BATCH at a time; their window hashes go to temporary files
+    (`HashSpill`, under `spill_dir` or the system's temporary directory) and `finish` reads them back one
+    partition at a time, keeping only the windows that can be flagged. Memory holds at most one batch per
+    shape, the spill's write buffer and one partition. The files are removed by `finish`, by `close` (or
+    leaving a ``with`` block) and at garbage collection. They take ~24 bytes per distinct window (46 KB
+    per 64x64 emoji image): where the temporary directory is in memory (a tmpfs ``/tmp``), point
+    ``TMPDIR`` (or `spill_dir`) at a disk.
     """
 
-    def __init__(self, size: int = 6, quant_bits: int = 2) -> None:
+    def __init__(self, size: int = 6, quant_bits: int = 2, spill_dir: str | Path | None = None) -> None:
+        from vlmops.audit.patch_spill import HashSpill
+
         self.size, self.quant_bits, self.n = size, quant_bits, 0
-        self._hashes = [np.empty(0, np.uint64)]
-        self._slots = [np.empty(0, np.int64)]
-        self._places = [np.empty((0, 2), np.int32)]
+        self._spill = HashSpill(spill_dir)
+        self._top_slot = 0  # the largest slot with a window hash
         self._slot_image: list[int] = []
         self._pending: dict[tuple, list] = {}
 
@@ -202,31 +223,46 @@ class PatchHasher:
     def _flush(self, shape: tuple) -> None:
         index, stack = zip(*self._pending.pop(shape), strict=True)
         unique, which, place = window_hashes(np.stack(stack), self.size)
-        self._hashes.append(unique)
-        self._slots.append(len(self._slot_image) + which)
-        self._places.append(place)
+        slots = len(self._slot_image) + which
+        if len(slots):
+            self._top_slot = max(self._top_slot, int(slots[-1]))  # `which` comes sorted
+        self._spill.append(unique, slots, place)
         self._slot_image.extend(index)
 
     def finish(self) -> PatchHashes:
-        """Hash what is pending and return every image's window hashes."""
-        for shape in list(self._pending):
-            self._flush(shape)
-        joined = (np.concatenate(a) for a in (self._hashes, self._slots, self._places))
+        """Hash what is pending and return the images' window hashes that can be flagged."""
+        try:
+            for shape in list(self._pending):
+                self._flush(shape)
+            bits = slot_bits(self._top_slot)
+            hashes, slots, places = self._spill.shared(bits, min_count=3)
+        finally:
+            self.close()
         slot_image = np.asarray(self._slot_image, dtype=np.int64)
-        return PatchHashes(self.size, self.quant_bits, self.n, *joined, slot_image)
+        return PatchHashes(self.size, self.quant_bits, self.n, hashes, slots, places, slot_image, bits)
+
+    def close(self) -> None:
+        """Drop pending images and remove the temporary files."""
+        self._pending.clear()
+        self._spill.close()
+
+    def __enter__(self) -> PatchHasher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _hash_images(images: Sequence, size: int, quant_bits: int, progress: bool) -> PatchHashes:
     """Window hashes of all images (paths and bytes are read here)."""
     from vlmops.progress import progress_bar
 
-    hasher = PatchHasher(size, quant_bits)
-    with progress_bar(progress) as bar:
+    with PatchHasher(size, quant_bits) as hasher, progress_bar(progress) as bar:
         task = bar.add_task("hashing image patches", total=len(images))
         for source in images:
             hasher.add(source if isinstance(source, Image.Image) else load_image(source))
             bar.advance(task)
-    return hasher.finish()
+        return hasher.finish()
 
 
 def find_repeated_patches(
@@ -266,7 +302,8 @@ def find_repeated_patches(
         )
     hashes, slots, places, slot_image = hashed.hashes, hashed.slots, hashed.places, hashed.slot_image
     slot_bucket = bucket[slot_image]
-    flagged = _flagged_windows(hashes, slots, slot_bucket, len(names), min_share, max_elsewhere)
+    bits = hashed.slot_bits
+    flagged = _flagged_windows(hashes, slots, slot_bucket, len(names), min_share, max_elsewhere, bits)
     groups = _group_patches(slots, places, slot_bucket, flagged, size, max_extent or 3 * size)
     for group in groups:
         group["carriers"] = {int(slot_image[k]): v for k, v in group["carriers"].items()}

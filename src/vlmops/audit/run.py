@@ -311,10 +311,12 @@ def _run_checks(inputs, checks, fields, tier_names, min_n, label_method, on_chec
         with timer.stage("label_views"):  # shared by labels and alignment
             _views(inputs, label_method)
     report = AuditReport(meta={})
-    for name in checks:
+    for i, name in enumerate(checks):
         if on_check:
             on_check(name)
         with timer.stage(name):
             report.checks[name] = _run_check(name, inputs, report.checks, options)
+        if inputs.views and not {"labels", "alignment"} & set(checks[i + 1 :]):
+            inputs.views.clear()  # several (n, classes) matrices that no later check reads
     report.meta = {"timing_seconds": timer.wall(), "timings": timer.stages}
     return report

@@ -14,7 +14,8 @@ consumer        result                                              fed to
 ==============  ==================================================  ====================================
 
 Memory stays bounded: a decoded image is dropped once its consumers have seen it; what is kept is
-each consumer's small per-image result (and the patch hasher's pending batch per image shape).
+each consumer's small per-image result (and the patch hasher's pending batch per image shape; its
+window hashes go to temporary files, removed when the scan ends or fails).
 """
 
 from __future__ import annotations
@@ -111,6 +112,10 @@ class Patches:
     def result(self) -> PatchHashes:
         return self.hasher.finish()
 
+    def close(self) -> None:
+        """Remove the hasher's temporary files (the scan failed)."""
+        self.hasher.close()
+
 
 def consumers_for(checks: Collection[str], frame: pd.DataFrame, has_model: bool) -> dict[str, Consumer]:
     """The consumers `checks` need ({} when none reads pixels, so nothing is decoded).
@@ -132,14 +137,24 @@ def consumers_for(checks: Collection[str], frame: pd.DataFrame, has_model: bool)
 
 
 def scan_images(sources: Sequence, consumers: dict[str, Consumer], progress: bool = True) -> dict[str, Any]:
-    """Decode each image once, in order, and hand it to every consumer; their results by name."""
+    """Decode each image once, in order, and hand it to every consumer; their results by name.
+
+    If anything fails, consumers with a ``close`` method (the patch hasher's temporary files) are closed.
+    """
     from vlmops.progress import progress_bar
 
-    with progress_bar(progress) as bar:
-        task = bar.add_task(f"reading images ({', '.join(consumers)})", total=len(sources))
-        for index, source in enumerate(sources):
-            decoded = decode(str(source))
-            for consumer in consumers.values():
-                consumer.add(index, decoded)
-            bar.advance(task)
-    return {name: consumer.result() for name, consumer in consumers.items()}
+    try:
+        with progress_bar(progress) as bar:
+            task = bar.add_task(f"reading images ({', '.join(consumers)})", total=len(sources))
+            for index, source in enumerate(sources):
+                decoded = decode(str(source))
+                for consumer in consumers.values():
+                    consumer.add(index, decoded)
+                bar.advance(task)
+        return {name: consumer.result() for name, consumer in consumers.items()}
+    except BaseException:
+        for consumer in consumers.values():
+            close = getattr(consumer, "close", None)
+            if close is not None:
+                close()
+        raise
