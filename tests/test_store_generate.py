@@ -90,14 +90,10 @@ class ReversedBackend:
         self.items: list = []
 
     def generate_pairs(self, model, items, params, batch_size):
-        from vlmops.store.generate import generate_batch, load_source
+        from vlmops.store.generate import local_chunks
 
         self.items = list(items)
-        kept = self.items[self.drop :]
-        chunks = [kept[i : i + self.chunk] for i in range(0, len(kept), self.chunk)]
-        for chunk in reversed(chunks):
-            images = [load_source(image) for _, image, _ in chunk]
-            yield [key for key, _, _ in chunk], generate_batch(model, images, [p for *_, p in chunk], params)
+        yield from reversed(list(local_chunks(model, self.items[self.drop :], params, self.chunk)))
 
 
 def test_a_generation_backend_gets_only_the_misses_and_answers_keep_input_order(tmp_path, pngs):
