@@ -5,6 +5,8 @@ and each Ray Data actor (no psutil needed; Linux only).
 driver; `summary()` gives, per process role, the CPU seconds used while sampling, and how many of each
 actor's threads did real work (over 20 % of its CPU after the actor was first seen): a single-core actor
 should have one. Only this process and its descendants are watched (Ray started here), not other users'.
+The sampler is a thread of the driver and its CPU counts as the driver's: it looks for new processes and
+reads the actors' threads (~40 each) every 0.5 s only: ~0.02 CPU s per second of a job, was 0.03-0.04.
 """
 
 from __future__ import annotations
