@@ -191,16 +191,21 @@ def derived(diagnostics: dict[str, list[dict]], images: int) -> dict:
         startup = median(name, lambda d: max(a["startup_cpu_s"] for a in d["actors"]))
         total = median(name, lambda d: sum(d["cpu_s_by_process"].values()))
         busy = median(name, lambda d: d["all_busy_fraction"])
+        others = median(name, lambda d: sum(v for k, v in d["cpu_s_by_process"].items() if k != "actor"))
+        gaps = median(name, lambda d: max(d["busy_span_s"] - a["busy_s"] for a in d["actors"]))
         out[name] = {
             "actor_cpu_ms_per_image": actor_ms,
             "startup_cpu_s": startup,
             "job_cpu_s": total,
             "all_busy_fraction": busy,
+            "non_actor_cpu_s": others,  # driver (with the sampler), raylet, gcs, Ray's other processes
+            "actor_idle_s": gaps,  # most of any actor: not in a task while another was (start, gaps, end)
         }
         lines.append(
             f"{name}: actors {actor_ms:.2f} CPU ms/img in batches (local1 {local:.2f}: "
             f"{100 * (actor_ms / local - 1):+.1f} %); start-up {startup:.1f} CPU s per actor; whole job "
-            f"{1000 * total / images:.2f} CPU ms/img (all processes); all actors busy {100 * busy:.0f} %"
+            f"{1000 * total / images:.2f} CPU ms/img (all processes); all actors busy {100 * busy:.0f} %; "
+            f"non-actor CPU {others:.1f} s; an actor out of a task while another worked up to {gaps:.1f} s"
         )
     if diagnostics["ray1"] and diagnostics["ray2"]:
         per_image = out["ray1"]["actor_cpu_ms_per_image"] / 1000
