@@ -18,7 +18,9 @@ from vlmops.scale.cluster import (
     resolve_address,
 )
 from vlmops.scale.embed import RayImageEmbedder
+from vlmops.scale.generate import RayGenerator
 from vlmops.scale.loopback_node import _flag
+from vlmops.scale.pool import check_pool_room
 from vlmops.store.cache import EmbeddingCache
 from vlmops.store.embed import embed_images_cached, use_image_backend
 
@@ -108,7 +110,9 @@ def test_pool_options_are_checked() -> None:
     with pytest.raises(VlmopsError, match="--ray-cpus-per-actor"):
         RayImageEmbedder(cpus_per_actor=0)
     with pytest.raises(VlmopsError, match="4 CPUs, but the Ray cluster has 2"):
-        RayImageEmbedder(actors=2, cpus_per_actor=2)._check_room(2.0)
+        check_pool_room(actors=2, cpus_per_actor=2, cpus=2.0)
+    with pytest.raises(VlmopsError, match="--ray-actors"):
+        RayGenerator(actors=0)  # the generation pool checks the same options
 
 
 def test_kuberay_manifest_keeps_usage_stats_off_and_the_probe_away() -> None:

@@ -28,13 +28,3 @@ def test_one_actor_and_no_batches() -> None:
     stats = RayJobStats.from_batches([(7, 1.0, 3.0, 1.0, 10, 0.5, 0.5), (7, 4.0, 5.0, 1.0, 10, 0.5, 0.5)])
     assert stats.all_busy_fraction == 1.0 and stats.busy_span_s == 4.0
     assert RayJobStats.from_batches([]).actors == []
-
-
-def test_actors_get_more_than_ray_datas_two_batches_in_flight() -> None:
-    """With Ray Data's default of 2 the actors sat idle between batches (bench/RESULTS.md, issue 18)."""
-    pytest.importorskip("ray")
-    from vlmops.scale.embed import pool_strategy
-
-    strategy = pool_strategy(2)
-    assert strategy.min_size == strategy.max_size == 2
-    assert strategy.max_tasks_in_flight_per_actor >= 8

@@ -3,44 +3,41 @@
 `RayImageEmbedder` is an `ImageBackend` for `vlmops.store.embed.use_image_backend`: the cache lookup,
 the writes and the progress bar stay in the calling process, only the misses travel. Each actor loads
 the model once (by its URI, so every node needs the same weights at the same path, or a builtin
-model), checks it has the caller's model version, and embeds one batch per call with
+model), checks it has the caller's model version, and embeds one Ray Data task per call (a block of
+up to `BATCHES_PER_TASK` of the caller's batches, run through the model batch by batch) with
 ``cpus_per_actor`` torch threads. After a job, `RayImageEmbedder.stats` says what each actor did
 (start-up, images, CPU per image) and how much of the time all actors were busy at once. An actor that
-dies (a killed worker, a lost node) is restarted by Ray and its batch run again
-(``max_restarts``/``max_task_retries``); each file's vector depends on the file alone, so the result is
+dies (a killed worker, a lost node) is restarted by Ray and its task run again (`scale.pool`);
+each file's vector depends on the file alone, so the result is
 the same.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from vlmops.errors import VlmopsError
-from vlmops.models.base import VLM
+from vlmops.models.base import VLM, batched
+from vlmops.scale.pool import (
+    BATCHES_PER_TASK,
+    ROWS_IN_FLIGHT,
+    RayJobError,
+    check_pool_options,
+    load_actor_model,
+    pool_strategy,
+    rows_per_task,
+    run_actor_pool,
+    task_stats,
+)
 from vlmops.scale.stats import RayJobStats
 
-MAX_RESTARTS = 3  # per actor
-MAX_TASK_RETRIES = 3  # per batch, on an actor that died while running it
-MAX_BLOCKS = 512
-# Batches queued per actor. Ray Data's default, 2, leaves an actor idle while the driver turns a result
-# round (longer than one 64-image batch): on 8,000 emoji with 2 actors, both were busy 59-62 % of the
-# job with 2, 80-83 % with 8, and the job took 17 % less (bench/RESULTS.md, issue 18).
-TASKS_IN_FLIGHT = 8
-
-
-class RayJobError(VlmopsError):
-    """A Ray job failed (a worker error that retries did not cure)."""
-
-
-def _retries() -> dict[str, int]:
-    """Remote options of each actor: bounded restarts and retries (Ray Data's default is forever)."""
-    return {"max_restarts": MAX_RESTARTS, "max_task_retries": MAX_TASK_RETRIES}
+__all__ = [
+    "BATCHES_PER_TASK", "ROWS_IN_FLIGHT", "EmbedActor", "RayImageEmbedder", "RayJobError", "pool_strategy",
+    "rows_per_task",
+]  # fmt: skip
 
 
 def _load(uri: str) -> VLM:
@@ -50,34 +47,28 @@ def _load(uri: str) -> VLM:
 
 
 class EmbedActor:
-    """One actor of the pool: loads the model once, then embeds batches of image files."""
+    """One actor of the pool: loads the model once, then embeds tasks of image files in model batches."""
 
-    def __init__(self, uri: str, version: str, threads: int, loader: Callable[[str], VLM]) -> None:
-        started = time.perf_counter()
-        try:
-            import torch
-
-            torch.set_num_threads(threads)
-        except ImportError:  # a model without torch (onnx)
-            pass
-        self.model = loader(uri)
-        if self.model.info.version != version:
-            raise VlmopsError(
-                f"a Ray worker loaded {uri} as version {self.model.info.version}, the caller has {version}: "
-                "give every node the same weights at the same path"
-            )
-
-        self.startup = (time.perf_counter() - started, time.process_time())  # CPU: the process's so far
+    def __init__(
+        self, uri: str, version: str, threads: int, loader: Callable[[str], VLM], batch_size: int
+    ) -> None:
+        self.model, self.startup = load_actor_model(uri, version, threads, loader)
+        self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from vlmops.data.images import load_image
 
         start, cpu = time.time(), time.process_time()
-        vectors = self.model.embed_images([load_image(path) for path in batch["path"]])
-        stats = (os.getpid(), start, time.time(), time.process_time() - cpu, len(vectors), *self.startup)
-        out = {"key": batch["key"], "vector": np.asarray(vectors, dtype=np.float32)}
-        out["stats"] = np.array([stats] * len(vectors), dtype=np.float64)  # the batch's, on each row
-        return out
+        vectors = [
+            np.asarray(self.model.embed_images([load_image(path) for path in paths]), dtype=np.float32)
+            for paths in batched(list(batch["path"]), self.batch_size)
+        ]
+        vectors = np.concatenate(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
+        return {
+            "key": batch["key"],
+            "vector": vectors,
+            "stats": task_stats(start, cpu, len(vectors), self.startup),
+        }
 
 
 @dataclass
@@ -90,88 +81,27 @@ class RayImageEmbedder:
     stats: RayJobStats | None = field(default=None, init=False)  # of the last job, set when it ends
 
     def __post_init__(self) -> None:
-        if self.actors < 1:
-            raise VlmopsError(f"--ray-actors must be at least 1, got {self.actors}")
-        if self.cpus_per_actor <= 0:
-            raise VlmopsError(f"--ray-cpus-per-actor must be above 0, got {self.cpus_per_actor}")
+        check_pool_options(self.actors, self.cpus_per_actor)
 
     def embed_files(
         self, model: VLM, items: Sequence[tuple[str, str]], batch_size: int
     ) -> Iterator[tuple[list[str], np.ndarray]]:
         """Yield ``(keys, vectors)`` chunks for `items` ((content key, path) pairs) as Ray returns them."""
-        import logging
-        import warnings
-
-        import ray
-
         if not items:
             return
-        self._check_room(float(ray.cluster_resources().get("CPU", 0.0)))
-        data = ray.data.DataContext.get_current()
-        data.enable_progress_bars = False  # the caller's bar counts the vectors as they arrive
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-run INFO lines on the console
-        rows = [{"key": key, "path": path} for key, path in items]
-        dataset = ray.data.from_items(
-            rows, override_num_blocks=min(MAX_BLOCKS, math.ceil(len(rows) / batch_size))
-        )
-        threads = max(1, int(self.cpus_per_actor))
-        with warnings.catch_warnings():
-            # Ray 2.60 has no other way to bound restarts (the extra pins 2.60; removed in 2.64)
-            warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated")
-            embedded = dataset.map_batches(
-                EmbedActor,
-                fn_constructor_kwargs={
-                    "uri": model.info.uri,
-                    "version": model.info.version,
-                    "threads": threads,
-                    "loader": self.loader,
-                },
-                batch_size=batch_size,
-                batch_format="numpy",
-                compute=pool_strategy(self.actors),
-                num_cpus=self.cpus_per_actor,
-                ray_remote_args_fn=_retries,
-            )
-        batches: dict[tuple[float, float], tuple] = {}  # (pid, start) -> the batch's stats
         self.stats = None
-        try:
-            for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
-                batches.update({(row[0], row[1]): tuple(row) for row in batch["stats"].tolist()})
-                yield [str(key) for key in batch["key"]], np.asarray(batch["vector"], dtype=np.float32)
-        except Exception as exc:  # Ray wraps worker errors in its own types; report the cause in one line
-            if not _is_ray_error(exc):
-                raise
-            cause = str(exc).strip().splitlines()
-            raise RayJobError(
-                f"the Ray embedding job failed: {cause[-1] if cause else type(exc).__name__}"
-            ) from exc
-        self.stats = RayJobStats.from_batches(list(batches.values()))
-
-    def _check_room(self, cpus: float) -> None:
-        """Fail now, not by waiting forever, when the pool cannot fit in the cluster."""
-        need = self.actors * self.cpus_per_actor
-        if need > cpus:
-            raise VlmopsError(
-                f"{self.actors} actors x {self.cpus_per_actor:g} CPUs = {need:g} CPUs, but the Ray cluster "
-                f"has {cpus:g}: lower --ray-actors or --ray-cpus-per-actor, or add nodes"
-            )
-
-
-def pool_strategy(actors: int):
-    """Ray Data's fixed-size actor pool of `actors`, with `TASKS_IN_FLIGHT` batches queued per actor."""
-    import ray
-
-    return ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=TASKS_IN_FLIGHT)
-
-
-def _is_ray_error(exc: BaseException) -> bool:
-    return type(exc).__module__.split(".")[0] == "ray" or any(
-        type(cause).__module__.split(".")[0] == "ray" for cause in _causes(exc)
-    )
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen = exc.__cause__ or exc.__context__
-    while seen is not None:
-        yield seen
-        seen = seen.__cause__ or seen.__context__
+        rows = [{"key": key, "path": path} for key, path in items]
+        job = run_actor_pool(
+            EmbedActor,
+            model,
+            rows,
+            {},
+            self.actors,
+            self.cpus_per_actor,
+            batch_size,
+            self.loader,
+            "embedding",
+        )
+        for batch in job:
+            yield [str(key) for key in batch["key"]], np.asarray(batch["vector"], dtype=np.float32)
+        self.stats = job.stats

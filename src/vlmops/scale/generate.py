@@ -17,7 +17,6 @@ corruption). The answers are the same either way.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vlmops.models.base import GenerativeVLM
-from vlmops.scale.pool import load_actor_model, run_actor_pool
+from vlmops.scale.pool import check_pool_options, load_actor_model, run_actor_pool, task_stats
 from vlmops.scale.stats import RayJobStats
 from vlmops.store.generate import (
     DecodingParams,
@@ -33,8 +32,6 @@ from vlmops.store.generate import (
     GenerationChunks,
     ImageSource,
     from_json,
-    generate_batch,
-    load_source,
     local_chunks,
     to_json,
 )
@@ -57,25 +54,28 @@ class GenerateActor:
         version: str,
         threads: int,
         loader: Callable[[str], GenerativeVLM],
+        batch_size: int,
         params: dict,
         makers: dict[str, Callable],
     ) -> None:
         self.model, self.startup = load_actor_model(uri, version, threads, loader)
+        self.batch_size = batch_size
         self.params = DecodingParams(**params)
         self.makers = makers
 
-    def _image(self, path: str, variant: str):
-        return load_source(DerivedImage(path, variant, self.makers[variant]) if variant else path)
+    def _image(self, path: str, variant: str) -> ImageSource:
+        return DerivedImage(path, variant, self.makers[variant]) if variant else path
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         start, cpu = time.time(), time.process_time()
-        images = [self._image(str(p), str(v)) for p, v in zip(batch["path"], batch["variant"], strict=True)]
-        produced = generate_batch(self.model, images, [str(p) for p in batch["prompt"]], self.params)
-        stats = (os.getpid(), start, time.time(), time.process_time() - cpu, len(produced), *self.startup)
+        columns = zip(batch["key"], batch["path"], batch["variant"], batch["prompt"], strict=True)
+        items = [(str(k), self._image(str(p), str(v)), str(q)) for k, p, v, q in columns]
+        chunks = local_chunks(self.model, items, self.params, self.batch_size)  # model batches
+        answers = [to_json(g) for _, produced in chunks for g in produced]
         return {
             "key": batch["key"],
-            "answer": np.array([to_json(g) for g in produced], dtype=object),
-            "stats": np.array([stats] * len(produced), dtype=np.float64),  # the batch's, on each row
+            "answer": np.array(answers, dtype=object),
+            "stats": task_stats(start, cpu, len(answers), self.startup),
         }
 
 
@@ -89,6 +89,9 @@ class RayGenerator:
     min_items: int = MIN_ITEMS
     loader: Callable[[str], GenerativeVLM] = field(default=_load)  # picklable: runs on the workers
     stats: RayJobStats | None = field(default=None, init=False)  # of the last job, set when it ends
+
+    def __post_init__(self) -> None:
+        check_pool_options(self.actors, self.cpus_per_actor)
 
     def generate_pairs(
         self,

@@ -1,9 +1,10 @@
 """The Ray Data actor pool that `scale.embed` and `scale.generate` run their jobs on.
 
-`run_actor_pool` turns rows into a Dataset in blocks, maps them through an actor class (one model load
-per actor, bounded restarts and retries), and streams the result batches back; after the last one,
-the job's `RayJobStats` say what each actor did. Worker errors that retries did not cure come out as
-one `RayJobError` line.
+`run_actor_pool` turns rows into a Dataset whose blocks are Ray Data tasks of up to `BATCHES_PER_TASK`
+of the caller's batches, maps them through an actor class (one model load per actor, bounded restarts
+and retries; the actor cuts each task into model batches with `batched`), and streams the result
+batches back; after the last one, the job's `RayJobStats` say what each actor did. Worker errors that
+retries did not cure come out as one `RayJobError` line.
 """
 
 from __future__ import annotations
@@ -16,8 +17,43 @@ from typing import Any
 import numpy as np
 
 from vlmops.errors import VlmopsError
-from vlmops.scale.embed import MAX_BLOCKS, RayJobError, _is_ray_error, _retries, pool_strategy
 from vlmops.scale.stats import RayJobStats
+
+MAX_RESTARTS = 3  # per actor
+MAX_TASK_RETRIES = 3  # per task, on an actor that died while running it
+# Model batches per Ray Data task (one block, one actor call). Each task costs Ray Data ~5 ms of the
+# actor's CPU outside the model and the driver a result round, so one 64-image batch per task (~75 ms)
+# lost 6-8 % of an actor's time; a task of 4 batches keeps the tail short (two actors finish within
+# one task, ~0.3 s apart) while the per-task cost falls 4x (bench/RESULTS.md, issue 18).
+BATCHES_PER_TASK = 4
+MIN_TASKS_PER_ACTOR = 4  # small jobs: smaller tasks rather than an actor left without work
+# Rows queued per actor (as whole tasks, at least 2). With one 64-image batch per task, Ray Data's
+# default of 2 tasks left an actor idle while the driver turned a result round: on 8,000 emoji with 2
+# actors, both were busy 59-62 % of the job with 2 tasks (128 rows), 80-83 % with 8 (512 rows). More
+# than that lets the first actor ready take most of a short job before the second has started.
+ROWS_IN_FLIGHT = 512
+
+
+class RayJobError(VlmopsError):
+    """A Ray job failed (a worker error that retries did not cure)."""
+
+
+def check_pool_options(actors: int, cpus_per_actor: float) -> None:
+    """Refuse a pool of no actors or no CPUs, naming the option."""
+    if actors < 1:
+        raise VlmopsError(f"--ray-actors must be at least 1, got {actors}")
+    if cpus_per_actor <= 0:
+        raise VlmopsError(f"--ray-cpus-per-actor must be above 0, got {cpus_per_actor}")
+
+
+def check_pool_room(actors: int, cpus_per_actor: float, cpus: float) -> None:
+    """Fail now, not by waiting forever, when the pool cannot fit in the cluster."""
+    need = actors * cpus_per_actor
+    if need > cpus:
+        raise VlmopsError(
+            f"{actors} actors x {cpus_per_actor:g} CPUs = {need:g} CPUs, but the Ray cluster "
+            f"has {cpus:g}: lower --ray-actors or --ray-cpus-per-actor, or add nodes"
+        )
 
 
 def load_actor_model(uri: str, version: str, threads: int, loader: Callable[[str], Any]) -> tuple[Any, tuple]:
@@ -39,14 +75,27 @@ def load_actor_model(uri: str, version: str, threads: int, loader: Callable[[str
     return model, (time.perf_counter() - started, time.process_time())
 
 
-def check_pool_room(actors: int, cpus_per_actor: float, cpus: float) -> None:
-    """Fail now, not by waiting forever, when the pool cannot fit in the cluster."""
-    need = actors * cpus_per_actor
-    if need > cpus:
-        raise VlmopsError(
-            f"{actors} actors x {cpus_per_actor:g} CPUs = {need:g} CPUs, but the Ray cluster "
-            f"has {cpus:g}: lower --ray-actors or --ray-cpus-per-actor, or add nodes"
-        )
+def task_stats(start: float, cpu: float, items: int, startup: tuple) -> np.ndarray:
+    """The `stats` column of one task's result: (pid, start, end, CPU s, items, start-up...) on each row."""
+    import os
+
+    row = (os.getpid(), start, time.time(), time.process_time() - cpu, items, *startup)
+    return np.array([row] * items, dtype=np.float64)
+
+
+def rows_per_task(items: int, batch_size: int, actors: int) -> int:
+    """Rows of one Ray Data task (block): `BATCHES_PER_TASK` model batches, fewer when the job is too
+    small to give each actor `MIN_TASKS_PER_ACTOR` tasks; a whole number of batches."""
+    fit = items // (batch_size * actors * MIN_TASKS_PER_ACTOR)
+    return batch_size * max(1, min(BATCHES_PER_TASK, fit))
+
+
+def pool_strategy(actors: int, per_task: int):
+    """Ray Data's fixed-size actor pool of `actors`, each with about `ROWS_IN_FLIGHT` rows queued."""
+    import ray
+
+    in_flight = max(2, ROWS_IN_FLIGHT // per_task)
+    return ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=in_flight)
 
 
 class PoolJob:
@@ -57,7 +106,7 @@ class PoolJob:
         self.stats: RayJobStats | None = None
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        seen: dict[tuple[float, float], tuple] = {}  # (pid, start) -> the batch's stats
+        seen: dict[tuple[float, float], tuple] = {}  # (pid, start) -> the task's stats
         try:
             for batch in self._batches:
                 seen.update({(row[0], row[1]): tuple(row) for row in batch["stats"].tolist()})
@@ -84,7 +133,8 @@ def run_actor_pool(
     what: str,
 ) -> PoolJob:
     """Map `rows` through a pool of `actors` `actor`s, each built with the model's URI and version, its
-    threads, `loader` and `kwargs`; every result batch carries the `stats` column `RayJobStats` reads."""
+    threads, `loader`, the caller's `batch_size` and `kwargs`; every result batch carries the `stats`
+    column (`task_stats`) that `RayJobStats` reads."""
     import logging
     import warnings
 
@@ -94,8 +144,10 @@ def run_actor_pool(
     data = ray.data.DataContext.get_current()
     data.enable_progress_bars = False  # the caller's bar counts the results as they arrive
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-run INFO lines on the console
-    blocks = min(MAX_BLOCKS, len(rows), max(actors, math.ceil(len(rows) / batch_size)))  # >= 1 per actor
-    dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+    per_task = rows_per_task(len(rows), batch_size, actors)
+    dataset = ray.data.from_items(
+        rows, override_num_blocks=math.ceil(len(rows) / per_task)
+    )  # no metadata tasks
     with warnings.catch_warnings():
         # Ray 2.60 has no other way to bound restarts (the extra pins 2.60; removed in 2.64)
         warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated")
@@ -106,12 +158,31 @@ def run_actor_pool(
                 "version": model.info.version,
                 "threads": max(1, int(cpus_per_actor)),
                 "loader": loader,
+                "batch_size": batch_size,
                 **kwargs,
             },
-            batch_size=batch_size,
+            batch_size=None,  # a block per call: the actor cuts it into model batches
             batch_format="numpy",
-            compute=pool_strategy(actors),
+            compute=pool_strategy(actors, per_task),
             num_cpus=cpus_per_actor,
             ray_remote_args_fn=_retries,
         )
     return PoolJob(mapped.iter_batches(batch_size=None, batch_format="numpy"), what)
+
+
+def _retries() -> dict[str, int]:
+    """Remote options of each actor: bounded restarts and retries (Ray Data's default is forever)."""
+    return {"max_restarts": MAX_RESTARTS, "max_task_retries": MAX_TASK_RETRIES}
+
+
+def _is_ray_error(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".")[0] == "ray" or any(
+        type(cause).__module__.split(".")[0] == "ray" for cause in _causes(exc)
+    )
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen = exc.__cause__ or exc.__context__
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__

@@ -1,0 +1,50 @@
+"""How a Ray embedding job is cut into tasks: several model batches per Ray Data task (each task costs
+Ray Data ~5 ms of the actor's CPU and the driver a result round), model batches no larger than the
+caller's batch size, the vectors those of the local path, and small jobs still spread over every actor.
+No Ray processes: the actor class is called directly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vlmops.scale.embed import BATCHES_PER_TASK, ROWS_IN_FLIGHT, EmbedActor, rows_per_task
+from vlmops.store.cache import EmbeddingCache
+from vlmops.store.embed import embed_images_cached
+
+
+def test_one_actor_call_embeds_a_task_in_the_callers_model_batches(fake_model, png_writer, tmp_path) -> None:
+    paths = [str(png_writer(tmp_path / f"{i}.png", seed=i)) for i in range(21)]
+    model = fake_model()
+    actor = EmbedActor("fake:test", model.info.version, threads=1, loader=lambda uri: model, batch_size=8)
+    out = actor({"key": np.array(paths), "path": np.array(paths)})  # one Ray Data task of 21 rows
+
+    assert model.image_batches == [8, 8, 5]  # the model never sees more than the caller's batch
+    local, _ = embed_images_cached(fake_model(), paths, EmbeddingCache(":memory:"), 8, progress=False)
+    assert out["vector"].dtype == np.float32 and np.array_equal(out["vector"], local)
+    assert list(out["key"]) == paths
+    stats = out["stats"]  # one row per image, all the task's: (pid, start, end, cpu, images, ...)
+    assert stats.shape == (21, 7) and (stats[:, 4] == 21).all() and (stats == stats[0]).all()
+
+
+def test_a_task_holds_several_batches_and_a_small_job_still_feeds_every_actor() -> None:
+    assert rows_per_task(14_851, 64, 2) == 64 * BATCHES_PER_TASK  # the emoji set: 59 tasks, not 233
+    assert rows_per_task(100_000, 64, 2) == 64 * BATCHES_PER_TASK  # bounded: the tail stays one task
+    for items, batch, actors in [(100, 8, 2), (300, 64, 2), (1, 64, 1), (2_000, 64, 4)]:
+        per_task = rows_per_task(items, batch, actors)
+        assert per_task % batch == 0 and per_task >= batch  # whole model batches
+        tasks = -(-items // per_task)
+        assert tasks >= min(actors, -(-items // batch)), (items, batch, actors, per_task)
+
+
+def test_each_actor_has_about_rows_in_flight_queued_in_whole_tasks() -> None:
+    """With one 64-image batch per task, Ray Data's default of 2 tasks left the actors idle between
+    batches (bench/RESULTS.md, issue 18); bigger tasks need fewer in flight for the same rows."""
+    pytest.importorskip("ray")
+    from vlmops.scale.embed import pool_strategy
+
+    for per_task, in_flight in [(64, ROWS_IN_FLIGHT // 64), (256, ROWS_IN_FLIGHT // 256), (4096, 2)]:
+        strategy = pool_strategy(2, per_task)
+        assert strategy.min_size == strategy.max_size == 2
+        assert strategy.max_tasks_in_flight_per_actor == max(2, in_flight)
+    assert pool_strategy(2, 64).max_tasks_in_flight_per_actor >= 8  # the measured fix stays
