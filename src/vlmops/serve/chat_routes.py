@@ -98,7 +98,7 @@ def add_chat_routes(
             input_sha256=[d.sha256 for d in exchange.images],
             latency_ms=latency_ms,
             key_id=None if exchange.key is None else exchange.key.key_id,
-            image_stats=[d.stats for d in exchange.images],
+            image_stats=[d.describe() for d in exchange.images],
         )
         chat = ChatExchange(
             request_id=exchange.request_id,
@@ -160,7 +160,7 @@ def add_chat_routes(
                 body["messages"][ref.message]["content"][ref.part]["image_url"]["url"] = as_data_url(data)
             else:
                 data = data_url_bytes(ref)
-            images.append(await gateway.decode(data, ref.field, ticket))
+            images.append(await gateway.decode(data, ref.field, ticket, describe=False))
         ticket.admission.take_items(ticket, parsed.n)
         # a canary answers its share of traffic (sticky per X-Route-Key), under its own version
         target = gateway.route(state["request_id"], request.headers.get("x-route-key"))
@@ -176,6 +176,12 @@ def add_chat_routes(
         )  # fmt: skip
         deadline = time.monotonic() + ticket.remaining()
         REQUEST_OWNER.set(ticket.owner)  # the backend's batches take one request per key in turn
+        # The images' statistics only feed the log: computed one loop turn after the backend's first
+        # await (by then the upstream request is written, aiohttp writing it from a task of its own, or
+        # queued for the model), they cost the answer nothing. `record` computes any still missing.
+        if images:
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, _describe, images)
         if parsed.stream:
             stream = answering.stream(body, deadline)
             events = aiter(stream)
@@ -279,6 +285,14 @@ class ChatStreamResponse(Response):
         self.logged = True
         outcome.status = status
         await self.record(self.exchange, outcome, self.ttft_s)
+
+
+def _describe(images: list[Decoded]) -> None:
+    """Compute the statistics left for later (`Gateway.decode(describe=False)`); a failure is left to
+    `record`, which asks again."""
+    with contextlib.suppress(Exception):
+        for image in images:
+            image.describe()
 
 
 async def _disconnected(receive) -> None:
