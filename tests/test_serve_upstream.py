@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 
 import pytest
@@ -210,6 +211,33 @@ def test_upstream_slower_than_the_deadline_is_504(fake):
     with pytest.raises(ApiError) as info:
         run(lambda b: collect(b.stream(chat_body(stream=True), soon(0.3))), fake.url)
     assert info.value.status == 504
+
+
+def test_an_upstream_that_never_accepts_the_connection_is_504_at_the_connect_timeout():
+    """A listener whose accept queue is full drops the SYN (loopback, nothing answers): the connect
+    timeout, well before the request's deadline, is a 504 too, for a plain and a streamed answer."""
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(socket.socket())
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(4):  # connections never accepted fill the queue (listen(0) holds one)
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/v1"
+        plain, streamed = (
+            (lambda b: b.complete(chat_body(), soon())),
+            (lambda b: collect(b.stream(chat_body(), soon()))),
+        )
+        for call in (plain, streamed):
+            start = time.monotonic()
+            with pytest.raises(ApiError) as info:
+                run(call, url, connect_timeout_s=0.3)
+            assert info.value.status == 504 and info.value.code == "upstream_timeout"
+            assert f"upstream {url} did not answer" in info.value.message
+            assert 0.25 < time.monotonic() - start < 3.0  # the connect timeout, not the 10 s deadline
 
 
 def test_deadline_passing_mid_stream_is_504_with_the_partial_text(fake):

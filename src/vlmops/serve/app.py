@@ -310,7 +310,8 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         t0 = time.perf_counter()
         body, raw = await parse_body(request, schemas.ClassifyRequest)
         label_set = gateway.label_set_for(body.labels, body.label_set, body.template)
-        image, stats, digest = await one_image(raw, ticket)
+        decoded = await one_image(raw, ticket)
+        image, stats, digest = decoded.image, decoded.stats, decoded.sha256
         target = gateway.route(request.scope["state"]["request_id"], request.headers.get("x-route-key"))
         embedding, prediction = await target.classify(image, label_set, body.top_k, ticket)
         answered = row(
@@ -352,7 +353,8 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
             )
             image_stats = []
         else:
-            image, stats, digest = await one_image(raw, ticket)
+            decoded = await one_image(raw, ticket)
+            image, stats, digest = decoded.image, decoded.stats, decoded.sha256
             query, texts = (await gateway.image_embeddings([image], ticket))[0], []
             image_stats = [stats]
         hits = gateway.search(query, body.top_k)
@@ -377,7 +379,8 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         """Keywords from the server's vocabulary and an alt text for an image."""
         t0 = time.perf_counter()
         body, raw = await parse_body(request, schemas.TagRequest)
-        image, stats, digest = await one_image(raw, ticket)
+        decoded = await one_image(raw, ticket)
+        image, stats, digest = decoded.image, decoded.stats, decoded.sha256
         target = gateway.route(request.scope["state"]["request_id"], request.headers.get("x-route-key"))
         embedding, result = await target.tag(image, body.top_k, ticket)
         await target.record(

@@ -6,7 +6,9 @@ and statistics (and the archive with --keep-images), the request id as the answe
 log. A non-streamed exchange is written durably before its answer leaves; a streamed one before its
 final ``data: [DONE]`` event, or, when the client goes away mid-stream, as ``cancelled`` with the text
 sent so far (the backend's work is stopped at once). A backend that fails (a timeout, a broken model, an
-unreachable upstream) leaves a row with status ``error``.
+unreachable upstream) leaves a row with status ``error``. What only the log needs (the images'
+statistics, the logged prompt) is worked out while the backend answers, after the request has gone
+out; the checks (the full decode of every image included) all run before it goes.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class _Exchange:
     images: list[Decoded]
     mode: str
     version: str | None
+    prompt: list[dict] | None = None  # the transcript as logged (PII-redacted if configured), by `prepare`
 
 
 def add_chat_routes(
@@ -82,13 +85,27 @@ def add_chat_routes(
     async def chat_key(request: Request) -> ApiKey | None:
         return await authorise(request, "chat")
 
+    def prepare(exchange: _Exchange) -> None:
+        """The log's work that needs only the request: the images' statistics and the logged prompt
+        (redacted if configured). Run while the backend answers; `record` runs whatever is missing."""
+        for image in exchange.images:
+            image.describe()
+        if exchange.prompt is None:
+            prompt = transcript(exchange.request)
+            if config.redact_prompts:
+                prompt = [{**m, "text": redact_text(m["text"])} for m in prompt]
+            exchange.prompt = prompt
+
+    def prepare_quietly(exchange: _Exchange) -> None:
+        with contextlib.suppress(Exception):  # `record` runs it again and then fails loudly
+            prepare(exchange)
+
     async def record(exchange: _Exchange, outcome: ChatOutcome, ttft_s: float | None) -> None:
         """Write the exchange (its requests row and chat row in one transaction), durably."""
         latency_ms = (time.perf_counter() - exchange.start) * 1000
         request = exchange.request
-        prompt = transcript(request)
-        if config.redact_prompts:
-            prompt = [{**m, "text": redact_text(m["text"])} for m in prompt]
+        prepare(exchange)
+        prompt = exchange.prompt
         tokens_in, tokens_out = outcome.tokens_in, outcome.tokens_out
         cost = ((tokens_in or 0) * config.price_in + (tokens_out or 0) * config.price_out) / 1e6
         row = PredictionRow(
@@ -160,7 +177,7 @@ def add_chat_routes(
                 body["messages"][ref.message]["content"][ref.part]["image_url"]["url"] = as_data_url(data)
             else:
                 data = data_url_bytes(ref)
-            images.append(await gateway.decode(data, ref.field, ticket))
+            images.append(await gateway.decode(data, ref.field, ticket, describe=False))
         ticket.admission.take_items(ticket, parsed.n)
         # a canary answers its share of traffic (sticky per X-Route-Key), under its own version
         target = gateway.route(state["request_id"], request.headers.get("x-route-key"))
@@ -176,6 +193,11 @@ def add_chat_routes(
         )  # fmt: skip
         deadline = time.monotonic() + ticket.remaining()
         REQUEST_OWNER.set(ticket.owner)  # the backend's batches take one request per key in turn
+        # The log's own work (image statistics, the logged prompt) runs one loop turn after the backend's
+        # first await: by then the upstream request is written (aiohttp writes it from a task of its
+        # own) or queued for the model, so it costs the answer nothing.
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, prepare_quietly, exchange)
         if parsed.stream:
             stream = answering.stream(body, deadline)
             events = aiter(stream)

@@ -17,7 +17,6 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -30,7 +29,7 @@ from vlmops.serve.admission import Admission, Ticket, overloaded
 from vlmops.serve.archive import ImageArchive
 from vlmops.serve.batcher import MicroBatcher, ModelSlot, Overloaded
 from vlmops.serve.chat_backend import ChatBackend
-from vlmops.serve.decode import decode_and_describe, png_pixels
+from vlmops.serve.decode import decode_checked, describe_decoded, png_pixels
 from vlmops.serve.errors import ApiError
 from vlmops.serve.limits import Limits
 from vlmops.serve.logwriter import LogWriter
@@ -96,12 +95,26 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class Decoded(NamedTuple):
-    """An image as `Gateway.decode` gives it: pixels, statistics for the monitor, sha256 of the bytes."""
+@dataclass
+class Decoded:
+    """An image as `Gateway.decode` gives it: pixels, statistics for the monitor, sha256 of the bytes.
+
+    `stats` is None while the statistics wait to be computed (`Gateway.decode(describe=False)`):
+    `source` then holds what `describe` needs.
+    """
 
     image: Image.Image
-    stats: dict
+    stats: dict | None
     sha256: str
+    source: tuple[bytes, str, tuple[int, int]] | None = None  # bytes, format, size as sent
+
+    def describe(self) -> dict:
+        """The statistics, computed now if they were left for later."""
+        if self.stats is None:
+            assert self.source is not None
+            self.stats = describe_decoded(self.image, *self.source)
+            self.source = None
+        return self.stats
 
 
 class Gateway:
@@ -291,20 +304,24 @@ class Gateway:
         """A request admitted with `admit` has finished."""
         self.admission.release(ticket)
 
-    async def decode(self, data: bytes, field_name: str, ticket: Ticket | None = None) -> Decoded:
+    async def decode(
+        self, data: bytes, field_name: str, ticket: Ticket | None = None, describe: bool = True
+    ) -> Decoded:
         """Decode untrusted bytes on the decode pool, within the request's deadline and the pixel budget;
         a small PNG (its header says so) is decoded at once on the event loop instead, which is cheaper
         than the two thread hand-offs.
 
         Returns the image (reduced towards the model's input size), its statistics for the monitor and
-        the sha256 of its bytes: the one hash of this input, which the log and the archive share.
+        the sha256 of its bytes: the one hash of this input, which the log and the archive share. With
+        `describe=False` a small PNG's statistics (only the log needs them) are left for
+        `Decoded.describe`, which the caller runs off the answer's critical path.
         """
         admission = self.admission if ticket is None else ticket.admission
         deadline = None if ticket is None else ticket.deadline
         if _small_png(data):
-            return self._decode_job(data, field_name, admission, deadline)
+            return self._decode_job(data, field_name, admission, deadline, describe)
         job = asyncio.get_running_loop().run_in_executor(
-            self._decode_pool, self._decode_job, data, field_name, admission, deadline
+            self._decode_pool, self._decode_job, data, field_name, admission, deadline, True
         )
         try:
             async with asyncio.timeout(self._time_left(ticket)):  # no task per request, unlike wait_for
@@ -313,10 +330,11 @@ class Gateway:
             raise self._timeout("decoding the image") from None
 
     def _decode_job(
-        self, data: bytes, field_name: str, admission: Admission, deadline: float | None
+        self, data: bytes, field_name: str, admission: Admission, deadline: float | None, describe: bool
     ) -> Decoded:
-        """On a decode thread: decode, describe, hash and (with --keep-images) archive one image."""
-        image, stats = decode_and_describe(
+        """On a decode thread: decode, describe (or leave that for later), hash and (with --keep-images)
+        archive one image."""
+        image, image_format, size = decode_checked(
             data,
             self.config.limits,
             field_name,
@@ -332,7 +350,10 @@ class Gateway:
                 self._recent_images.popitem(last=False)
         if self.archive is not None:  # only images that decoded; written before the answer leaves
             self.archive.put(data, digest)
-        return Decoded(image, stats, digest)
+        decoded = Decoded(image, None, digest, (data, image_format, size))
+        if describe:
+            decoded.describe()
+        return decoded
 
     def _time_left(self, ticket: Ticket | None) -> float:
         return self.config.timeout_s if ticket is None else max(0.0, ticket.remaining())
