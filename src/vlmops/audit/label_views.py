@@ -63,7 +63,7 @@ class LabelViews:
     text_probs: Probs | None
     text_emb: np.ndarray | None
     method: str
-    zero_shot_probs: object | None = None  # the model's own reading of each image among the labels
+    zero_shot_probs: object | None = None  # labels.ZeroShot or dense: the model's reading among the labels
     lookalike: Probs | None = None  # k-NN evidence of close look-alikes, views averaged
     caption_lookalike: Probs | None = None  # the same from the captions alone
 
@@ -80,13 +80,13 @@ def build_views(inputs, method: str) -> LabelViews | str:
         return "fewer than 10 labelled records with a readable image"
     rows = np.flatnonzero(labelled)
     labels = [str(x) for x in frame["label"].to_numpy()[rows]]
-    sparse = method == "knn"
-    image_probs, classes = out_of_sample_probs(inputs.image_emb()[rows], labels, method=method, sparse=sparse)
+    sparse = method == "knn"  # VoteProbs: O(records x k) memory; a logistic view is dense
+    image_emb = inputs.image_emb()[rows]
+    image_probs, classes = out_of_sample_probs(image_emb, labels, method=method, sparse=sparse)
     lookalike = caption_lookalike = None
     if method == "knn":
-        lookalike = out_of_sample_probs(inputs.image_emb()[rows], labels, prior=LOOKALIKE_PRIOR, sparse=True)[
-            0
-        ]
+        lookalike = out_of_sample_probs(image_emb, labels, prior=LOOKALIKE_PRIOR, sparse=True)[0]
+    del image_emb
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[x] for x in labels])
     first = inputs.first_texts()

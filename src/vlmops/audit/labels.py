@@ -96,7 +96,7 @@ def _knn_fold(
         if not sparse:
             probs[start : start + CHUNK] = chunk
             continue
-        packed = VoteProbs._pack(votes > 0, chunk, (total / n_classes / denominator)[:, 0], cols.shape[1])
+        packed = VoteProbs.pack(votes > 0, chunk, (total / n_classes / denominator)[:, 0], cols.shape[1])
         cols[start : start + CHUNK], values[start : start + CHUNK] = packed.cols, packed.values
         floor[start : start + CHUNK] = packed.floor
     return VoteProbs(cols, values, floor, n_classes) if sparse else probs

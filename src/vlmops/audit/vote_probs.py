@@ -63,10 +63,10 @@ class VoteProbs:
         probs = np.asarray(probs, dtype=np.float64)
         floor = probs.min(axis=1) if probs.shape[1] else np.zeros(len(probs))
         off = probs != floor[:, None]
-        return cls._pack(off, probs, floor)
+        return cls.pack(off, probs, floor)
 
     @classmethod
-    def _pack(cls, keep: np.ndarray, probs: np.ndarray, floor: np.ndarray, width: int = 0) -> VoteProbs:
+    def pack(cls, keep: np.ndarray, probs: np.ndarray, floor: np.ndarray, width: int = 0) -> VoteProbs:
         """Rows of `probs` as VoteProbs keeping the cells `keep` (the others must equal the floor), in
         `width` slots per row (at least as many as the fullest row needs)."""
         width = max(int(keep.sum(axis=1).max(initial=0)), width, 1)
