@@ -131,3 +131,51 @@ def test_contradictions_on_sparse_views_equal_dense() -> None:
     want = [f.__dict__ for f in caption_contradictions(frame, views(False))]
     got = [f.__dict__ for f in caption_contradictions(frame, views(True))]
     assert got == want and want
+
+
+@pytest.mark.parametrize("method", ["knn", "logistic"])
+def test_built_views_give_the_dense_views_findings(monkeypatch, method) -> None:
+    """build_views' views (VoteProbs and on-demand zero-shot; logistic: dense) give the same label
+    issues and caption contradictions as the same views made dense."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import vlmops.store.embed as embed
+    from vlmops.audit.label_views import build_views
+
+    rng = np.random.default_rng(9)
+    n, n_classes = 400, 8
+    y = np.arange(n) % n_classes
+    centres = rng.normal(size=(n_classes, 8))
+    image = (centres[y] + rng.normal(scale=0.9, size=(n, 8))).astype(np.float32)
+    text = (centres[y] + rng.normal(scale=0.9, size=(n, 8))).astype(np.float32)
+    text[:40] = text[40:80]  # swapped captions
+    prompts = {f"c{v}": centres[v].astype(np.float32) for v in range(n_classes)}
+    monkeypatch.setattr(embed, "embed_texts_cached", lambda model, texts, *a, **k: (
+        np.stack([prompts[t] if t in prompts else text[int(t[1:])] for t in texts]), None))  # fmt: skip
+    labels = [f"c{v}" for v in y]
+    frame = pd.DataFrame({"id": [str(i) for i in range(n)], "label": labels,
+                          "texts": [[f"t{i}"] for i in range(n)]})  # fmt: skip
+    inputs = SimpleNamespace(
+        frame=frame, readable=np.ones(n, dtype=bool), image_emb=lambda: image,
+        first_texts=lambda: [f"t{i}" for i in range(n)], model=SimpleNamespace(logit_scale=30.0),
+        cache=None, progress=False, prompt_template="{}",
+    )  # fmt: skip
+    views = build_views(inputs, method)
+
+    def dense(v):
+        return v.to_dense() if isinstance(v, VoteProbs) else v
+
+    zero = views.zero_shot_probs
+    dense_views = replace(
+        views, image_probs=dense(views.image_probs), text_probs=dense(views.text_probs),
+        lookalike=dense(views.lookalike), caption_lookalike=dense(views.caption_lookalike),
+        zero_shot_probs=zero_shot_probs(zero.image_emb[zero.rows], zero.class_emb, zero.logit_scale),
+    )  # fmt: skip
+    assert isinstance(views.image_probs, VoteProbs) == (method == "knn")
+    got, want = (
+        ([f.__dict__ for f in caption_contradictions(frame, v)],
+         label_check(frame, v.image_probs, v.classes, "s", None, v.text_probs, v.lookalike).to_dict())
+        for v in (views, dense_views)
+    )  # fmt: skip
+    assert got == want and want[0] and want[1]["findings"]
