@@ -4,12 +4,13 @@ classes one matrix is 1.5 GiB per 100k items, and the 100k-image audit held seve
 from __future__ import annotations
 
 import tracemalloc
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 
 from vlmops.audit import stats
-from vlmops.audit.label_views import LabelViews, caption_contradictions
+from vlmops.audit.label_views import LabelViews, build_views, caption_contradictions
 from vlmops.audit.labels import label_check, zero_shot_probs
 
 
@@ -56,3 +57,30 @@ def test_label_check_and_contradictions_need_less_than_one_matrix_more(monkeypat
     emb = np.random.default_rng(5).normal(size=(n, 16))
     peak = _peak_above(lambda: zero_shot_probs(emb, emb[:n_classes], 30.0))
     assert peak < 1.5 * matrix  # its result, and nothing more of that size
+
+
+def test_label_views_memory_grows_with_k_not_with_classes(monkeypatch) -> None:
+    """At many classes the views hold a few slots per record, not one value per class (dense: 4 matrices
+    of n x classes float64, 48 KB per record at 1,500 classes)."""
+    import vlmops.store.embed as embed
+
+    rng = np.random.default_rng(8)
+    n, n_classes = 3000, 1500
+    y = np.arange(n) % n_classes
+    labels = [f"c{v:04d}" for v in y]
+    centres = rng.normal(size=(n_classes, 16))
+    image = (centres[y] + rng.normal(scale=0.5, size=(n, 16))).astype(np.float32)
+    monkeypatch.setattr(embed, "embed_texts_cached", lambda model, texts, *a, **k: (
+        rng.normal(size=(len(texts), 16)).astype(np.float32), None))  # fmt: skip
+    frame = pd.DataFrame({"id": [str(i) for i in range(n)], "label": labels,
+                          "texts": [[f"t{i}"] for i in range(n)]})  # fmt: skip
+    inputs = SimpleNamespace(
+        frame=frame, readable=np.ones(n, dtype=bool), image_emb=lambda: image,
+        first_texts=lambda: [f"t{i}" for i in range(n)], model=SimpleNamespace(logit_scale=30.0),
+        cache=None, progress=False, prompt_template="{}",
+    )  # fmt: skip
+    views = build_views(inputs, "knn")
+    held = [views.image_probs, views.text_probs, views.lookalike, views.caption_lookalike]
+    held.append(views.zero_shot_probs)  # computed on demand: no matrix of its own
+    per_record = sum(getattr(v, "nbytes", 0) for v in held) / n
+    assert per_record < 1000, f"the label views hold {per_record:.0f} bytes per record"

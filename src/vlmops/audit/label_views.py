@@ -42,27 +42,35 @@ import pandas as pd
 
 from vlmops.audit.caption_swaps import CAPTION_RANK_SHARE, caption_rank_share
 from vlmops.audit.findings import CheckResult, Finding
+from vlmops.audit.vote_probs import VoteProbs, cells, row_argmax
+
+Probs = np.ndarray | VoteProbs
 
 
 @dataclass(frozen=True)
 class LabelViews:
-    """Out-of-sample class probabilities of the labelled, readable records from images and captions."""
+    """Out-of-sample class probabilities of the labelled, readable records from images and captions.
+
+    With the k-NN method every view is a `VoteProbs` (the voted classes and the floor per row: memory
+    O(records x k), not O(records x classes)) and the zero-shot view a `labels.ZeroShot` computed on
+    demand; with `method="logistic"` the image and caption views are dense (n, classes) matrices. Dense
+    matrices are accepted everywhere (tests, small data)."""
 
     rows: np.ndarray
     classes: list[str]
     y: np.ndarray
-    image_probs: np.ndarray
-    text_probs: np.ndarray | None
+    image_probs: Probs
+    text_probs: Probs | None
     text_emb: np.ndarray | None
     method: str
-    zero_shot_probs: np.ndarray | None = None  # the model's own reading of each image among the labels
-    lookalike: np.ndarray | None = None  # k-NN evidence of close look-alikes, views averaged
-    caption_lookalike: np.ndarray | None = None  # the same from the captions alone
+    zero_shot_probs: object | None = None  # labels.ZeroShot or dense: the model's reading among the labels
+    lookalike: Probs | None = None  # k-NN evidence of close look-alikes, views averaged
+    caption_lookalike: Probs | None = None  # the same from the captions alone
 
 
 def build_views(inputs, method: str) -> LabelViews | str:
     """The two views for `inputs` (an AuditInputs), or the reason they cannot be built."""
-    from vlmops.audit.labels import LOOKALIKE_PRIOR, out_of_sample_probs, zero_shot_probs
+    from vlmops.audit.labels import LOOKALIKE_PRIOR, ZeroShot, out_of_sample_probs
     from vlmops.evaluate.task import prompt_name
     from vlmops.store.embed import embed_texts_cached
 
@@ -72,10 +80,13 @@ def build_views(inputs, method: str) -> LabelViews | str:
         return "fewer than 10 labelled records with a readable image"
     rows = np.flatnonzero(labelled)
     labels = [str(x) for x in frame["label"].to_numpy()[rows]]
-    image_probs, classes = out_of_sample_probs(inputs.image_emb()[rows], labels, method=method)
+    sparse = method == "knn"  # VoteProbs: O(records x k) memory; a logistic view is dense
+    image_emb = inputs.image_emb()[rows]
+    image_probs, classes = out_of_sample_probs(image_emb, labels, method=method, sparse=sparse)
     lookalike = caption_lookalike = None
     if method == "knn":
-        lookalike = out_of_sample_probs(inputs.image_emb()[rows], labels, prior=LOOKALIKE_PRIOR)[0]
+        lookalike = out_of_sample_probs(image_emb, labels, prior=LOOKALIKE_PRIOR, sparse=True)[0]
+    del image_emb
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[x] for x in labels])
     first = inputs.first_texts()
@@ -85,15 +96,14 @@ def build_views(inputs, method: str) -> LabelViews | str:
         text_emb, _ = embed_texts_cached(
             inputs.model, [t or "" for t in texts], inputs.cache, progress=inputs.progress
         )
-        text_probs, text_classes = out_of_sample_probs(text_emb, labels, method=method)
+        text_probs, text_classes = out_of_sample_probs(text_emb, labels, method=method, sparse=sparse)
         assert list(text_classes) == list(classes), "both views see the same labels"
         if lookalike is not None:
-            caption_lookalike = out_of_sample_probs(text_emb, labels, prior=LOOKALIKE_PRIOR)[0]
-            lookalike += caption_lookalike  # in place: (a + b) / 2 without another (n, classes) matrix
-            lookalike /= 2
+            caption_lookalike = out_of_sample_probs(text_emb, labels, prior=LOOKALIKE_PRIOR, sparse=True)[0]
+            lookalike = lookalike.mean(caption_lookalike)
     prompts = [inputs.prompt_template.format(prompt_name(str(c).split("/")[-1])) for c in classes]
     class_emb, _ = embed_texts_cached(inputs.model, prompts, inputs.cache, progress=False)
-    zero_shot = zero_shot_probs(inputs.image_emb()[rows], class_emb, inputs.model.logit_scale)
+    zero_shot = ZeroShot(inputs.image_emb(), rows, class_emb, float(inputs.model.logit_scale))
     classes = [str(c) for c in classes]
     return LabelViews(
         rows, classes, y, image_probs, text_probs, text_emb, method, zero_shot, lookalike, caption_lookalike
@@ -121,6 +131,13 @@ def peers_back_label(texts: list[str], y: np.ndarray, other: bool = False) -> np
     return out
 
 
+def _zero_shot_cells(zero_shot, *cols: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The zero-shot view (a dense matrix or a `labels.ZeroShot`) at (row r, c[r]) for each c of `cols`."""
+    if isinstance(zero_shot, np.ndarray):
+        return tuple(zero_shot[np.arange(len(zero_shot)), c] for c in cols)
+    return zero_shot.cells(*cols)
+
+
 def caption_contradictions(frame, views: LabelViews, image_emb: np.ndarray | None = None) -> list[Finding]:
     """Records whose caption view doubts the label while the image backs the label over the caption's
     reading (image view and zero-shot view averaged), and (when `image_emb` of the view rows is given)
@@ -136,7 +153,7 @@ def caption_contradictions(frame, views: LabelViews, image_emb: np.ndarray | Non
     before) and precision rose 0.947 / 0.945 -> 0.959 / 0.951.
     """
     from vlmops.audit.labels import CAPTION_ALTERNATIVE, best_other, confident_learning, unsupported
-    from vlmops.audit.stats import other_class
+    from vlmops.audit.vote_probs import other_class
 
     if views.text_probs is None:
         return []
@@ -144,13 +161,15 @@ def caption_contradictions(frame, views: LabelViews, image_emb: np.ndarray | Non
     text_flags = confident_learning(views.text_probs, views.y)[0]
     text_flags |= unsupported(views.text_probs, views.y)  # spread-out doubt that CL counts nowhere
     reads_as = other_class((views.text_probs,), views.y)[0]  # what the caption reads as, not the label
-
-    def image(r, c):  # the image k-NN view and the zero-shot view averaged, at cells (r, c)
-        if views.zero_shot_probs is None:
-            return views.image_probs[r, c]
-        return (views.image_probs[r, c] + views.zero_shot_probs[r, c]) / 2
-
-    image_backs_label = image(rows, views.y) > image(rows, reads_as)
+    # the image k-NN view and the zero-shot view averaged, at the label and at the caption's reading
+    image_label, image_reads = (
+        cells(views.image_probs, rows, views.y),
+        cells(views.image_probs, rows, reads_as),
+    )
+    if views.zero_shot_probs is not None:
+        zero_label, zero_reads = _zero_shot_cells(views.zero_shot_probs, views.y, reads_as)
+        image_label, image_reads = (image_label + zero_label) / 2, (image_reads + zero_reads) / 2
+    image_backs_label = image_label > image_reads
     flags = text_flags & image_backs_label  # else the image sides with the caption: a label issue
     texts = [frame["texts"].iloc[i][0] for i in views.rows]
     flags &= ~peers_back_label(texts, views.y)
@@ -168,9 +187,9 @@ def caption_contradictions(frame, views: LabelViews, image_emb: np.ndarray | Non
                 ids[local], "alignment", "caption_contradicts_label", "warning",
                 f"the caption {texts[local]!r} reads as {said!r}; the image agrees with the label {given!r}",
                 {"caption": texts[local], "label": given, "caption_suggests": said,
-                 "caption_label_probability": float(views.text_probs[local, views.y[local]]),
-                 "image_label_probability": float(image(local, views.y[local])),
-                 "image_suggested_probability": float(image(local, reads_as[local]))},
+                 "caption_label_probability": float(cells(views.text_probs, [local], views.y[[local]])[0]),
+                 "image_label_probability": float(image_label[local]),
+                 "image_suggested_probability": float(image_reads[local])},
             )
         )  # fmt: skip
     return out
@@ -198,7 +217,7 @@ def add_contradictions(
         return result
     if views.text_probs is not None:
         local = dict(zip(frame["id"].astype(str).to_numpy()[views.rows], range(len(views.rows)), strict=True))
-        reads = views.text_probs.argmax(1)
+        reads = row_argmax(views.text_probs)
         evidence = views.caption_lookalike
         elsewhere = None if evidence is None else best_other(evidence, views.y) >= CAPTION_ALTERNATIVE
 

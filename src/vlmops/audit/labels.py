@@ -9,12 +9,14 @@ a robust-z outlier low within their label (or the whole data set).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from vlmops.audit.findings import CheckResult, Finding
-from vlmops.audit.stats import MAD_TO_SIGMA, other_class, robust_z, row_blocks
+from vlmops.audit.stats import MAD_TO_SIGMA, robust_z, row_blocks
+from vlmops.audit.vote_probs import VoteProbs, cells, confident_classes, other_class, row_argmax
 from vlmops.errors import DataError
 
 CHUNK = 2048
@@ -51,7 +53,8 @@ def _knn_fold(
     weighted: bool,
     prior: float | None = None,
     everything: np.ndarray | None = None,
-) -> np.ndarray:
+    sparse: bool = False,
+) -> np.ndarray | VoteProbs:
     """k-NN class probabilities on cosine similarity (`everything`: all folds' rows, for the index).
 
     Each of the k neighbours votes with weight 1 / max(cosine distance, `MIN_DISTANCE`) when `weighted`,
@@ -66,11 +69,19 @@ def _knn_fold(
     With `prior` the pseudo-vote has that fixed weight instead (e.g. `LOOKALIKE_PRIOR`): then distant
     neighbours, whatever their number, cannot outweigh it, and the probabilities measure the evidence of
     close look-alikes rather than of whoever happens to be nearest.
+
+    With `sparse` the result is a `VoteProbs` (the voted classes and the floor per row, the very same
+    values): memory O(items x k) instead of O(items x classes); each chunk is dense only while computed.
     """
     from vlmops.audit.neighbours import top_k
 
     k = min(k, len(train))
-    probs = np.empty((len(test), n_classes), dtype=np.float64)
+    if sparse:
+        cols = np.full((len(test), max(k, 1)), -1, dtype=np.int32)
+        values = np.full((len(test), max(k, 1)), -np.inf)
+        floor = np.empty(len(test), dtype=np.float64)
+    else:
+        probs = np.empty((len(test), n_classes), dtype=np.float64)
     neighbours, similarities = top_k(test, train, k, block=CHUNK, train=everything)
     for start in range(0, len(test), CHUNK):
         top, near = neighbours[start : start + CHUNK], similarities[start : start + CHUNK]
@@ -80,10 +91,15 @@ def _knn_fold(
         total = votes.sum(axis=1, keepdims=True) / k  # one neighbour's mean weight = one pseudo-vote
         if prior is not None:
             total = np.full_like(total, prior)
-        probs[start : start + CHUNK] = (votes + total / n_classes) / (
-            votes.sum(axis=1, keepdims=True) + total
-        )
-    return probs
+        denominator = votes.sum(axis=1, keepdims=True) + total
+        chunk = (votes + total / n_classes) / denominator
+        if not sparse:
+            probs[start : start + CHUNK] = chunk
+            continue
+        packed = VoteProbs.pack(votes > 0, chunk, (total / n_classes / denominator)[:, 0], cols.shape[1])
+        cols[start : start + CHUNK], values[start : start + CHUNK] = packed.cols, packed.values
+        floor[start : start + CHUNK] = packed.floor
+    return VoteProbs(cols, values, floor, n_classes) if sparse else probs
 
 
 def _logistic_fold(
@@ -114,12 +130,13 @@ def out_of_sample_probs(
     k: int = 10,
     weighted: bool = True,
     prior: float | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    sparse: bool = False,
+) -> tuple[np.ndarray | VoteProbs, np.ndarray]:
     """Out-of-fold class probabilities (n, c) for every item and the sorted class names.
 
     Folds are stratified by label (`fold_ids`), so an item's probabilities come from a k-NN vote or a
     logistic regression fitted without it. `prior` (k-NN only): the weight of the smoothing pseudo-vote,
-    see `_knn_fold`.
+    see `_knn_fold`. `sparse` (k-NN only): a `VoteProbs` of the same values, O(n x k) memory.
     """
     if method not in ("knn", "logistic"):
         raise ValueError(f"method must be 'knn' or 'logistic', got {method!r}")
@@ -132,6 +149,10 @@ def out_of_sample_probs(
         raise DataError(f"{len(x)} embeddings but {len(y)} labels; pass one label per embedding")
     folds = max(2, min(folds, len(y)))
     fold = fold_ids(y, folds, seed)
+    if sparse and method != "knn":
+        raise ValueError("sparse probabilities are for method='knn' only")
+    if sparse:
+        return _sparse_knn(x, y, fold, folds, len(classes), k, weighted, prior), classes
     probs = np.zeros((len(y), len(classes)), dtype=np.float64)
     for f in range(folds):
         test, train = fold == f, fold != f
@@ -144,6 +165,31 @@ def out_of_sample_probs(
     return probs, classes
 
 
+def _sparse_knn(
+    x: np.ndarray,
+    y: np.ndarray,
+    fold: np.ndarray,
+    folds: int,
+    n_classes: int,
+    k: int,
+    weighted: bool,
+    prior: float | None,
+) -> VoteProbs:
+    """`out_of_sample_probs`'s k-NN folds as one VoteProbs (rows no fold predicts stay 0, as dense)."""
+    width = max(1, min(k, len(y)))
+    cols = np.full((len(y), width), -1, dtype=np.int32)
+    values = np.full((len(y), width), -np.inf)
+    floor = np.zeros(len(y), dtype=np.float64)
+    for f in range(folds):
+        test, train = fold == f, fold != f
+        if not test.any() or not train.any():
+            continue
+        part = _knn_fold(x[train], y[train], x[test], n_classes, k, weighted, prior, x, sparse=True)
+        w = part.cols.shape[1]
+        cols[test, :w], values[test, :w], floor[test] = part.cols, part.values, part.floor
+    return VoteProbs(cols, values, floor, n_classes)
+
+
 def zero_shot_probs(image_emb: np.ndarray, class_emb: np.ndarray, logit_scale: float) -> np.ndarray:
     """Softmax over classes of logit_scale x cosine(image, class text)."""
     logits = _normalise(image_emb, np.float64) @ _normalise(class_emb, np.float64).T
@@ -154,26 +200,56 @@ def zero_shot_probs(image_emb: np.ndarray, class_emb: np.ndarray, logit_scale: f
     return logits
 
 
-def _confident_joint(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class ZeroShot:
+    """`zero_shot_probs` of the images `image_emb[rows]` among the classes `class_emb`, computed on demand
+    in blocks of `stats.ROW_BLOCK` rows: the checks read a few cells per row, so the (n, classes) matrix
+    is never held (at 1,923 classes it is 15 KiB per image)."""
+
+    image_emb: np.ndarray  # every record's embedding; the view's records are `rows`
+    rows: np.ndarray
+    class_emb: np.ndarray
+    logit_scale: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.rows), len(self.class_emb))
+
+    def cells(self, *cols: np.ndarray) -> tuple[np.ndarray, ...]:
+        """For each array `c` of `cols` (one class per row): the probabilities at (row r, c[r])."""
+        out = tuple(np.empty(len(self.rows), dtype=np.float64) for _ in cols)
+        for block in row_blocks(len(self.rows)):
+            probs = zero_shot_probs(self.image_emb[self.rows[block]], self.class_emb, self.logit_scale)
+            for target, c in zip(out, cols, strict=True):
+                target[block] = probs[np.arange(len(probs)), np.asarray(c)[block]]
+        return out
+
+
+def _confident_joint(probs: np.ndarray | VoteProbs, labels: np.ndarray) -> np.ndarray:
     """Calibrated confident joint C[given, confident] (rows sum to the given-label counts)."""
     n_classes = probs.shape[1]
     counts = np.bincount(labels, minlength=n_classes)
-    sums = np.bincount(labels, weights=probs[np.arange(len(labels)), labels], minlength=n_classes)
+    sums = np.bincount(labels, weights=cells(probs, np.arange(len(labels)), labels), minlength=n_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         thresholds = np.where(counts > 0, sums / counts, np.inf)  # no items labelled j: never confident j
-    confident = np.empty(len(labels), dtype=np.int64)
-    counted = np.empty(len(labels), dtype=bool)
-    for block in row_blocks(len(labels)):  # no full-size temporaries
-        above = probs[block] >= thresholds - 1e-12
-        confident[block] = np.where(above, probs[block], -1.0).argmax(axis=1)
-        counted[block] = above.any(axis=1)
+    if isinstance(probs, VoteProbs):
+        confident, counted = confident_classes(probs, thresholds - 1e-12)
+    else:
+        confident = np.empty(len(labels), dtype=np.int64)
+        counted = np.empty(len(labels), dtype=bool)
+        for block in row_blocks(len(labels)):  # no full-size temporaries
+            above = probs[block] >= thresholds - 1e-12
+            confident[block] = np.where(above, probs[block], -1.0).argmax(axis=1)
+            counted[block] = above.any(axis=1)
     joint = np.zeros((n_classes, n_classes))
     np.add.at(joint, (labels[counted], confident[counted]), 1.0)
     rows = joint.sum(axis=1, keepdims=True)
     return np.where(rows > 0, joint / np.where(rows > 0, rows, 1.0) * counts[:, None], 0.0)
 
 
-def confident_learning(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def confident_learning(
+    probs: np.ndarray | VoteProbs, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Label issues by confident learning: (issue mask, suggested class index, self-confidence).
 
     Variant (as cleanlab's ``prune_by_noise_rate``): per-class thresholds t_j = mean p_j over items
@@ -184,9 +260,10 @@ def confident_learning(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarra
     for flagged items, the given label otherwise; self-confidence = p_given (rank issues by it, lowest
     first).
     """
-    probs = np.asarray(probs, dtype=np.float64)
+    if not isinstance(probs, VoteProbs):
+        probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    if probs.ndim != 2 or len(probs) != len(labels):
+    if len(probs.shape) != 2 or len(probs) != len(labels):
         raise DataError(f"probs must be (n, c) with n = {len(labels)} labels, got shape {probs.shape}")
     n, n_classes = probs.shape
     if n and (labels.min() < 0 or labels.max() >= n_classes):
@@ -196,7 +273,7 @@ def confident_learning(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarra
     np.fill_diagonal(remove, 0)
     counts = np.bincount(labels, minlength=n_classes)
     mask = np.zeros(n, dtype=bool)
-    self_conf = probs[np.arange(n), labels]
+    self_conf = cells(probs, np.arange(n), labels)
     for i in np.flatnonzero(remove.sum(axis=1)):
         members = np.flatnonzero(labels == i)
         budget = max(0, counts[i] - 1)  # keep at least one item per class
@@ -204,10 +281,12 @@ def confident_learning(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarra
             take = min(remove[i, j], budget)
             if take <= 0:
                 break
-            margin = probs[members, j] - probs[members, i]
+            margin = cells(probs, members, np.full(len(members), j)) - cells(
+                probs, members, np.full(len(members), i)
+            )
             mask[members[np.argsort(-margin, kind="stable")[:take]]] = True
             budget -= take
-    argmax = probs.argmax(axis=1)
+    argmax = row_argmax(probs)
     mask &= argmax != labels
     suggested = np.where(mask, argmax, labels)
     return mask, suggested, self_conf
@@ -224,7 +303,7 @@ def unsupported(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Items whose given label gets less than `UNSUPPORTED` probability although at least `MIN_PEERS`
     other items carry it (an out-of-sample model cannot support a label it has (almost) never seen)."""
     counts = np.bincount(y, minlength=probs.shape[1])
-    return (probs[np.arange(len(y)), y] < UNSUPPORTED) & (counts[y] > MIN_PEERS)
+    return (cells(probs, np.arange(len(y)), y) < UNSUPPORTED) & (counts[y] > MIN_PEERS)
 
 
 def both_views_flag(first: np.ndarray, second: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -247,8 +326,10 @@ def best_other(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     return other_class((probs,), y)[1]
 
 
-def _rows(matrix: np.ndarray, keep: np.ndarray) -> np.ndarray:
+def _rows(matrix: np.ndarray | VoteProbs, keep: np.ndarray) -> np.ndarray | VoteProbs:
     """matrix[keep], without the copy when `keep` is every row in order."""
+    if isinstance(matrix, VoteProbs):
+        return matrix if len(keep) == len(matrix) else matrix.take(keep)
     matrix = np.asarray(matrix)
     return matrix if len(keep) == len(matrix) else matrix[keep]
 
@@ -294,26 +375,27 @@ def label_check(
     if len(keep) == 0:
         result.skipped = "no record has a label among the probability columns"
         return result
-    probs = np.asarray(probs)
+    probs = probs if isinstance(probs, VoteProbs) else np.asarray(probs)
     mask, suggested, self_conf = confident_learning(_rows(probs, keep), y[keep])
     if confirm is not None:
-        confirm = np.asarray(confirm)
+        confirm = confirm if isinstance(confirm, VoteProbs) else np.asarray(confirm)
         if confirm.shape != probs.shape:
             raise ValueError(f"confirm has shape {confirm.shape}, probs {probs.shape}: use the same rows")
         first, second = _rows(probs, keep), _rows(confirm, keep)
         mask = both_views_flag(first, second, y[keep])
         suggested = other_class((first, second), y[keep])[0]  # another class, by the views' mean
     if evidence is not None:
-        evidence = np.asarray(evidence)
+        evidence = evidence if isinstance(evidence, VoteProbs) else np.asarray(evidence)
         if evidence.shape != probs.shape:
             raise ValueError(f"evidence has shape {evidence.shape}, probs {probs.shape}: use the same rows")
         mask &= best_other(_rows(evidence, keep), y[keep]) >= ALTERNATIVE
     ids = frame["id"].astype(str).to_numpy()
     for local in sorted(np.flatnonzero(mask), key=lambda i: self_conf[i]):
         row, sugg = keep[local], str(classes[suggested[local]])
-        p_sugg = float(probs[row, suggested[local]])
+        cell = (np.array([row]), suggested[local : local + 1])
+        p_sugg = float(cells(probs, *cell)[0])
         if confirm is not None:  # the views' mean
-            p_sugg = float((probs[row, suggested[local]] + confirm[row, suggested[local]]) / 2)
+            p_sugg = float((cells(probs, *cell)[0] + cells(confirm, *cell)[0]) / 2)
         result.findings.append(
             Finding(
                 record_id=ids[row],
