@@ -4,11 +4,11 @@ classes one matrix is 1.5 GiB per 100k items, and the 100k-image audit held seve
 from __future__ import annotations
 
 import tracemalloc
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 
+from test_audit_vote_probs import view_inputs
 from vlmops.audit import stats
 from vlmops.audit.label_views import LabelViews, build_views, caption_contradictions
 from vlmops.audit.labels import label_check, zero_shot_probs
@@ -72,13 +72,7 @@ def test_label_views_memory_grows_with_k_not_with_classes(monkeypatch) -> None:
     image = (centres[y] + rng.normal(scale=0.5, size=(n, 16))).astype(np.float32)
     monkeypatch.setattr(embed, "embed_texts_cached", lambda model, texts, *a, **k: (
         rng.normal(size=(len(texts), 16)).astype(np.float32), None))  # fmt: skip
-    frame = pd.DataFrame({"id": [str(i) for i in range(n)], "label": labels,
-                          "texts": [[f"t{i}"] for i in range(n)]})  # fmt: skip
-    inputs = SimpleNamespace(
-        frame=frame, readable=np.ones(n, dtype=bool), image_emb=lambda: image,
-        first_texts=lambda: [f"t{i}" for i in range(n)], model=SimpleNamespace(logit_scale=30.0),
-        cache=None, progress=False, prompt_template="{}",
-    )  # fmt: skip
+    inputs = view_inputs(labels, image)
     views = build_views(inputs, "knn")
     held = [views.image_probs, views.text_probs, views.lookalike, views.caption_lookalike]
     held.append(views.zero_shot_probs)  # computed on demand: no matrix of its own

@@ -22,6 +22,20 @@ from vlmops.audit.labels import (
 from vlmops.audit.vote_probs import VoteProbs, other_class, row_argmax
 
 
+def view_inputs(labels: list[str], image: np.ndarray):
+    """What `build_views` reads of an AuditInputs: labelled records "0".."n-1" with captions "t0".."""
+    from types import SimpleNamespace
+
+    n = len(labels)
+    frame = pd.DataFrame({"id": [str(i) for i in range(n)], "label": labels,
+                          "texts": [[f"t{i}"] for i in range(n)]})  # fmt: skip
+    return SimpleNamespace(
+        frame=frame, readable=np.ones(n, dtype=bool), image_emb=lambda: image,
+        first_texts=lambda: [f"t{i}" for i in range(n)], model=SimpleNamespace(logit_scale=30.0),
+        cache=None, progress=False, prompt_template="{}",
+    )  # fmt: skip
+
+
 def _random_votes(seed: int, n: int, n_classes: int, width: int, levels: int | None = None) -> VoteProbs:
     """Random VoteProbs; with `levels`, values and floors from a few levels only (many exact ties)."""
     rng = np.random.default_rng(seed)
@@ -138,7 +152,6 @@ def test_built_views_give_the_dense_views_findings(monkeypatch, method) -> None:
     """build_views' views (VoteProbs and on-demand zero-shot; logistic: dense) give the same label
     issues and caption contradictions as the same views made dense."""
     from dataclasses import replace
-    from types import SimpleNamespace
 
     import vlmops.store.embed as embed
     from vlmops.audit.label_views import build_views
@@ -153,14 +166,8 @@ def test_built_views_give_the_dense_views_findings(monkeypatch, method) -> None:
     prompts = {f"c{v}": centres[v].astype(np.float32) for v in range(n_classes)}
     monkeypatch.setattr(embed, "embed_texts_cached", lambda model, texts, *a, **k: (
         np.stack([prompts[t] if t in prompts else text[int(t[1:])] for t in texts]), None))  # fmt: skip
-    labels = [f"c{v}" for v in y]
-    frame = pd.DataFrame({"id": [str(i) for i in range(n)], "label": labels,
-                          "texts": [[f"t{i}"] for i in range(n)]})  # fmt: skip
-    inputs = SimpleNamespace(
-        frame=frame, readable=np.ones(n, dtype=bool), image_emb=lambda: image,
-        first_texts=lambda: [f"t{i}" for i in range(n)], model=SimpleNamespace(logit_scale=30.0),
-        cache=None, progress=False, prompt_template="{}",
-    )  # fmt: skip
+    inputs = view_inputs([f"c{v}" for v in y], image)
+    frame = inputs.frame
     views = build_views(inputs, method)
 
     def dense(v):
