@@ -62,21 +62,10 @@ def decode_image(data: bytes, limits: Limits, field: str = "image") -> Image.Ima
     return _decode(data, limits, field)[0]
 
 
-def decode_and_describe(
-    data: bytes,
-    limits: Limits,
-    field: str = "image",
-    model_side: int | None = None,
-    reserve: Callable[[int], None] | None = None,
-    release: Callable[[int], None] | None = None,
-    deadline: float | None = None,
-) -> tuple[Image.Image, dict]:
-    """`decode_image` (reduced towards `model_side`) plus the image statistics the log keeps.
-
-    The statistics describe the image as sent (its full width and height). `deadline` (perf_counter
-    time): a job that starts after it raises a 504 instead of decoding for a request that is gone.
-    """
-    image, image_format, size = decode_checked(data, limits, field, model_side, reserve, release, deadline)
+def decode_and_describe(data: bytes, limits: Limits, field: str = "image") -> tuple[Image.Image, dict]:
+    """`decode_image` plus the image statistics the log keeps (the gateway's `decode_checked` and
+    `describe_decoded`, in one call)."""
+    image, image_format, size = decode_checked(data, limits, field)
     return image, describe_decoded(image, data, image_format, size)
 
 
@@ -89,15 +78,17 @@ def decode_checked(
     release: Callable[[int], None] | None = None,
     deadline: float | None = None,
 ) -> tuple[Image.Image, str, tuple[int, int]]:
-    """The first half of `decode_and_describe`: the validated image (every check, the full decode), the
-    format its header named and its size as sent, for `describe_decoded` to describe later."""
+    """The validated image (every check, the full decode; reduced towards `model_side`), the format its
+    header named and its size as sent, for `describe_decoded` to describe now or later. `deadline`
+    (perf_counter time): a job that starts after it raises a 504 instead of decoding for a request that
+    is gone."""
     if deadline is not None and time.perf_counter() > deadline:
         raise ApiError(504, "timeout", f"{field} was not decoded before the request's deadline; retry later")
     return _decode(data, limits, field, model_side, reserve, release)
 
 
 def describe_decoded(image: Image.Image, data: bytes, image_format: str, size: tuple[int, int]) -> dict:
-    """The second half of `decode_and_describe`: the statistics the log keeps (size as sent)."""
+    """The image statistics the log keeps, for an image from `decode_checked` (its full size as sent)."""
     stats = describe_image(image, data, image_format)
     stats.update(width=size[0], height=size[1], aspect=size[0] / size[1])
     return stats
