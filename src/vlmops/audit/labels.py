@@ -8,7 +8,7 @@ a robust-z outlier low within their label (or the whole data set).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,15 +154,20 @@ def out_of_sample_probs(
     if sparse:
         return _sparse_knn(x, y, fold, folds, len(classes), k, weighted, prior), classes
     probs = np.zeros((len(y), len(classes)), dtype=np.float64)
-    for f in range(folds):
-        test, train = fold == f, fold != f
-        if not test.any() or not train.any():
-            continue
+    for test, train in _fold_splits(fold, folds):
         if method == "knn":
             probs[test] = _knn_fold(x[train], y[train], x[test], len(classes), k, weighted, prior, x)
         else:
             probs[test] = _logistic_fold(x[train], y[train], x[test], len(classes), seed)
     return probs, classes
+
+
+def _fold_splits(fold: np.ndarray, folds: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(test, train) row masks of each fold that has rows on both sides."""
+    for f in range(folds):
+        test, train = fold == f, fold != f
+        if test.any() and train.any():
+            yield test, train
 
 
 def _sparse_knn(
@@ -180,10 +185,7 @@ def _sparse_knn(
     cols = np.full((len(y), width), -1, dtype=np.int32)
     values = np.full((len(y), width), -np.inf)
     floor = np.zeros(len(y), dtype=np.float64)
-    for f in range(folds):
-        test, train = fold == f, fold != f
-        if not test.any() or not train.any():
-            continue
+    for test, train in _fold_splits(fold, folds):
         part = _knn_fold(x[train], y[train], x[test], n_classes, k, weighted, prior, x, sparse=True)
         w = part.cols.shape[1]
         cols[test, :w], values[test, :w], floor[test] = part.cols, part.values, part.floor
