@@ -632,3 +632,113 @@ def test_aclose_from_another_task_ends_the_reader_quietly_as_cancelled(fake):
     stream, got = run(go, fake.url)
     assert stream.outcome.status == "cancelled" and stream.outcome.text.startswith("a red")
     assert got[-1] != b"data: [DONE]\n\n"
+
+
+def test_a_silence_longer_than_timeout_s_is_504_before_a_later_deadline(fake):
+    """The per-read silence limit (`timeout_s`) still holds where the request's deadline is later: one
+    timer per exchange for the deadline must not drop it."""
+    fake.token_delay_s, fake.extra_tokens = 2.0, 5
+    for call in (
+        lambda b: b.complete(chat_body(), soon(10)),
+        lambda b: collect(b.stream(chat_body(stream=True), soon(10))),
+    ):
+        start = time.monotonic()
+        with pytest.raises(ApiError) as info:
+            run(call, fake.url, timeout_s=0.4)
+        assert info.value.status == 504 and info.value.code == "upstream_timeout"
+        assert time.monotonic() - start < 1.8  # the 0.4 s silence, not the 10 s deadline
+
+
+def test_a_deadline_already_past_is_504_without_calling_the_upstream(fake):
+    for call in (
+        lambda b: b.complete(chat_body(), soon(-1)),
+        lambda b: collect(b.stream(chat_body(stream=True), soon(-1))),
+    ):
+        with pytest.raises(ApiError) as info:
+            run(call, fake.url)
+        assert info.value.status == 504 and info.value.code == "upstream_timeout"
+    assert fake.calls == 0
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"a": [1, 2.5, -3e8, 12345678901234567890, true, null, "x\\u00e9\\ud83d\\ude00"]}',
+        '{"content": "caf\u00e9 \u732b \U0001f642"}'.encode(),
+        b'  {"a": 1}  ',  # whitespace around: json.loads allows it
+        b'{"a": 1}\n',
+        b'{"a": NaN, "b": Infinity}',
+        b'"just a string"',
+        b"[1, 2]",
+        b"17",
+    ],
+)
+def test_loads_event_is_json_loads(payload):
+    from vlmops.serve.upstream_stream import loads_event
+
+    value = loads_event(payload)
+    assert value == json.loads(payload) or (value != value and json.loads(payload) != json.loads(payload))
+    assert type(value) is type(json.loads(payload))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b'{"a": 1} {"b": 2}', b'{"a": 1', b"", b"   ", b"{'a': 1}", b'{"a": "\xff"}', b'{"a": 1}x'],
+)
+def test_loads_event_refuses_what_json_loads_refuses(payload):
+    from vlmops.serve.upstream_stream import loads_event
+
+    with pytest.raises(ValueError):
+        json.loads(payload)
+    with pytest.raises(ValueError):
+        loads_event(payload)
+
+
+def test_multibyte_text_split_across_reads_is_passed_and_logged_whole():
+    """Events whose UTF-8 characters (2, 3 and 4 bytes) straddle the upstream's reads, and a usage
+    chunk: the events pass through byte for byte and the logged text, finish reason and usage are
+    exact, at every split."""
+    pieces_of_text = ["caf\u00e9 ", "\u732b\u732b ", "\U0001f642", "!"]
+    events = [
+        json.dumps({"id": "u-1", "choices": [{"index": 0, "delta": {"content": t}}]}, ensure_ascii=False)
+        for t in pieces_of_text
+    ]
+    finish = {"index": 0, "delta": {}, "finish_reason": "length"}
+    events.append(json.dumps({"id": "u-1", "choices": [finish]}))
+    usage = {"prompt_tokens": 9, "completion_tokens": 4}
+    events.append(json.dumps({"id": "u-1", "choices": [], "usage": usage}))
+    raw = b"".join(b"data: " + e.encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    for size in (1, 2, 3, 5, 4096):
+        pieces = [raw[i : i + size] for i in range(0, len(raw), size)]
+        holder = {}
+
+        async def go(backend, holder=holder):
+            body = chat_body(stream=True, stream_options={"include_usage": True})
+            stream = holder["s"] = backend.stream(body, soon())
+            return await collect(stream)
+
+        passed = asyncio.run(_with(go, pieces))
+        assert passed == [b"data: " + e.encode() + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
+        outcome = holder["s"].outcome
+        assert (outcome.text, outcome.finish_reason, outcome.tokens_in, outcome.tokens_out) == (
+            "".join(pieces_of_text),
+            "length",
+            9,
+            4,
+        )
+
+
+def test_an_event_that_is_not_utf8_is_a_502_naming_it():
+    raw = b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n'
+    raw += b'data: {"choices": [{"index": 0, "delta": {"content": "\xff\xfe"}}]}\n\n'
+    holder = {}
+
+    async def go(backend):
+        stream = holder["s"] = backend.stream(chat_body(stream=True), soon())
+        return await collect(stream)
+
+    with pytest.raises(ApiError) as info:
+        asyncio.run(_with(go, [raw]))
+    assert info.value.status == 502 and info.value.code == "upstream_malformed"
+    assert "not JSON" in info.value.message
+    assert holder["s"].outcome.status == "error" and holder["s"].outcome.text == "a"

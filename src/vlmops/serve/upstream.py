@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 from collections.abc import AsyncIterator
@@ -115,7 +116,7 @@ class UpstreamBackend:
         if self._key:
             self._headers["Authorization"] = f"Bearer {self._key}"
         # connect: getting a connection (pool wait + TCP/TLS); sock_read: the longest silence while an
-        # answer arrives. The request's own deadline bounds the whole exchange (asyncio.timeout).
+        # answer arrives. The request's own deadline bounds the whole exchange (`exchange_timeout`).
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=min(connect_timeout_s, timeout_s), sock_read=timeout_s
         )
@@ -147,12 +148,34 @@ class UpstreamBackend:
         """The gateway's shutdown hook (`Gateway.stop`): close the pool."""
         await self.aclose()
 
-    async def post(self, payload: dict, stream: bool) -> aiohttp.ClientResponse:
+    def exchange_timeout(self, deadline: float) -> aiohttp.ClientTimeout:
+        """aiohttp's timeouts for one exchange ending by `deadline`: the time left as its total, which
+        aiohttp applies to connecting, sending and every read of the answer until the response is
+        released (one timer per exchange, where an ``asyncio.timeout`` per streamed event cost a timer
+        per event); the connect timeout; and the longest silence only where it is shorter than the time
+        left (else it could never fire first, and re-arming it on every chunk read is waste). Raises
+        TimeoutError when no time is left (a total of 0 would mean no limit to aiohttp)."""
+        left = remaining(deadline)
+        if left <= 0:
+            raise TimeoutError("the request's deadline passed before it was sent upstream")
+        read = self._timeout.sock_read
+        return aiohttp.ClientTimeout(
+            total=left,
+            connect=self._timeout.connect,
+            sock_read=read if read is not None and read < left else None,
+            ceil_threshold=math.inf,  # to the deadline itself, not rounded up to a whole second
+        )
+
+    async def post(self, payload: dict, stream: bool, deadline: float) -> aiohttp.ClientResponse:
         """POST `payload` to the chat endpoint; the response once its status is 2xx (else its ApiError).
-        The caller reads the body and releases (or closes) the response."""
+        The caller reads the body and releases (or closes) the response; reading it past `deadline`
+        raises TimeoutError."""
+        timeout = self.exchange_timeout(deadline)
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
         headers = {**self._headers, "Accept-Encoding": "identity"} if stream else self._headers
-        response = await self.session().post(self.url, data=body, headers=headers, allow_redirects=False)
+        response = await self.session().post(
+            self.url, data=body, headers=headers, allow_redirects=False, timeout=timeout
+        )
         try:
             await self.check_status(response)
         except BaseException:
@@ -176,15 +199,14 @@ class UpstreamBackend:
         """A non-streamed answer: the upstream's chat.completion JSON and what to log."""
         start = time.monotonic()
         try:
-            async with asyncio.timeout(remaining(deadline)):
-                response = await self.post(self.payload(body, False), stream=False)
-                try:
-                    chunks = response.content.iter_any()
-                    raw = await _read_capped(chunks, self.max_answer_bytes, self.base_url)
-                except BaseException:
-                    response.close()
-                    raise
-                response.release()
+            response = await self.post(self.payload(body, False), stream=False, deadline=deadline)
+            try:
+                chunks = response.content.iter_any()
+                raw = await _read_capped(chunks, self.max_answer_bytes, self.base_url)
+            except BaseException:
+                response.close()
+                raise
+            response.release()
         except ApiError:
             raise
         except Exception as exc:  # not a CancelledError (BaseException): that passes, response closed

@@ -32,7 +32,7 @@ class Upstream(Protocol):
     model: str | None
 
     def payload(self, body: dict, stream: bool) -> dict: ...
-    async def post(self, payload: dict, stream: bool) -> aiohttp.ClientResponse: ...
+    async def post(self, payload: dict, stream: bool, deadline: float) -> aiohttp.ClientResponse: ...
     def scrub(self, text: str) -> str: ...
     def failure(self, start: float, exc: Exception) -> ApiError: ...
     def malformed(self, what: str) -> ApiError: ...
@@ -73,11 +73,10 @@ class UpstreamStream:
         if self._finished:
             await self._drain()
             raise StopAsyncIteration
-        try:
-            async with asyncio.timeout(remaining(self._deadline)):
-                if self._response is None:
-                    await self._open()
-                return await self._next_event()
+        try:  # the deadline is aiohttp's total timeout of the exchange (`Upstream.post`): reads past it raise
+            if self._response is None:
+                await self._open()
+            return await self._next_event()
         except StopAsyncIteration:
             raise
         except asyncio.CancelledError:
@@ -99,7 +98,7 @@ class UpstreamStream:
 
     async def _open(self) -> None:
         backend = self._backend
-        self._response = await backend.post(backend.payload(self._body, stream=True), stream=True)
+        self._response = await backend.post(backend.payload(self._body, stream=True), True, self._deadline)
         kind = self._response.headers.get("content-type", "")
         if not kind.startswith("text/event-stream"):
             raise backend.malformed(f"a streamed request was answered with content-type {kind or 'none'!r}")
@@ -149,8 +148,8 @@ class UpstreamStream:
             self.outcome.status = "ok"
             return DONE
         try:
-            chunk = json.loads(data)
-        except json.JSONDecodeError:
+            chunk = loads_event(data)
+        except ValueError:  # not JSON, or not UTF-8 text
             raise self._backend.malformed(f"an SSE event that is not JSON: {data[:80]!r}") from None
         if not isinstance(chunk, dict):
             raise self._backend.malformed(f"an SSE event that is not a JSON object: {data[:80]!r}")
@@ -229,6 +228,20 @@ class UpstreamStream:
                 response.release()  # read to its end: the connection goes back to the pool
             else:
                 response.close()  # the upstream sees the request go away
+
+
+_SCAN = json.JSONDecoder().scan_once  # what json.loads runs, without its Python layers around it
+
+
+def loads_event(data: bytes) -> object:
+    """``json.loads(data)``: the same value or error, in half the time for an event's usual payload
+    (UTF-8 text that is one JSON value, nothing around it); anything else goes through json.loads."""
+    try:
+        text = data.decode()
+        value, end = _SCAN(text, 0)
+    except (UnicodeDecodeError, StopIteration):
+        return json.loads(data)
+    return value if end == len(text) else json.loads(data)
 
 
 def remaining(deadline: float) -> float:
