@@ -9,6 +9,11 @@ own time goes to the package its file is in) and the top functions by cumulative
 
     python bench/profile_proxy.py --mode stream --concurrency 16 --requests 20
     python bench/profile_proxy.py --mode plain --src /tmp/old/src   # the same, for another checkout
+    python bench/profile_proxy.py --no-profile --repeat 3   # CPU per request from /proc only, unprofiled
+
+With ``--no-profile`` the gateway runs without cProfile and only the /proc CPU per request is printed
+(the loop thread and the other threads apart), `--repeat` times: the figure to A/B two checkouts with
+(`--src`), as the profiler inflates Python calls several times over.
 """
 
 from __future__ import annotations
@@ -58,8 +63,11 @@ def serve(port: int, upstream: str, store: str, out: Path) -> None:
 
     app = build_app(ServeConfig(store=store, upstream=upstream, auth=False))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    profile = cProfile.Profile(time.thread_time)
     signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
+    if str(out) == "-":  # --no-profile
+        server.run()
+        return
+    profile = cProfile.Profile(time.thread_time)
     profile.enable()
     server.run()
     profile.disable()
@@ -104,7 +112,15 @@ def main() -> None:
     parser.add_argument("--token-delay-ms", type=float, default=5.0)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--src", type=Path, default=BENCH.parent / "src", help="the gateway's source")
+    parser.add_argument("--no-profile", action="store_true", help="only the /proc CPU per request")
+    parser.add_argument("--repeat", type=int, default=1, help="runs, each with a fresh gateway")
     args = parser.parse_args()
+    for _ in range(args.repeat):
+        run_once(args)
+
+
+def run_once(args: argparse.Namespace) -> None:
+    """One gateway (profiled unless --no-profile) driven once; prints what it cost."""
     tmp = Path(tempfile.mkdtemp(prefix="profile_proxy_"))
     fake_port, port = free_port(), free_port()
     fake_cmd = [sys.executable, str(BENCH / "gateway_proxy.py"), "--role", "fake", "--port", str(fake_port)]
@@ -112,7 +128,7 @@ def main() -> None:
     fake = start(fake_cmd, fake_port, tmp / "fake.log")
     upstream = f"http://127.0.0.1:{fake_port}/v1"
     me = [sys.executable, str(Path(__file__).resolve()), "--role", "gateway", str(port), upstream]
-    me += [f"sqlite:///{tmp / 'gw.sqlite'}", str(tmp / "prof")]
+    me += [f"sqlite:///{tmp / 'gw.sqlite'}", "-" if args.no_profile else str(tmp / "prof")]
     gateway = start(me, port, tmp / "gw.log", args.src)
     try:
         before = thread_cpu(gateway.pid)
@@ -124,17 +140,20 @@ def main() -> None:
         fake.terminate()
         fake.wait(10)
     served = args.concurrency * (args.requests + 1) + 1  # with the warm-up and /readyz
+    slower = "" if args.no_profile else " (profiled, so slower)"
     print(
         f"{args.mode} c={args.concurrency}: {len(result['latencies'])} requests, "
-        f"{len(result['latencies']) / result['seconds']:.1f} req/s (profiled, so slower)"
+        f"{len(result['latencies']) / result['seconds']:.1f} req/s{slower}"
     )
     loop_s = after[gateway.pid] - before.get(gateway.pid, 0.0)
     other_s = sum(after.values()) - sum(before.values()) - loop_s
+    inflated = "" if args.no_profile else " (inflated by the profiler)"
     print(
-        f"CPU while driven (/proc), ms per request: loop thread {1000 * loop_s / served:.3f} "
-        f"(inflated by the profiler), other threads (log writer, pools) {1000 * other_s / served:.3f}"
+        f"CPU while driven (/proc), ms per request: loop thread {1000 * loop_s / served:.3f}{inflated}, "
+        f"other threads (log writer, pools) {1000 * other_s / served:.3f}"
     )
-    report(tmp / "prof", served, args.top)
+    if not args.no_profile:
+        report(tmp / "prof", served, args.top)
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
