@@ -7,6 +7,7 @@ its sha256 and statistics, and the answer still leaves only once its row is comm
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -88,3 +89,63 @@ def test_an_image_that_does_not_decode_is_refused_before_the_upstream_sees_it(ga
     assert "truncated or corrupt" in error["message"] or error["code"] == "unsupported_image"
     assert fake.bodies == []
     assert PredictionLog(store).chats() == []
+
+
+def lingering_upstream(linger_s: float, peers: list):
+    """A raw ASGI upstream that streams two tokens and [DONE], then holds its body open `linger_s`
+    before ending it (its last bytes come late); notes each request's client port in `peers`."""
+    events = [
+        {"id": "up-1", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {"id": "up-1", "choices": [{"index": 0, "delta": {"content": "a red"}}]},
+        {"id": "up-1", "choices": [{"index": 0, "delta": {"content": " image"}, "finish_reason": "stop"}]},
+        {"id": "up-1", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+    ]
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": message["type"] + ".complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        while (await receive()).get("more_body"):
+            pass
+        peers.append(scope["client"][1])
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})  # fmt: skip
+        for event in events:
+            data = b"data: " + json.dumps(event).encode() + b"\n\n"
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
+        await asyncio.sleep(linger_s)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return app
+
+
+def test_the_answer_ends_with_done_not_when_the_upstream_ends_its_body(tmp_path):
+    """[DONE] and the end of the answer leave together, once the row is committed: a client that reads
+    the answer to its end (as the OpenAI SDK does) does not wait for the upstream's last bytes (before:
+    it waited until the upstream ended its body); they are still read, so the upstream connection is
+    reused, and the row is logged ok with the text and usage."""
+    peers: list[int] = []
+    with serve_in_thread(lingering_upstream(0.8, peers)) as upstream_port:
+        url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+        config = ServeConfig(store=url, upstream=f"http://127.0.0.1:{upstream_port}/v1", timeout_s=10.0)
+        with serve_in_thread(create_app(build_gateway(config))) as port:
+            gateway = f"http://127.0.0.1:{port}/v1/chat/completions"
+            for _ in range(2):
+                start = time.monotonic()
+                with httpx.stream("POST", gateway, json=body(PNG, stream=True), timeout=30) as response:
+                    answer = response.read()  # to the end of the body
+                    took = time.monotonic() - start
+                    rid = response.headers["x-request-id"]
+                assert answer.endswith(b"data: [DONE]\n\n") and b'"content": " image"' in answer
+                assert took < 0.5, (
+                    f"the answer ended {took:.2f} s after the request, with the upstream's body"
+                )
+                time.sleep(1.0)  # the upstream's body has ended: the gateway pooled its connection
+            row = {r.request_id: r for r in PredictionLog(url).chats()}[rid]
+    assert (row.status, row.answer, row.finish_reason, row.tokens_in, row.tokens_out) == (
+        "ok", "a red image", "stop", 3, 2,
+    )  # fmt: skip
+    assert len(peers) == 2 and peers[0] == peers[1]  # one upstream connection, read to its end and reused

@@ -233,6 +233,7 @@ class ChatStreamResponse(Response):
         self.id_json = json.dumps(exchange.request_id).encode()
         self.ttft_s: float | None = None
         self.logged = False
+        self.answered = False  # [DONE] and the end of the answer were sent
 
     async def __call__(self, scope, receive, send) -> None:
         headers = [
@@ -245,6 +246,8 @@ class ChatStreamResponse(Response):
         gone = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if self.answered and not pump.done():  # the client has it all (so `gone` may be done):
+                await pump  # the pump only reads the upstream's last bytes, to pool its connection
         finally:
             gone.cancel()
             if not pump.done():  # the client went away (or this request is being cancelled)
@@ -257,27 +260,37 @@ class ChatStreamResponse(Response):
             await self._log(self.stream.outcome, "error")
             raise error
 
-    async def _all(self):
-        yield self.first
-        async for event in self.events:
-            yield event
-
     async def _pump(self, send) -> None:
         try:
-            async for event in self._all():
-                if event == fmt.DONE:
-                    await self._log(self.stream.outcome, "ok")  # durable before the client hears DONE
-                else:
-                    event = self._stamp(event)
-                await send({"type": "http.response.body", "body": event, "more_body": True})
+            event = self.first
+            while event is not None and event != fmt.DONE:
+                await send({"type": "http.response.body", "body": self._stamp(event), "more_body": True})
+                event = await anext(self.events, None)
+            if event is not None:
+                await self._log(self.stream.outcome, "ok")  # durable before the client hears DONE
         except ApiError as exc:  # the answer has started: the error goes in the stream
             await self._fail(send, exc.code, exc.message)
+            event = None
         except Exception as exc:  # a bug or a failing model: logged with its traceback, told as a 500 is
             rid = self.exchange.request_id
             logger.error("chat stream %s failed", rid, exc_info=(type(exc), exc, exc.__traceback__))
             message = f"the server failed on this request ({type(exc).__name__}); it was logged as {rid}"
             await self._fail(send, "internal_error", message)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            event = None
+        if event is None:  # an error event was sent, or the stream ended without [DONE]
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        self.answered = True  # [DONE] and the end of the answer in one message, before anything else:
+        await send({"type": "http.response.body", "body": event, "more_body": False})
+        await self._drain()  # then the stream's own end (an upstream's last bytes, its connection pooled)
+
+    async def _drain(self) -> None:
+        """Read the stream past [DONE] to its end (an upstream's connection goes back to its pool)."""
+        try:
+            async for _ in self.events:
+                pass
+        except Exception:  # the client has its whole answer; nothing to tell it
+            logger.warning("chat stream %s failed after [DONE]", self.exchange.request_id, exc_info=True)
 
     async def _fail(self, send, code: str, message: str) -> None:
         """End the stream with an error event (what OpenAI clients raise) and log the exchange as an error."""
