@@ -231,7 +231,8 @@ async def one_aiohttp(session, url: str, body: dict) -> tuple[float, float | Non
     """`one_httpx` with aiohttp: the same measurement at a third of the client CPU."""
     start, first = time.perf_counter(), None
     async with session.post(url, json=body) as response:
-        response.raise_for_status()
+        if response.status != 200:  # with the body: which error it was
+            raise RuntimeError(f"{url} answered {response.status}: {(await response.read())[:400]!r}")
         if not body["stream"]:
             assert json.loads(await response.read())["choices"][0]["message"]["content"]
             return time.perf_counter() - start, None
