@@ -24,7 +24,13 @@ the proxy's for the others, the supervisor's and its workers' for the gateway; f
 resolution), which the load of other processes on a shared machine inflates far
 less than it inflates latency; 1000 / it is the most requests a second one core could carry.
 
-Run: ``python bench/gateway_proxy.py [--arms direct,backend,gateway] [--concurrency 1,16]``; with
+``conns`` is how many connections the client opened, against how many requests it made: one per virtual
+client and round when every connection is reused. The client stops reading a stream at ``[DONE]``; if
+the answer's end has not arrived with it, aiohttp closes that connection and the next request opens a
+new one (whose setup then counts in its latency).
+
+Run: ``python bench/gateway_proxy.py [--arms direct,backend,gateway] [--concurrency 1,16]``
+(``--gateway-workers N`` to run the gateway arms with ``--workers N``); with
 ``--baseline-src DIR`` a ``gw-base`` arm serves the same gateway from another checkout's source, in the
 same interleaved rounds (an A/B of a change).
 """
@@ -249,10 +255,17 @@ async def drive(port: int, stream: bool, concurrency: int, per_client: int) -> d
     """A closed loop of `concurrency` clients, `per_client` requests each (after one warm-up each)."""
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     body = request_body(stream)
+    opened = []  # connections the client opened (aiohttp): more than `concurrency` means some were not reused
     try:
         import aiohttp
 
-        client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
+        async def on_opened(*_) -> None:
+            opened.append(1)
+
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_create_end.append(on_opened)
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        client = aiohttp.ClientSession(connector=connector, trace_configs=[trace])
         one = one_aiohttp
     except ImportError:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -273,6 +286,7 @@ async def drive(port: int, stream: bool, concurrency: int, per_client: int) -> d
         "latencies": [r[0] for r in results],
         "ttfts": [r[1] for r in results if r[1]],
         "seconds": seconds,
+        "connections": len(opened) or None,
     }
 
 
@@ -323,6 +337,7 @@ def summarise(runs: list[dict]) -> dict:
         "per_s": requests / sum(r["seconds"] for r in runs),
         "requests": requests,
         "server_cpu_ms": 1000 * sum(r["server_cpu_s"] for r in runs) / sum(r["served"] for r in runs),
+        "connections": sum(r.get("connections") or 0 for r in runs) or None,
     }
 
 
@@ -358,6 +373,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
     parser.add_argument(
+        "--gateway-workers", type=int, help="--workers for the gateway arms (default: the gateway's own)"
+    )
+    parser.add_argument(
         "--baseline-src",
         type=Path,
         help="another checkout's src/ (e.g. from `git archive`): adds a `gw-base` arm, the whole gateway "
@@ -370,6 +388,7 @@ def main() -> None:
         arms.remove("gateway")
 
     tmp = Path(tempfile.mkdtemp(prefix="gateway_proxy_"))
+    workers = [] if args.gateway_workers is None else ["--workers", str(args.gateway_workers)]
     me, procs, ports = [sys.executable, str(Path(__file__).resolve())], {}, {}
     try:
         ports["direct"] = free_port()
@@ -389,12 +408,14 @@ def main() -> None:
             ports["gateway"] = free_port()
             cmd = [str(Path(sys.executable).parent / "vlmops"), "serve", "--upstream", upstream]
             cmd += ["--port", str(ports["gateway"]), "--insecure-no-auth", "--store", str(tmp / "gw.sqlite")]
+            cmd += workers
             procs["gateway"] = start(cmd, ports["gateway"], tmp / "gateway.log")
         if args.baseline_src:  # the same gateway from another checkout's src, interleaved (an A/B)
             arms.append("gw-base")
             ports["gw-base"] = free_port()
             cmd = [str(Path(sys.executable).parent / "vlmops"), "serve", "--upstream", upstream]
             cmd += ["--port", str(ports["gw-base"]), "--insecure-no-auth", "--store", str(tmp / "b.sqlite")]
+            cmd += workers
             procs["gw-base"] = start(cmd, ports["gw-base"], tmp / "gw-base.log", args.baseline_src.resolve())
         report = run_all(arms, ports, {arm: p.pid for arm, p in procs.items()}, args)
     finally:
@@ -438,6 +459,8 @@ def print_rows(mode: str, concurrency: int, rows: dict[str, dict], deltas: dict[
             f"{ttft}  {row['per_s']:7.1f} req/s  server cpu {row['server_cpu_ms']:5.2f} ms/req"
             f" (at most {1000 / max(row['server_cpu_ms'], 1e-9):5.0f} req/s a core)"
         )
+        if row.get("connections"):  # the client's: one per virtual client and round when all are reused
+            line += f"  conns {row['connections']:4d}/{row['requests']}"
         if arm in deltas:
             d = deltas[arm]
             added_ttft = f"  +ttft {d['added_ttft_ms']:+.2f} ms" if "added_ttft_ms" in d else ""
