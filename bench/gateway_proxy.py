@@ -59,14 +59,17 @@ TARGETS = {"added_p50_ms": 3.0, "added_ttft_ms": 5.0, "throughput_ratio": 0.9}
 # -- the processes -------------------------------------------------------------------------------------
 
 
-def serve_fake(port: int, token_delay_ms: float, tokens: int) -> None:
-    """The upstream: tests/openai_fake.py, no key, a fixed pace."""
+def serve_fake(port: int, token_delay_ms: float, tokens: int, pace: str = "clock") -> None:
+    """The upstream: tests/openai_fake.py, no key, a fixed pace: token i of a stream leaves at start +
+    i x delay on the fake's own clock (`pace` "sleep": a sleep after each token, so the fake's late
+    wake-ups on a busy machine, which the proxy's own CPU causes here, add up over a stream)."""
     import uvicorn
 
     sys.path.insert(0, str(ROOT / "tests"))
     from openai_fake import FakeServer
 
     fake = FakeServer(key=None, token_delay_s=token_delay_ms / 1000, extra_tokens=max(0, tokens - 5))
+    fake.paced_by_clock = pace == "clock"
     app = fake.app()
 
     @app.get("/readyz")
@@ -373,6 +376,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
     parser.add_argument(
+        "--fake-pace",
+        choices=["clock", "sleep"],
+        default="clock",
+        help="the upstream's streamed tokens on its own clock (default), or a sleep after each (before "
+        "session 12: its late wake-ups, from the proxy's CPU on this machine, lengthened proxied streams)",
+    )
+    parser.add_argument(
         "--gateway-workers", type=int, help="--workers for the gateway arms (default: the gateway's own)"
     )
     parser.add_argument(
@@ -393,7 +403,7 @@ def main() -> None:
     try:
         ports["direct"] = free_port()
         fake_cmd = ["--role", "fake", "--port", str(ports["direct"]), "--token-delay-ms"]
-        fake_cmd += [str(args.token_delay_ms), "--tokens", str(args.tokens)]
+        fake_cmd += [str(args.token_delay_ms), "--tokens", str(args.tokens), "--pace", args.fake_pace]
         procs["direct"] = start(me + fake_cmd, ports["direct"], tmp / "fake.log")
         upstream = f"http://127.0.0.1:{ports['direct']}/v1"
         if "backend" in arms:
@@ -479,9 +489,10 @@ if __name__ == "__main__":
         role.add_argument("--token-delay-ms", type=float, default=5.0)
         role.add_argument("--tokens", type=int, default=32)
         role.add_argument("--upstream")
+        role.add_argument("--pace", choices=["clock", "sleep"], default="clock")
         a = role.parse_args()
         if a.role == "fake":
-            serve_fake(a.port, a.token_delay_ms, a.tokens)
+            serve_fake(a.port, a.token_delay_ms, a.tokens, a.pace)
         elif a.role == "aiohttp":
             serve_aiohttp_proxy(a.port, a.upstream)
         else:

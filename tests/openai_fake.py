@@ -65,6 +65,10 @@ class FakeServer:
     bodies: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     token_delay_s: float = 0.0  # between streamed tokens; a non-streamed answer waits tokens x this
+    # token i of a stream leaves at start + i x token_delay_s, on the server's own clock, as a model
+    # server's do whoever reads; False: a sleep after each send, so every late wake-up of this process
+    # (a busy machine) lengthens the stream (how the fake paced before; bench/proxy_event_delay.py)
+    paced_by_clock: bool = True
     extra_tokens: int = 0  # " w0", " w1", ... appended to every answer
     malformed_json: bool = False  # a 200 whose body is not JSON
     malformed_sse: bool = False  # a stream whose second event is not JSON
@@ -178,6 +182,8 @@ async def _chunks(tokens: list[str], finish: str, usage: dict, body: dict, serve
         return "data: " + json.dumps(chunk)
 
     yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]) + "\n\n"
+    loop = asyncio.get_running_loop()
+    due = loop.time()
     for i, token in enumerate(tokens):
         choice = {"index": 0, "delta": {"content": token}, "finish_reason": None}
         if body.get("logprobs"):
@@ -185,7 +191,8 @@ async def _chunks(tokens: list[str], finish: str, usage: dict, body: dict, serve
         yield event([choice]) + "\n\n"
         if server.malformed_sse:
             yield 'data: {"id": "chatcmpl-1", "choices": [\n\n'
-        await asyncio.sleep(server.token_delay_s)
+        due = (due if server.paced_by_clock else loop.time()) + server.token_delay_s
+        await asyncio.sleep(max(0.0, due - loop.time()))
     if server.truncate_stream:
         return
     yield event([{"index": 0, "delta": {}, "finish_reason": finish}]) + "\n\n"
