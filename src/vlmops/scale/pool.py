@@ -21,12 +21,16 @@ from vlmops.scale.stats import RayJobStats
 
 MAX_RESTARTS = 3  # per actor
 MAX_TASK_RETRIES = 3  # per task, on an actor that died while running it
-# Model batches per Ray Data task (one block, one actor call). Each task costs Ray Data ~5 ms of the
-# actor's CPU outside the model and the driver a result round, so one 64-image batch per task (~75 ms)
-# lost 6-8 % of an actor's time; a task of 4 batches keeps the tail short (two actors finish within
-# one task, ~0.3 s apart) while the per-task cost falls 4x (bench/RESULTS.md, issue 18).
-BATCHES_PER_TASK = 4
-MIN_TASKS_PER_ACTOR = 4  # small jobs: smaller tasks rather than an actor left without work
+# The size of a Ray Data task (one block, one actor call) trades its fixed cost against the tail. Each
+# task costs ~15 ms of the driver's CPU (Ray Data's executor, the result's round, the store's
+# transaction), ~4 ms of the raylet's and ~28 ms of the actor's outside the model: about
+# `TASK_COST_ROWS` images of model work in all (measured: 20,000 images, 2 actors, 77 tasks of 4
+# batches against 20 of 16: 1.5 CPU s less outside the actors, 1.6 less in them; bench/RESULTS.md,
+# issue 18). And a job ends up to a task or two after its first actor runs dry. Rows per task ~
+# sqrt(TASK_COST_ROWS x rows per actor) balances the two, in whole model batches, at most
+# `BATCHES_PER_TASK`.
+TASK_COST_ROWS = 40
+BATCHES_PER_TASK = 16
 # Rows queued per actor (as whole tasks, at least 2). With one 64-image batch per task, Ray Data's
 # default of 2 tasks left an actor idle while the driver turned a result round: on 8,000 emoji with 2
 # actors, both were busy 59-62 % of the job with 2 tasks (128 rows), 80-83 % with 8 (512 rows). More
@@ -84,10 +88,11 @@ def task_stats(start: float, cpu: float, items: int, startup: tuple) -> np.ndarr
 
 
 def rows_per_task(items: int, batch_size: int, actors: int) -> int:
-    """Rows of one Ray Data task (block): `BATCHES_PER_TASK` model batches, fewer when the job is too
-    small to give each actor `MIN_TASKS_PER_ACTOR` tasks; a whole number of batches."""
-    fit = items // (batch_size * actors * MIN_TASKS_PER_ACTOR)
-    return batch_size * max(1, min(BATCHES_PER_TASK, fit))
+    """Rows of one Ray Data task (block): about sqrt(`TASK_COST_ROWS` x the rows of each actor), so
+    that the tasks' fixed cost and the job's tail stay small together; a whole number of model
+    batches, at least one and at most `BATCHES_PER_TASK`."""
+    batches = int(math.sqrt(TASK_COST_ROWS * items / actors)) // batch_size
+    return batch_size * max(1, min(BATCHES_PER_TASK, batches))
 
 
 def pool_strategy(actors: int, per_task: int):
