@@ -49,6 +49,16 @@ def test_tasks_grow_with_the_job_to_many_batches_while_the_tail_stays_short() ->
         assert share / rows_per_task(items, 64, actors) >= 6, (items, actors)  # >= 6 tasks per actor
 
 
+def test_generation_tasks_stay_small_where_a_row_costs_far_more_than_a_task() -> None:
+    from vlmops.scale.generate import GENERATE_TASK_COST_ROWS
+
+    for items, batch in [(1_000, 8), (10_000, 4), (100, 8)]:
+        per_task = rows_per_task(items, batch, 2, GENERATE_TASK_COST_ROWS)
+        assert per_task % batch == 0 and per_task <= max(batch, items / 2 / 50)  # >= 50 tasks per actor
+        assert per_task <= rows_per_task(items, batch, 2)  # never larger than an embedding task
+    assert rows_per_task(10_000, 4, 2, GENERATE_TASK_COST_ROWS) < rows_per_task(10_000, 4, 2)
+
+
 def test_each_actor_has_about_rows_in_flight_queued_in_whole_tasks() -> None:
     """With one 64-image batch per task, Ray Data's default of 2 tasks left the actors idle between
     batches (bench/RESULTS.md, issue 18); bigger tasks need fewer in flight for the same rows."""
