@@ -1,7 +1,7 @@
 """How a Ray embedding job is cut into tasks: several model batches per Ray Data task (each task costs
-Ray Data ~5 ms of the actor's CPU and the driver a result round), model batches no larger than the
-caller's batch size, the vectors those of the local path, and small jobs still spread over every actor.
-No Ray processes: the actor class is called directly."""
+~50 ms of CPU outside the model: the driver's, the raylet's, the actor's), more for larger jobs, model
+batches no larger than the caller's batch size, the vectors those of the local path, and small jobs
+still spread over every actor. No Ray processes: the actor class is called directly."""
 
 from __future__ import annotations
 
