@@ -105,8 +105,11 @@ def report(first: float, threads: dict, sampler: proc_sampler.ProcSampler, stats
         f"{a['cpu_ms_per_image']:.2f} CPU ms/img at {a['cpu_s'] / a['busy_s']:.2f} cores" for a in actors
     )
     tasks = sum(a["batches"] for a in actors)
+    idle = max(stats["busy_span_s"] - a["busy_s"] for a in actors)  # its start, gaps and the tail
+    print(f"  tasks {tasks:.0f}; actors {each}; all busy {100 * stats['all_busy_fraction']:.0f} %", end="")
     print(
-        f"  tasks {tasks:.0f}; actors {each}; all busy {100 * stats['all_busy_fraction']:.0f} %", flush=True
+        f" of {stats['busy_span_s']:.1f} s; an actor out of a task while another worked {idle:.2f} s",
+        flush=True,
     )
 
 
