@@ -1,7 +1,7 @@
 """How a Ray embedding job is cut into tasks: several model batches per Ray Data task (each task costs
-Ray Data ~5 ms of the actor's CPU and the driver a result round), model batches no larger than the
-caller's batch size, the vectors those of the local path, and small jobs still spread over every actor.
-No Ray processes: the actor class is called directly."""
+~50 ms of CPU outside the model: the driver's, the raylet's, the actor's), more for larger jobs, model
+batches no larger than the caller's batch size, the vectors those of the local path, and small jobs
+still spread over every actor. No Ray processes: the actor class is called directly."""
 
 from __future__ import annotations
 
@@ -28,13 +28,35 @@ def test_one_actor_call_embeds_a_task_in_the_callers_model_batches(fake_model, p
 
 
 def test_a_task_holds_several_batches_and_a_small_job_still_feeds_every_actor() -> None:
-    assert rows_per_task(14_851, 64, 2) == 64 * BATCHES_PER_TASK  # the emoji set: 59 tasks, not 233
-    assert rows_per_task(100_000, 64, 2) == 64 * BATCHES_PER_TASK  # bounded: the tail stays one task
     for items, batch, actors in [(100, 8, 2), (300, 64, 2), (1, 64, 1), (2_000, 64, 4)]:
         per_task = rows_per_task(items, batch, actors)
         assert per_task % batch == 0 and per_task >= batch  # whole model batches
         tasks = -(-items // per_task)
         assert tasks >= min(actors, -(-items // batch)), (items, batch, actors, per_task)
+
+
+def test_tasks_grow_with_the_job_to_many_batches_while_the_tail_stays_short() -> None:
+    """Each task costs ~50 ms of CPU outside the model (driver, raylet, actor): a large job runs tasks
+    of many batches (100,000 images on 2 actors: 98 tasks of 16 batches, not 391 of 4), a smaller one
+    smaller tasks, so that the job's tail (the last task or two of one actor) stays a small share."""
+    assert BATCHES_PER_TASK >= 16
+    assert rows_per_task(100_000, 64, 2) == rows_per_task(1_000_000, 64, 2) == 64 * BATCHES_PER_TASK
+    sizes = [rows_per_task(items, 64, 2) for items in (1_000, 3_000, 14_851, 30_000, 100_000)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    assert rows_per_task(14_851, 64, 2) >= 8 * 64  # the emoji set: ~30 tasks, not 59
+    for items, actors in [(3_000, 2), (14_851, 2), (14_851, 1), (20_000, 2), (100_000, 2)]:
+        share = items / actors
+        assert share / rows_per_task(items, 64, actors) >= 6, (items, actors)  # >= 6 tasks per actor
+
+
+def test_generation_tasks_stay_small_where_a_row_costs_far_more_than_a_task() -> None:
+    from vlmops.scale.generate import GENERATE_TASK_COST_ROWS
+
+    for items, batch in [(1_000, 8), (10_000, 4), (100, 8)]:
+        per_task = rows_per_task(items, batch, 2, GENERATE_TASK_COST_ROWS)
+        assert per_task % batch == 0 and per_task <= max(batch, items / 2 / 50)  # >= 50 tasks per actor
+        assert per_task <= rows_per_task(items, batch, 2)  # never larger than an embedding task
+    assert rows_per_task(10_000, 4, 2, GENERATE_TASK_COST_ROWS) < rows_per_task(10_000, 4, 2)
 
 
 def test_each_actor_has_about_rows_in_flight_queued_in_whole_tasks() -> None:

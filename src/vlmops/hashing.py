@@ -6,10 +6,12 @@ import hashlib
 from pathlib import Path
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | Path, chunk: int = 1 << 16) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    # Unbuffered, 64 KiB reads: a 1 MiB read allocated (and mapped) a 1 MiB buffer for every small image
+    # file; 20,000 PNGs of a few KB hash in 0.21 CPU s instead of 0.26 (issue 18).
+    with open(path, "rb", buffering=0) as fh:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()

@@ -36,6 +36,9 @@ from vlmops.store.generate import (
     to_json,
 )
 
+# A Ray task's fixed cost (~50 ms of CPU) in rows of generation (~0.5 s or more per answer): a tenth of
+# a row, so generation tasks stay a batch or a few and the job's tail short (`pool.rows_per_task`).
+GENERATE_TASK_COST_ROWS = 0.1
 MIN_ITEMS = 512  # smaller jobs are answered here (see the module's docstring)
 
 
@@ -116,7 +119,7 @@ class RayGenerator:
         kwargs = {"params": params.to_dict(), "makers": makers}
         job = run_actor_pool(
             GenerateActor, model, rows, kwargs, self.actors, self.cpus_per_actor, batch_size, self.loader,
-            what="generation",
+            what="generation", task_cost_rows=GENERATE_TASK_COST_ROWS,
         )  # fmt: skip
         yield from _answers(job)
         self.stats = job.stats

@@ -21,12 +21,17 @@ from vlmops.scale.stats import RayJobStats
 
 MAX_RESTARTS = 3  # per actor
 MAX_TASK_RETRIES = 3  # per task, on an actor that died while running it
-# Model batches per Ray Data task (one block, one actor call). Each task costs Ray Data ~5 ms of the
-# actor's CPU outside the model and the driver a result round, so one 64-image batch per task (~75 ms)
-# lost 6-8 % of an actor's time; a task of 4 batches keeps the tail short (two actors finish within
-# one task, ~0.3 s apart) while the per-task cost falls 4x (bench/RESULTS.md, issue 18).
-BATCHES_PER_TASK = 4
-MIN_TASKS_PER_ACTOR = 4  # small jobs: smaller tasks rather than an actor left without work
+# The size of a Ray Data task (one block, one actor call) trades its fixed cost against the tail. Each
+# task costs ~15 ms of the driver's CPU (Ray Data's executor, the result's round, the store's
+# transaction), ~4 ms of the raylet's and ~28 ms of the actor's outside the model: about
+# `TASK_COST_ROWS` images of model work in all (measured: 20,000 images, 2 actors, 77 tasks of 4
+# batches against 20 of 16: 1.5 CPU s less outside the actors, 1.6 less in them; bench/RESULTS.md,
+# issue 18). And a job ends up to a task or two after its first actor runs dry. Rows per task ~
+# sqrt(TASK_COST_ROWS x rows per actor) balances the two, in whole model batches, at most
+# `BATCHES_PER_TASK`. That cost in rows is the embedding's; a job whose rows take longer (generation:
+# hundreds of ms to seconds per answer) passes its own (`run_actor_pool`'s `task_cost_rows`).
+TASK_COST_ROWS = 40.0
+BATCHES_PER_TASK = 16
 # Rows queued per actor (as whole tasks, at least 2). With one 64-image batch per task, Ray Data's
 # default of 2 tasks left an actor idle while the driver turned a result round: on 8,000 emoji with 2
 # actors, both were busy 59-62 % of the job with 2 tasks (128 rows), 80-83 % with 8 (512 rows). More
@@ -83,11 +88,12 @@ def task_stats(start: float, cpu: float, items: int, startup: tuple) -> np.ndarr
     return np.array([row] * items, dtype=np.float64)
 
 
-def rows_per_task(items: int, batch_size: int, actors: int) -> int:
-    """Rows of one Ray Data task (block): `BATCHES_PER_TASK` model batches, fewer when the job is too
-    small to give each actor `MIN_TASKS_PER_ACTOR` tasks; a whole number of batches."""
-    fit = items // (batch_size * actors * MIN_TASKS_PER_ACTOR)
-    return batch_size * max(1, min(BATCHES_PER_TASK, fit))
+def rows_per_task(items: int, batch_size: int, actors: int, task_cost_rows: float = TASK_COST_ROWS) -> int:
+    """Rows of one Ray Data task (block): about sqrt(`task_cost_rows` x the rows of each actor), so
+    that the tasks' fixed cost (in rows of model work) and the job's tail stay small together; a whole
+    number of model batches, at least one and at most `BATCHES_PER_TASK`."""
+    batches = int(math.sqrt(task_cost_rows * items / actors)) // batch_size
+    return batch_size * max(1, min(BATCHES_PER_TASK, batches))
 
 
 def pool_strategy(actors: int, per_task: int):
@@ -131,10 +137,11 @@ def run_actor_pool(
     batch_size: int,
     loader: Callable[[str], Any],
     what: str,
+    task_cost_rows: float = TASK_COST_ROWS,
 ) -> PoolJob:
     """Map `rows` through a pool of `actors` `actor`s, each built with the model's URI and version, its
     threads, `loader`, the caller's `batch_size` and `kwargs`; every result batch carries the `stats`
-    column (`task_stats`) that `RayJobStats` reads."""
+    column (`task_stats`) that `RayJobStats` reads; `task_cost_rows` sizes the tasks (`rows_per_task`)."""
     import logging
     import warnings
 
@@ -144,7 +151,7 @@ def run_actor_pool(
     data = ray.data.DataContext.get_current()
     data.enable_progress_bars = False  # the caller's bar counts the results as they arrive
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-run INFO lines on the console
-    per_task = rows_per_task(len(rows), batch_size, actors)
+    per_task = rows_per_task(len(rows), batch_size, actors, task_cost_rows)
     dataset = ray.data.from_items(
         rows, override_num_blocks=math.ceil(len(rows) / per_task)
     )  # no metadata tasks

@@ -139,7 +139,9 @@ class EmbeddingCache:
             return
         dim, blobs = as_stored(model_version, items)
         now = time.time()
-        rows = [(model_version, key, transform_id, dim, blob, now) for key, blob in blobs.items()]
+        # In key order: the rows (~1.5 KB each) go into the primary-key B-tree page after page instead of
+        # at random places; 100,000 vectors in chunks of 1,024: 2.5-3.0 -> 2.1-2.4 CPU s (issue 18).
+        rows = [(model_version, key, transform_id, dim, blob, now) for key, blob in sorted(blobs.items())]
         self._retry(lambda: self._write(model_version, dim, rows))
 
     def _write(self, model_version: str, dim: int, rows: list[tuple]) -> None:
