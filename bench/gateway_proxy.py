@@ -383,6 +383,13 @@ def main() -> None:
         "session 12: its late wake-ups, from the proxy's CPU on this machine, lengthened proxied streams)",
     )
     parser.add_argument(
+        "--log-sync",
+        choices=["full", "group"],
+        default="full",
+        help="--log-sync of the gateway arms: full (the gateway's default: each commit fsync'd before its "
+        "answers leave) or group (committed before they leave, fsync'd in the background)",
+    )
+    parser.add_argument(
         "--gateway-workers", type=int, help="--workers for the gateway arms (default: the gateway's own)"
     )
     parser.add_argument(
@@ -399,6 +406,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="gateway_proxy_"))
     workers = [] if args.gateway_workers is None else ["--workers", str(args.gateway_workers)]
+    workers += ["--log-sync", args.log_sync]
     me, procs, ports = [sys.executable, str(Path(__file__).resolve())], {}, {}
     try:
         ports["direct"] = free_port()
