@@ -452,16 +452,9 @@ def test_sse_framing_crlf_multiline_comments_and_odd_splits():
     )
     for size in (1, 7, 4096):  # one byte at a time (CRLF split across chunks too), odd, all at once
         pieces = [raw[i : i + size] for i in range(0, len(raw), size)]
-        holder = {}
-
-        async def go(backend, holder=holder):
-            stream = holder["s"] = backend.stream(chat_body(stream=True), soon())
-            return await collect(stream)
-
-        events = asyncio.run(_with(go, pieces))
+        events, outcome = stream_raw(pieces)
         chunks = payloads(events)
         assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["Hel", "lo", "!", None]
-        outcome = holder["s"].outcome
         assert (outcome.text, outcome.finish_reason, outcome.tokens_in, outcome.tokens_out) == (
             "Hello!",
             "stop",
@@ -473,16 +466,10 @@ def test_sse_framing_crlf_multiline_comments_and_odd_splits():
 def test_an_upstream_error_event_mid_stream_is_502():
     raw = b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n'
     raw += b'data: {"error": {"message": "CUDA out of memory"}}\n\n'
-    holder = {}
-
-    async def go(backend):
-        stream = holder["s"] = backend.stream(chat_body(stream=True), soon())
-        return await collect(stream)
-
-    with pytest.raises(ApiError) as info:
-        asyncio.run(_with(go, [raw]))
-    assert info.value.status == 502 and "failed mid-stream: CUDA out of memory" in info.value.message
-    assert holder["s"].outcome.status == "error" and holder["s"].outcome.text == "a"
+    error, outcome = stream_raw([raw])
+    assert isinstance(error, ApiError) and error.status == 502
+    assert "failed mid-stream: CUDA out of memory" in error.message
+    assert outcome.status == "error" and outcome.text == "a"
 
 
 async def _with(coro_fn, chunks: list[bytes]):
@@ -493,6 +480,22 @@ async def _with(coro_fn, chunks: list[bytes]):
             return await coro_fn(backend)
         finally:
             await backend.aclose()
+
+
+def stream_raw(chunks: list[bytes], body: dict | None = None):
+    """(the events passed on, or the ApiError raised; the stream's outcome) of a stream of `body` (a plain
+    streamed request by default) from a `raw_upstream` sending `chunks`."""
+    holder = {}
+
+    async def go(backend):
+        stream = holder["s"] = backend.stream(body or chat_body(stream=True), soon())
+        return await collect(stream)
+
+    try:
+        passed = asyncio.run(_with(go, chunks))
+    except ApiError as exc:
+        passed = exc
+    return passed, holder["s"].outcome
 
 
 def proxy_app(backend_options: dict):
@@ -710,16 +713,8 @@ def test_multibyte_text_split_across_reads_is_passed_and_logged_whole():
     raw = b"".join(b"data: " + e.encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
     for size in (1, 2, 3, 5, 4096):
         pieces = [raw[i : i + size] for i in range(0, len(raw), size)]
-        holder = {}
-
-        async def go(backend, holder=holder):
-            body = chat_body(stream=True, stream_options={"include_usage": True})
-            stream = holder["s"] = backend.stream(body, soon())
-            return await collect(stream)
-
-        passed = asyncio.run(_with(go, pieces))
+        passed, outcome = stream_raw(pieces, chat_body(stream=True, stream_options={"include_usage": True}))
         assert passed == [b"data: " + e.encode() + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
-        outcome = holder["s"].outcome
         assert (outcome.text, outcome.finish_reason, outcome.tokens_in, outcome.tokens_out) == (
             "".join(pieces_of_text),
             "length",
@@ -731,14 +726,7 @@ def test_multibyte_text_split_across_reads_is_passed_and_logged_whole():
 def test_an_event_that_is_not_utf8_is_a_502_naming_it():
     raw = b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n'
     raw += b'data: {"choices": [{"index": 0, "delta": {"content": "\xff\xfe"}}]}\n\n'
-    holder = {}
-
-    async def go(backend):
-        stream = holder["s"] = backend.stream(chat_body(stream=True), soon())
-        return await collect(stream)
-
-    with pytest.raises(ApiError) as info:
-        asyncio.run(_with(go, [raw]))
-    assert info.value.status == 502 and info.value.code == "upstream_malformed"
-    assert "not JSON" in info.value.message
-    assert holder["s"].outcome.status == "error" and holder["s"].outcome.text == "a"
+    error, outcome = stream_raw([raw])
+    assert isinstance(error, ApiError) and error.status == 502 and error.code == "upstream_malformed"
+    assert "not JSON" in error.message
+    assert outcome.status == "error" and outcome.text == "a"
