@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlmops.scale.embed import BATCHES_PER_TASK, ROWS_IN_FLIGHT, EmbedActor, rows_per_task
+from vlmops.scale.embed import EmbedActor
+from vlmops.scale.pool import BATCHES_PER_TASK, ROWS_IN_FLIGHT, rows_per_task
 from vlmops.store.cache import EmbeddingCache
 from vlmops.store.embed import embed_images_cached
 
@@ -63,7 +64,7 @@ def test_each_actor_has_about_rows_in_flight_queued_in_whole_tasks() -> None:
     """With one 64-image batch per task, Ray Data's default of 2 tasks left the actors idle between
     batches (bench/RESULTS.md, issue 18); bigger tasks need fewer in flight for the same rows."""
     pytest.importorskip("ray")
-    from vlmops.scale.embed import pool_strategy
+    from vlmops.scale.pool import pool_strategy
 
     for per_task, in_flight in [(64, ROWS_IN_FLIGHT // 64), (256, ROWS_IN_FLIGHT // 256), (4096, 2)]:
         strategy = pool_strategy(2, per_task)

@@ -21,23 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vlmops.models.base import VLM, batched
-from vlmops.scale.pool import (
-    BATCHES_PER_TASK,
-    ROWS_IN_FLIGHT,
-    RayJobError,
-    check_pool_options,
-    load_actor_model,
-    pool_strategy,
-    rows_per_task,
-    run_actor_pool,
-    task_stats,
-)
+from vlmops.scale.pool import check_pool_options, load_actor_model, run_actor_pool, task_stats
 from vlmops.scale.stats import RayJobStats
-
-__all__ = [
-    "BATCHES_PER_TASK", "ROWS_IN_FLIGHT", "EmbedActor", "RayImageEmbedder", "RayJobError", "pool_strategy",
-    "rows_per_task",
-]  # fmt: skip
 
 
 def _load(uri: str) -> VLM:

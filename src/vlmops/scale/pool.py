@@ -10,6 +10,7 @@ retries did not cure come out as one `RayJobError` line.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -82,8 +83,6 @@ def load_actor_model(uri: str, version: str, threads: int, loader: Callable[[str
 
 def task_stats(start: float, cpu: float, items: int, startup: tuple) -> np.ndarray:
     """The `stats` column of one task's result: (pid, start, end, CPU s, items, start-up...) on each row."""
-    import os
-
     row = (os.getpid(), start, time.time(), time.process_time() - cpu, items, *startup)
     return np.array([row] * items, dtype=np.float64)
 

@@ -17,6 +17,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vlmops.errors import StoreError
@@ -265,10 +266,12 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         shadow_tasks.add(task)
         task.add_done_callback(shadow_tasks.discard)
 
-    async def one_image(images: list[bytes], ticket: Ticket):
+    async def one_image(images: list[bytes], ticket: Ticket) -> tuple[Image.Image, dict, str]:
+        """The request's one image: its pixels, statistics and sha256."""
         if len(images) != 1:
             raise ApiError(422, "bad_image", f"send exactly one image, got {len(images)}")
-        return await gateway.decode(images[0], "image", ticket)
+        decoded = await gateway.decode(images[0], "image", ticket)
+        return decoded.image, decoded.describe(), decoded.sha256
 
     @hot_route("/v1/embeddings", schemas.EmbeddingsRequest, schemas.EmbeddingsResponse)
     async def embeddings(request: Request, key: ApiKey | None, ticket: Ticket) -> Response:
@@ -310,8 +313,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         t0 = time.perf_counter()
         body, raw = await parse_body(request, schemas.ClassifyRequest)
         label_set = gateway.label_set_for(body.labels, body.label_set, body.template)
-        decoded = await one_image(raw, ticket)
-        image, stats, digest = decoded.image, decoded.stats, decoded.sha256
+        image, stats, digest = await one_image(raw, ticket)
         target = gateway.route(request.scope["state"]["request_id"], request.headers.get("x-route-key"))
         embedding, prediction = await target.classify(image, label_set, body.top_k, ticket)
         answered = row(
@@ -353,8 +355,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
             )
             image_stats = []
         else:
-            decoded = await one_image(raw, ticket)
-            image, stats, digest = decoded.image, decoded.stats, decoded.sha256
+            image, stats, digest = await one_image(raw, ticket)
             query, texts = (await gateway.image_embeddings([image], ticket))[0], []
             image_stats = [stats]
         hits = gateway.search(query, body.top_k)
@@ -379,8 +380,7 @@ def create_app(gateway: Gateway, keys=None) -> FastAPI:
         """Keywords from the server's vocabulary and an alt text for an image."""
         t0 = time.perf_counter()
         body, raw = await parse_body(request, schemas.TagRequest)
-        decoded = await one_image(raw, ticket)
-        image, stats, digest = decoded.image, decoded.stats, decoded.sha256
+        image, stats, digest = await one_image(raw, ticket)
         target = gateway.route(request.scope["state"]["request_id"], request.headers.get("x-route-key"))
         embedding, result = await target.tag(image, body.top_k, ticket)
         await target.record(
