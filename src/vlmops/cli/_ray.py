@@ -42,6 +42,7 @@ def ray_embedding(
         yield
         return
     from vlmops.scale import RayGenerator, RayImageEmbedder, connect
+    from vlmops.scale.warm import WORKER_MODULES
     from vlmops.store.embed import use_image_backend
     from vlmops.store.generate import use_generation_backend
 
@@ -49,7 +50,12 @@ def ray_embedding(
     generator = RayGenerator(actors=actors, cpus_per_actor=cpus_per_actor)
     if min_items is not None:
         generator.min_items = min_items
-    with connect(address) as cluster, use_image_backend(embedder), use_generation_backend(generator):
+    with (
+        connect(address, preload=WORKER_MODULES) as cluster,
+        use_image_backend(embedder),
+        use_generation_backend(generator),
+    ):
+        embedder.warm()  # one pool's workers start (and import) while this process loads and hashes
         console.print(
             f"[dim]ray:[/] {cluster.describe()}; embedding and generating with {actors} actor(s) x "
             f"{cpus_per_actor:g} CPU",

@@ -1,0 +1,76 @@
+"""Warm Ray workers for the actor pools: worker processes started, and their imports done, before a job.
+
+Ray Data starts a job's actors on whatever idle worker process the node has, and starts a new one when
+it has none; after Ray's first driver prestarted a worker per CPU, which Ray Data's own per-cluster
+actors take, a node has none, so every job paid a new process, ``import ray.data`` (pandas, pyarrow)
+and ``import torch`` (~2.2 CPU s, ~3 s to the first vector on a 2-core machine; bench/RESULTS.md,
+issue 18). Two Ray settings remove that:
+
+- `preload_env`: Ray's ``preload_python_modules`` (RAY_preload_python_modules), read when a node starts:
+  each worker process imports `WORKER_MODULES` once it is up, before it is given work. A private local
+  Ray started for a pool sets it (`connect(preload=...)`); for a `ray start` node, README: Running on a
+  cluster.
+- `prestart_workers`: Ray's PrestartWorkers call on each node's raylet, the one Ray has for starting
+  idle workers ahead of work: ``count`` Python workers, not tied to a job (any driver's actors may take
+  them), kept from Ray's idle-worker reaper for `KEEP_ALIVE_S`. Ray keeps no Python API for it, so it
+  goes through Ray's own gRPC stub and channel helper (loopback where the node is, Ray's auth token
+  when the cluster has one); if Ray refuses, the job starts its workers as before (logged, no error).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+WORKER_MODULES = ("ray.data", "torch")  # what every pool actor imports before its first task
+KEEP_ALIVE_S = 300  # a warm worker left unused is the reaper's again after this (one pool: a few 100 MB)
+PRELOAD_ENV = "RAY_preload_python_modules"
+
+log = logging.getLogger(__name__)
+
+
+def preload_env(modules: tuple[str, ...] = WORKER_MODULES) -> dict[str, str]:
+    """The environment that makes a Ray node's workers import `modules` (those installed) at start."""
+    present = [name for name in modules if importlib.util.find_spec(name.split(".")[0]) is not None]
+    return {PRELOAD_ENV: ",".join(present)} if present else {}
+
+
+def prestart_workers(count: int, cpus_per_worker: float = 1.0, keep_alive_s: int = KEEP_ALIVE_S) -> int:
+    """Ask every alive node of the connected Ray for up to `count` idle Python workers (no more than its
+    CPUs hold at `cpus_per_worker`), kept alive `keep_alive_s`; returns how many were asked for."""
+    import ray
+
+    asked = 0
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        room = int(float(node.get("Resources", {}).get("CPU", 0.0)) // max(cpus_per_worker, 1e-9))
+        wanted = min(count, room)
+        if wanted < 1:
+            continue
+        address = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
+        try:
+            _prestart_on(address, wanted, keep_alive_s)
+        except Exception as exc:  # a Ray without the call, a node gone: the job starts its own workers
+            log.info("Ray did not prestart workers on %s (%s); the job starts its own", address, exc)
+            continue
+        asked += wanted
+    return asked
+
+
+def _prestart_on(address: str, count: int, keep_alive_s: int) -> None:
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc
+    from ray.core.generated.runtime_environment_pb2 import RuntimeEnvInfo
+
+    request = node_manager_pb2.PrestartWorkersRequest(
+        language=common_pb2.PYTHON,
+        runtime_env_info=RuntimeEnvInfo(serialized_runtime_env="{}"),  # the pools' actors: none
+        keep_alive_duration_secs=keep_alive_s,
+        num_workers=count,
+    )  # no job_id: a worker not tied to a job fits any driver's actors
+    channel = init_grpc_channel(address)
+    try:
+        node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(request, timeout=10)
+    finally:
+        channel.close()
