@@ -136,7 +136,6 @@ def warm_job(out: str, manifest: str, actors: int = 2, batch_size: int = 8, wait
     from vlmops.data.manifest import resolve_data
     from vlmops.models import load_model
     from vlmops.scale import RayImageEmbedder, connect
-    from vlmops.scale.warm import WORKER_MODULES
     from vlmops.store.cache import EmbeddingCache
     from vlmops.store.embed import embed_images_cached, use_image_backend
 
@@ -144,7 +143,7 @@ def warm_job(out: str, manifest: str, actors: int = 2, batch_size: int = 8, wait
     model = load_model("builtin:emoji-lit")
     local, _ = embed_images_cached(model, paths, EmbeddingCache(":memory:"), batch_size, progress=False)
     backend = RayImageEmbedder(actors, 1.0)
-    with connect("local", num_cpus=actors, preload=WORKER_MODULES), use_image_backend(backend):
+    with connect("local", num_cpus=actors, preload=True), use_image_backend(backend):
         first, _ = embed_images_cached(model, paths, EmbeddingCache(":memory:"), batch_size, progress=False)
         asked = backend.warm()
         deadline, ready = time.time() + wait, set()

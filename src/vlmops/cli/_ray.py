@@ -42,7 +42,6 @@ def ray_embedding(
         yield
         return
     from vlmops.scale import RayGenerator, RayImageEmbedder, connect
-    from vlmops.scale.warm import WORKER_MODULES
     from vlmops.store.embed import use_image_backend
     from vlmops.store.generate import use_generation_backend
 
@@ -51,7 +50,7 @@ def ray_embedding(
     if min_items is not None:
         generator.min_items = min_items
     with (
-        connect(address, preload=WORKER_MODULES) as cluster,
+        connect(address, preload=True) as cluster,
         use_image_backend(embedder),
         use_generation_backend(generator),
     ):

@@ -124,13 +124,14 @@ def _host(address: str) -> str:
 
 @contextlib.contextmanager
 def connect(
-    address: str | None = None, num_cpus: int | None = None, preload: tuple[str, ...] = ()
+    address: str | None = None, num_cpus: int | None = None, preload: bool = False
 ) -> Iterator[RayCluster]:
     """Connect this process to Ray for the block: start a private local one or join `address`.
 
     `address`: ``local`` (the default, also when VLMOPS_RAY_ADDRESS is unset) or ``auto`` or
-    ``host:port``. A Ray already initialised in this process is reused and left running. `preload`:
-    modules every worker of a private local Ray imports when it starts (`scale.warm`).
+    ``host:port``. A Ray already initialised in this process is reused and left running. `preload`: the
+    workers of a private local Ray that are meant for an actor pool import its modules when they start
+    (`scale.warm`).
     """
     address = resolve_address(address)
     ray = require("ray", extra="ray")
@@ -166,7 +167,7 @@ def connect(
 
 
 @contextlib.contextmanager
-def _start_local(ray, num_cpus: int | None, preload: tuple[str, ...] = ()) -> Iterator[RayCluster]:
+def _start_local(ray, num_cpus: int | None, preload: bool = False) -> Iterator[RayCluster]:
     """A private single-node Ray on 127.0.0.1 in a fresh temp folder, shut down and removed afterwards."""
     from vlmops.config import get_settings
     from vlmops.scale.warm import preload_env
@@ -174,7 +175,7 @@ def _start_local(ray, num_cpus: int | None, preload: tuple[str, ...] = ()) -> It
     root = Path(tempfile.mkdtemp(prefix="vlmops-ray-", dir="/tmp"))  # short: Ray's socket paths
     env = loopback_env(root / "home")
     env["VLMOPS_HOME"] = str(get_settings().home)  # workers find the data where this process does
-    env.update(preload_env(preload) if preload else {})  # read by the raylet: its workers import them
+    env.update(preload_env() if preload else {})  # read by the raylet: its pool workers import at start
     try:
         with _single_node_mode(ray):
             with _environ(env):  # what the processes Ray spawns now inherit

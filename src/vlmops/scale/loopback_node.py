@@ -8,8 +8,8 @@ multi-node mode that `ray start --address` requires, and there "this node's addr
 --node-ip-address given, not one looked up. The node's HOME is VLMOPS_RAY_HOME (default
 /tmp/vlmops-ray-home-UID), set up by `vlmops.scale.cluster.loopback_env` (usage stats off, no cloud
 probe); nodes sharing it share Ray's auth token, which `vlmops ... --ray ADDRESS` finds there too.
-The node's workers import the actor pools' modules when they start (`vlmops.scale.warm.preload_env`),
-unless RAY_preload_python_modules is set already.
+The node's workers meant for an actor pool import its modules when they start
+(`vlmops.scale.warm.preload_env`), unless RAY_preload_python_modules is set already.
 Give each node its own loopback address (--node-ip-address 127.0.0.2, 127.0.0.3, ...): Ray rewrites
 127.0.0.1 into the machine's interface address on a multi-node cluster.
 """
