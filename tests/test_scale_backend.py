@@ -191,3 +191,14 @@ def test_the_preload_module_imports_the_pools_modules_in_pool_workers_only(pool_
     code += f"print(json.dumps([m in sys.modules for m in {list(POOL_MODULES)!r}]))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == [pool_worker] * len(POOL_MODULES)
+
+
+def test_preload_env_adds_the_pools_module_to_the_users_own(monkeypatch) -> None:
+    from vlmops.scale.warm import PRELOAD_ENV, PRELOAD_MODULE, preload_env
+
+    monkeypatch.delenv(PRELOAD_ENV, raising=False)
+    assert preload_env() == {PRELOAD_ENV: PRELOAD_MODULE}
+    monkeypatch.setenv(PRELOAD_ENV, "numpy")
+    assert preload_env() == {PRELOAD_ENV: f"numpy,{PRELOAD_MODULE}"}
+    monkeypatch.setenv(PRELOAD_ENV, f"numpy,{PRELOAD_MODULE}")
+    assert preload_env() == {PRELOAD_ENV: f"numpy,{PRELOAD_MODULE}"}  # not twice

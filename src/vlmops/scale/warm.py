@@ -23,6 +23,7 @@ issue 18). Three Ray settings remove that:
 from __future__ import annotations
 
 import logging
+import os
 
 from vlmops._preload import POOL_WORKER_ENV
 
@@ -35,8 +36,10 @@ log = logging.getLogger(__name__)
 
 
 def preload_env() -> dict[str, str]:
-    """The environment that makes a Ray node's pool workers import the pools' modules when they start."""
-    return {PRELOAD_ENV: PRELOAD_MODULE}
+    """The environment that makes a Ray node's pool workers import the pools' modules when they start
+    (added to any modules RAY_preload_python_modules already names)."""
+    names = [name for name in os.environ.get(PRELOAD_ENV, "").split(",") if name.strip()]
+    return {PRELOAD_ENV: ",".join(names if PRELOAD_MODULE in names else [*names, PRELOAD_MODULE])}
 
 
 def pool_runtime_env() -> dict:
