@@ -96,3 +96,60 @@ def generate_job(out: str, manifest: str, limit: int = 8) -> None:
 
 if __name__ == "__main__":
     crash_job(*sys.argv[1:4])
+
+
+def warm_idle_workers(loaded: str = "libtorch", settle: float = 0.5) -> set[int]:
+    """This user's idle Ray workers ("ray::IDLE") that have `loaded` mapped and whose CPU time stopped
+    growing over `settle` s: worker processes up, their preloaded imports done."""
+    import time
+
+    def cpu(pid: int) -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    seen: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or entry.stat().st_uid != os.getuid():
+                continue
+            if b"ray::IDLE" in (entry / "cmdline").read_bytes() and loaded in (entry / "maps").read_text():
+                seen[int(entry.name)] = cpu(int(entry.name))
+        except OSError:
+            continue
+    time.sleep(settle)
+    quiet = set()
+    for pid, before in seen.items():
+        try:
+            if cpu(pid) == before:
+                quiet.add(pid)
+        except OSError:
+            continue
+    return quiet
+
+
+def warm_job(out: str, manifest: str, actors: int = 2, batch_size: int = 8, wait: float = 90) -> None:
+    """On a private local Ray that preloads the pools' modules: a first job (it starts Ray Data's own
+    per-cluster actors), then `RayImageEmbedder.warm()`, the warm workers awaited, and a second job;
+    save the warm workers' pids, the second job's actors and both jobs' vectors with the local ones."""
+    import time
+
+    from vlmops.data.manifest import resolve_data
+    from vlmops.models import load_model
+    from vlmops.scale import RayImageEmbedder, connect
+    from vlmops.store.cache import EmbeddingCache
+    from vlmops.store.embed import embed_images_cached, use_image_backend
+
+    paths = [str(p) for p in resolve_data(manifest)["image"]]
+    model = load_model("builtin:emoji-lit")
+    local, _ = embed_images_cached(model, paths, EmbeddingCache(":memory:"), batch_size, progress=False)
+    backend = RayImageEmbedder(actors, 1.0)
+    with connect("local", num_cpus=actors, preload=True), use_image_backend(backend):
+        first, _ = embed_images_cached(model, paths, EmbeddingCache(":memory:"), batch_size, progress=False)
+        asked = backend.warm()
+        deadline, ready = time.time() + wait, set()
+        while len(ready) < actors and time.time() < deadline:
+            ready = warm_idle_workers()
+        second, _ = embed_images_cached(model, paths, EmbeddingCache(":memory:"), batch_size, progress=False)
+    np.savez(out, local=local, first=first, second=second)
+    summary = {"asked": asked, "warm": sorted(ready), "actors": backend.stats.to_dict()["actors"]}
+    Path(out).with_suffix(".json").write_text(json.dumps(summary))

@@ -130,6 +130,7 @@ def test_kuberay_manifest_keeps_usage_stats_off_and_the_probe_away() -> None:
         env = {e["name"]: e["value"] for e in group["template"]["spec"]["containers"][0]["env"]}
         assert env["RAY_USAGE_STATS_ENABLED"] == "0"
         assert group["rayStartParams"]["disable-usage-stats"] == "true"
+        assert env["RAY_preload_python_modules"] == "vlmops._preload"  # warm pool workers (issue 18)
     egress = docs["NetworkPolicy"]["spec"]["egress"][0]["to"][0]["ipBlock"]
     assert "169.254.169.254/32" in egress["except"]
 
@@ -167,3 +168,37 @@ def test_the_serve_config_builder_refuses_unknown_args_and_an_unshared_store(tmp
         app({"replica_count": 2})
     with pytest.raises(VlmopsError, match="postgresql://"):
         app({"store": str(tmp_path / "s.sqlite"), "replicas": 2})
+
+
+@pytest.mark.parametrize("pool_worker", [True, False])
+def test_the_preload_module_imports_the_pools_modules_in_pool_workers_only(pool_worker: bool) -> None:
+    """Every worker of a node vlmops starts imports `vlmops._preload`: a pool's worker (its runtime_env
+    sets the variable) gets ray.data and torch before its first task, Ray Data's and Serve's own
+    actors nothing heavy (issue 18: preloading torch in all of them slowed Ray's start by ~4 s)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from vlmops._preload import POOL_MODULES, POOL_WORKER_ENV
+    from vlmops.scale.warm import PRELOAD_MODULE, pool_runtime_env
+
+    assert pool_runtime_env() == {"env_vars": {POOL_WORKER_ENV: "1"}}
+    env = {k: v for k, v in os.environ.items() if k != POOL_WORKER_ENV}
+    if pool_worker:
+        env[POOL_WORKER_ENV] = "1"
+    code = f"import importlib, json, sys; importlib.import_module({PRELOAD_MODULE!r}); "
+    code += f"print(json.dumps([m in sys.modules for m in {list(POOL_MODULES)!r}]))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [pool_worker] * len(POOL_MODULES)
+
+
+def test_preload_env_adds_the_pools_module_to_the_users_own(monkeypatch) -> None:
+    from vlmops.scale.warm import PRELOAD_ENV, PRELOAD_MODULE, preload_env
+
+    monkeypatch.delenv(PRELOAD_ENV, raising=False)
+    assert preload_env() == {PRELOAD_ENV: PRELOAD_MODULE}
+    monkeypatch.setenv(PRELOAD_ENV, "numpy")
+    assert preload_env() == {PRELOAD_ENV: f"numpy,{PRELOAD_MODULE}"}
+    monkeypatch.setenv(PRELOAD_ENV, f"numpy,{PRELOAD_MODULE}")
+    assert preload_env() == {PRELOAD_ENV: f"numpy,{PRELOAD_MODULE}"}  # not twice

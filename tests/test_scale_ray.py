@@ -182,3 +182,23 @@ def test_bad_address_is_one_clear_error(guard: Guard, manifest: Path) -> None:
     assert "cannot join the Ray cluster at '127.0.0.1:1'" in result.stderr
     assert "Traceback" not in result.stderr
     assert_loopback_only(guard)
+
+
+def test_a_job_after_warm_runs_its_actors_on_workers_started_and_imported_before_it(
+    guard: Guard, manifest: Path
+) -> None:
+    """Issue 18: the actors of a job after `RayImageEmbedder.warm()` run in worker processes that were
+    up, torch imported, before the job began (Ray's prestarted, preloaded workers), not new ones; the
+    vectors stay the local path's."""
+    out = guard.tmp / "warm.npz"
+    code = "import sys, ray_helpers; ray_helpers.warm_job(*sys.argv[1:])"
+    result = guard.run([sys.executable, "-c", code, str(out), str(manifest)], "warm")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["asked"] == 2 and len(summary["warm"]) == 2, summary  # both up before the job
+    actors = {int(a["pid"]) for a in summary["actors"]}
+    assert actors and actors <= set(summary["warm"]), summary  # every actor that worked: a warm worker
+    arrays = np.load(out)
+    for name in ("first", "second"):
+        assert np.abs(arrays[name] - arrays["local"]).max() <= 1e-6
+    assert_loopback_only(guard)

@@ -49,7 +49,12 @@ def ray_embedding(
     generator = RayGenerator(actors=actors, cpus_per_actor=cpus_per_actor)
     if min_items is not None:
         generator.min_items = min_items
-    with connect(address) as cluster, use_image_backend(embedder), use_generation_backend(generator):
+    with (
+        connect(address, preload=True) as cluster,
+        use_image_backend(embedder),
+        use_generation_backend(generator),
+    ):
+        embedder.warm()  # one pool's workers start (and import) while this process loads and hashes
         console.print(
             f"[dim]ray:[/] {cluster.describe()}; embedding and generating with {actors} actor(s) x "
             f"{cpus_per_actor:g} CPU",

@@ -123,11 +123,15 @@ def _host(address: str) -> str:
 
 
 @contextlib.contextmanager
-def connect(address: str | None = None, num_cpus: int | None = None) -> Iterator[RayCluster]:
+def connect(
+    address: str | None = None, num_cpus: int | None = None, preload: bool = False
+) -> Iterator[RayCluster]:
     """Connect this process to Ray for the block: start a private local one or join `address`.
 
     `address`: ``local`` (the default, also when VLMOPS_RAY_ADDRESS is unset) or ``auto`` or
-    ``host:port``. A Ray already initialised in this process is reused and left running.
+    ``host:port``. A Ray already initialised in this process is reused and left running. `preload`: the
+    workers of a private local Ray that are meant for an actor pool import its modules when they start
+    (`scale.warm`).
     """
     address = resolve_address(address)
     ray = require("ray", extra="ray")
@@ -135,7 +139,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Iterator
         yield _describe(ray, address, started_here=False)
         return
     if address == LOCAL:
-        with _start_local(ray, num_cpus) as cluster:
+        with _start_local(ray, num_cpus, preload) as cluster:
             yield cluster
         return
     _check_reachable(address)
@@ -163,13 +167,15 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Iterator
 
 
 @contextlib.contextmanager
-def _start_local(ray, num_cpus: int | None) -> Iterator[RayCluster]:
+def _start_local(ray, num_cpus: int | None, preload: bool = False) -> Iterator[RayCluster]:
     """A private single-node Ray on 127.0.0.1 in a fresh temp folder, shut down and removed afterwards."""
     from vlmops.config import get_settings
+    from vlmops.scale.warm import preload_env
 
     root = Path(tempfile.mkdtemp(prefix="vlmops-ray-", dir="/tmp"))  # short: Ray's socket paths
     env = loopback_env(root / "home")
     env["VLMOPS_HOME"] = str(get_settings().home)  # workers find the data where this process does
+    env.update(preload_env() if preload else {})  # read by the raylet: its pool workers import at start
     try:
         with _single_node_mode(ray):
             with _environ(env):  # what the processes Ray spawns now inherit

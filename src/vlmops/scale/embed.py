@@ -68,6 +68,14 @@ class RayImageEmbedder:
     def __post_init__(self) -> None:
         check_pool_options(self.actors, self.cpus_per_actor)
 
+    def warm(self) -> int:
+        """Before a job: ask Ray for an idle worker process per actor on each node (its imports done
+        where the node preloads them, `scale.warm`), so the job's actors skip starting one; returns
+        how many were asked for."""
+        from vlmops.scale.warm import prestart_workers
+
+        return prestart_workers(self.actors, self.cpus_per_actor)
+
     def embed_files(
         self, model: VLM, items: Sequence[tuple[str, str]], batch_size: int
     ) -> Iterator[tuple[list[str], np.ndarray]]:

@@ -7,7 +7,7 @@ model version, and answers one batch per call with the caller's decoding setting
 (a corruption, a band with text: `DerivedImage`) travels as its file path and variant name; the
 actor makes it with the caller's function for that variant, so the pixels are the caller's. Answers
 come back as the cache's JSON, so they are the same `Generation` objects a local run makes; an actor
-that dies is restarted by Ray and its batch run again (the pool's `_retries`).
+that dies is restarted by Ray and its batch run again (the pool's `_actor_options`).
 
 A job with fewer than `min_items` pairs is answered in the calling process with its own copy of the
 model: a pool's start-up (actor processes, imports, one model load each: ~5 s here) costs more than it
@@ -95,6 +95,14 @@ class RayGenerator:
 
     def __post_init__(self) -> None:
         check_pool_options(self.actors, self.cpus_per_actor)
+
+    def warm(self) -> int:
+        """Before a job: ask Ray for an idle worker process per actor on each node (its imports done
+        where the node preloads them, `scale.warm`), so the job's actors skip starting one; returns
+        how many were asked for."""
+        from vlmops.scale.warm import prestart_workers
+
+        return prestart_workers(self.actors, self.cpus_per_actor)
 
     def generate_pairs(
         self,

@@ -8,6 +8,8 @@ multi-node mode that `ray start --address` requires, and there "this node's addr
 --node-ip-address given, not one looked up. The node's HOME is VLMOPS_RAY_HOME (default
 /tmp/vlmops-ray-home-UID), set up by `vlmops.scale.cluster.loopback_env` (usage stats off, no cloud
 probe); nodes sharing it share Ray's auth token, which `vlmops ... --ray ADDRESS` finds there too.
+The node's workers meant for an actor pool import its modules when they start
+(`vlmops.scale.warm.preload_env`, added to RAY_preload_python_modules).
 Give each node its own loopback address (--node-ip-address 127.0.0.2, 127.0.0.3, ...): Ray rewrites
 127.0.0.1 into the machine's interface address on a multi-node cluster.
 """
@@ -21,8 +23,10 @@ import sys
 def main(argv: list[str]) -> None:
     """Run Ray's CLI on `argv` with the node's processes kept on loopback."""
     from vlmops.scale.cluster import loopback_env, ray_home
+    from vlmops.scale.warm import preload_env
 
     os.environ.update(loopback_env(ray_home()))
+    os.environ.update(preload_env())
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # inherited by every process of the node
     import ray._private.ray_constants as constants
     from ray.scripts.scripts import main as ray_main

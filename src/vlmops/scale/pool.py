@@ -171,14 +171,21 @@ def run_actor_pool(
             batch_format="numpy",
             compute=pool_strategy(actors, per_task),
             num_cpus=cpus_per_actor,
-            ray_remote_args_fn=_retries,
+            ray_remote_args_fn=_actor_options,
         )
     return PoolJob(mapped.iter_batches(batch_size=None, batch_format="numpy"), what)
 
 
-def _retries() -> dict[str, int]:
-    """Remote options of each actor: bounded restarts and retries (Ray Data's default is forever)."""
-    return {"max_restarts": MAX_RESTARTS, "max_task_retries": MAX_TASK_RETRIES}
+def _actor_options() -> dict:
+    """Remote options of each actor: bounded restarts and retries (Ray Data's default is forever), and
+    the pools' runtime_env, in which warm workers wait (`scale.warm`)."""
+    from vlmops.scale.warm import pool_runtime_env
+
+    return {
+        "max_restarts": MAX_RESTARTS,
+        "max_task_retries": MAX_TASK_RETRIES,
+        "runtime_env": pool_runtime_env(),
+    }
 
 
 def _is_ray_error(exc: BaseException) -> bool:

@@ -1,0 +1,93 @@
+"""Warm Ray workers for the actor pools: worker processes started, and their imports done, before a job.
+
+Ray Data starts a job's actors on whatever idle worker process the node has, and starts a new one when
+it has none; after Ray's first driver prestarted a worker per CPU, which Ray Data's own per-cluster
+actors take, a node has none, so every job paid a new process, ``import ray.data`` (pandas, pyarrow)
+and ``import torch`` (~2.2 CPU s, ~3 s to the first vector on a 2-core machine; bench/RESULTS.md,
+issue 18). Three Ray settings remove that:
+
+- The pools' actors run in a runtime_env of their own (`POOL_RUNTIME_ENV`: one environment variable),
+  so Ray keeps their workers apart from other workers.
+- `preload_env`: Ray's ``preload_python_modules`` (RAY_preload_python_modules), read when a node
+  starts: each of its worker processes imports `vlmops._preload` once it is up, which imports
+  ``ray.data`` and ``torch`` in a pool's worker only (Ray Data's and Serve's own actors skip them). A
+  private local Ray started for the pools sets it (`connect(preload=True)`); vlmops' `loopback_node`
+  too; for a node of your own `ray start`, README: Running on a cluster.
+- `prestart_workers`: Ray's PrestartWorkers call on each node's raylet, the one Ray has for starting
+  idle workers ahead of work: ``count`` Python workers in the pools' runtime_env, not tied to a job
+  (any driver's pool may take them), kept from Ray's idle-worker reaper for `KEEP_ALIVE_S`. Ray keeps
+  no Python API for it, so it goes through Ray's own gRPC stub and channel helper (Ray's auth token
+  when the cluster has one); if a node refuses, the job starts its workers as before (logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from vlmops._preload import POOL_WORKER_ENV
+
+POOL_RUNTIME_ENV = {"env_vars": {POOL_WORKER_ENV: "1"}}
+PRELOAD_ENV = "RAY_preload_python_modules"
+PRELOAD_MODULE = "vlmops._preload"
+KEEP_ALIVE_S = 300  # a warm worker left unused is the reaper's again after this (one pool: a few 100 MB)
+
+log = logging.getLogger(__name__)
+
+
+def preload_env() -> dict[str, str]:
+    """The environment that makes a Ray node's pool workers import the pools' modules when they start
+    (added to any modules RAY_preload_python_modules already names)."""
+    names = [name for name in os.environ.get(PRELOAD_ENV, "").split(",") if name.strip()]
+    return {PRELOAD_ENV: ",".join(names if PRELOAD_MODULE in names else [*names, PRELOAD_MODULE])}
+
+
+def pool_runtime_env() -> dict:
+    """The runtime_env of every pool actor (a fresh copy: Ray may add to it)."""
+    return {"env_vars": dict(POOL_RUNTIME_ENV["env_vars"])}
+
+
+def prestart_workers(count: int, cpus_per_worker: float = 1.0, keep_alive_s: int = KEEP_ALIVE_S) -> int:
+    """Ask every alive node of the connected Ray for up to `count` idle pool workers (no more than its
+    CPUs hold at `cpus_per_worker`), kept alive `keep_alive_s`; returns how many were asked for."""
+    import ray
+
+    asked = 0
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        room = int(float(node.get("Resources", {}).get("CPU", 0.0)) // max(cpus_per_worker, 1e-9))
+        wanted = min(count, room)
+        if wanted < 1:
+            continue
+        address = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
+        try:
+            _prestart_on(address, wanted, keep_alive_s)
+        except Exception as exc:  # a Ray without the call, a node gone: the job starts its own workers
+            log.info("Ray did not prestart workers on %s (%s); the job starts its own", address, exc)
+            continue
+        asked += wanted
+    return asked
+
+
+def _prestart_on(address: str, count: int, keep_alive_s: int) -> None:
+    from google.protobuf import json_format
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray._private.utils import get_runtime_env_info
+    from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc
+    from ray.core.generated.runtime_environment_pb2 import RuntimeEnvInfo
+    from ray.runtime_env import RuntimeEnv
+
+    # the runtime_env exactly as Ray serialises an actor's, so that Ray's worker pool matches the two
+    info = get_runtime_env_info(RuntimeEnv(**pool_runtime_env()), is_job_runtime_env=False, serialize=True)
+    request = node_manager_pb2.PrestartWorkersRequest(
+        language=common_pb2.PYTHON,
+        runtime_env_info=json_format.Parse(info, RuntimeEnvInfo()),
+        keep_alive_duration_secs=keep_alive_s,
+        num_workers=count,
+    )  # no job_id: a worker not tied to a job fits any driver's actors
+    channel = init_grpc_channel(address)
+    try:
+        node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(request, timeout=10)
+    finally:
+        channel.close()
