@@ -200,6 +200,19 @@ def test_a_replica_plan_becomes_serves_deployment_options():
     assert (scaled.min_replicas, scaled.initial_replicas, scaled.max_replicas) == (1, 2, 4)
 
 
+def test_a_deployments_replicas_share_one_metrics_folder_of_their_own():
+    pytest.importorskip("ray.serve")
+    from vlmops.scale.serve import ReplicaPlan, deployment
+
+    def folder(dep) -> str:
+        return dep.ray_actor_options["runtime_env"]["env_vars"]["PROMETHEUS_MULTIPROC_DIR"]
+
+    plan = ReplicaPlan(replicas=2)
+    first, second = folder(deployment(plan)), folder(deployment(plan))
+    assert first != second and "vlmops-serve-metrics-" in first  # a fresh one per deployment
+    assert folder(deployment(plan, "/tmp/given")) == "/tmp/given"
+
+
 def test_a_running_serve_with_its_proxy_elsewhere_is_refused_by_name(monkeypatch):
     pytest.importorskip("ray.serve")
     from types import SimpleNamespace

@@ -112,6 +112,40 @@ def test_startup_says_what_it_deployed_and_both_replicas_answer(served):
     assert set(ids) <= logged  # every answer logged in the shared store, whichever replica answered
 
 
+def requests_counted(text: str, endpoint: str) -> float:
+    """The sum of vlmops_requests_total over its labels for `endpoint`, from a /metrics page."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("vlmops_requests_total{") and f'endpoint="{endpoint}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_count_every_replica_whichever_one_answers_the_scrape(served):
+    # the replicas share a metrics folder, so /metrics (which Serve's proxy hands to either replica) adds
+    # up both; a replica's own registry would show only about half of the requests
+    admin = served.keys.create("scraper", rate_per_s=1000, burst=1000, scopes="admin")
+    key = served.keys.create("counted", rate_per_s=1000, burst=1000)
+
+    def scrape() -> tuple[float, str]:
+        r = served.client.get("/metrics", headers=bearer(admin))
+        assert r.status_code == 200, r.text
+        return requests_counted(r.text, "/v1/classify"), r.headers[REPLICA]
+
+    before = {scrape()[0] for _ in range(6)}
+    assert len(before) == 1, before  # every scrape, on either replica, gives the same total
+    body = {"image": b64(random_png(5)), "labels": ["red", "green"]}
+    answered_by = set()
+    for _ in range(24):
+        r = served.client.post("/v1/classify", json=body, headers=bearer(key))
+        assert r.status_code == 200, r.text
+        answered_by.add(r.headers[REPLICA])
+    assert len(answered_by) == 2, answered_by
+    scrapes = [scrape() for _ in range(8)]
+    assert {total for total, _ in scrapes} == {before.pop() + 24}, scrapes
+    assert len({replica for _, replica in scrapes}) == 2, scrapes  # both replicas rendered the page
+
+
 def test_missing_and_unknown_keys_are_refused(served):
     body = {"image": b64(random_png(4)), "labels": ["red", "green"]}
     r = served.client.post("/v1/classify", json=body)

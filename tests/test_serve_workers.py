@@ -166,3 +166,40 @@ def test_each_worker_has_its_own_socket_and_connections_spread_over_them():
     finally:
         for sock in clients + listeners:
             sock.close()
+
+
+GAUGE_PROCESS = """
+import sys
+from vlmops.serve.metrics import GatewayMetrics
+metrics = GatewayMetrics()
+metrics.queue_depth.labels("image").set(5)
+metrics.requests.labels("/v1/classify", "200", "m-1").inc(3)
+print("set", flush=True)
+sys.stdin.read()  # until the test closes it
+"""
+
+
+def test_a_dead_workers_live_gauges_leave_metrics_but_its_counts_stay(tmp_path):
+    # a worker or Ray Serve replica that died (and was replaced) must not hold the queue-depth gauge up
+    # forever; its requests still count
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+    from vlmops.serve.metrics import forget_dead_processes
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-c", GAUGE_PROCESS], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == "set"
+
+    def page() -> str:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
+        return generate_latest(registry).decode()
+
+    forget_dead_processes(str(tmp_path))  # the worker is alive: its gauge stays
+    assert 'vlmops_queue_depth{kind="image"} 5.0' in page()
+    proc.communicate("", timeout=30)
+    forget_dead_processes(str(tmp_path))
+    text = page()
+    assert 'vlmops_queue_depth{kind="image"}' not in text
+    assert "vlmops_requests_total" in text and " 3.0" in text

@@ -6,6 +6,11 @@ writer) and runs the app's lifespan startup and shutdown as uvicorn would: Serve
 (`__serve_build_asgi_app__`, then uvicorn's LifespanOn). What the replicas share is whatever the app
 keeps outside the process: for the gateway, the Postgres store (log, keys, rate-limit buckets).
 
+The replicas of one deployment share a metrics folder name (PROMETHEUS_MULTIPROC_DIR, in their
+runtime_env): on each node the replicas there write their metrics to that folder, so /metrics, whichever
+replica Serve's proxy hands it to, counts every replica of that node (all of them on a single-node Ray).
+On a multi-node cluster, scrape each node's replicas, or use Ray's own metrics.
+
 Every answer names the replica that served it (``X-Vlmops-Replica``). Serve's proxy adds its own
 ``X-Request-ID`` to every answer; `proxy_middlewares`, which a private Ray's proxy loads through
 RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH, keeps the app's (the id in the body and the log) instead.
@@ -13,13 +18,18 @@ RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH, keeps the app's (the id in the body a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+import shutil
 import signal
+import tempfile
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from vlmops._optional import require
 from vlmops.errors import VlmopsError
@@ -30,6 +40,7 @@ PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "vlmops.scale.serve:proxy_middlewares"
 REPLICA_HEADER = b"x-vlmops-replica"
 REQUEST_ID_HEADER = b"x-request-id"
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class RayServeError(VlmopsError):
@@ -162,13 +173,25 @@ def _replica_tag() -> str:
         return f"pid-{os.getpid()}"
 
 
-def deployment(plan: ReplicaPlan):
-    """The Serve deployment whose replicas each build the app by calling the builder they are given."""
+def metrics_folder() -> str:
+    """A fresh folder name (under the temp folder) for one deployment's replicas to share metrics in."""
+    return str(Path(tempfile.gettempdir()) / f"vlmops-serve-metrics-{uuid.uuid4().hex[:12]}")
+
+
+def deployment(plan: ReplicaPlan, metrics_dir: str | None = None):
+    """The Serve deployment whose replicas each build the app by calling the builder they are given,
+    sharing `metrics_dir` (default: a fresh `metrics_folder`) on each node for /metrics."""
     from ray import serve
+
+    options = plan.deployment_options()
+    env = {METRICS_DIR_ENV: metrics_dir or metrics_folder()}
+    options["ray_actor_options"]["runtime_env"] = {"env_vars": env}  # set before any import
 
     @serve.ingress()
     class Replica:
         def __init__(self, builder: Callable) -> None:
+            if os.environ.get(METRICS_DIR_ENV):  # unless a Serve config replaced the runtime_env
+                os.makedirs(os.environ[METRICS_DIR_ENV], exist_ok=True)
             self._builder = builder
 
         def __serve_build_asgi_app__(self):
@@ -179,7 +202,7 @@ def deployment(plan: ReplicaPlan):
                 return app
             return ReplicaHeader(app, tag)
 
-    return serve.deployment(name="gateway", **plan.deployment_options())(Replica)
+    return serve.deployment(name="gateway", **options)(Replica)
 
 
 def serve_on_ray(
@@ -199,7 +222,8 @@ def serve_on_ray(
     if address == LOCAL:
         os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)  # what a private Ray's proxy inherits
     cpus = max(os.cpu_count() or 1, math.ceil(plan.most * plan.cpus))  # a private Ray fits every replica
-    with connect(address, num_cpus=cpus) as cluster:
+    metrics_dir = metrics_folder()  # this machine's copy is removed at the end; other nodes keep theirs
+    with connect(address, num_cpus=cpus) as cluster, _removed(metrics_dir):
         from ray import serve
 
         try:
@@ -208,7 +232,8 @@ def serve_on_ray(
             raise RayServeError(f"Ray Serve did not start: {str(exc).strip().splitlines()[-1]}") from None
         _check_proxy_address(host, port)
         try:
-            serve.run(deployment(plan).bind(builder), name=APP_NAME, route_prefix="/", blocking=False)
+            app = deployment(plan, metrics_dir).bind(builder)
+            serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         except (RuntimeError, ValueError) as exc:
             reason = _failure_reason(serve) or str(exc).strip().splitlines()[-1]
             _stop(serve, cluster)
@@ -262,3 +287,12 @@ def _stop(serve, cluster: RayCluster) -> None:
         serve.shutdown()
     else:
         serve.delete(APP_NAME)
+
+
+@contextlib.contextmanager
+def _removed(folder: str) -> Iterator[None]:
+    """Remove `folder` (if it was made) when the block ends."""
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,12 +1,15 @@
 """Prometheus metrics of the gateway, one registry per app (so tests can run several apps).
 
-With several worker processes (``--workers N``) the CLI sets PROMETHEUS_MULTIPROC_DIR and /metrics
-aggregates every process through prometheus-client's multiprocess collector.
+With several worker processes (``--workers N``) the CLI sets PROMETHEUS_MULTIPROC_DIR, and so does
+`vlmops.scale.serve` for the Ray Serve replicas of one node, and /metrics aggregates every process
+through prometheus-client's multiprocess collector. A process that has died (a replica Serve replaced)
+keeps its counts, as a counter should, but its live gauges (queue depth) are dropped at the next render.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
@@ -87,7 +90,27 @@ class GatewayMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric (all processes in multiprocess mode)."""
         if self.multiprocess:
+            forget_dead_processes(os.environ["PROMETHEUS_MULTIPROC_DIR"])
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+def forget_dead_processes(folder: str) -> None:
+    """Remove the live-gauge files of processes that are gone (prometheus-client's `mark_process_dead`
+    for each pid in a ``gauge_live*_PID.db`` name that no longer runs on this machine)."""
+    pids = {path.stem.rsplit("_", 1)[-1] for path in Path(folder).glob("gauge_live*_*.db")}
+    for pid in filter(str.isdigit, pids):
+        if not _running(int(pid)):
+            multiprocess.mark_process_dead(int(pid), folder)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
