@@ -28,10 +28,14 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 from proc_sampler import ProcSampler
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from ray_helpers import warm_idle_workers  # tests/: the same wait as the warm-worker test
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -97,34 +101,6 @@ def time_ray(model, paths: list[str], actors: int, batch: int):
         return time.perf_counter() - start, vectors, first[0] - start, backend.stats.to_dict()
 
 
-def warm_workers(loaded: str = "libtorch", settle: float = 0.5) -> dict[int, float]:
-    """This user's idle Ray workers ("ray::IDLE") with `loaded` mapped whose CPU stopped growing over
-    `settle` s (up, preloaded imports done), and the CPU seconds each has used (Linux /proc)."""
-
-    def cpu(pid: int) -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    seen: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            if not entry.name.isdigit() or entry.stat().st_uid != os.getuid():
-                continue
-            if b"ray::IDLE" in (entry / "cmdline").read_bytes() and loaded in (entry / "maps").read_text():
-                seen[int(entry.name)] = cpu(int(entry.name))
-        except OSError:
-            continue
-    time.sleep(settle)
-    quiet = {}
-    for pid, before in seen.items():
-        try:
-            if cpu(pid) == before:
-                quiet[pid] = before
-        except OSError:
-            continue
-    return quiet
-
-
 def warm_ray(actors: int, wait: float = 60.0) -> dict:
     """Untimed, before a Ray job: `RayImageEmbedder.warm()` for `actors` actors and the wait until that
     many idle workers are up with their imports done; the wall seconds and those workers' CPU seconds."""
@@ -134,7 +110,7 @@ def warm_ray(actors: int, wait: float = 60.0) -> dict:
     asked = RayImageEmbedder(actors=actors, cpus_per_actor=1).warm()
     ready: dict[int, float] = {}
     while asked and len(ready) < actors and time.perf_counter() - start < wait:
-        ready = warm_workers()
+        ready = warm_idle_workers()
     return {"workers": len(ready), "wall_s": time.perf_counter() - start, "cpu_s": sum(ready.values())}
 
 

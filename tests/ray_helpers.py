@@ -98,16 +98,17 @@ if __name__ == "__main__":
     crash_job(*sys.argv[1:4])
 
 
-def warm_idle_workers(loaded: str = "libtorch", settle: float = 0.5) -> set[int]:
+def warm_idle_workers(loaded: str = "libtorch", settle: float = 0.5) -> dict[int, float]:
     """This user's idle Ray workers ("ray::IDLE") that have `loaded` mapped and whose CPU time stopped
-    growing over `settle` s: worker processes up, their preloaded imports done."""
+    growing over `settle` s (worker processes up, their preloaded imports done), with the CPU seconds
+    each has used (Linux /proc). bench/scale.py waits for them too."""
     import time
 
-    def cpu(pid: int) -> int:
+    def cpu(pid: int) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    seen: dict[int, int] = {}
+    seen: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         try:
             if not entry.name.isdigit() or entry.stat().st_uid != os.getuid():
@@ -117,11 +118,11 @@ def warm_idle_workers(loaded: str = "libtorch", settle: float = 0.5) -> set[int]
         except OSError:
             continue
     time.sleep(settle)
-    quiet = set()
+    quiet = {}
     for pid, before in seen.items():
         try:
             if cpu(pid) == before:
-                quiet.add(pid)
+                quiet[pid] = before
         except OSError:
             continue
     return quiet
@@ -146,7 +147,7 @@ def warm_job(out: str, manifest: str, actors: int = 2, batch_size: int = 8, wait
     with connect("local", num_cpus=actors, preload=True), use_image_backend(backend):
         first, _ = embed_images_cached(model, paths, EmbeddingCache(":memory:"), batch_size, progress=False)
         asked = backend.warm()
-        deadline, ready = time.time() + wait, set()
+        deadline, ready = time.time() + wait, {}
         while len(ready) < actors and time.time() < deadline:
             ready = warm_idle_workers()
         second, _ = embed_images_cached(model, paths, EmbeddingCache(":memory:"), batch_size, progress=False)
