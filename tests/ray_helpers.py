@@ -94,10 +94,6 @@ def generate_job(out: str, manifest: str, limit: int = 8) -> None:
     Path(out).write_text(json.dumps(summary))
 
 
-if __name__ == "__main__":
-    crash_job(*sys.argv[1:4])
-
-
 def warm_idle_workers(loaded: str = "libtorch", settle: float = 0.5) -> dict[int, float]:
     """This user's idle Ray workers ("ray::IDLE") that have `loaded` mapped and whose CPU time stopped
     growing over `settle` s (worker processes up, their preloaded imports done), with the CPU seconds
@@ -154,3 +150,7 @@ def warm_job(out: str, manifest: str, actors: int = 2, batch_size: int = 8, wait
     np.savez(out, local=local, first=first, second=second)
     summary = {"asked": asked, "warm": sorted(ready), "actors": backend.stats.to_dict()["actors"]}
     Path(out).with_suffix(".json").write_text(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    crash_job(*sys.argv[1:4])

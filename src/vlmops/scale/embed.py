@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vlmops.models.base import VLM, batched
-from vlmops.scale.pool import check_pool_options, load_actor_model, run_actor_pool, task_stats
+from vlmops.scale.pool import ActorPool, load_actor_model, run_actor_pool, task_stats
 from vlmops.scale.stats import RayJobStats
 
 
@@ -57,24 +57,11 @@ class EmbedActor:
 
 
 @dataclass
-class RayImageEmbedder:
+class RayImageEmbedder(ActorPool):
     """Embeds image files on the connected Ray cluster with `actors` actors of `cpus_per_actor` CPUs."""
 
-    actors: int = 2
-    cpus_per_actor: float = 1.0
     loader: Callable[[str], VLM] = field(default=_load)  # picklable: runs on the workers
     stats: RayJobStats | None = field(default=None, init=False)  # of the last job, set when it ends
-
-    def __post_init__(self) -> None:
-        check_pool_options(self.actors, self.cpus_per_actor)
-
-    def warm(self) -> int:
-        """Before a job: ask Ray for an idle worker process per actor on each node (its imports done
-        where the node preloads them, `scale.warm`), so the job's actors skip starting one; returns
-        how many were asked for."""
-        from vlmops.scale.warm import prestart_workers
-
-        return prestart_workers(self.actors, self.cpus_per_actor)
 
     def embed_files(
         self, model: VLM, items: Sequence[tuple[str, str]], batch_size: int

@@ -13,6 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,26 @@ def check_pool_options(actors: int, cpus_per_actor: float) -> None:
         raise VlmopsError(f"--ray-actors must be at least 1, got {actors}")
     if cpus_per_actor <= 0:
         raise VlmopsError(f"--ray-cpus-per-actor must be above 0, got {cpus_per_actor}")
+
+
+@dataclass
+class ActorPool:
+    """What the pool backends (`RayImageEmbedder`, `RayGenerator`) share: the pool's size, checked when
+    made, and a warm start before a job."""
+
+    actors: int = 2
+    cpus_per_actor: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_pool_options(self.actors, self.cpus_per_actor)
+
+    def warm(self) -> int:
+        """Before a job: ask Ray for an idle worker process per actor on each node (its imports done
+        where the node preloads them, `scale.warm`), so the job's actors skip starting one; returns
+        how many were asked for."""
+        from vlmops.scale.warm import prestart_workers
+
+        return prestart_workers(self.actors, self.cpus_per_actor)
 
 
 def check_pool_room(actors: int, cpus_per_actor: float, cpus: float) -> None:

@@ -18,16 +18,14 @@ RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH, keeps the app's (the id in the body a
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
-import shutil
 import signal
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +39,7 @@ PROXY_CALLBACK = "vlmops.scale.serve:proxy_middlewares"
 REPLICA_HEADER = b"x-vlmops-replica"
 REQUEST_ID_HEADER = b"x-request-id"
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+METRICS_PREFIX = "vlmops-serve-metrics-"
 
 
 class RayServeError(VlmopsError):
@@ -175,7 +174,7 @@ def _replica_tag() -> str:
 
 def metrics_folder() -> str:
     """A fresh folder name (under the temp folder) for one deployment's replicas to share metrics in."""
-    return str(Path(tempfile.gettempdir()) / f"vlmops-serve-metrics-{uuid.uuid4().hex[:12]}")
+    return str(Path(tempfile.gettempdir()) / f"{METRICS_PREFIX}{uuid.uuid4().hex[:12]}")
 
 
 def deployment(plan: ReplicaPlan, metrics_dir: str | None = None):
@@ -222,8 +221,11 @@ def serve_on_ray(
     if address == LOCAL:
         os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)  # what a private Ray's proxy inherits
     cpus = max(os.cpu_count() or 1, math.ceil(plan.most * plan.cpus))  # a private Ray fits every replica
-    metrics_dir = metrics_folder()  # this machine's copy is removed at the end; other nodes keep theirs
-    with connect(address, num_cpus=cpus) as cluster, _removed(metrics_dir):
+    with (
+        connect(address, num_cpus=cpus) as cluster,
+        # the replicas' metrics folder: removed at the end on this machine; other nodes keep theirs
+        tempfile.TemporaryDirectory(prefix=METRICS_PREFIX, ignore_cleanup_errors=True) as metrics_dir,
+    ):
         from ray import serve
 
         try:
@@ -287,12 +289,3 @@ def _stop(serve, cluster: RayCluster) -> None:
         serve.shutdown()
     else:
         serve.delete(APP_NAME)
-
-
-@contextlib.contextmanager
-def _removed(folder: str) -> Iterator[None]:
-    """Remove `folder` (if it was made) when the block ends."""
-    try:
-        yield
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)

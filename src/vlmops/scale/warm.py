@@ -6,7 +6,7 @@ actors take, a node has none, so every job paid a new process, ``import ray.data
 and ``import torch`` (~2.2 CPU s, ~3 s to the first vector on a 2-core machine; bench/RESULTS.md,
 issue 18). Three Ray settings remove that:
 
-- The pools' actors run in a runtime_env of their own (`POOL_RUNTIME_ENV`: one environment variable),
+- The pools' actors run in a runtime_env of their own (`pool_runtime_env`: one environment variable),
   so Ray keeps their workers apart from other workers.
 - `preload_env`: Ray's ``preload_python_modules`` (RAY_preload_python_modules), read when a node
   starts: each of its worker processes imports `vlmops._preload` once it is up, which imports
@@ -27,7 +27,6 @@ import os
 
 from vlmops._preload import POOL_WORKER_ENV
 
-POOL_RUNTIME_ENV = {"env_vars": {POOL_WORKER_ENV: "1"}}
 PRELOAD_ENV = "RAY_preload_python_modules"
 PRELOAD_MODULE = "vlmops._preload"
 KEEP_ALIVE_S = 300  # a warm worker left unused is the reaper's again after this (one pool: a few 100 MB)
@@ -43,8 +42,8 @@ def preload_env() -> dict[str, str]:
 
 
 def pool_runtime_env() -> dict:
-    """The runtime_env of every pool actor (a fresh copy: Ray may add to it)."""
-    return {"env_vars": dict(POOL_RUNTIME_ENV["env_vars"])}
+    """The runtime_env of every pool actor (a fresh dict each call: Ray may add to it)."""
+    return {"env_vars": {POOL_WORKER_ENV: "1"}}
 
 
 def prestart_workers(count: int, cpus_per_worker: float = 1.0, keep_alive_s: int = KEEP_ALIVE_S) -> int:
