@@ -286,3 +286,47 @@ def test_chat_exchanges_are_written_with_their_request_row_and_take_feedback(tmp
     with pytest.raises(StoreError, match="paired"):
         log.write_chat([(PredictionRow("r2", "chat", "cap@1", [], 1.0), chat)])
     assert [r.request_id for r in log.requests()] == ["r1"]  # nothing half-written
+
+
+# The embeddings table of stores made before the rowid layout (issue 18), as they were created.
+WITHOUT_ROWID_TABLE = """CREATE TABLE embeddings (
+    model_version TEXT NOT NULL, content_sha256 TEXT NOT NULL, transform_id TEXT NOT NULL,
+    dim INTEGER NOT NULL, vector BLOB NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (model_version, content_sha256, transform_id)) WITHOUT ROWID"""
+
+
+def test_a_new_store_keeps_its_vectors_in_a_rowid_table(tmp_path: Path) -> None:
+    """The vectors (~1.5 KB each) go into the table's own B-tree, not into the key's: 2.7-3.1x faster
+    writes and 2.8-3.3x faster reads (bench/cache_layout.py)."""
+    EmbeddingCache(tmp_path / "new.db").close()
+    with sqlite3.connect(tmp_path / "new.db") as conn:
+        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'embeddings'").fetchone()
+        indexes = conn.execute(
+            "SELECT name FROM sqlite_master WHERE tbl_name = 'embeddings' AND type = 'index'"
+        )
+        assert "WITHOUT ROWID" not in sql.upper() and len(indexes.fetchall()) == 1  # the key's index
+
+
+@pytest.mark.parametrize("older", [True, False], ids=["without-rowid-store", "rowid-store"])
+def test_a_store_of_either_layout_reads_writes_and_deletes_the_same(tmp_path: Path, older: bool) -> None:
+    """A store made before the rowid layout keeps working as it is: the first vector written for a key
+    wins, lookups return exact bytes, counts and deletes are per model."""
+    path = tmp_path / "store.db"
+    if older:
+        with sqlite3.connect(path) as conn:
+            conn.execute(WITHOUT_ROWID_TABLE)
+    cache = EmbeddingCache(path)
+    rng = np.random.default_rng(0)
+    first = {f"k{i:03d}": rng.standard_normal(384).astype(np.float32) for i in range(300)}
+    cache.put_many("m1", "t", first)
+    cache.put_many("m1", "t", {"k000": np.zeros(384, dtype=np.float32)})  # already there: ignored
+    cache.put_many("m2", "t", {"k000": np.ones(384, dtype=np.float32)})
+    found = cache.get_many("m1", "t", [*first, "missing"])
+    assert set(found) == set(first) and all(np.array_equal(found[k], first[k]) for k in first)
+    assert cache.count("m1") == 300 and cache.count() == 301
+    assert cache.delete_model("m1") == 300 and cache.get_many("m1", "t", list(first)) == {}
+    assert np.array_equal(cache.get_many("m2", "t", ["k000"])["k000"], np.ones(384, dtype=np.float32))
+    cache.close()
+    with sqlite3.connect(path) as conn:
+        (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'embeddings'").fetchone()
+    assert ("WITHOUT ROWID" in sql) == older  # the store kept the layout it had
