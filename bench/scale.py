@@ -292,7 +292,8 @@ def report(result: dict) -> None:
             actors = "; ".join(
                 f"pid {a['pid']:.0f}: {a['images']:.0f} img, {a['cpu_ms_per_image']:.2f} CPU ms/img, "
                 f"{a['cpu_s'] / a['busy_s']:.2f} cores while in a batch ({a['busy_s']:.1f} s), "
-                f"start-up {a['startup_cpu_s']:.1f} CPU s / {a['startup_wall_s']:.1f} s"
+                f"start-up {a['startup_cpu_s']:.1f} CPU s / {a['startup_wall_s']:.2f} s, "
+                f"{a['startup_imports']} modules imported after the preload"
                 for a in d["actors"]
             )
             actors += f"; threads doing work per actor {d['actor_busy_threads']}"

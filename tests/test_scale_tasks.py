@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vlmops.scale.embed import EmbedActor
-from vlmops.scale.pool import BATCHES_PER_TASK, ROWS_IN_FLIGHT, rows_per_task
+from vlmops.scale.pool import BATCHES_PER_TASK, ROWS_IN_FLIGHT, rows_per_task, task_sizes
 from vlmops.store.cache import EmbeddingCache
 from vlmops.store.embed import embed_images_cached
 
@@ -25,7 +25,7 @@ def test_one_actor_call_embeds_a_task_in_the_callers_model_batches(fake_model, p
     assert out["vector"].dtype == np.float32 and np.array_equal(out["vector"], local)
     assert list(out["key"]) == paths
     stats = out["stats"]  # one row per image, all the task's: (pid, start, end, cpu, images, ...)
-    assert stats.shape == (21, 7) and (stats[:, 4] == 21).all() and (stats == stats[0]).all()
+    assert stats.shape == (21, 8) and (stats[:, 4] == 21).all() and (stats == stats[0]).all()
 
 
 def test_a_task_holds_several_batches_and_a_small_job_still_feeds_every_actor() -> None:
@@ -48,6 +48,33 @@ def test_tasks_grow_with_the_job_to_many_batches_while_the_tail_stays_short() ->
     for items, actors in [(3_000, 2), (14_851, 2), (14_851, 1), (20_000, 2), (100_000, 2)]:
         share = items / actors
         assert share / rows_per_task(items, 64, actors) >= 6, (items, actors)  # >= 6 tasks per actor
+
+
+def test_a_jobs_last_tasks_shrink_to_a_batch_so_the_actors_finish_together() -> None:
+    """Guided self-scheduling: full tasks (`rows_per_task`) while much is left, then each a whole number
+    of batches about 1/(2 x actors) of what is left, down to one batch; the last takes the remainder."""
+    jobs = [(14_851, 64, 2), (14_851, 64, 1), (100_000, 64, 2), (3_000, 64, 4), (130, 8, 2)]
+    for items, batch, actors in jobs:
+        sizes = task_sizes(items, batch, actors)
+        largest = rows_per_task(items, batch, actors)
+        assert sum(sizes) == items and sizes[-1] < 2 * batch
+        assert sizes[:-1] == sorted(sizes[:-1], reverse=True) and max(sizes) <= largest
+        left = items
+        for size in sizes[:-1]:
+            assert size == min(largest, -(-left // (2 * actors * batch)) * batch), (items, sizes)
+            left -= size
+    emoji = task_sizes(14_851, 64, 2)  # was 30 tasks of 512 (the last 3)
+    assert emoji[:26] == [512] * 26 and emoji[26:] == [448, 320, 256, 192, 128, 64, 64, 67]
+    assert task_sizes(0, 64, 2) == [] and task_sizes(5, 64, 2) == [5]
+
+
+def test_the_tasks_blocks_hold_the_rows_in_order_and_in_those_sizes() -> None:
+    from vlmops.scale.pool import _blocks
+
+    rows = [{"key": f"k{i}", "path": f"/p/{i}.png"} for i in range(300)]
+    blocks = _blocks(rows, task_sizes(300, 16, 2))
+    assert [block.num_rows for block in blocks] == task_sizes(300, 16, 2)
+    assert [row for block in blocks for row in block.to_pylist()] == rows
 
 
 def test_generation_tasks_stay_small_where_a_row_costs_far_more_than_a_task() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,8 +31,9 @@ MAX_TASK_RETRIES = 3  # per task, on an actor that died while running it
 # batches against 20 of 16: 1.5 CPU s less outside the actors, 1.6 less in them; bench/RESULTS.md,
 # issue 18). And a job ends up to a task or two after its first actor runs dry. Rows per task ~
 # sqrt(TASK_COST_ROWS x rows per actor) balances the two, in whole model batches, at most
-# `BATCHES_PER_TASK`. That cost in rows is the embedding's; a job whose rows take longer (generation:
-# hundreds of ms to seconds per answer) passes its own (`run_actor_pool`'s `task_cost_rows`).
+# `BATCHES_PER_TASK`; the job's last tasks are smaller (`task_sizes`). That cost in rows is the
+# embedding's; a job whose rows take longer (generation: hundreds of ms to seconds per answer) passes
+# its own (`run_actor_pool`'s `task_cost_rows`).
 TASK_COST_ROWS = 40.0
 BATCHES_PER_TASK = 16
 # Rows queued per actor (as whole tasks, at least 2). With one 64-image batch per task, Ray Data's
@@ -39,6 +41,10 @@ BATCHES_PER_TASK = 16
 # actors, both were busy 59-62 % of the job with 2 tasks (128 rows), 80-83 % with 8 (512 rows). More
 # than that lets the first actor ready take most of a short job before the second has started.
 ROWS_IN_FLIGHT = 512
+# Near the end, a task takes 1/(TAIL_SHARE x actors) of the rows still left (guided self-scheduling):
+# on the emoji set with 2 actors, both were busy 95-97 % of the job (4 jobs) against 89-97 % (8 jobs)
+# with tasks all of one size (bench/RESULTS.md, issue 18).
+TAIL_SHARE = 2
 
 
 class RayJobError(VlmopsError):
@@ -85,7 +91,8 @@ def check_pool_room(actors: int, cpus_per_actor: float, cpus: float) -> None:
 
 def load_actor_model(uri: str, version: str, threads: int, loader: Callable[[str], Any]) -> tuple[Any, tuple]:
     """In an actor: set torch's threads, load the model by `uri` and check it is the caller's `version`.
-    Returns the model and its start-up (wall seconds, process CPU seconds so far)."""
+    Returns the model and its start-up: wall seconds, process CPU seconds so far, and how many modules
+    the worker imported after its preload (`vlmops._preload`), up to the model loaded (-1: none ran)."""
     started = time.perf_counter()
     try:
         import torch
@@ -99,7 +106,13 @@ def load_actor_model(uri: str, version: str, threads: int, loader: Callable[[str
             f"a Ray worker loaded {uri} as version {model.info.version}, the caller has {version}: "
             "give every node the same weights at the same path"
         )
-    return model, (time.perf_counter() - started, time.process_time())
+    return model, (time.perf_counter() - started, time.process_time(), _imported_since_preload())
+
+
+def _imported_since_preload() -> int:
+    preload = sys.modules.get("vlmops._preload")  # not imported: the node does not preload
+    preloaded = getattr(preload, "PRELOADED", None)
+    return -1 if preloaded is None else len(set(sys.modules) - preloaded)
 
 
 def task_stats(start: float, cpu: float, items: int, startup: tuple) -> np.ndarray:
@@ -114,6 +127,20 @@ def rows_per_task(items: int, batch_size: int, actors: int, task_cost_rows: floa
     number of model batches, at least one and at most `BATCHES_PER_TASK`."""
     batches = int(math.sqrt(task_cost_rows * items / actors)) // batch_size
     return batch_size * max(1, min(BATCHES_PER_TASK, batches))
+
+
+def task_sizes(items: int, batch_size: int, actors: int, task_cost_rows: float = TASK_COST_ROWS) -> list[int]:
+    """Rows of each Ray Data task, in the order Ray hands them out: `rows_per_task` while much is left,
+    then smaller and smaller, each about 1/(`TAIL_SHARE` x actors) of the rows still left, down to one
+    model batch (guided self-scheduling), so that the actors run dry within a small task of each other."""
+    largest = rows_per_task(items, batch_size, actors, task_cost_rows)
+    sizes, left = [], items
+    while left > 0:
+        share = math.ceil(left / (TAIL_SHARE * actors) / batch_size) * batch_size
+        size = min(largest, share)
+        sizes.append(left if left - size < batch_size else size)  # no task of less than a batch after it
+        left -= sizes[-1]
+    return sizes
 
 
 def pool_strategy(actors: int, per_task: int):
@@ -161,7 +188,7 @@ def run_actor_pool(
 ) -> PoolJob:
     """Map `rows` through a pool of `actors` `actor`s, each built with the model's URI and version, its
     threads, `loader`, the caller's `batch_size` and `kwargs`; every result batch carries the `stats`
-    column (`task_stats`) that `RayJobStats` reads; `task_cost_rows` sizes the tasks (`rows_per_task`)."""
+    column (`task_stats`) that `RayJobStats` reads; `task_cost_rows` sizes the tasks (`task_sizes`)."""
     import logging
     import warnings
 
@@ -171,10 +198,11 @@ def run_actor_pool(
     data = ray.data.DataContext.get_current()
     data.enable_progress_bars = False  # the caller's bar counts the results as they arrive
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-run INFO lines on the console
-    per_task = rows_per_task(len(rows), batch_size, actors, task_cost_rows)
-    dataset = ray.data.from_items(
-        rows, override_num_blocks=math.ceil(len(rows) / per_task)
-    )  # no metadata tasks
+    sizes = task_sizes(len(rows), batch_size, actors, task_cost_rows)
+    # A block per task, in order. from_blocks (a DeveloperAPI; the extra pins Ray 2.60) keeps the blocks
+    # as given and reads their metadata here; from_arrow runs a metadata task per block, which started a
+    # new worker process (~2 CPU s) in every job.
+    dataset = ray.data.from_blocks(_blocks(rows, sizes))
     with warnings.catch_warnings():
         # Ray 2.60 has no other way to bound restarts (the extra pins 2.60; removed in 2.64)
         warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated")
@@ -190,11 +218,19 @@ def run_actor_pool(
             },
             batch_size=None,  # a block per call: the actor cuts it into model batches
             batch_format="numpy",
-            compute=pool_strategy(actors, per_task),
+            compute=pool_strategy(actors, max(sizes, default=batch_size)),
             num_cpus=cpus_per_actor,
             ray_remote_args_fn=_actor_options,
         )
     return PoolJob(mapped.iter_batches(batch_size=None, batch_format="numpy"), what)
+
+
+def _blocks(rows: list[dict], sizes: list[int]) -> list:
+    """`rows` cut into Arrow tables of `sizes` rows each, in order."""
+    import pyarrow as pa
+
+    ends = np.cumsum(sizes)
+    return [pa.Table.from_pylist(rows[end - size : end]) for size, end in zip(sizes, ends, strict=True)]
 
 
 def _actor_options() -> dict:

@@ -18,6 +18,7 @@ class ActorStats:
     pid: int
     startup_wall_s: float
     startup_cpu_s: float
+    startup_imports: int  # modules its worker imported after the preload, up to the model (-1: no preload)
     batches: int
     images: int
     busy_s: float  # wall seconds inside batches
@@ -38,23 +39,31 @@ class RayJobStats:
     busy_span_s: float = 0.0  # first batch start to last batch end
 
     @classmethod
-    def from_batches(cls, rows: list[tuple[int, float, float, float, int, float, float]]) -> RayJobStats:
-        """`rows`: (pid, start, end, cpu_s, images, startup_wall_s, startup_cpu_s) of each batch."""
+    def from_batches(cls, rows: list[tuple]) -> RayJobStats:
+        """`rows`: (pid, start, end, cpu_s, images, startup_wall_s, startup_cpu_s, startup_imports) of
+        each batch."""
         if not rows:
             return cls()
-        per: dict[int, list] = {}
-        for pid, start, end, cpu, images, boot_wall, boot_cpu in rows:
-            entry = per.setdefault(pid, [boot_wall, boot_cpu, 0, 0, 0.0, 0.0, []])
-            entry[2] += 1
-            entry[3] += images
-            entry[4] += end - start
-            entry[5] += cpu
-            entry[6].append((start, end))
+        per: dict[int, dict] = {}
+        for pid, start, end, cpu, images, boot_wall, boot_cpu, boot_imports in rows:
+            actor = per.setdefault(int(pid), {"boot": (boot_wall, boot_cpu, int(boot_imports)), "spans": []})
+            actor["spans"].append((start, end))
+            actor["images"] = actor.get("images", 0) + int(images)
+            actor["cpu"] = actor.get("cpu", 0.0) + cpu
         actors = [
-            ActorStats(pid, round(e[0], 3), round(e[1], 3), e[2], e[3], round(e[4], 3), round(e[5], 3))
-            for pid, e in sorted(per.items())
+            ActorStats(
+                pid=pid,
+                startup_wall_s=round(a["boot"][0], 3),
+                startup_cpu_s=round(a["boot"][1], 3),
+                startup_imports=a["boot"][2],
+                batches=len(a["spans"]),
+                images=a["images"],
+                busy_s=round(sum(end - start for start, end in a["spans"]), 3),
+                cpu_s=round(a["cpu"], 3),
+            )
+            for pid, a in sorted(per.items())
         ]
-        spans = [sorted(e[6]) for e in per.values()]
+        spans = [sorted(a["spans"]) for a in per.values()]
         every = [s for actor in spans for s in actor]
         any_s = _length(_union(every))
         all_s = _length(_intersection([_union(actor) for actor in spans]))
