@@ -11,13 +11,17 @@ from pathlib import Path
 import numpy as np
 
 
-class CrashingModel:
-    """Wraps a model; the first actor to reach its second batch kills its own process (SIGKILL) once."""
+class ModelWrapper:
+    """A model's info and transform, its calls counted; `embed_images` is the wrapper's own."""
 
     def __init__(self, model, marker: str) -> None:
         self.model, self.info, self.marker = model, model.info, Path(marker)
         self.transform_id = model.transform_id
         self.calls = 0
+
+
+class CrashingModel(ModelWrapper):
+    """Wraps a model; the first actor to reach its second batch kills its own process (SIGKILL) once."""
 
     def embed_images(self, images):
         self.calls += 1
@@ -27,16 +31,55 @@ class CrashingModel:
         return self.model.embed_images(images)
 
 
-class CrashOnce:
-    """A picklable loader for `RayImageEmbedder`: the real model, wrapped in `CrashingModel`."""
+class Wrapped:
+    """A picklable loader for `RayImageEmbedder`: the real model of the URI, wrapped in
+    ``wrapper(model, *args)`` (`CrashingModel`, `WaitsForTheCaller`)."""
 
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
+    def __init__(self, wrapper: type, *args) -> None:
+        self.wrapper, self.args = wrapper, args
 
     def __call__(self, uri: str):
         from vlmops.models import load_model
 
-        return CrashingModel(load_model(uri), self.marker)
+        return self.wrapper(load_model(uri), *self.args)
+
+
+class WaitsForTheCaller(ModelWrapper):
+    """Wraps a model: from its second call on, it waits (up to `wait` s) until the caller has written
+    `marker`, which it does on receiving the first call's vectors; `marker`.seen says if it ever came."""
+
+    def __init__(self, model, marker: str, wait: float) -> None:
+        super().__init__(model, marker)
+        self.wait = wait
+
+    def embed_images(self, images):
+        import time
+
+        self.calls += 1
+        deadline = time.time() + self.wait
+        while self.calls > 1 and not self.marker.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        if self.calls == 2:
+            self.marker.with_suffix(".seen").write_text(str(self.marker.exists()))
+        return self.model.embed_images(images)
+
+
+def first_result_job(marker: str, manifest: str, wait: float = 20) -> None:
+    """One actor, tasks of one 64-image batch: the caller writes `marker` when the first task's vectors
+    reach it, while the actor's second task waits for it."""
+    from vlmops.data.manifest import resolve_data
+    from vlmops.models import load_model
+    from vlmops.scale import RayImageEmbedder, connect
+    from vlmops.scale.pool import task_sizes
+
+    paths = [str(p) for p in resolve_data(manifest)["image"]]
+    items = [(f"key-{i}", paths[i % len(paths)]) for i in range(200)]  # keys, not files, make the rows
+    assert task_sizes(len(items), 64, 1) == [64, 64, 72]
+    backend = RayImageEmbedder(1, 1.0, loader=Wrapped(WaitsForTheCaller, marker, wait))
+    with connect("local"):
+        for i, _ in enumerate(backend.embed_files(load_model("builtin:emoji-lit"), items, 64)):
+            if i == 0:
+                Path(marker).write_text("received")
 
 
 def crash_job(out: str, marker: str, manifest: str, batch_size: int = 8) -> None:
@@ -51,7 +94,7 @@ def crash_job(out: str, marker: str, manifest: str, batch_size: int = 8) -> None
     model = load_model("builtin:emoji-lit")
     local, _ = embed_images_cached(model, paths, EmbeddingCache(":memory:"), batch_size, progress=False)
     cache = EmbeddingCache(Path(out).with_suffix(".sqlite"))
-    backend = RayImageEmbedder(2, 1.0, loader=CrashOnce(marker))
+    backend = RayImageEmbedder(2, 1.0, loader=Wrapped(CrashingModel, marker))
     with connect("local") as cluster, use_image_backend(backend):
         remote, stats = embed_images_cached(model, paths, cache, batch_size, progress=True)
     np.savez(out, local=local, remote=remote)

@@ -109,6 +109,20 @@ def test_killed_worker_is_retried_with_the_same_result(guard: Guard, manifest: P
     assert_loopback_only(guard)
 
 
+def test_a_tasks_vectors_reach_the_caller_while_the_actor_works_on_the_next(
+    guard: Guard, manifest: Path
+) -> None:
+    """Each finished task's vectors reach the caller (its store, its progress bar) at once, not when the
+    next task has finished too (Ray Data's default prefetch held them back: the first 2.2 s into a 1-actor
+    emoji job, not 1.35): the actor's second task waits for the caller to have the first's."""
+    marker = guard.tmp / "first-result"
+    code = "import sys, ray_helpers; ray_helpers.first_result_job(*sys.argv[1:])"
+    result = guard.run([sys.executable, "-c", code, str(marker), str(manifest)], "first-result")
+    assert result.returncode == 0, result.stderr
+    assert marker.with_suffix(".seen").read_text() == "True"  # not after the 20 s wait ran out
+    assert_loopback_only(guard)
+
+
 def test_generations_on_local_ray_equal_local_ones_derived_images_included(
     guard: Guard, manifest: Path
 ) -> None:

@@ -222,7 +222,11 @@ def run_actor_pool(
             num_cpus=cpus_per_actor,
             ray_remote_args_fn=_actor_options,
         )
-    return PoolJob(mapped.iter_batches(batch_size=None, batch_format="numpy"), what)
+    # No prefetch: Ray Data's default of 1 held each result until the next one had arrived, so a job's
+    # first vectors reached the store (and the progress bar) a whole task late (1 actor, emoji set:
+    # 2.2 s after the start instead of 1.35)
+    results = mapped.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
+    return PoolJob(results, what)
 
 
 def _blocks(rows: list[dict], sizes: list[int]) -> list:
