@@ -18,7 +18,7 @@ busy at once, the CPU of every process (driver, raylet, gcs, actors; `proc_sampl
 those CPU costs allow. Targets (issue 18): ray2 / ray1 speed-up >= 1.8; Ray at equal cores at most 10 % slower
 than local (ray1 vs local1, ray2 vs local2).
 
-    python bench/scale.py                      # first 3000 emoji images, 2 rounds
+    python bench/scale.py                      # first 3000 emoji images, 3 rounds
     python bench/scale.py --limit 0 --rounds 3 # every emoji image
 """
 
@@ -45,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default="emoji")
     parser.add_argument("--limit", type=int, default=3000, help="first N distinct images (0: all)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="at least 3: every first round runs slow (default: %(default)s)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--cold", action="store_true", help="no warm workers: each job starts its own")
     return parser.parse_args(argv)
