@@ -24,20 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmops.store.cache import EmbeddingCache
+from vlmops.store.cache import _SCHEMA, EmbeddingCache
 
-# The embeddings table as vlmops created it before the rowid layout (labelled, not imported: it is gone).
-WITHOUT_ROWID_TABLE = """
-CREATE TABLE embeddings (
-    model_version  TEXT    NOT NULL,
-    content_sha256 TEXT    NOT NULL,
-    transform_id   TEXT    NOT NULL,
-    dim            INTEGER NOT NULL,
-    vector         BLOB    NOT NULL,
-    created_at     REAL    NOT NULL,
-    PRIMARY KEY (model_version, content_sha256, transform_id)
-) WITHOUT ROWID
-"""
+# The embeddings table as vlmops created it before the rowid layout: the same columns and key, WITHOUT ROWID.
+WITHOUT_ROWID_TABLE = (
+    next(s for s in _SCHEMA.split(";") if "TABLE IF NOT EXISTS embeddings" in s) + " WITHOUT ROWID"
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from vlmops.config import get_settings
 from vlmops.errors import StoreError
-from vlmops.store.cache import MAX_VARIABLES, EmbeddingCache, open_cache
+from vlmops.store.cache import _SCHEMA, MAX_VARIABLES, EmbeddingCache, open_cache
 from vlmops.store.cache_pg import CHUNK
 from vlmops.store.embed import (
     TEXT_TRANSFORM_ID,
@@ -288,11 +288,10 @@ def test_chat_exchanges_are_written_with_their_request_row_and_take_feedback(tmp
     assert [r.request_id for r in log.requests()] == ["r1"]  # nothing half-written
 
 
-# The embeddings table of stores made before the rowid layout (issue 18), as they were created.
-WITHOUT_ROWID_TABLE = """CREATE TABLE embeddings (
-    model_version TEXT NOT NULL, content_sha256 TEXT NOT NULL, transform_id TEXT NOT NULL,
-    dim INTEGER NOT NULL, vector BLOB NOT NULL, created_at REAL NOT NULL,
-    PRIMARY KEY (model_version, content_sha256, transform_id)) WITHOUT ROWID"""
+# The embeddings table of stores made before the rowid layout (issue 18): the same columns and key.
+WITHOUT_ROWID_TABLE = (
+    next(s for s in _SCHEMA.split(";") if "TABLE IF NOT EXISTS embeddings" in s) + " WITHOUT ROWID"
+)
 
 
 def test_a_new_store_keeps_its_vectors_in_a_rowid_table(tmp_path: Path) -> None:
