@@ -46,10 +46,11 @@ class RayJobStats:
             return cls()
         per: dict[int, dict] = {}
         for pid, start, end, cpu, images, boot_wall, boot_cpu, boot_imports in rows:
-            actor = per.setdefault(int(pid), {"boot": (boot_wall, boot_cpu, int(boot_imports)), "spans": []})
+            boot = (boot_wall, boot_cpu, int(boot_imports))
+            actor = per.setdefault(int(pid), {"boot": boot, "spans": [], "images": 0, "cpu": 0.0})
             actor["spans"].append((start, end))
-            actor["images"] = actor.get("images", 0) + int(images)
-            actor["cpu"] = actor.get("cpu", 0.0) + cpu
+            actor["images"] += int(images)
+            actor["cpu"] += cpu
         actors = [
             ActorStats(
                 pid=pid,
