@@ -167,6 +167,25 @@ def warm_idle_workers(loaded: str = "libtorch", settle: float = 0.5) -> dict[int
     return quiet
 
 
+def process_niceness(pid: int) -> int:
+    """The nice value of a process (Linux /proc)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def ray_data_actors() -> dict[int, str]:
+    """This user's Ray Data per-cluster actors (its stats actor and the like), by pid."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and entry.stat().st_uid == os.getuid():
+                title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                if title.startswith("ray::") and "Actor" in title and "MapWorker" not in title:
+                    found[int(entry.name)] = title.strip()
+        except OSError:
+            continue
+    return found
+
+
 def warm_job(out: str, manifest: str, actors: int = 2, batch_size: int = 8, wait: float = 90) -> None:
     """On a private local Ray that preloads the pools' modules: a first job (it starts Ray Data's own
     per-cluster actors), then `RayImageEmbedder.warm()`, the warm workers awaited, and a second job;
@@ -190,8 +209,16 @@ def warm_job(out: str, manifest: str, actors: int = 2, batch_size: int = 8, wait
         while len(ready) < actors and time.time() < deadline:
             ready = warm_idle_workers()
         second, _ = embed_images_cached(model, paths, EmbeddingCache(":memory:"), batch_size, progress=False)
+        niceness = {str(pid): process_niceness(pid) for pid in ready}
+        ray_data = {name: process_niceness(pid) for pid, name in ray_data_actors().items()}
     np.savez(out, local=local, first=first, second=second)
-    summary = {"asked": asked, "warm": sorted(ready), "actors": backend.stats.to_dict()["actors"]}
+    summary = {
+        "asked": asked,
+        "warm": sorted(ready),
+        "actors": backend.stats.to_dict()["actors"],
+        "niceness": niceness,  # of the warm pool workers
+        "ray_data_niceness": ray_data,  # of Ray Data's own per-cluster actors
+    }
     Path(out).with_suffix(".json").write_text(json.dumps(summary))
 
 

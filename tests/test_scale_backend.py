@@ -183,7 +183,7 @@ def test_the_preload_module_imports_the_pools_modules_in_pool_workers_only(pool_
     from vlmops._preload import POOL_MODULES, POOL_WORKER_ENV
     from vlmops.scale.warm import PRELOAD_MODULE, pool_runtime_env
 
-    assert pool_runtime_env() == {"env_vars": {POOL_WORKER_ENV: "1"}}
+    assert pool_runtime_env()["env_vars"][POOL_WORKER_ENV] == "1"
     env = {k: v for k, v in os.environ.items() if k != POOL_WORKER_ENV}
     if pool_worker:
         env[POOL_WORKER_ENV] = "1"
@@ -191,6 +191,15 @@ def test_the_preload_module_imports_the_pools_modules_in_pool_workers_only(pool_
     code += f"print(json.dumps([m in sys.modules for m in {list(POOL_MODULES)!r}]))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == [pool_worker] * len(POOL_MODULES)
+
+
+def test_pool_workers_get_vlmops_niceness_and_none_keeps_rays(monkeypatch) -> None:
+    import vlmops.scale.warm as warm
+    from vlmops._preload import POOL_WORKER_ENV
+
+    assert warm.pool_runtime_env() == {"env_vars": {POOL_WORKER_ENV: "1", warm.NICENESS_ENV: "0"}}
+    monkeypatch.setattr(warm, "POOL_NICENESS", None)
+    assert warm.pool_runtime_env() == {"env_vars": {POOL_WORKER_ENV: "1"}}
 
 
 def test_preload_env_adds_the_pools_module_to_the_users_own(monkeypatch) -> None:

@@ -204,7 +204,9 @@ def test_a_job_after_warm_runs_its_actors_on_workers_started_and_imported_before
     """Issue 18: the actors of a job after `RayImageEmbedder.warm()` run in worker processes that were
     up, torch imported, before the job began (Ray's prestarted, preloaded workers), not new ones, and
     import nothing more before their model is loaded (what Ray needs to unpickle an actor included);
-    the vectors stay the local path's."""
+    they run at vlmops' niceness, Ray Data's own actors at Ray's; the vectors stay the local path's."""
+    from vlmops.scale.warm import POOL_NICENESS
+
     out = guard.tmp / "warm.npz"
     code = "import sys, ray_helpers; ray_helpers.warm_job(*sys.argv[1:])"
     result = guard.run([sys.executable, "-c", code, str(out), str(manifest)], "warm")
@@ -216,6 +218,11 @@ def test_a_job_after_warm_runs_its_actors_on_workers_started_and_imported_before
     # modules an actor still imported itself: over 100 when the preload missed Ray Data's own (37 without
     # its actor-pool operator and pydantic v1); 1 now (the builtin text tower's package, a path lookup)
     assert all(0 <= a["startup_imports"] <= 3 for a in summary["actors"]), summary
+    # pool workers at nice 0 (Ray's 15 cost their jobs 3-4 %); only they: Ray Data's actors keep Ray's
+    assert set(summary["niceness"].values()) == {POOL_NICENESS}, summary
+    assert summary["ray_data_niceness"] and all(
+        n > POOL_NICENESS for n in summary["ray_data_niceness"].values()
+    )
     arrays = np.load(out)
     for name in ("first", "second"):
         assert np.abs(arrays[name] - arrays["local"]).max() <= 1e-6

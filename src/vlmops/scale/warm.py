@@ -6,8 +6,8 @@ actors take, a node has none, so every job paid a new process, ``import ray.data
 and ``import torch`` (~2.2 CPU s, ~3 s to the first vector on a 2-core machine; bench/RESULTS.md,
 issue 18). Three Ray settings remove that:
 
-- The pools' actors run in a runtime_env of their own (`pool_runtime_env`: one environment variable),
-  so Ray keeps their workers apart from other workers.
+- The pools' actors run in a runtime_env of their own (`pool_runtime_env`), so Ray keeps their workers
+  apart from other workers; it also sets their niceness (`POOL_NICENESS`, below).
 - `preload_env`: Ray's ``preload_python_modules`` (RAY_preload_python_modules), read when a node
   starts: each of its worker processes imports `vlmops._preload` once it is up, which imports
   ``ray.data`` and ``torch`` in a pool's worker only (Ray Data's and Serve's own actors skip them). A
@@ -29,7 +29,17 @@ from vlmops._preload import POOL_WORKER_ENV
 
 PRELOAD_ENV = "RAY_preload_python_modules"
 PRELOAD_MODULE = "vlmops._preload"
+NICENESS_ENV = "RAY_worker_niceness"  # read by each Ray worker as it starts
 KEEP_ALIVE_S = 300  # a warm worker left unused is the reaper's again after this (one pool: a few 100 MB)
+# Ray starts its workers at nice 15 (RAY_worker_niceness), below the driver, raylet and GCS, so that
+# those stay responsive. A pool's actor holds a whole CPU of its own for its job, and at nice 15 it loses
+# that CPU to every nice-0 thread that wakes (the driver's and Ray's own, ~2,000 wake-ups a second on a
+# 2-core node): on the emoji set, in a 2-actor job one actor's compute thread was switched out 3,900-5,500
+# times in 4 of 5 jobs, at nice 0 1,350-1,850 (one job 3,360); 2-actor jobs took 2-4 % less time at nice
+# 0 in two interleaved runs (1-actor jobs 0 and 4 %; `bench/pool_niceness.py`, bench/RESULTS.md, issue
+# 18). Pool workers run at 0, as Ray's own job supervisor does; Ray Data's and Serve's actors keep 15.
+# None: Ray's default.
+POOL_NICENESS: int | None = 0
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +53,10 @@ def preload_env() -> dict[str, str]:
 
 def pool_runtime_env() -> dict:
     """The runtime_env of every pool actor (a fresh dict each call: Ray may add to it)."""
-    return {"env_vars": {POOL_WORKER_ENV: "1"}}
+    env_vars = {POOL_WORKER_ENV: "1"}
+    if POOL_NICENESS is not None:
+        env_vars[NICENESS_ENV] = str(POOL_NICENESS)
+    return {"env_vars": env_vars}
 
 
 def prestart_workers(count: int, cpus_per_worker: float = 1.0, keep_alive_s: int = KEEP_ALIVE_S) -> int:
