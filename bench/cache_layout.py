@@ -24,12 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmops.store.cache import _SCHEMA, EmbeddingCache
-
-# The embeddings table as vlmops created it before the rowid layout: the same columns and key, WITHOUT ROWID.
-WITHOUT_ROWID_TABLE = (
-    next(s for s in _SCHEMA.split(";") if "TABLE IF NOT EXISTS embeddings" in s) + " WITHOUT ROWID"
-)
+from vlmops.store.cache import WITHOUT_ROWID_EMBEDDINGS, EmbeddingCache
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +42,7 @@ def open_store(path: Path, layout: str) -> EmbeddingCache:
     """A fresh store at `path` with the `layout` ('rowid' or 'without-rowid') embeddings table."""
     if layout == "without-rowid":
         with sqlite3.connect(path) as conn:
-            conn.execute(WITHOUT_ROWID_TABLE)
+            conn.execute(WITHOUT_ROWID_EMBEDDINGS)
     return EmbeddingCache(path)
 
 

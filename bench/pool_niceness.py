@@ -5,8 +5,9 @@ workers before each job, untimed), arms interleaved round by round: Ray's defaul
 with 1 and 2 single-core actors, embedding the same images into a fresh in-memory store (all misses,
 the file hashes given, so only the Ray job is timed). Per job: wall seconds, the actors' CPU ms per
 image in their batches (`RayJobStats`), and how often each actor's compute thread (its busiest) was
-switched out involuntarily (/proc, sampled as results arrive). Prints the medians and, per actor
-count, Ray default / vlmops wall: above 1 means nice 0 is faster.
+switched out involuntarily since its worker started (/proc, read as results arrive; the warm worker's
+imports are counted in both arms alike). Prints the medians and, per actor count, Ray default /
+vlmops wall: above 1 means nice 0 is faster.
 
     python bench/pool_niceness.py                 # every emoji image, 4 rounds
 """
@@ -17,10 +18,14 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 from scale import images, start_ray_data, warm_ray
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from ray_helpers import process_niceness  # tests/: the niceness the warm-worker test reads
 
 ARMS = {"ray-default": None, "vlmops": 0}  # POOL_NICENESS of each arm
 
@@ -41,7 +46,7 @@ def compute_thread(pid: int) -> tuple[int, int] | None:
     """(niceness, involuntary switches) of the process's busiest thread, or None once it is gone."""
     busiest = None
     try:
-        nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        nice = process_niceness(pid)
         for tid in os.listdir(f"/proc/{pid}/task"):
             lines = Path(f"/proc/{pid}/task/{tid}/sched").read_text().splitlines()
             fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in lines)}

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from vlmops.config import get_settings
 from vlmops.errors import StoreError
-from vlmops.store.cache import _SCHEMA, MAX_VARIABLES, EmbeddingCache, open_cache
+from vlmops.store.cache import MAX_VARIABLES, WITHOUT_ROWID_EMBEDDINGS, EmbeddingCache, open_cache
 from vlmops.store.cache_pg import CHUNK
 from vlmops.store.embed import (
     TEXT_TRANSFORM_ID,
@@ -288,12 +288,6 @@ def test_chat_exchanges_are_written_with_their_request_row_and_take_feedback(tmp
     assert [r.request_id for r in log.requests()] == ["r1"]  # nothing half-written
 
 
-# The embeddings table of stores made before the rowid layout (issue 18): the same columns and key.
-WITHOUT_ROWID_TABLE = (
-    next(s for s in _SCHEMA.split(";") if "TABLE IF NOT EXISTS embeddings" in s) + " WITHOUT ROWID"
-)
-
-
 def test_a_new_store_keeps_its_vectors_in_a_rowid_table(tmp_path: Path) -> None:
     """The vectors (~1.5 KB each) go into the table's own B-tree, not into the key's: 2.7-3.1x faster
     writes and 2.8-3.3x faster reads (bench/cache_layout.py)."""
@@ -313,7 +307,7 @@ def test_a_store_of_either_layout_reads_writes_and_deletes_the_same(tmp_path: Pa
     path = tmp_path / "store.db"
     if older:
         with sqlite3.connect(path) as conn:
-            conn.execute(WITHOUT_ROWID_TABLE)
+            conn.execute(WITHOUT_ROWID_EMBEDDINGS)
     cache = EmbeddingCache(path)
     rng = np.random.default_rng(0)
     first = {f"k{i:03d}": rng.standard_normal(384).astype(np.float32) for i in range(300)}

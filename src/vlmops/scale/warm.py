@@ -35,9 +35,10 @@ KEEP_ALIVE_S = 300  # a warm worker left unused is the reaper's again after this
 # those stay responsive. A pool's actor holds a whole CPU of its own for its job, and at nice 15 it loses
 # that CPU to every nice-0 thread that wakes (the driver's and Ray's own, ~2,000 wake-ups a second on a
 # 2-core node): on the emoji set, in a 2-actor job one actor's compute thread was switched out 3,900-5,500
-# times in 4 of 5 jobs, at nice 0 1,350-1,850 (one job 3,360); 2-actor jobs took 2-4 % less time at nice
-# 0 in two interleaved runs (1-actor jobs 0 and 4 %; `bench/pool_niceness.py`, bench/RESULTS.md, issue
-# 18). Pool workers run at 0, as Ray's own job supervisor does; Ray Data's and Serve's actors keep 15.
+# times (since its worker started) in 4 of 5 jobs, at nice 0 1,350-1,850 (one job 3,360); 2-actor jobs
+# took 2-4 % less time at nice 0 in two interleaved runs (1-actor jobs 0 and 4 %; `bench/pool_niceness.py`,
+# bench/RESULTS.md, issue 18). Pool workers run at 0, as Ray's own job supervisor does; Ray Data's and
+# Serve's actors keep 15.
 # None: Ray's default.
 POOL_NICENESS: int | None = 0
 

@@ -55,6 +55,11 @@ CREATE TABLE IF NOT EXISTS generations (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
 """
+# The embeddings table of stores made before the rowid layout: the same columns and key, WITHOUT ROWID
+# (what the tests and bench/cache_layout.py make to check and time an older store).
+WITHOUT_ROWID_EMBEDDINGS = (
+    next(s for s in _SCHEMA.split(";") if "TABLE IF NOT EXISTS embeddings" in s) + " WITHOUT ROWID"
+)
 
 T = TypeVar("T")
 
