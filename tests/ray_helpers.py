@@ -186,6 +186,33 @@ def ray_data_actors() -> dict[int, str]:
     return found
 
 
+def ray_daemon_env(keys: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """`keys` of the environment of this process's Ray daemons (raylet, gcs_server), by program name."""
+    found: dict[str, dict[str, str]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or entry.stat().st_uid != os.getuid():
+                continue
+            program = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            name = program.rsplit("/", 1)[-1]
+            if name not in ("raylet", "gcs_server") or not _descends_from(int(entry.name), os.getpid()):
+                continue
+            pairs = (item.partition(b"=") for item in (entry / "environ").read_bytes().split(b"\0"))
+            env = {k.decode(): v.decode(errors="replace") for k, _, v in pairs}
+            found[name] = {key: env.get(key, "") for key in keys}
+        except OSError:
+            continue
+    return found
+
+
+def _descends_from(pid: int, root: int) -> bool:
+    while pid > 1:
+        if pid == root:
+            return True
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return False
+
+
 def warm_job(out: str, manifest: str, actors: int = 2, batch_size: int = 8, wait: float = 90) -> None:
     """On a private local Ray that preloads the pools' modules: a first job (it starts Ray Data's own
     per-cluster actors), then `RayImageEmbedder.warm()`, the warm workers awaited, and a second job;
@@ -195,6 +222,7 @@ def warm_job(out: str, manifest: str, actors: int = 2, batch_size: int = 8, wait
     from vlmops.data.manifest import resolve_data
     from vlmops.models import load_model
     from vlmops.scale import RayImageEmbedder, connect
+    from vlmops.scale.cluster import UNOBSERVED_ENV
     from vlmops.store.cache import EmbeddingCache
     from vlmops.store.embed import embed_images_cached, use_image_backend
 
@@ -211,6 +239,7 @@ def warm_job(out: str, manifest: str, actors: int = 2, batch_size: int = 8, wait
         second, _ = embed_images_cached(model, paths, EmbeddingCache(":memory:"), batch_size, progress=False)
         niceness = {str(pid): process_niceness(pid) for pid in ready}
         ray_data = {name: process_niceness(pid) for pid, name in ray_data_actors().items()}
+        daemons = ray_daemon_env(tuple(UNOBSERVED_ENV))
     np.savez(out, local=local, first=first, second=second)
     summary = {
         "asked": asked,
@@ -218,6 +247,7 @@ def warm_job(out: str, manifest: str, actors: int = 2, batch_size: int = 8, wait
         "actors": backend.stats.to_dict()["actors"],
         "niceness": niceness,  # of the warm pool workers
         "ray_data_niceness": ray_data,  # of Ray Data's own per-cluster actors
+        "daemon_env": daemons,  # the private Ray's settings, as its raylet and GCS got them
     }
     Path(out).with_suffix(".json").write_text(json.dumps(summary))
 

@@ -204,7 +204,9 @@ def test_a_job_after_warm_runs_its_actors_on_workers_started_and_imported_before
     """Issue 18: the actors of a job after `RayImageEmbedder.warm()` run in worker processes that were
     up, torch imported, before the job began (Ray's prestarted, preloaded workers), not new ones, and
     import nothing more before their model is loaded (what Ray needs to unpickle an actor included);
-    they run at vlmops' niceness, Ray Data's own actors at Ray's; the vectors stay the local path's."""
+    they run at vlmops' niceness, Ray Data's own actors at Ray's; the private Ray's daemons run without
+    metrics and task events; the vectors stay the local path's."""
+    from vlmops.scale.cluster import UNOBSERVED_ENV
     from vlmops.scale.warm import POOL_NICENESS
 
     out = guard.tmp / "warm.npz"
@@ -223,6 +225,8 @@ def test_a_job_after_warm_runs_its_actors_on_workers_started_and_imported_before
     assert summary["ray_data_niceness"] and all(
         n > POOL_NICENESS for n in summary["ray_data_niceness"].values()
     )
+    # the private Ray records no metrics and no task events (nothing could read them)
+    assert summary["daemon_env"] == {name: UNOBSERVED_ENV for name in ("raylet", "gcs_server")}, summary
     arrays = np.load(out)
     for name in ("first", "second"):
         assert np.abs(arrays[name] - arrays["local"]).max() <= 1e-6

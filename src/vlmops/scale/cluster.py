@@ -1,7 +1,8 @@
 """Start or join Ray so that it stays on this machine's loopback and never asks the network anything.
 
 `connect(address)`: ``local`` (or nothing, and no VLMOPS_RAY_ADDRESS) starts a private single-node Ray
-bound to 127.0.0.1 in its own temp folder, stopped again when the block ends; ``auto`` or
+bound to 127.0.0.1 in its own temp folder, without a dashboard, metrics or task events
+(`UNOBSERVED_ENV`), stopped again when the block ends; ``auto`` or
 ``host:port`` joins a running cluster (`ray start`), leaving it running.
 
 What keeps a Ray process off the network (`loopback_env`, also used for `ray start` in the README):
@@ -37,6 +38,11 @@ HOME_ENV = "VLMOPS_RAY_HOME"
 LOCAL = "local"
 CLOSED_LOOPBACK_URL = "http://127.0.0.1:9/"  # the discard port: nothing listens, nothing leaves
 BOOTSTRAP_CONFIG = "provider:\n  type: local\n"
+# A private Ray has no dashboard and ends with its block, so nothing can read its metrics or its task
+# events; recording and shipping them cost the jobs CPU (the raylet, GCS, the dashboard agent, the
+# driver). Both are Ray's own settings: on the emoji set with 2 actors, the CPU outside the actors fell
+# from 1.35 to 1.07 s a job (medians of 9 interleaved jobs each; bench/RESULTS.md, issue 18).
+UNOBSERVED_ENV = {"RAY_enable_metrics_collection": "0", "RAY_task_events_report_interval_ms": "0"}
 
 
 class RayClusterError(VlmopsError):
@@ -176,6 +182,7 @@ def _start_local(ray, num_cpus: int | None, preload: bool = False) -> Iterator[R
     env = loopback_env(root / "home")
     env["VLMOPS_HOME"] = str(get_settings().home)  # workers find the data where this process does
     env.update(preload_env() if preload else {})  # read by the raylet: its pool workers import at start
+    env.update(UNOBSERVED_ENV)
     try:
         with _single_node_mode(ray):
             with _environ(env):  # what the processes Ray spawns now inherit
