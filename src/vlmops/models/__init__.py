@@ -48,8 +48,12 @@ def parse_uri(uri: str) -> ModelURI:
 
 
 def load_model(uri: str, **options) -> VLM | GenerativeVLM:
-    """Load the model named by `uri`; options (device, batch_size, ...) go to the adapter."""
+    """Load the model named by `uri`; options (device, batch_size, ...) go to the adapter. The process
+    keeps the memory its batches free (`allocator.keep_freed_memory`; VLMOPS_KEEP_FREED_MEMORY=0: not)."""
+    from vlmops.models.allocator import keep_freed_memory
+
     parsed = parse_uri(uri)
+    keep_freed_memory()
     module = importlib.import_module(SCHEMES[parsed.scheme][0])
     return module.load(parsed.target, **options)
 

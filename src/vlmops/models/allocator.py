@@ -1,0 +1,52 @@
+"""glibc malloc settings for a process that runs model batches: keep the memory a batch frees.
+
+A batch's large tensors (activations, a few MB each) are freed when it ends. With glibc's defaults the
+free space at the top of a heap goes back to the kernel (it is "trimmed"), and the next batch faults
+it in again, a zeroed page at a time: on the builtin image tower ~80-100 page faults per image, and
+10-15 % of its CPU in the kernel (3,000 emoji images, one torch thread; bench/RESULTS.md, issue 18).
+Raising glibc's trim threshold alone made it worse (~370 faults per image): glibc then stops raising
+its mmap threshold, so each large tensor became an mmap of its own, unmapped when freed. Both set
+keeps that memory in the heap: no faults after the first batch, and 5-15 % less CPU per image.
+
+The cost: the process holds on to up to `TRIM_THRESHOLD` of freed memory (its peak stays its peak).
+Set VLMOPS_KEEP_FREED_MEMORY=0 to keep glibc's defaults. Other C libraries (musl, macOS) are left as
+they are. jemalloc or tcmalloc (LD_PRELOAD), which PyTorch's tuning guide suggests, do the same job for
+a whole deployment; this needs nothing installed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+ENV = "VLMOPS_KEEP_FREED_MEMORY"
+M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest on 64-bit: larger blocks are mmap'd (and unmapped) anyway
+TRIM_THRESHOLD = 256 << 20
+
+_applied: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory in this process for the next batch (once per process).
+    True when set; False with another C library, or when VLMOPS_KEEP_FREED_MEMORY=0."""
+    global _applied
+    if _applied is None:
+        _applied = _apply()
+    return _applied
+
+
+def _apply() -> bool:
+    if os.environ.get(ENV, "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # the mmap threshold first: setting either one stops glibc from moving the other
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
