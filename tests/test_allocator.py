@@ -46,7 +46,7 @@ def run_job(keep: str | None) -> dict:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings: Linux only")
 def test_loading_a_model_keeps_freed_memory_and_its_batches_stop_faulting() -> None:
     """Issue 18: with glibc's defaults each batch faults its tensors in again (~100 faults per image on
-    this model, 10-15 % of its CPU in the kernel); after `load_model` the heap keeps them (~0), unless
+    this model, 13 % of its CPU in the kernel); after `load_model` the heap keeps them (~0), unless
     VLMOPS_KEEP_FREED_MEMORY=0 turns it off."""
     kept = run_job(None)
     defaults = run_job("0")

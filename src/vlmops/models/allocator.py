@@ -2,13 +2,14 @@
 
 A batch's large tensors (activations, a few MB each) are freed when it ends. With glibc's defaults the
 free space at the top of a heap goes back to the kernel (it is "trimmed"), and the next batch faults
-it in again, a zeroed page at a time: on the builtin image tower ~80-100 page faults per image, and
-10-15 % of its CPU in the kernel (3,000 emoji images, one torch thread; bench/RESULTS.md, issue 18).
-Raising glibc's trim threshold alone made it worse (~370 faults per image): glibc then stops raising
-its mmap threshold, so each large tensor became an mmap of its own, unmapped when freed. Both set
-keeps that memory in the heap: no faults after the first batch, and 5-15 % less CPU per image.
+it in again, a zeroed page at a time: on the builtin image tower (emoji images, one torch thread, a
+fresh process each) ~105 page faults and 0.13 ms of kernel time per image, 1.19-1.23x the CPU per image
+of a process that keeps the memory (`bench/malloc_faults.py`, bench/RESULTS.md, issue 18). Raising
+glibc's trim threshold alone made it worse (220-385 faults per image): glibc then stops raising its
+mmap threshold, so each large tensor became an mmap of its own, unmapped when freed. Setting both keeps
+that memory in the heap: under one fault per image after the first batch.
 
-The cost: the process holds on to up to `TRIM_THRESHOLD` of freed memory (its peak stays its peak).
+The cost: the process holds on to up to `TRIM_THRESHOLD` of freed memory (memory it had in use before).
 Set VLMOPS_KEEP_FREED_MEMORY=0 to keep glibc's defaults. Other C libraries (musl, macOS) are left as
 they are. jemalloc or tcmalloc (LD_PRELOAD), which PyTorch's tuning guide suggests, do the same job for
 a whole deployment; this needs nothing installed.
