@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,22 @@ def generate_job(out: str, manifest: str, limit: int = 8) -> None:
     Path(out).write_text(json.dumps(summary))
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: the state is [0], the parent [1]."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _own_processes() -> Iterator[tuple[Path, bytes]]:
+    """This user's processes: their /proc folder and command line (arguments NUL-separated); a process
+    gone meanwhile is skipped, but the caller's own reads may still meet one that has just gone."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and entry.stat().st_uid == os.getuid():
+                yield entry, (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+
+
 def warm_idle_workers(loaded: str = "libtorch", settle: float = 0.5) -> dict[int, float]:
     """This user's idle Ray workers ("ray::IDLE") that have `loaded` mapped and whose CPU time stopped
     growing over `settle` s (worker processes up, their preloaded imports done), with the CPU seconds
@@ -144,15 +161,13 @@ def warm_idle_workers(loaded: str = "libtorch", settle: float = 0.5) -> dict[int
     import time
 
     def cpu(pid: int) -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = _stat(pid)
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     seen: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
+    for entry, cmdline in _own_processes():
         try:
-            if not entry.name.isdigit() or entry.stat().st_uid != os.getuid():
-                continue
-            if b"ray::IDLE" in (entry / "cmdline").read_bytes() and loaded in (entry / "maps").read_text():
+            if b"ray::IDLE" in cmdline and loaded in (entry / "maps").read_text():
                 seen[int(entry.name)] = cpu(int(entry.name))
         except OSError:
             continue
@@ -169,39 +184,32 @@ def warm_idle_workers(loaded: str = "libtorch", settle: float = 0.5) -> dict[int
 
 def process_niceness(pid: int) -> int:
     """The nice value of a process (Linux /proc)."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    return int(_stat(pid)[16])
 
 
 def ray_data_actors() -> dict[int, str]:
     """This user's Ray Data per-cluster actors (its stats actor and the like), by pid."""
     found = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and entry.stat().st_uid == os.getuid():
-                title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-                if title.startswith("ray::") and "Actor" in title and "MapWorker" not in title:
-                    found[int(entry.name)] = title.strip()
-        except OSError:
-            continue
+    for entry, cmdline in _own_processes():
+        title = cmdline.split(b"\0")[0].decode(errors="replace")
+        if title.startswith("ray::") and "Actor" in title and "MapWorker" not in title:
+            found[int(entry.name)] = title.strip()
     return found
 
 
 def ray_daemon_env(keys: tuple[str, ...]) -> dict[str, dict[str, str]]:
     """`keys` of the environment of this process's Ray daemons (raylet, gcs_server), by program name."""
     found: dict[str, dict[str, str]] = {}
-    for entry in Path("/proc").iterdir():
+    for entry, cmdline in _own_processes():
+        name = cmdline.split(b"\0")[0].decode(errors="replace").rsplit("/", 1)[-1]
         try:
-            if not entry.name.isdigit() or entry.stat().st_uid != os.getuid():
-                continue
-            program = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            name = program.rsplit("/", 1)[-1]
             if name not in ("raylet", "gcs_server") or not _descends_from(int(entry.name), os.getpid()):
                 continue
             pairs = (item.partition(b"=") for item in (entry / "environ").read_bytes().split(b"\0"))
-            env = {k.decode(): v.decode(errors="replace") for k, _, v in pairs}
-            found[name] = {key: env.get(key, "") for key in keys}
         except OSError:
             continue
+        env = {k.decode(): v.decode(errors="replace") for k, _, v in pairs}
+        found[name] = {key: env.get(key, "") for key in keys}
     return found
 
 
@@ -209,7 +217,7 @@ def _descends_from(pid: int, root: int) -> bool:
     while pid > 1:
         if pid == root:
             return True
-        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        pid = int(_stat(pid)[1])
     return False
 
 
