@@ -53,3 +53,25 @@ def test_loading_a_model_keeps_freed_memory_and_its_batches_stop_faulting() -> N
     assert kept["kept"] is True and defaults["kept"] is False
     assert kept["faults_per_image"] < 5, kept
     assert defaults["faults_per_image"] > 20, defaults
+
+
+def test_a_bad_setting_is_one_clear_error_from_the_api_and_the_cli(monkeypatch, tmp_path) -> None:
+    """A value other than 0 or 1 is refused, naming the variable and both values, by `load_model` and by
+    the CLI (exit 2, no traceback); a typo must not silently mean "on"."""
+    from typer.testing import CliRunner
+
+    from vlmops.cli import app
+    from vlmops.errors import VlmopsError
+    from vlmops.models import allocator, load_model
+
+    monkeypatch.setattr(allocator, "_applied", None)  # as in a fresh process
+    monkeypatch.setenv("VLMOPS_KEEP_FREED_MEMORY", "yes")
+    with pytest.raises(VlmopsError, match=r"VLMOPS_KEEP_FREED_MEMORY='yes': use 1 .* or 0"):
+        load_model("builtin:emoji-lit")
+    out = tmp_path / "e.parquet"
+    result = CliRunner().invoke(
+        app, ["embed", "--model", "builtin:emoji-lit", "--data", "emoji", "--out", str(out)]
+    )
+    assert result.exit_code == 2, result.output
+    assert "VLMOPS_KEEP_FREED_MEMORY='yes'" in result.output and "Traceback" not in result.output
+    assert not out.exists()

@@ -22,6 +22,8 @@ import ctypes.util
 import os
 import sys
 
+from vlmops.errors import VlmopsError
+
 ENV = "VLMOPS_KEEP_FREED_MEMORY"
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -33,7 +35,8 @@ _applied: bool | None = None
 
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory in this process for the next batch (once per process).
-    True when set; False with another C library, or when VLMOPS_KEEP_FREED_MEMORY=0."""
+    True when set; False with another C library, or when VLMOPS_KEEP_FREED_MEMORY=0. Any value but 0 or 1
+    is refused, naming the variable (a typo must not silently mean "on")."""
     global _applied
     if _applied is None:
         _applied = _apply()
@@ -41,7 +44,10 @@ def keep_freed_memory() -> bool:
 
 
 def _apply() -> bool:
-    if os.environ.get(ENV, "1") == "0" or not sys.platform.startswith("linux"):
+    value = os.environ.get(ENV, "1").strip()
+    if value not in ("0", "1"):
+        raise VlmopsError(f"{ENV}={value!r}: use 1 (keep freed memory, the default) or 0 (glibc's defaults)")
+    if value == "0" or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
