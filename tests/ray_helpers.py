@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,28 +58,62 @@ class WaitsForTheCaller(ModelWrapper):
         import time
 
         self.calls += 1
+        _log_event(self.marker, f"actor call {self.calls}: {len(images)} images")
         deadline = time.time() + self.wait
         while self.calls > 1 and not self.marker.exists() and time.time() < deadline:
             time.sleep(0.05)
         if self.calls == 2:
             self.marker.with_suffix(".seen").write_text(str(self.marker.exists()))
-        return self.model.embed_images(images)
+        vectors = self.model.embed_images(images)
+        _log_event(self.marker, f"actor call {self.calls} done")
+        return vectors
+
+
+def _dump_stacks_if_held(marker: Path, hold: float = 5.0) -> None:
+    """If the actor's first call is `hold` s done and the caller has no result yet, write every thread's
+    stack of this (the caller's) process to `marker`.log: where Ray Data holds the result."""
+    import faulthandler
+    import time
+
+    log = marker.with_suffix(".log")
+    while not marker.exists():
+        lines = log.read_text().splitlines() if log.exists() else []
+        done = [float(line.split()[0]) for line in lines if line.endswith("call 1 done")]
+        if done and time.time() - done[0] > hold:
+            with open(log, "a") as out:
+                out.write(f"{time.time():.3f} caller's threads, {hold:g} s after call 1 was done:\n")
+                out.flush()
+                faulthandler.dump_traceback(out, all_threads=True)
+            return
+        time.sleep(0.2)
+
+
+def _log_event(marker: Path, what: str) -> None:
+    """Append a timed line to `marker`.log, which the test shows when it fails."""
+    import time
+
+    with open(Path(marker).with_suffix(".log"), "a") as log:
+        log.write(f"{time.time():.3f} {what}\n")
 
 
 def first_result_job(marker: str, manifest: str, wait: float = 20) -> None:
     """One actor, tasks of one 64-image batch: the caller writes `marker` when the first task's vectors
-    reach it, while the actor's second task waits for it."""
+    reach it, while the actor's second task waits for it. The tasks are all of one size: Ray Data lets an
+    actor run its queued tasks in any order (allow_out_of_order_execution), and when a task of 72 ran first
+    its second model call (the last 8 images) waited for vectors that could only come after it."""
     from vlmops.data.manifest import resolve_data
     from vlmops.models import load_model
     from vlmops.scale import RayImageEmbedder, connect
     from vlmops.scale.pool import task_sizes
 
     paths = [str(p) for p in resolve_data(manifest)["image"]]
-    items = [(f"key-{i}", paths[i % len(paths)]) for i in range(200)]  # keys, not files, make the rows
-    assert task_sizes(len(items), 64, 1) == [64, 64, 72]
+    items = [(f"key-{i}", paths[i % len(paths)]) for i in range(192)]  # keys, not files, make the rows
+    assert task_sizes(len(items), 64, 1) == [64, 64, 64]
     backend = RayImageEmbedder(1, 1.0, loader=Wrapped(WaitsForTheCaller, marker, wait))
+    threading.Thread(target=_dump_stacks_if_held, args=(Path(marker),), daemon=True).start()
     with connect("local"):
-        for i, _ in enumerate(backend.embed_files(load_model("builtin:emoji-lit"), items, 64)):
+        for i, (keys, _) in enumerate(backend.embed_files(load_model("builtin:emoji-lit"), items, 64)):
+            _log_event(Path(marker), f"caller got result {i}: {len(keys)} vectors")
             if i == 0:
                 Path(marker).write_text("received")
 

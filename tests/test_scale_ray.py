@@ -119,7 +119,8 @@ def test_a_tasks_vectors_reach_the_caller_while_the_actor_works_on_the_next(
     code = "import sys, ray_helpers; ray_helpers.first_result_job(*sys.argv[1:])"
     result = guard.run([sys.executable, "-c", code, str(marker), str(manifest)], "first-result")
     assert result.returncode == 0, result.stderr
-    assert marker.with_suffix(".seen").read_text() == "True"  # not after the 20 s wait ran out
+    events = marker.with_suffix(".log").read_text()
+    assert marker.with_suffix(".seen").read_text() == "True", events  # not after the 20 s wait ran out
     assert_loopback_only(guard)
 
 
