@@ -43,7 +43,9 @@ BATCHES_PER_TASK = 16
 ROWS_IN_FLIGHT = 512
 # Near the end, a task takes 1/(TAIL_SHARE x actors) of the rows still left (guided self-scheduling):
 # on the emoji set with 2 actors, both were busy 95-97 % of the job (4 jobs) against 89-97 % (8 jobs)
-# with tasks all of one size (bench/RESULTS.md, issue 18).
+# with tasks all of one size (bench/RESULTS.md, issue 18). Ray Data submits the tasks in this order, but
+# its actors may run their queued tasks out of order (it sets allow_out_of_order_execution); only the
+# few tasks queued on one actor can swap. Forcing the order gained nothing (session 17).
 TAIL_SHARE = 2
 
 
