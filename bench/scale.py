@@ -237,7 +237,7 @@ def speedup_summary(ray1: list[float], ray2: list[float]) -> dict:
         "rounds_at_target": int((ratios >= SPEEDUP_TARGET).sum()),
     }
     if len(ratios) >= 3:  # an interval from fewer rounds says nothing
-        seed = np.random.default_rng(0)
+        rng = np.random.default_rng(0)  # the same interval for the same rounds
         walls = bootstrap(
             (one, two),
             lambda a, b: np.median(a) / np.median(b),
@@ -245,17 +245,17 @@ def speedup_summary(ray1: list[float], ray2: list[float]) -> dict:
             vectorized=False,
             n_resamples=10_000,
             method="percentile",
-            rng=seed,
+            rng=rng,
         ).confidence_interval
         paired = bootstrap(
-            (ratios,), np.median, n_resamples=10_000, method="percentile", rng=seed
+            (ratios,), np.median, n_resamples=10_000, method="percentile", rng=rng
         ).confidence_interval
         out["speedup_ci95"] = [float(walls.low), float(walls.high)]
         out["speedup_paired_ci95"] = [float(paired.low), float(paired.high)]
     return out
 
 
-def decided(ci: list[float] | None, target: float = 1.8) -> str:
+def decided(ci: list[float] | None, target: float = SPEEDUP_TARGET) -> str:
     """Whether the rounds decide a speed-up target: its whole 95 % interval above, below, or neither."""
     if not ci:
         return "too few rounds to say"
