@@ -5,8 +5,8 @@ One run's few rounds cannot settle a speed-up near its target on a host whose sp
 between rounds (issue 18: the emoji set's per-round ray1 / ray2 ranged 1.55-2.24 over sessions 16 and
 17). Every run named must be of the same images and batch size; it is refused otherwise.
 
-    python bench/scale_pool.py bench/scale_rounds/emoji-*.json
-    python bench/scale_pool.py bench/scale_rounds/emoji-*.json --json pooled.json
+    python bench/scale_pool.py bench/scale_rounds/emoji-*.json bench/scale_emoji.json
+    python bench/scale_pool.py bench/scale_rounds/100k-*.json bench/scale_100k.json --json pooled.json
 """
 
 from __future__ import annotations
