@@ -208,8 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cluster_start_s": cluster_start,
         "warm_up_before_job": warmed,
         **speedup_summary(seconds["ray1"], seconds["ray2"]),
-        "ray_overhead_1_core": median["ray1"] / median["local1"] - 1,
-        "ray_overhead_2_cores": median["ray2"] / median["local2"] - 1,
+        **ray_overheads(median),
         "max_abs_diff": worst,
         "diagnostics": diagnostics,
         "derived": derived(diagnostics, len(paths)),
@@ -253,6 +252,14 @@ def speedup_summary(ray1: list[float], ray2: list[float]) -> dict:
         out["speedup_ci95"] = [float(walls.low), float(walls.high)]
         out["speedup_paired_ci95"] = [float(paired.low), float(paired.high)]
     return out
+
+
+def ray_overheads(median: dict[str, float]) -> dict[str, float]:
+    """Ray's time over the local path's at equal cores, from each configuration's median seconds."""
+    return {
+        "ray_overhead_1_core": median["ray1"] / median["local1"] - 1,
+        "ray_overhead_2_cores": median["ray2"] / median["local2"] - 1,
+    }
 
 
 def decided(ci: list[float] | None, target: float = SPEEDUP_TARGET) -> str:

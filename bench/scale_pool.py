@@ -17,7 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from scale import print_speedup, speedup_summary
+from scale import print_speedup, ray_overheads, speedup_summary
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,8 +41,7 @@ def pool(runs: list[dict]) -> dict:
         "seconds": seconds,
         "median_seconds": median,
         **speedup_summary(seconds["ray1"], seconds["ray2"]),
-        "ray_overhead_1_core": median["ray1"] / median["local1"] - 1,
-        "ray_overhead_2_cores": median["ray2"] / median["local2"] - 1,
+        **ray_overheads(median),
     }
 
 
