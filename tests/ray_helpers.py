@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,8 +56,6 @@ class WaitsForTheCaller(ModelWrapper):
         self.wait = wait
 
     def embed_images(self, images):
-        import time
-
         self.calls += 1
         _log_event(self.marker, f"actor call {self.calls}: {len(images)} images")
         deadline = time.time() + self.wait
@@ -73,7 +72,6 @@ def _dump_stacks_if_held(marker: Path, hold: float = 5.0) -> None:
     """If the actor's first call is `hold` s done and the caller has no result yet, write every thread's
     stack of this (the caller's) process to `marker`.log: where Ray Data holds the result."""
     import faulthandler
-    import time
 
     log = marker.with_suffix(".log")
     while not marker.exists():
@@ -90,8 +88,6 @@ def _dump_stacks_if_held(marker: Path, hold: float = 5.0) -> None:
 
 def _log_event(marker: Path, what: str) -> None:
     """Append a timed line to `marker`.log, which the test shows when it fails."""
-    import time
-
     with open(Path(marker).with_suffix(".log"), "a") as log:
         log.write(f"{time.time():.3f} {what}\n")
 
@@ -193,7 +189,6 @@ def warm_idle_workers(loaded: str = "libtorch", settle: float = 0.5) -> dict[int
     """This user's idle Ray workers ("ray::IDLE") that have `loaded` mapped and whose CPU time stopped
     growing over `settle` s (worker processes up, their preloaded imports done), with the CPU seconds
     each has used (Linux /proc). bench/scale.py waits for them too."""
-    import time
 
     def cpu(pid: int) -> float:
         fields = _stat(pid)
@@ -260,8 +255,6 @@ def warm_job(out: str, manifest: str, actors: int = 2, batch_size: int = 8, wait
     """On a private local Ray that preloads the pools' modules: a first job (it starts Ray Data's own
     per-cluster actors), then `RayImageEmbedder.warm()`, the warm workers awaited, and a second job;
     save the warm workers' pids, the second job's actors and both jobs' vectors with the local ones."""
-    import time
-
     from vlmops.data.manifest import resolve_data
     from vlmops.models import load_model
     from vlmops.scale import RayImageEmbedder, connect
