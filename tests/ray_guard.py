@@ -60,11 +60,14 @@ class Guard:
         self.traces.append(trace)
         return [*STRACE, "-o", str(trace), *argv]
 
-    def run(self, argv: list[str], name: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        """Run a command to completion under the guard; its output is captured as text."""
+    def run(
+        self, argv: list[str], name: str, timeout: float = 600, unset: tuple[str, ...] = ()
+    ) -> subprocess.CompletedProcess:
+        """Run a command to completion under the guard, without the variables `unset`; its output is
+        captured as text."""
         return subprocess.run(
             self.command(argv, name),
-            env=self.env,
+            env={key: value for key, value in self.env.items() if key not in unset},
             capture_output=True,
             text=True,
             timeout=timeout,

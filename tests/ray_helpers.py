@@ -276,6 +276,7 @@ def warm_job(out: str, manifest: str, actors: int = 2, batch_size: int = 8, wait
         niceness = {str(pid): process_niceness(pid) for pid in ready}
         ray_data = {name: process_niceness(pid) for pid, name in ray_data_actors().items()}
         daemons = ray_daemon_env(tuple(UNOBSERVED_ENV))
+        threads = sorted(thread.name for thread in threading.enumerate())
     np.savez(out, local=local, first=first, second=second)
     summary = {
         "asked": asked,
@@ -284,6 +285,7 @@ def warm_job(out: str, manifest: str, actors: int = 2, batch_size: int = 8, wait
         "niceness": niceness,  # of the warm pool workers
         "ray_data_niceness": ray_data,  # of Ray Data's own per-cluster actors
         "daemon_env": daemons,  # the private Ray's settings, as its raylet and GCS got them
+        "driver_threads": threads,  # this process's, while connected
     }
     Path(out).with_suffix(".json").write_text(json.dumps(summary))
 

@@ -206,13 +206,16 @@ def test_a_job_after_warm_runs_its_actors_on_workers_started_and_imported_before
     up, torch imported, before the job began (Ray's prestarted, preloaded workers), not new ones, and
     import nothing more before their model is loaded (what Ray needs to unpickle an actor included);
     they run at vlmops' niceness, Ray Data's own actors at Ray's; the private Ray's daemons run without
-    metrics and task events; the vectors stay the local path's."""
-    from vlmops.scale.cluster import UNOBSERVED_ENV
+    metrics and task events, and the driver without usage statistics; the vectors stay the local path's."""
+    from vlmops.scale.cluster import DRIVER_ENV, UNOBSERVED_ENV
     from vlmops.scale.warm import POOL_NICENESS
+
+    USAGE_ENV = tuple(DRIVER_ENV)
 
     out = guard.tmp / "warm.npz"
     code = "import sys, ray_helpers; ray_helpers.warm_job(*sys.argv[1:])"
-    result = guard.run([sys.executable, "-c", code, str(out), str(manifest)], "warm")
+    # the driver's environment as in a user's shell: Ray's usage setting unset (the guard sets it)
+    result = guard.run([sys.executable, "-c", code, str(out), str(manifest)], "warm", unset=USAGE_ENV)
     assert result.returncode == 0, result.stderr
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["asked"] == 2 and len(summary["warm"]) == 2, summary  # both up before the job
@@ -228,6 +231,10 @@ def test_a_job_after_warm_runs_its_actors_on_workers_started_and_imported_before
     )
     # the private Ray records no metrics and no task events (nothing could read them)
     assert summary["daemon_env"] == {name: UNOBSERVED_ENV for name in ("raylet", "gcs_server")}, summary
+    # usage statistics stay off in the driver through its jobs: Ray Data started neither its usage actor
+    # nor its Prometheus poller (both did while the setting held only for ray.init)
+    assert summary["ray_data_niceness"] and not any("Usage" in name for name in summary["ray_data_niceness"])
+    assert "data-usage-metrics-poller" not in summary["driver_threads"], summary["driver_threads"]
     arrays = np.load(out)
     for name in ("first", "second"):
         assert np.abs(arrays[name] - arrays["local"]).max() <= 1e-6

@@ -9,7 +9,10 @@ What keeps a Ray process off the network (`loopback_env`, also used for `ray sta
 usage statistics off (RAY_USAGE_STATS_ENABLED=0); the report Ray sends even then, saying they are off,
 pointed at a closed loopback port (RAY_USAGE_STATS_REPORT_URL); and a HOME holding
 ``ray_bootstrap_config.yaml`` naming the provider "local", without which Ray's dashboard asks the
-cloud metadata servers (169.254.169.254, metadata.google.internal) which cloud it runs on.
+cloud metadata servers (169.254.169.254, metadata.google.internal) which cloud it runs on. This process,
+the driver, keeps usage statistics off while it is connected (`DRIVER_ENV`): Ray reads the setting
+where a library records usage, and Ray Data's driver side would otherwise start a usage actor and a
+thread that polls Prometheus every 10 s for each job's usage report.
 
 Ray turns the node address 127.0.0.1 (and "localhost") into the machine's interface address, found by
 a UDP connect towards 8.8.8.8, unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (single-node mode). A local
@@ -43,6 +46,9 @@ BOOTSTRAP_CONFIG = "provider:\n  type: local\n"
 # driver). Both are Ray's own settings: on the emoji set with 2 actors, the CPU outside the actors fell
 # from 1.35 to 1.07 s a job (medians of 9 interleaved jobs each; bench/RESULTS.md, issue 18).
 UNOBSERVED_ENV = {"RAY_enable_metrics_collection": "0", "RAY_task_events_report_interval_ms": "0"}
+# Ray reads its usage setting in the driver too, each time a library records usage, from the driver's
+# environment (or ~/.ray/config.json): set only while `ray.init` ran, it was on again for every job.
+DRIVER_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
 class RayClusterError(VlmopsError):
@@ -141,13 +147,20 @@ def connect(
     """
     address = resolve_address(address)
     ray = require("ray", extra="ray")
-    if ray.is_initialized():
-        yield _describe(ray, address, started_here=False)
-        return
-    if address == LOCAL:
-        with _start_local(ray, num_cpus, preload) as cluster:
-            yield cluster
-        return
+    with _environ(DRIVER_ENV):
+        if ray.is_initialized():
+            yield _describe(ray, address, started_here=False)
+        elif address == LOCAL:
+            with _start_local(ray, num_cpus, preload) as cluster:
+                yield cluster
+        else:
+            with _join(ray, address) as cluster:
+                yield cluster
+
+
+@contextlib.contextmanager
+def _join(ray, address: str) -> Iterator[RayCluster]:
+    """Join the running cluster at `address` (``auto``, ``host:port``) for the block, then disconnect."""
     _check_reachable(address)
     loopback = is_loopback_address(address)
     token = ray_home() / ".ray" / "auth_token"  # written by a loopback node's head
