@@ -3,7 +3,9 @@ over all of them, with 95 % bootstrap intervals, and the Ray overheads.
 
 One run's few rounds cannot settle a speed-up near its target on a host whose speed drifts ±15 %
 between rounds (issue 18: the emoji set's per-round ray1 / ray2 ranged 1.55-2.24 over sessions 16 and
-17). Every run named must be of the same images and batch size; it is refused otherwise.
+17). Every run named must be of the same images and batch size; it is refused otherwise. Runs made with
+`--ray-only` add their rounds to the speed-up; the overheads come from the runs that timed the local
+path too.
 
     python bench/scale_pool.py bench/scale_rounds/emoji-*.json bench/scale_emoji.json
     python bench/scale_pool.py bench/scale_rounds/100k-*.json bench/scale_100k.json --json pooled.json
@@ -17,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from scale import print_speedup, ray_overheads, speedup_summary
+from scale import print_overheads, print_speedup, ray_overheads, speedup_summary
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,15 +35,20 @@ def pool(runs: list[dict]) -> dict:
     kinds = {(run["images"], run["batch_size"], run.get("cold", False)) for run in runs}
     if len(kinds) != 1:
         raise ValueError(f"the runs differ in (images, batch size, cold): {sorted(kinds)}; pool one kind")
-    seconds = {name: [s for run in runs for s in run["seconds"][name]] for name in runs[0]["seconds"]}
+    names = dict.fromkeys(name for run in runs for name in run["seconds"])
+    seconds = {name: [s for run in runs for s in run["seconds"].get(name, [])] for name in names}
     median = {name: statistics.median(values) for name, values in seconds.items()}
+    # the overheads pair each round's ray and local seconds: only runs that timed both (not --ray-only)
+    full = [run for run in runs if set(run["seconds"]) >= {"local1", "ray1", "local2", "ray2"}]
+    local = {name: [s for run in full for s in run["seconds"][name]] for name in names}
     return {
         "images": runs[0]["images"],
         "runs": len(runs),
         "seconds": seconds,
         "median_seconds": median,
         **speedup_summary(seconds["ray1"], seconds["ray2"]),
-        **ray_overheads(median),
+        **(ray_overheads(local) if full else {}),
+        "overhead_runs": len(full),
     }
 
 
@@ -56,12 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{result['images']} images; {result['runs']} runs, {len(rounds)} rounds")
     print(f"each round's ray1 / ray2, sorted: {' '.join(f'{r:.2f}' for r in rounds)}")
     print_speedup(result)
-    for cores in (1, 2):
-        overhead = result[f"ray_overhead_{cores}_core" + ("s" if cores > 1 else "")]
-        print(
-            f"Ray overhead at {cores} core(s) vs local, pooled medians: {100 * overhead:+.1f} % "
-            "(target <= +10 %)"
-        )
+    if result["overhead_runs"]:
+        print_overheads(result, f"pooled over the {result['overhead_runs']} runs that timed both")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result

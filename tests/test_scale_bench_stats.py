@@ -57,6 +57,19 @@ def test_pooling_joins_every_round_of_runs_of_one_set_and_refuses_two_sets() -> 
     pooled = pool([a, b])
     assert pooled["seconds"]["ray1"] == [11, 12, 10] and pooled["runs"] == 2
     assert pooled["speedup_ray2_over_ray1_paired"] == pytest.approx(np.median([11 / 6, 2.0, 2.0]))
-    assert pooled["ray_overhead_1_core"] == pytest.approx(11 / 11 - 1)
+    assert pooled["ray_overhead_1_core"] == pytest.approx(11 / 11 - 1)  # medians: ray1 11, local1 11
+    assert pooled["ray_overhead_1_core_paired"] == pytest.approx(np.median([11 / 10, 12 / 12, 10 / 11]) - 1)
+    assert pooled["ray_overhead_2_cores_paired"] == pytest.approx(np.median([6 / 7, 6 / 8, 5 / 7]) - 1)
     with pytest.raises(ValueError, match="differ"):
         pool([a, _run(200, [(10, 11, 7, 6)])])
+
+
+def test_a_ray_only_run_adds_its_rounds_to_the_speedup_but_not_to_the_overheads() -> None:
+    full = _run(100, [(10, 11, 7, 6), (12, 12, 8, 6)])
+    ray_only = {"images": 100, "batch_size": 64, "seconds": {"ray1": [9.0, 14.0], "ray2": [5.0, 7.0]}}
+    pooled = pool([full, ray_only])
+    assert pooled["seconds"]["ray1"] == [11, 12, 9.0, 14.0] and pooled["seconds"]["local1"] == [10, 12]
+    assert pooled["speedup_ray2_over_ray1_paired"] == pytest.approx(np.median([11 / 6, 2.0, 9 / 5, 2.0]))
+    assert pooled["overhead_runs"] == 1
+    assert pooled["ray_overhead_1_core_paired"] == pytest.approx(np.median([11 / 10, 12 / 12]) - 1)
+    assert "ray_overhead_1_core" not in pool([ray_only])
