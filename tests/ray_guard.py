@@ -102,13 +102,18 @@ class Guard:
         return sum(t.read_text().count('inet_addr("127.0.0.1")') for t in self.traces if t.exists())
 
     def ours(self) -> list[int]:
-        """Live processes started under this guard: their environment holds the guard's log path."""
+        """Live processes started under this guard: their environment holds the guard's log path, or
+        they run in the guard's folder. (Ray's agents write their process title over the start of their
+        environment, marker included: a head node's dashboard and runtime-env agents, missed by the
+        marker, outlived a SIGTERMed `ray start --block` by minutes.)"""
         marker = f"{LOG_ENV}={self.log}".encode()
+        folder = str(self.tmp.resolve())
         pids = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and int(entry.name) != os.getpid():
                 with contextlib.suppress(OSError):
-                    if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    env = (entry / "environ").read_bytes().split(b"\0")
+                    if marker in env or os.readlink(entry / "cwd") == folder:
                         pids.append(int(entry.name))
         return pids
 

@@ -9,8 +9,9 @@ Known and left: Ray's two per-node agents (``ray::DashboardAgent``, ``ray::Runti
 outlive the command when it runs in a session of its own, as under a supervisor or this guard: they
 notice the raylet is gone, then try to flush their logs to the dead GCS first (seen alive 60 s after
 the kill, gone about a minute later; started from a terminal's session they end with the rest, within
-5 s). They hold no port of the gateway's and write nothing, and their environment is Ray's own, so the
-guard cannot find them by its marker either.
+5 s). They hold no port of the gateway's and write nothing. Their process title overwrites the guard's
+marker in their environment, so the guard finds them by their working folder (its own) and stops them
+at the end.
 """
 
 from __future__ import annotations
