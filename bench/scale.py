@@ -22,6 +22,7 @@ rounds and what that interval decides (met, NOT met, or undecided where it spans
 
     python bench/scale.py                      # first 3000 emoji images, 3 rounds
     python bench/scale.py --limit 0 --rounds 3 # every emoji image
+    python bench/scale.py --limit 0 --rounds 70 --ray-only   # the speed-up alone, ray1 and ray2 in turns
 """
 
 from __future__ import annotations
