@@ -263,11 +263,14 @@ def speedup_summary(ray1: list[float], ray2: list[float]) -> dict:
     return out
 
 
+OVERHEAD_KEYS = ((1, "ray_overhead_1_core"), (2, "ray_overhead_2_cores"))  # cores, result key
+
+
 def ray_overheads(seconds: dict[str, list[float]]) -> dict[str, float]:
     """Ray's time over the local path's at equal cores, from each configuration's seconds per round: the
     ratio of the medians, and paired (the median of each round's ray / local, seconds apart)."""
     out = {}
-    for cores, key in ((1, "ray_overhead_1_core"), (2, "ray_overhead_2_cores")):
+    for cores, key in OVERHEAD_KEYS:
         ray, local = seconds[f"ray{cores}"], seconds[f"local{cores}"]
         out[key] = statistics.median(ray) / statistics.median(local) - 1
         out[f"{key}_paired"] = statistics.median(r / q for r, q in zip(ray, local, strict=True)) - 1
@@ -276,8 +279,7 @@ def ray_overheads(seconds: dict[str, list[float]]) -> dict[str, float]:
 
 def print_overheads(result: dict, how: str) -> None:
     """The Ray-overhead lines at 1 and 2 cores against the target (at most 10 % slower than local)."""
-    for cores in (1, 2):
-        key = f"ray_overhead_{cores}_core" + ("s" if cores > 1 else "")
+    for cores, key in OVERHEAD_KEYS:
         overhead, paired = result[key], result[f"{key}_paired"]
         verdict = "met" if overhead <= 0.10 else "NOT met"
         print(
@@ -301,10 +303,10 @@ def derived(diagnostics: dict[str, list[dict]], images: int) -> dict:
     CPU costs allow on 2 free cores (start-up paid once per actor, in parallel, then the work split)."""
 
     def median(name, fn):
-        values = [fn(d) for d in diagnostics[name]]
+        values = [fn(d) for d in diagnostics.get(name, [])]
         return statistics.median(values) if values else float("nan")
 
-    local = median("local1", lambda d: d["cpu_ms_per_image"]) if diagnostics.get("local1") else float("nan")
+    local = median("local1", lambda d: d["cpu_ms_per_image"])  # nan in a --ray-only run
     out: dict = {"local1_cpu_ms_per_image": local}
     lines = []
     for name in ("ray1", "ray2"):
@@ -324,7 +326,9 @@ def derived(diagnostics: dict[str, list[dict]], images: int) -> dict:
             "non_actor_cpu_s": others,  # driver (with the sampler), raylet, gcs, Ray's other processes
             "actor_idle_s": gaps,  # most of any actor: not in a task while another was (start, gaps, end)
         }
-        against = f" (local1 {local:.2f}: {100 * (actor_ms / local - 1):+.1f} %)" if local == local else ""
+        against = ""
+        if "local1" in diagnostics:
+            against = f" (local1 {local:.2f}: {100 * (actor_ms / local - 1):+.1f} %)"
         lines.append(
             f"{name}: actors {actor_ms:.2f} CPU ms/img in batches{against}; start-up {startup:.1f} CPU s per "
             f"actor; whole job "

@@ -40,14 +40,14 @@ def pool(runs: list[dict]) -> dict:
     median = {name: statistics.median(values) for name, values in seconds.items()}
     # the overheads pair each round's ray and local seconds: only runs that timed both (not --ray-only)
     full = [run for run in runs if set(run["seconds"]) >= {"local1", "ray1", "local2", "ray2"}]
-    local = {name: [s for run in full for s in run["seconds"][name]] for name in names}
+    full_seconds = {name: [s for run in full for s in run["seconds"][name]] for name in names}
     return {
         "images": runs[0]["images"],
         "runs": len(runs),
         "seconds": seconds,
         "median_seconds": median,
         **speedup_summary(seconds["ray1"], seconds["ray2"]),
-        **(ray_overheads(local) if full else {}),
+        **(ray_overheads(full_seconds) if full else {}),
         "overhead_runs": len(full),
     }
 

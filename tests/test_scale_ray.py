@@ -207,15 +207,14 @@ def test_a_job_after_warm_runs_its_actors_on_workers_started_and_imported_before
     import nothing more before their model is loaded (what Ray needs to unpickle an actor included);
     they run at vlmops' niceness, Ray Data's own actors at Ray's; the private Ray's daemons run without
     metrics and task events, and the driver without usage statistics; the vectors stay the local path's."""
-    from vlmops.scale.cluster import DRIVER_ENV, UNOBSERVED_ENV
+    from vlmops.scale.cluster import UNOBSERVED_ENV, USAGE_STATS_OFF
     from vlmops.scale.warm import POOL_NICENESS
-
-    USAGE_ENV = tuple(DRIVER_ENV)
 
     out = guard.tmp / "warm.npz"
     code = "import sys, ray_helpers; ray_helpers.warm_job(*sys.argv[1:])"
     # the driver's environment as in a user's shell: Ray's usage setting unset (the guard sets it)
-    result = guard.run([sys.executable, "-c", code, str(out), str(manifest)], "warm", unset=USAGE_ENV)
+    argv = [sys.executable, "-c", code, str(out), str(manifest)]
+    result = guard.run(argv, "warm", unset=tuple(USAGE_STATS_OFF))
     assert result.returncode == 0, result.stderr
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["asked"] == 2 and len(summary["warm"]) == 2, summary  # both up before the job

@@ -10,7 +10,7 @@ usage statistics off (RAY_USAGE_STATS_ENABLED=0); the report Ray sends even then
 pointed at a closed loopback port (RAY_USAGE_STATS_REPORT_URL); and a HOME holding
 ``ray_bootstrap_config.yaml`` naming the provider "local", without which Ray's dashboard asks the
 cloud metadata servers (169.254.169.254, metadata.google.internal) which cloud it runs on. This process,
-the driver, keeps usage statistics off while it is connected (`DRIVER_ENV`): Ray reads the setting
+the driver, keeps usage statistics off while it is connected (`USAGE_STATS_OFF`): Ray reads the setting
 where a library records usage, and Ray Data's driver side would otherwise start a usage actor and a
 thread that polls Prometheus every 10 s for each job's usage report.
 
@@ -46,9 +46,10 @@ BOOTSTRAP_CONFIG = "provider:\n  type: local\n"
 # driver). Both are Ray's own settings: on the emoji set with 2 actors, the CPU outside the actors fell
 # from 1.35 to 1.07 s a job (medians of 9 interleaved jobs each; bench/RESULTS.md, issue 18).
 UNOBSERVED_ENV = {"RAY_enable_metrics_collection": "0", "RAY_task_events_report_interval_ms": "0"}
-# Ray reads its usage setting in the driver too, each time a library records usage, from the driver's
-# environment (or ~/.ray/config.json): set only while `ray.init` ran, it was on again for every job.
-DRIVER_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+# Usage statistics off, for the Ray processes and for the driver: Ray reads the setting in the driver
+# too, each time a library records usage, from its environment (or ~/.ray/config.json); set only while
+# `ray.init` ran, it was on again for every job.
+USAGE_STATS_OFF = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
 class RayClusterError(VlmopsError):
@@ -76,7 +77,7 @@ def loopback_env(home: Path) -> dict[str, str]:
     (home / "ray_bootstrap_config.yaml").write_text(BOOTSTRAP_CONFIG)
     return {
         "HOME": str(home),
-        "RAY_USAGE_STATS_ENABLED": "0",
+        **USAGE_STATS_OFF,
         "RAY_USAGE_STATS_REPORT_URL": CLOSED_LOOPBACK_URL,
     }
 
@@ -147,7 +148,7 @@ def connect(
     """
     address = resolve_address(address)
     ray = require("ray", extra="ray")
-    with _environ(DRIVER_ENV):
+    with _environ(USAGE_STATS_OFF):
         if ray.is_initialized():
             yield _describe(ray, address, started_here=False)
         elif address == LOCAL:
